@@ -1,0 +1,59 @@
+"""Error hierarchy. `server/protocol.py` alone maps these to HTTP status codes.
+
+    ModelServeError
+    ├── ConfigError              bad config.toml / plan / flags file (operator error)
+    ├── RequestError             anything a client sent wrong             -> 400
+    │   ├── PayloadTooLarge                                               -> 413
+    │   └── UnsupportedMediaType                                          -> 415
+    ├── NotFound                 unknown model or version                 -> 404
+    ├── NotReady                 model known but not READY                -> 503
+    ├── LoadError                a version failed to load or warm up      -> 400
+    ├── Conflict                 e.g. a second rollout for the same model -> 409
+    └── AuthError                admin token missing (401) or wrong (403)
+"""
+
+from __future__ import annotations
+
+
+class ModelServeError(Exception):
+    """Base of every error modelserve raises on purpose."""
+
+
+class ConfigError(ModelServeError):
+    """A configuration file or value is invalid."""
+
+
+class RequestError(ModelServeError):
+    """The client sent something invalid (HTTP 400)."""
+
+
+class PayloadTooLarge(RequestError):
+    """The request body exceeds the configured limit (HTTP 413)."""
+
+
+class UnsupportedMediaType(RequestError):
+    """The request's content type cannot be decoded (HTTP 415)."""
+
+
+class NotFound(ModelServeError):
+    """Unknown model or version (HTTP 404)."""
+
+
+class NotReady(ModelServeError):
+    """The model or version exists but is not ready to serve (HTTP 503)."""
+
+
+class LoadError(ModelServeError):
+    """A version could not be loaded or failed its warm-up; the live slot is untouched."""
+
+
+class Conflict(ModelServeError):
+    """The operation conflicts with the current state (HTTP 409)."""
+
+
+class AuthError(ModelServeError):
+    """Admin authentication failed; `status` is 401 (missing) or 403 (wrong)."""
+
+    def __init__(self, message: str, *, status: int = 401) -> None:
+        super().__init__(message)
+        self.status = status

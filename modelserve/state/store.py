@@ -1,0 +1,121 @@
+"""Durable state: small JSON documents written atomically, and append-only JSONL logs.
+
+The file store is the default; a store shared by replicas (Redis) lives in `plugins/`. Every write is
+temp file + fsync + rename, so a killed process leaves either the old or the new document, never a
+torn one. Keys are simple names (`policy.fraud`, `rollout.fraud`); they map to files in one folder.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Any, Protocol
+
+import orjson
+
+from modelserve.errors import ConfigError
+
+_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,199}$")
+
+
+class StateStore(Protocol):
+    """What modelserve needs from durable state."""
+
+    def read(self, key: str) -> dict[str, Any] | None: ...
+
+    def write(self, key: str, value: dict[str, Any]) -> None: ...
+
+    def append(self, key: str, record: dict[str, Any]) -> None: ...
+
+    def read_log(self, key: str) -> list[dict[str, Any]]: ...
+
+
+def _check_key(key: str) -> str:
+    if not _KEY.match(key) or ".." in key:
+        raise ConfigError(f"invalid state key {key!r}")
+    return key
+
+
+class FileStateStore:
+    """State in a folder: `<key>.json` documents and `<key>.jsonl` logs."""
+
+    def __init__(self, directory: str | os.PathLike[str]) -> None:
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+
+    def read(self, key: str) -> dict[str, Any] | None:
+        path = self.directory / f"{_check_key(key)}.json"
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            return None
+        try:
+            value = orjson.loads(data)
+        except orjson.JSONDecodeError as exc:
+            raise ConfigError(f"state file {path} is not valid JSON: {exc}") from exc
+        if not isinstance(value, dict):
+            raise ConfigError(f"state file {path} does not hold a JSON object")
+        return value
+
+    def write(self, key: str, value: dict[str, Any]) -> None:
+        path = self.directory / f"{_check_key(key)}.json"
+        fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=f".{key}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(orjson.dumps(value, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY))
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        dir_fd = os.open(self.directory, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+    def append(self, key: str, record: dict[str, Any]) -> None:
+        path = self.directory / f"{_check_key(key)}.jsonl"
+        line = orjson.dumps(record, option=orjson.OPT_SERIALIZE_NUMPY) + b"\n"
+        with open(path, "ab") as handle:
+            handle.write(line)
+            handle.flush()
+            os.fsync(handle.fileno())
+
+    def read_log(self, key: str) -> list[dict[str, Any]]:
+        path = self.directory / f"{_check_key(key)}.jsonl"
+        try:
+            lines = path.read_bytes().splitlines()
+        except FileNotFoundError:
+            return []
+        records = []
+        for line in lines:
+            try:
+                records.append(orjson.loads(line))
+            except orjson.JSONDecodeError:
+                continue  # a torn last line after a crash; everything before it is intact
+        return records
+
+
+class MemoryStateStore:
+    """Non-durable store for embedded use and tests that do not test durability."""
+
+    def __init__(self) -> None:
+        self._docs: dict[str, dict[str, Any]] = {}
+        self._logs: dict[str, list[dict[str, Any]]] = {}
+
+    def read(self, key: str) -> dict[str, Any] | None:
+        value = self._docs.get(_check_key(key))
+        return orjson.loads(orjson.dumps(value)) if value is not None else None
+
+    def write(self, key: str, value: dict[str, Any]) -> None:
+        self._docs[_check_key(key)] = orjson.loads(orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY))
+
+    def append(self, key: str, record: dict[str, Any]) -> None:
+        self._logs.setdefault(_check_key(key), []).append(record)
+
+    def read_log(self, key: str) -> list[dict[str, Any]]:
+        return list(self._logs.get(_check_key(key), []))
