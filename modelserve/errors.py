@@ -9,6 +9,7 @@
     ├── NotReady                 model known but not READY                -> 503
     ├── LoadError                a version failed to load or warm up      -> 400
     ├── Conflict                 e.g. a second rollout for the same model -> 409
+    ├── InferenceError           the model failed on valid input          -> 500
     └── AuthError                admin token missing (401) or wrong (403)
 """
 
@@ -49,6 +50,10 @@ class LoadError(ModelServeError):
 
 class Conflict(ModelServeError):
     """The operation conflicts with the current state (HTTP 409)."""
+
+
+class InferenceError(ModelServeError):
+    """The model raised on input that passed validation (HTTP 500, still a JSON error body)."""
 
 
 class AuthError(ModelServeError):

@@ -1,0 +1,189 @@
+"""`modelserve` command line. The only module that reads environment variables.
+
+Server:  modelserve serve REPO [--host --port --flags FILE --state-dir DIR --admin-token T]
+Client:  modelserve status|stage|promote|rollback|unload ... [--url URL]   (token: MODELSERVE_ADMIN_TOKEN)
+Local:   modelserve inspect PATH/TO/model.onnx
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+TOKEN_ENV = "MODELSERVE_ADMIN_TOKEN"
+
+
+class ClientError(Exception):
+    """A client command failed; the message is printed without a traceback."""
+
+
+def admin_call(args: argparse.Namespace, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+    """Call the admin API of a running server and return its decoded JSON."""
+    import httpx
+
+    token = os.environ.get(TOKEN_ENV)
+    headers = {"authorization": f"Bearer {token}"} if token else {}
+    try:
+        response = httpx.request(method, args.url.rstrip("/") + path, json=body, headers=headers, timeout=args.timeout)
+    except httpx.HTTPError as exc:
+        raise ClientError(f"cannot reach {args.url}: {exc}") from None
+    try:
+        data = response.json()
+    except ValueError:
+        data = {"error": response.text}
+    if response.status_code >= 400:
+        message = data.get("error", response.text) if isinstance(data, dict) else response.text
+        hint = f" (set {TOKEN_ENV})" if response.status_code in (401, 403) and not token else ""
+        raise ClientError(f"{response.status_code}: {message}{hint}")
+    return data
+
+
+def print_json(data: Any) -> None:
+    print(json.dumps(data, indent=2, sort_keys=False, default=str))
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from modelserve.config import ServerConfig
+    from modelserve.server.app import create_app
+
+    token = args.admin_token or os.environ.get(TOKEN_ENV) or None
+    config = ServerConfig(
+        repository=Path(args.repository),
+        state_dir=Path(args.state_dir),
+        admin_token=token,
+        flags_file=Path(args.flags) if args.flags else None,
+        max_body_bytes=args.max_body_bytes,
+    )
+    app = create_app(config, **serve_extras(os.environ))
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=args.access_log)
+    return 0
+
+
+def serve_extras(environ: dict[str, str] | os._Environ[str]) -> dict[str, Any]:
+    """Keyword arguments for create_app that come from the environment (telemetry providers)."""
+    return {}
+
+
+def _status(args: argparse.Namespace) -> int:
+    path = f"/admin/models/{args.model}" if args.model else "/admin/models"
+    print_json(admin_call(args, "GET", path))
+    return 0
+
+
+def _stage(args: argparse.Namespace) -> int:
+    data = admin_call(args, "POST", f"/admin/models/{args.model}/stage", {"version": args.version})
+    staged = data["staged"]
+    print(f"{args.model}: version {staged['version']} staged warm ({staged['execution']}, "
+          f"warm-up {staged['warmup_latency_us']} µs), 0% traffic")
+    return 0
+
+
+def _switch(action: str) -> Callable[[argparse.Namespace], int]:
+    def run(args: argparse.Namespace) -> int:
+        data = admin_call(args, "POST", f"/admin/models/{args.model}/{action}")
+        switch = data["switch"]
+        print(f"{args.model}: {action} {switch['from_version']} -> {switch['to_version']} (live slot {switch['live_slot']})")
+        return 0
+
+    return run
+
+
+def _unload(args: argparse.Namespace) -> int:
+    print_json(admin_call(args, "POST", f"/admin/models/{args.model}/unload", {"version": args.version}))
+    return 0
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    from modelserve.errors import LoadError
+    from modelserve.serving.runtime import RuntimeOptions, load_version
+
+    try:
+        loaded = load_version("model", "1", Path(args.path), RuntimeOptions())
+    except LoadError as exc:
+        raise ClientError(str(exc)) from None
+    info = loaded.describe()
+    info.pop("version")
+    print_json(info)
+    return 0
+
+
+def client_parser(parent: argparse._SubParsersAction, name: str, help_text: str) -> argparse.ArgumentParser:
+    parser: argparse.ArgumentParser = parent.add_parser(name, help=help_text, description=help_text)
+    parser.add_argument("--url", default=DEFAULT_URL, help=f"server URL (default {DEFAULT_URL})")
+    parser.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the server")
+    return parser
+
+
+#: Registration hooks of command groups defined in other modules (flags, shadow, rollout, experiment, ...).
+COMMAND_GROUPS: list[str] = []
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="modelserve", description="Safe model updates, in-process.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = commands.add_parser("serve", help="serve a model repository over the V2 inference protocol",
+                                description="Serve every model of REPO (models/<name>/<version>/model.onnx).")
+    serve.add_argument("repository", metavar="REPO")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--flags", metavar="FLAGS.json", help="flagd flag definition file (hot-reloaded)")
+    serve.add_argument("--state-dir", default=".modelserve", help="durable state folder (default .modelserve)")
+    serve.add_argument("--admin-token", help=f"enable the admin API with this bearer token (or {TOKEN_ENV})")
+    serve.add_argument("--max-body-bytes", type=int, default=64 * 1024 * 1024)
+    serve.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    serve.add_argument("--access-log", action="store_true", help="log every request")
+    serve.set_defaults(run=_serve)
+
+    status = client_parser(commands, "status", "live/candidate versions, split and per-version metrics")
+    status.add_argument("model", nargs="?")
+    status.set_defaults(run=_status)
+
+    stage = client_parser(commands, "stage", "load and warm a version into the idle slot (0% traffic)")
+    stage.add_argument("model")
+    stage.add_argument("version")
+    stage.set_defaults(run=_stage)
+
+    for action, text in (("promote", "make the staged candidate live (instant slot switch)"),
+                         ("rollback", "switch back to the previous version, still warm")):
+        sub = client_parser(commands, action, text)
+        sub.add_argument("model")
+        sub.set_defaults(run=_switch(action))
+
+    unload = client_parser(commands, "unload", "unload the idle version, or the whole model")
+    unload.add_argument("model")
+    unload.add_argument("version", nargs="?")
+    unload.set_defaults(run=_unload)
+
+    inspect = commands.add_parser("inspect", help="load an ONNX file and print its V2 metadata and warm-up time")
+    inspect.add_argument("path")
+    inspect.set_defaults(run=_inspect)
+
+    for module_name in COMMAND_GROUPS:
+        module = __import__(module_name, fromlist=["register"])
+        module.register(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.run(args) or 0)
+    except ClientError as exc:
+        print(f"modelserve {args.command}: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,142 @@
+"""Frozen configuration, parsed once. Environment variables are read only in `cli.py`.
+
+Per model: `models/<name>/config.toml` (all keys optional)::
+
+    live = "1"                      # the version live on first start (default: the highest)
+    [serving]
+    intra_op_threads = 1            # onnxruntime threads per session; explicit, never 0
+    max_concurrency = 2             # concurrent runs per version (its CapacityLimiter)
+    execution = "auto"              # "auto" (timed at warm-up) | "inline" | "thread"
+    inline_threshold_us = 25.0      # auto: run on the event loop when warm-up p50 is at most this
+    [routing]
+    targeting_header = "x-user-id"
+    flag = "fraud-model"            # a flag whose variants name versions
+    candidate = "2"
+    canary_weight = 0.0             # percent of targeting keys sent to the candidate
+    allow_version_override = false  # honour an X-Model-Version request header
+    [shadow]
+    versions = ["2"]
+    sample_rate = 1.0
+    timeout_ms = 1000
+    max_in_flight = 4
+    compare = "label"               # "label" | "allclose" | "topk"
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from modelserve.errors import ConfigError
+from modelserve.serving.runtime import RuntimeOptions
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RoutingConfig:
+    targeting_header: str = "x-user-id"
+    flag: str | None = None
+    candidate: str | None = None
+    canary_weight: float = 0.0
+    allow_version_override: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ShadowConfig:
+    versions: tuple[str, ...] = ()
+    sample_rate: float = 1.0
+    timeout_ms: float = 1000.0
+    max_in_flight: int = 4
+    compare: str = "label"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ModelConfig:
+    """One model's `config.toml`."""
+
+    live: str | None = None
+    serving: RuntimeOptions = field(default_factory=RuntimeOptions)
+    routing: RoutingConfig = field(default_factory=RoutingConfig)
+    shadow: ShadowConfig = field(default_factory=ShadowConfig)
+    testing: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ServerConfig:
+    """What `create_app` needs; built by `cli.py` or by an embedding application."""
+
+    repository: Path
+    state_dir: Path | None = Path(".modelserve")
+    admin_token: str | None = None
+    flags_file: Path | None = None
+    max_body_bytes: int = 64 * 1024 * 1024
+    load_models: tuple[str, ...] | None = None  # None: every model in the repository
+
+
+def parse_model_config(data: dict[str, Any], *, where: str) -> ModelConfig:
+    """Validate a decoded config.toml; raise ConfigError naming the file and key."""
+    known = {"live", "serving", "routing", "shadow", "testing"}
+    _no_unknown(data, known, where)
+    live = data.get("live")
+    if live is not None:
+        live = str(live)
+    serving = _section(RuntimeOptions, data.get("serving", {}), f"{where} [serving]")
+    if serving.intra_op_threads < 1:
+        raise ConfigError(f"{where} [serving] intra_op_threads must be >= 1")
+    if serving.max_concurrency < 1:
+        raise ConfigError(f"{where} [serving] max_concurrency must be >= 1")
+    if serving.execution not in ("auto", "inline", "thread"):
+        raise ConfigError(f"{where} [serving] execution must be auto, inline or thread")
+    routing = _section(RoutingConfig, data.get("routing", {}), f"{where} [routing]")
+    if not 0.0 <= routing.canary_weight <= 100.0:
+        raise ConfigError(f"{where} [routing] canary_weight must be within 0..100")
+    shadow_data = dict(data.get("shadow", {}))
+    if "versions" in shadow_data:
+        if not isinstance(shadow_data["versions"], list):
+            raise ConfigError(f"{where} [shadow] versions must be a list")
+        shadow_data["versions"] = tuple(str(v) for v in shadow_data["versions"])
+    shadow = _section(ShadowConfig, shadow_data, f"{where} [shadow]")
+    if not 0.0 <= shadow.sample_rate <= 1.0:
+        raise ConfigError(f"{where} [shadow] sample_rate must be within 0..1")
+    if shadow.compare not in ("label", "allclose", "topk"):
+        raise ConfigError(f"{where} [shadow] compare must be label, allclose or topk")
+    testing = data.get("testing", {})
+    if not isinstance(testing, dict):
+        raise ConfigError(f"{where} [testing] must be a table")
+    return ModelConfig(live=live, serving=serving, routing=routing, shadow=shadow, testing=testing)
+
+
+def load_model_config(path: Path) -> ModelConfig:
+    if not path.is_file():
+        return ModelConfig()
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: {exc}") from exc
+    return parse_model_config(data, where=str(path))
+
+
+def _section(cls: type, data: object, where: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where} must be a table")
+    names = {f.name: f for f in fields(cls)}
+    _no_unknown(data, set(names), where)
+    values = {}
+    for key, value in data.items():
+        default = getattr(cls(), key)
+        expected = type(default) if default is not None else str
+        if expected is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if expected is str and isinstance(value, int) and not isinstance(value, bool):
+            value = str(value)
+        if expected is not tuple and not isinstance(value, expected):
+            raise ConfigError(f"{where} {key} must be {expected.__name__}, not {type(value).__name__}")
+        values[key] = value
+    return cls(**values)
+
+
+def _no_unknown(data: dict[str, Any], known: set[str], where: str) -> None:
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")

@@ -1,0 +1,250 @@
+"""Open Inference Protocol (KServe V2) REST routes: health, metadata, infer, repository extension.
+
+`infer` is a raw ASGI endpoint: it reads the body, decodes straight to numpy, runs the version the
+route decision chose, and sends the response before any after-response work (observers: shadow,
+windows, metrics, feedback) runs, so that work can never delay or change what the client gets.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
+
+from modelserve.errors import ModelServeError, NotFound, NotReady, RequestError
+from modelserve.routing.decision import ROUTE_KEY, RouteDecision
+from modelserve.server import protocol
+from modelserve.server.http import JSON_HEADERS, header, int_header, read_body, send_response
+from modelserve.serving.runtime import LoadedVersion
+
+if TYPE_CHECKING:
+    from modelserve.server.app import Services
+
+log = logging.getLogger("modelserve.server")
+
+SERVER_VERSION = "0.1.0"
+
+
+@dataclass(slots=True)
+class InferenceRecord:
+    """What one inference did; handed to observers after the response is sent."""
+
+    scope: Scope
+    model: str
+    decision: RouteDecision
+    loaded: LoadedVersion | None
+    request: protocol.InferRequest | None
+    outputs: dict[str, np.ndarray] | None
+    latency_s: float
+    status: int
+    error: str | None
+    request_id: str | None
+
+
+Observer = Callable[[InferenceRecord], None]
+
+
+def stable_decision(model: str, loaded: LoadedVersion) -> RouteDecision:
+    return RouteDecision(model=model, version=loaded.version, reason="stable")
+
+
+class InferEndpoint:
+    """POST /v2/models/{model}[/versions/{version}]/infer."""
+
+    def __init__(self, services: Services) -> None:
+        self.services = services
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = time.perf_counter()
+        services = self.services
+        params = scope["path_params"]
+        model: str = params["model"]
+        pinned: str | None = params.get("version")
+        headers = scope["headers"]
+        loaded: LoadedVersion | None = None
+        request: protocol.InferRequest | None = None
+        outputs: dict[str, np.ndarray] | None = None
+        decision: RouteDecision | None = None
+        error: str | None = None
+        request_id: str | None = None
+        try:
+            slots = services.registry.models.get(model)
+            if slots is None:
+                services.registry.slots(model)  # raises NotFound / NotReady with the right message
+                raise NotFound(f"unknown model {model!r}")
+            if pinned is not None:
+                loaded = slots.get(pinned)
+                decision = RouteDecision(model=model, version=pinned, reason="pinned")
+            else:
+                decisions = scope.get(ROUTE_KEY)
+                decision = decisions.get(model) if decisions else None
+                if decision is not None and decision.version in slots.ready_versions:
+                    loaded = slots.get(decision.version)
+                else:
+                    loaded = slots.get()
+                    decision = stable_decision(model, loaded) if decision is None else RouteDecision(
+                        model=model, version=loaded.version, reason="fallback",
+                        detail=f"chosen version {decision.version} is not ready",
+                    )
+            body = await read_body(receive, headers, services.config.max_body_bytes)
+            request = protocol.decode_infer_request(
+                body, header_length=int_header(headers, b"inference-header-content-length"), inputs=loaded.inputs
+            )
+            request_id = request.id
+            if request_id is None:
+                raw_id = header(headers, b"x-request-id")
+                request_id = raw_id.decode("latin-1")[:128] if raw_id else None
+            names = protocol.requested_output_names(request, loaded.outputs)
+            outputs = await loaded.infer(request.inputs, names)
+            payload, extra = protocol.encode_infer_response(
+                model_name=model,
+                model_version=loaded.version,
+                request_id=request.id,
+                outputs=outputs,
+                request=request,
+                output_specs=loaded.outputs,
+            )
+            status = 200
+            response_headers = [(k.lower().encode(), v.encode()) for k, v in extra.items()]
+        except Exception as exc:
+            status = protocol.status_for(exc)
+            error = str(exc) if isinstance(exc, ModelServeError) else "internal error"
+            if status >= 500 and not isinstance(exc, NotReady):
+                log.error("inference on %s failed: %s", model, exc, exc_info=not isinstance(exc, ModelServeError))
+            payload = protocol.error_body(error)
+            response_headers = list(JSON_HEADERS)
+        if decision is not None:
+            response_headers.append((b"x-model-version", decision.version.encode()))
+            response_headers.append((b"x-route-reason", decision.reason.encode()))
+        if request_id is not None:
+            response_headers.append((b"x-request-id", request_id.encode("latin-1", "replace")))
+        await send_response(send, status, payload, response_headers)
+        if services.observers and decision is not None:
+            record = InferenceRecord(
+                scope, model, decision, loaded, request, outputs, time.perf_counter() - started, status, error,
+                request_id,
+            )
+            for observer in services.observers:
+                try:
+                    observer(record)
+                except Exception:  # an observer (shadow, metrics) must never hurt serving
+                    log.exception("inference observer failed")
+
+
+def _json(data: Any, status: int = 200) -> Response:
+    return Response(orjson.dumps(data), status_code=status, media_type="application/json")
+
+
+def _error(exc: BaseException) -> Response:
+    message = str(exc) if isinstance(exc, ModelServeError) else "internal error"
+    return Response(protocol.error_body(message), status_code=protocol.status_for(exc), media_type="application/json")
+
+
+def routes(services: Services) -> list[Route]:
+    registry = services.registry
+    infer = InferEndpoint(services)
+
+    async def server_metadata(request: Request) -> Response:
+        return _json(protocol.server_metadata(version=SERVER_VERSION))
+
+    async def live(request: Request) -> Response:
+        return _json({"live": True})
+
+    async def ready(request: Request) -> Response:
+        expected = services.expected_models()
+        ok = services.started and all(name in registry.ready_models() for name in expected)
+        return _json({"ready": ok}, 200 if ok else 503)
+
+    async def model_metadata(request: Request) -> Response:
+        params = request.path_params
+        try:
+            slots = registry.slots(params["model"])
+            loaded = slots.get(params.get("version"))
+            versions = sorted(slots.ready_versions, key=int)
+            return _json(
+                protocol.model_metadata(
+                    name=slots.model, versions=versions, platform="onnxruntime_onnx",
+                    inputs=loaded.inputs, outputs=loaded.outputs,
+                )
+            )
+        except Exception as exc:
+            return _error(exc)
+
+    async def model_ready(request: Request) -> Response:
+        params = request.path_params
+        try:
+            slots = registry.slots(params["model"])
+            slots.get(params.get("version"))
+            return _json({"name": slots.model, "ready": True})
+        except NotReady as exc:
+            return _json({"name": params["model"], "ready": False, "error": str(exc)}, 503)
+        except Exception as exc:
+            return _error(exc)
+
+    async def repository_index(request: Request) -> Response:
+        try:
+            body = await request.body()
+            options = orjson.loads(body) if body.strip() else {}
+            if not isinstance(options, dict):
+                raise RequestError("repository index request must be a JSON object")
+        except orjson.JSONDecodeError as exc:
+            return _error(RequestError(f"malformed JSON: {exc}"))
+        except RequestError as exc:
+            return _error(exc)
+        only_ready = bool(options.get("ready", False))
+        index = []
+        for name in registry.repository.model_names():
+            slots = registry.models.get(name)
+            for version in registry.repository.versions(name):
+                loaded = slots.slots[slots.slot_of(version)] if slots and slots.slot_of(version) else None
+                state = "READY" if loaded is not None and loaded.ready else "UNAVAILABLE"
+                if only_ready and state != "READY":
+                    continue
+                entry = {"name": name, "version": version, "state": state}
+                if state != "READY":
+                    entry["reason"] = "unloaded"
+                index.append(entry)
+        return _json(index)
+
+    async def repository_load(request: Request) -> Response:
+        try:
+            services.check_admin(request.headers.get("authorization"))
+            await registry.load_model(request.path_params["model"])
+            return _json({})
+        except Exception as exc:
+            return _error(exc)
+
+    async def repository_unload(request: Request) -> Response:
+        try:
+            services.check_admin(request.headers.get("authorization"))
+            await registry.unload(request.path_params["model"])
+            return _json({})
+        except Exception as exc:
+            return _error(exc)
+
+    model = "/v2/models/{model}"
+    versioned = model + "/versions/{version}"
+    return [
+        Route("/v2", server_metadata, methods=["GET"]),
+        Route("/v2/", server_metadata, methods=["GET"]),
+        Route("/v2/health/live", live, methods=["GET"]),
+        Route("/v2/health/ready", ready, methods=["GET"]),
+        Route(model, model_metadata, methods=["GET"]),
+        Route(model + "/ready", model_ready, methods=["GET"]),
+        Route(model + "/infer", infer, methods=["POST"]),
+        Route(versioned, model_metadata, methods=["GET"]),
+        Route(versioned + "/ready", model_ready, methods=["GET"]),
+        Route(versioned + "/infer", infer, methods=["POST"]),
+        Route("/v2/repository/index", repository_index, methods=["POST"]),
+        Route("/v2/repository/models/{model}/load", repository_load, methods=["POST"]),
+        Route("/v2/repository/models/{model}/unload", repository_unload, methods=["POST"]),
+    ]

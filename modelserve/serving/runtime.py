@@ -1,0 +1,158 @@
+"""One loaded model version: a warm onnxruntime session, its metadata, and how it runs.
+
+This module (with the rest of `serving/`) is the only place that imports onnxruntime. A version is
+READY only after a warm-up inference; the warm-up also times the model, which decides how requests run:
+a model that answers in a few microseconds runs inline on the event loop (a thread hop costs more than
+the model), anything slower runs in a worker thread through the version's own `CapacityLimiter`.
+"""
+
+from __future__ import annotations
+
+import enum
+import statistics
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import anyio
+import anyio.to_thread
+import numpy as np
+import onnxruntime as ort
+
+from modelserve.datatypes import ORT_TO_V2
+from modelserve.errors import InferenceError, LoadError, RequestError
+from modelserve.serving.tensors import TensorSpec
+
+Outputs = dict[str, np.ndarray]
+_OrtInvalidArgument = ort.capi.onnxruntime_pybind11_state.InvalidArgument
+
+
+class VersionState(enum.Enum):
+    LOADING = "LOADING"
+    READY = "READY"
+    UNLOADED = "UNLOADED"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RuntimeOptions:
+    """How a version's session is built and run (config.toml `[serving]`)."""
+
+    intra_op_threads: int = 1
+    max_concurrency: int = 2
+    execution: str = "auto"  # "auto" | "inline" | "thread"
+    inline_threshold_us: float = 25.0
+    warmup_runs: int = 20
+
+
+class LoadedVersion:
+    """A warm `InferenceSession` for one version of one model."""
+
+    def __init__(self, model: str, version: str, path: Path, options: RuntimeOptions) -> None:
+        self.model = model
+        self.version = version
+        self.path = path
+        self.options = options
+        self.state = VersionState.LOADING
+        self.limiter = anyio.CapacityLimiter(options.max_concurrency)
+        self.warmup_latency_us: float | None = None
+        self.inline = False
+        session_options = ort.SessionOptions()
+        # An explicit count: the default (0) pins its own worker threads and collides with a second session.
+        session_options.intra_op_num_threads = options.intra_op_threads
+        session_options.inter_op_num_threads = 1
+        session_options.log_severity_level = 3
+        if not path.is_file():
+            raise LoadError(f"{model} version {version}: {path} does not exist")
+        try:
+            self.session = ort.InferenceSession(
+                str(path), sess_options=session_options, providers=["CPUExecutionProvider"]
+            )
+        except Exception as exc:  # onnxruntime raises its own types for corrupt or unsupported graphs
+            raise LoadError(f"{model} version {version}: cannot load {path.name}: {_first_line(exc)}") from exc
+        self.inputs = tuple(_spec(arg, f"{model} version {version}") for arg in self.session.get_inputs())
+        self.outputs = tuple(_spec(arg, f"{model} version {version}") for arg in self.session.get_outputs())
+        self.output_names = [spec.name for spec in self.outputs]
+        self._run = self.session.run
+
+    def warm_up(self) -> None:
+        """Run a synthetic batch-1 request several times; time it; mark READY. Blocking: call in a thread."""
+        feeds = {spec.name: _synthetic(spec) for spec in self.inputs}
+        timings = []
+        try:
+            for _ in range(max(1, self.options.warmup_runs)):
+                started = time.perf_counter()
+                self._run(self.output_names, feeds)
+                timings.append((time.perf_counter() - started) * 1e6)
+        except Exception as exc:
+            raise LoadError(
+                f"{self.model} version {self.version}: warm-up inference failed: {_first_line(exc)}"
+            ) from exc
+        self.warmup_latency_us = statistics.median(timings)
+        execution = self.options.execution
+        self.inline = execution == "inline" or (
+            execution == "auto" and self.warmup_latency_us <= self.options.inline_threshold_us
+        )
+        self.state = VersionState.READY
+
+    @property
+    def ready(self) -> bool:
+        return self.state is VersionState.READY
+
+    def run(self, feeds: Mapping[str, np.ndarray], output_names: Sequence[str] | None = None) -> Outputs:
+        """Blocking inference; returns every output (or those named) by name."""
+        names = list(output_names) if output_names else self.output_names
+        try:
+            return dict(zip(names, self._run(names, feeds), strict=True))
+        except _OrtInvalidArgument as exc:  # shapes/values validation could not see, e.g. a Reshape mismatch
+            raise RequestError(f"{self.model} version {self.version}: {_first_line(exc)}") from exc
+        except Exception as exc:
+            raise InferenceError(f"{self.model} version {self.version} failed: {_first_line(exc)}") from exc
+
+    async def infer(self, feeds: Mapping[str, np.ndarray], output_names: Sequence[str] | None = None) -> Outputs:
+        """Run inline when the warm-up showed it is cheaper than a thread hop, else on a worker thread."""
+        if self.inline:
+            return self.run(feeds, output_names)
+        return await anyio.to_thread.run_sync(self.run, feeds, output_names, limiter=self.limiter)
+
+    def describe(self) -> dict[str, object]:
+        return {
+            "version": self.version,
+            "state": self.state.value,
+            "execution": "inline" if self.inline else "thread",
+            "warmup_latency_us": None if self.warmup_latency_us is None else round(self.warmup_latency_us, 1),
+            "inputs": [spec.as_metadata() for spec in self.inputs],
+            "outputs": [spec.as_metadata() for spec in self.outputs],
+        }
+
+
+def load_version(model: str, version: str, path: Path, options: RuntimeOptions) -> LoadedVersion:
+    """Load and warm a version (blocking: call it in a thread). Raises LoadError, never anything else."""
+    try:
+        loaded = LoadedVersion(model, version, path, options)
+        loaded.warm_up()
+    except LoadError:
+        raise
+    except Exception as exc:
+        raise LoadError(f"{model} version {version}: {_first_line(exc)}") from exc
+    return loaded
+
+
+def _spec(arg: ort.NodeArg, where: str) -> TensorSpec:
+    datatype = ORT_TO_V2.get(arg.type)
+    if datatype is None:
+        raise LoadError(f"{where}: tensor {arg.name!r} has type {arg.type}, which the V2 protocol cannot carry")
+    shape = tuple(dim if isinstance(dim, int) and dim >= 0 else -1 for dim in (arg.shape or []))
+    return TensorSpec(arg.name, datatype, shape)
+
+
+def _synthetic(spec: TensorSpec) -> np.ndarray:
+    shape = tuple(1 if dim < 0 else dim for dim in spec.shape)
+    if spec.datatype == "BYTES":
+        return np.full(shape, "", dtype=object)
+    return np.zeros(shape, dtype=spec.dtype)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0][:500]

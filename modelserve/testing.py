@@ -1,0 +1,115 @@
+"""Tiny real ONNX models for tests, benchmarks and demos (needs the `onnx` package: the `test` extra).
+
+Every builder writes a genuine ONNX graph that onnxruntime loads; weights come from a seeded generator
+so two calls with the same seed produce the same model, and different seeds genuinely different ones.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+OPSET = 17
+
+
+def _onnx():  # type: ignore[no-untyped-def]
+    try:
+        import onnx
+        from onnx import helper, numpy_helper
+    except ImportError as exc:  # pragma: no cover - exercised only without the extra
+        raise ImportError("building ONNX models needs `pip install modelserve[test]` (the onnx package)") from exc
+    return onnx, helper, numpy_helper
+
+
+def mlp(
+    path: str | Path,
+    widths: Sequence[int] = (16, 8, 2),
+    *,
+    seed: int = 0,
+    softmax: bool = True,
+    input_name: str = "input",
+    output_name: str = "probabilities",
+) -> Path:
+    """A float32 MLP `widths[0] -> ... -> widths[-1]` with ReLU between layers and a softmax head."""
+    onnx, helper, numpy_helper = _onnx()
+    rng = np.random.default_rng(seed)
+    nodes, inits = [], []
+    current = input_name
+    for i, (fan_in, fan_out) in enumerate(zip(widths[:-1], widths[1:], strict=False)):
+        w = rng.normal(0, 1 / np.sqrt(fan_in), (fan_in, fan_out)).astype(np.float32)
+        b = rng.normal(0, 0.1, (fan_out,)).astype(np.float32)
+        inits += [numpy_helper.from_array(w, f"w{i}"), numpy_helper.from_array(b, f"b{i}")]
+        out = f"h{i}"
+        nodes.append(helper.make_node("Gemm", [current, f"w{i}", f"b{i}"], [out]))
+        current = out
+        if i < len(widths) - 2:
+            nodes.append(helper.make_node("Relu", [current], [f"r{i}"]))
+            current = f"r{i}"
+    nodes.append(helper.make_node("Softmax" if softmax else "Identity", [current], [output_name], **(
+        {"axis": -1} if softmax else {})))
+    graph = helper.make_graph(
+        nodes,
+        "mlp",
+        [helper.make_tensor_value_info(input_name, onnx.TensorProto.FLOAT, ["batch", widths[0]])],
+        [helper.make_tensor_value_info(output_name, onnx.TensorProto.FLOAT, ["batch", widths[-1]])],
+        initializer=inits,
+    )
+    return _save(onnx, helper, graph, path)
+
+
+def identity(path: str | Path, datatype: str, shape: Sequence[int | str] = ("batch", 4)) -> Path:
+    """A model whose single output `output` equals its single input `input` of the given V2 datatype."""
+    onnx, helper, _ = _onnx()
+    elem = _ONNX_TYPES(onnx)[datatype]
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["input"], ["output"])],
+        "identity",
+        [helper.make_tensor_value_info("input", elem, list(shape))],
+        [helper.make_tensor_value_info("output", elem, list(shape))],
+    )
+    return _save(onnx, helper, graph, path)
+
+
+def two_in_two_out(path: str | Path) -> Path:
+    """`sum = a + b` (FP32) and `flag = a > b` (BOOL), both shaped [batch, 3]: for output filtering."""
+    onnx, helper, _ = _onnx()
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["a", "b"], ["sum"]), helper.make_node("Greater", ["a", "b"], ["flag"])],
+        "two",
+        [helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, ["batch", 3]) for n in ("a", "b")],
+        [
+            helper.make_tensor_value_info("sum", onnx.TensorProto.FLOAT, ["batch", 3]),
+            helper.make_tensor_value_info("flag", onnx.TensorProto.BOOL, ["batch", 3]),
+        ],
+    )
+    return _save(onnx, helper, graph, path)
+
+
+def _ONNX_TYPES(onnx):  # type: ignore[no-untyped-def]
+    t = onnx.TensorProto
+    return {
+        "BOOL": t.BOOL, "UINT8": t.UINT8, "UINT16": t.UINT16, "UINT32": t.UINT32, "UINT64": t.UINT64,
+        "INT8": t.INT8, "INT16": t.INT16, "INT32": t.INT32, "INT64": t.INT64, "FP16": t.FLOAT16,
+        "FP32": t.FLOAT, "FP64": t.DOUBLE, "BYTES": t.STRING,
+    }
+
+
+def _save(onnx, helper, graph, path: str | Path) -> Path:  # type: ignore[no-untyped-def]
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, target)
+    return target
+
+
+def repository(root: str | Path, models: dict[str, dict[str, int]], widths: Sequence[int] = (16, 8, 2)) -> Path:
+    """A model repository: `{"fraud": {"1": seed, "2": seed}}` -> root/fraud/<version>/model.onnx MLPs."""
+    root = Path(root)
+    for name, versions in models.items():
+        for version, seed in versions.items():
+            mlp(root / name / version / "model.onnx", widths, seed=seed)
+    return root

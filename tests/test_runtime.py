@@ -1,0 +1,64 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import anyio
+import numpy as np
+import pytest
+
+from modelserve import testing
+from modelserve.errors import InferenceError, LoadError, RequestError
+from modelserve.serving.runtime import RuntimeOptions, VersionState, load_version
+
+
+def test_loaded_version_reads_v2_metadata_with_dynamic_dims(tmp_path: Path) -> None:
+    loaded = load_version("m", "1", testing.mlp(tmp_path / "m.onnx", (16, 8, 2)), RuntimeOptions())
+    assert loaded.state is VersionState.READY
+    assert [(s.name, s.datatype, s.shape) for s in loaded.inputs] == [("input", "FP32", (-1, 16))]
+    assert [(s.name, s.datatype, s.shape) for s in loaded.outputs] == [("probabilities", "FP32", (-1, 2))]
+    assert loaded.warmup_latency_us is not None and loaded.warmup_latency_us > 0
+
+
+@pytest.mark.parametrize("datatype", ["BOOL", "UINT8", "INT32", "INT64", "FP16", "FP64", "BYTES"])
+def test_every_datatype_loads_warm_and_round_trips(tmp_path: Path, datatype: str) -> None:
+    loaded = load_version("m", "1", testing.identity(tmp_path / "m.onnx", datatype), RuntimeOptions())
+    assert loaded.inputs[0].datatype == datatype
+    value = np.array([["a", "b", "c", "d"]], dtype=object) if datatype == "BYTES" else np.ones((1, 4), loaded.inputs[0].dtype)
+    assert (loaded.run({"input": value})["output"] == value).all()
+
+
+def test_execution_mode_follows_config_and_warmup_timing(tmp_path: Path) -> None:
+    path = testing.mlp(tmp_path / "m.onnx")
+    assert load_version("m", "1", path, RuntimeOptions(execution="inline")).inline
+    assert not load_version("m", "1", path, RuntimeOptions(execution="thread")).inline
+    slow_threshold = load_version("m", "1", path, RuntimeOptions(inline_threshold_us=0.0))
+    assert not slow_threshold.inline
+
+
+def test_thread_execution_uses_the_versions_own_limiter(tmp_path: Path) -> None:
+    loaded = load_version("m", "1", testing.mlp(tmp_path / "m.onnx"), RuntimeOptions(execution="thread", max_concurrency=3))
+    assert loaded.limiter.total_tokens == 3
+
+    async def main() -> dict[str, np.ndarray]:
+        return await loaded.infer({"input": np.ones((2, 16), np.float32)})
+
+    out = anyio.run(main)
+    assert out["probabilities"].shape == (2, 2)
+    assert loaded.limiter.borrowed_tokens == 0
+
+
+def test_corrupt_and_missing_files_raise_load_error(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"this is not a protobuf")
+    with pytest.raises(LoadError, match="cannot load"):
+        load_version("m", "1", bad, RuntimeOptions())
+    with pytest.raises(LoadError, match="does not exist"):
+        load_version("m", "1", tmp_path / "missing.onnx", RuntimeOptions())
+
+
+def test_runtime_errors_are_typed(tmp_path: Path) -> None:
+    loaded = load_version("m", "1", testing.mlp(tmp_path / "m.onnx"), RuntimeOptions())
+    with pytest.raises(RequestError):
+        loaded.run({"input": np.ones((1, 5), np.float32)})
+    with pytest.raises((RequestError, InferenceError)):
+        loaded.run({"wrong": np.ones((1, 16), np.float32)})
