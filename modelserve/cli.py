@@ -30,7 +30,9 @@ def admin_call(args: argparse.Namespace, method: str, path: str, body: dict[str,
     token = os.environ.get(TOKEN_ENV)
     headers = {"authorization": f"Bearer {token}"} if token else {}
     try:
-        response = httpx.request(method, args.url.rstrip("/") + path, json=body, headers=headers, timeout=args.timeout)
+        response = httpx.request(
+            method, args.url.rstrip("/") + path, json=body, headers=headers, timeout=args.timeout
+        )
     except httpx.HTTPError as exc:
         raise ClientError(f"cannot reach {args.url}: {exc}") from None
     try:
@@ -81,8 +83,10 @@ def _status(args: argparse.Namespace) -> int:
 def _stage(args: argparse.Namespace) -> int:
     data = admin_call(args, "POST", f"/admin/models/{args.model}/stage", {"version": args.version})
     staged = data["staged"]
-    print(f"{args.model}: version {staged['version']} staged warm ({staged['execution']}, "
-          f"warm-up {staged['warmup_latency_us']} µs), 0% traffic")
+    print(
+        f"{args.model}: version {staged['version']} staged warm ({staged['execution']}, "
+        f"warm-up {staged['warmup_latency_us']} µs), 0% traffic"
+    )
     return 0
 
 
@@ -90,7 +94,8 @@ def _switch(action: str) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
         data = admin_call(args, "POST", f"/admin/models/{args.model}/{action}")
         switch = data["switch"]
-        print(f"{args.model}: {action} {switch['from_version']} -> {switch['to_version']} (live slot {switch['live_slot']})")
+        moved = f"{switch['from_version']} -> {switch['to_version']}"
+        print(f"{args.model}: {action} {moved} (live slot {switch['live_slot']})")
         return 0
 
     return run
@@ -130,16 +135,23 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="modelserve", description="Safe model updates, in-process.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    serve = commands.add_parser("serve", help="serve a model repository over the V2 inference protocol",
-                                description="Serve every model of REPO (models/<name>/<version>/model.onnx).")
+    serve = commands.add_parser(
+        "serve",
+        help="serve a model repository over the V2 inference protocol",
+        description="Serve every model of REPO (models/<name>/<version>/model.onnx).",
+    )
     serve.add_argument("repository", metavar="REPO")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--flags", metavar="FLAGS.json", help="flagd flag definition file (hot-reloaded)")
-    serve.add_argument("--state-dir", default=".modelserve", help="durable state folder (default .modelserve)")
+    serve.add_argument(
+        "--state-dir", default=".modelserve", help="durable state folder (default .modelserve)"
+    )
     serve.add_argument("--admin-token", help=f"enable the admin API with this bearer token (or {TOKEN_ENV})")
     serve.add_argument("--max-body-bytes", type=int, default=64 * 1024 * 1024)
-    serve.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    serve.add_argument(
+        "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"]
+    )
     serve.add_argument("--access-log", action="store_true", help="log every request")
     serve.set_defaults(run=_serve)
 
@@ -152,8 +164,10 @@ def build_parser() -> argparse.ArgumentParser:
     stage.add_argument("version")
     stage.set_defaults(run=_stage)
 
-    for action, text in (("promote", "make the staged candidate live (instant slot switch)"),
-                         ("rollback", "switch back to the previous version, still warm")):
+    for action, text in (
+        ("promote", "make the staged candidate live (instant slot switch)"),
+        ("rollback", "switch back to the previous version, still warm"),
+    ):
         sub = client_parser(commands, action, text)
         sub.add_argument("model")
         sub.set_defaults(run=_switch(action))
@@ -163,7 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
     unload.add_argument("version", nargs="?")
     unload.set_defaults(run=_unload)
 
-    inspect = commands.add_parser("inspect", help="load an ONNX file and print its V2 metadata and warm-up time")
+    inspect = commands.add_parser(
+        "inspect", help="load an ONNX file and print its V2 metadata and warm-up time"
+    )
     inspect.add_argument("path")
     inspect.set_defaults(run=_inspect)
 

@@ -6,20 +6,29 @@ so two calls with the same seed produce the same model, and different seeds genu
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import itertools
+import socket
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 OPSET = 17
 
 
-def _onnx():  # type: ignore[no-untyped-def]
+def _onnx() -> Any:
     try:
         import onnx
         from onnx import helper, numpy_helper
     except ImportError as exc:  # pragma: no cover - exercised only without the extra
-        raise ImportError("building ONNX models needs `pip install modelserve[test]` (the onnx package)") from exc
+        raise ImportError(
+            "building ONNX models needs `pip install modelserve[test]` (the onnx package)"
+        ) from exc
     return onnx, helper, numpy_helper
 
 
@@ -37,7 +46,7 @@ def mlp(
     rng = np.random.default_rng(seed)
     nodes, inits = [], []
     current = input_name
-    for i, (fan_in, fan_out) in enumerate(zip(widths[:-1], widths[1:], strict=False)):
+    for i, (fan_in, fan_out) in enumerate(itertools.pairwise(widths)):
         w = rng.normal(0, 1 / np.sqrt(fan_in), (fan_in, fan_out)).astype(np.float32)
         b = rng.normal(0, 0.1, (fan_out,)).astype(np.float32)
         inits += [numpy_helper.from_array(w, f"w{i}"), numpy_helper.from_array(b, f"b{i}")]
@@ -47,8 +56,14 @@ def mlp(
         if i < len(widths) - 2:
             nodes.append(helper.make_node("Relu", [current], [f"r{i}"]))
             current = f"r{i}"
-    nodes.append(helper.make_node("Softmax" if softmax else "Identity", [current], [output_name], **(
-        {"axis": -1} if softmax else {})))
+    nodes.append(
+        helper.make_node(
+            "Softmax" if softmax else "Identity",
+            [current],
+            [output_name],
+            **({"axis": -1} if softmax else {}),
+        )
+    )
     graph = helper.make_graph(
         nodes,
         "mlp",
@@ -62,7 +77,7 @@ def mlp(
 def identity(path: str | Path, datatype: str, shape: Sequence[int | str] = ("batch", 4)) -> Path:
     """A model whose single output `output` equals its single input `input` of the given V2 datatype."""
     onnx, helper, _ = _onnx()
-    elem = _ONNX_TYPES(onnx)[datatype]
+    elem = _onnx_types(onnx)[datatype]
     graph = helper.make_graph(
         [helper.make_node("Identity", ["input"], ["output"])],
         "identity",
@@ -87,16 +102,26 @@ def two_in_two_out(path: str | Path) -> Path:
     return _save(onnx, helper, graph, path)
 
 
-def _ONNX_TYPES(onnx):  # type: ignore[no-untyped-def]
+def _onnx_types(onnx: Any) -> dict[str, int]:
     t = onnx.TensorProto
     return {
-        "BOOL": t.BOOL, "UINT8": t.UINT8, "UINT16": t.UINT16, "UINT32": t.UINT32, "UINT64": t.UINT64,
-        "INT8": t.INT8, "INT16": t.INT16, "INT32": t.INT32, "INT64": t.INT64, "FP16": t.FLOAT16,
-        "FP32": t.FLOAT, "FP64": t.DOUBLE, "BYTES": t.STRING,
+        "BOOL": t.BOOL,
+        "UINT8": t.UINT8,
+        "UINT16": t.UINT16,
+        "UINT32": t.UINT32,
+        "UINT64": t.UINT64,
+        "INT8": t.INT8,
+        "INT16": t.INT16,
+        "INT32": t.INT32,
+        "INT64": t.INT64,
+        "FP16": t.FLOAT16,
+        "FP32": t.FLOAT,
+        "FP64": t.DOUBLE,
+        "BYTES": t.STRING,
     }
 
 
-def _save(onnx, helper, graph, path: str | Path) -> Path:  # type: ignore[no-untyped-def]
+def _save(onnx: Any, helper: Any, graph: Any, path: str | Path) -> Path:
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
     model.ir_version = 8
     onnx.checker.check_model(model)
@@ -106,10 +131,53 @@ def _save(onnx, helper, graph, path: str | Path) -> Path:  # type: ignore[no-unt
     return target
 
 
-def repository(root: str | Path, models: dict[str, dict[str, int]], widths: Sequence[int] = (16, 8, 2)) -> Path:
+def repository(
+    root: str | Path, models: dict[str, dict[str, int]], widths: Sequence[int] = (16, 8, 2)
+) -> Path:
     """A model repository: `{"fraud": {"1": seed, "2": seed}}` -> root/fraud/<version>/model.onnx MLPs."""
     root = Path(root)
     for name, versions in models.items():
         for version, seed in versions.items():
             mlp(root / name / version / "model.onnx", widths, seed=seed)
     return root
+
+
+@dataclass
+class RunningServer:
+    url: str
+    host: str
+    port: int
+    server: Any  # uvicorn.Server
+
+    @property
+    def hostport(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+@contextlib.contextmanager
+def serve(app: Any, **uvicorn_options: Any) -> Iterator[RunningServer]:
+    """Run `app` on uvicorn in a thread, on a free loopback port, until the block ends."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    import uvicorn
+
+    options = {"log_level": "warning", "lifespan": "on", "access_log": False, **uvicorn_options}
+    config = uvicorn.Config(app, **options)
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not server.started:
+        if not thread.is_alive():
+            raise RuntimeError("server thread died during startup")
+        if time.monotonic() > deadline:
+            raise TimeoutError("server did not start")
+        time.sleep(0.01)
+    try:
+        yield RunningServer(f"http://127.0.0.1:{port}", "127.0.0.1", port, server)
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+        sock.close()

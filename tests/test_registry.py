@@ -75,7 +75,9 @@ def test_failed_stage_leaves_live_slot_untouched(tmp_path: Path, model_repo: Pat
     anyio.run(main)
 
 
-def test_live_version_survives_restart_and_new_folders_never_go_live(tmp_path: Path, model_repo: Path) -> None:
+def test_live_version_survives_restart_and_new_folders_never_go_live(
+    tmp_path: Path, model_repo: Path
+) -> None:
     (model_repo / "fraud" / "config.toml").write_text('live = "1"\n')
 
     async def first() -> None:

@@ -23,7 +23,11 @@ def test_loaded_version_reads_v2_metadata_with_dynamic_dims(tmp_path: Path) -> N
 def test_every_datatype_loads_warm_and_round_trips(tmp_path: Path, datatype: str) -> None:
     loaded = load_version("m", "1", testing.identity(tmp_path / "m.onnx", datatype), RuntimeOptions())
     assert loaded.inputs[0].datatype == datatype
-    value = np.array([["a", "b", "c", "d"]], dtype=object) if datatype == "BYTES" else np.ones((1, 4), loaded.inputs[0].dtype)
+    value = (
+        np.array([["a", "b", "c", "d"]], dtype=object)
+        if datatype == "BYTES"
+        else np.ones((1, 4), loaded.inputs[0].dtype)
+    )
     assert (loaded.run({"input": value})["output"] == value).all()
 
 
@@ -36,7 +40,9 @@ def test_execution_mode_follows_config_and_warmup_timing(tmp_path: Path) -> None
 
 
 def test_thread_execution_uses_the_versions_own_limiter(tmp_path: Path) -> None:
-    loaded = load_version("m", "1", testing.mlp(tmp_path / "m.onnx"), RuntimeOptions(execution="thread", max_concurrency=3))
+    loaded = load_version(
+        "m", "1", testing.mlp(tmp_path / "m.onnx"), RuntimeOptions(execution="thread", max_concurrency=3)
+    )
     assert loaded.limiter.total_tokens == 3
 
     async def main() -> dict[str, np.ndarray]:

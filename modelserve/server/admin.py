@@ -20,7 +20,11 @@ Handler = Callable[[Request, dict[str, Any]], Awaitable[Any]]
 
 
 def _respond(data: Any, status: int = 200) -> Response:
-    return Response(orjson.dumps(data, option=orjson.OPT_SERIALIZE_NUMPY), status_code=status, media_type="application/json")
+    return Response(
+        orjson.dumps(data, option=orjson.OPT_SERIALIZE_NUMPY),
+        status_code=status,
+        media_type="application/json",
+    )
 
 
 def admin_endpoint(services: Services, handler: Handler) -> Callable[[Request], Awaitable[Response]]:
@@ -42,8 +46,11 @@ def admin_endpoint(services: Services, handler: Handler) -> Callable[[Request], 
             return _respond(await handler(request, body))
         except Exception as exc:
             message = str(exc) if isinstance(exc, ModelServeError) else "internal error"
-            response = Response(protocol.error_body(message), status_code=protocol.status_for(exc),
-                                media_type="application/json")
+            response = Response(
+                protocol.error_body(message),
+                status_code=protocol.status_for(exc),
+                media_type="application/json",
+            )
             if isinstance(exc, AuthError) and exc.status == 401:
                 response.headers["www-authenticate"] = "Bearer"
             return response
@@ -115,6 +122,9 @@ def routes(services: Services) -> list[Route]:
 
 def _switch(switch: Any) -> dict[str, Any]:
     return {
-        "model": switch.model, "action": switch.action, "from_version": switch.from_version,
-        "to_version": switch.to_version, "live_slot": switch.live_slot,
+        "model": switch.model,
+        "action": switch.action,
+        "from_version": switch.from_version,
+        "to_version": switch.to_version,
+        "live_slot": switch.live_slot,
     }

@@ -6,8 +6,8 @@ import contextlib
 import hmac
 import logging
 from collections.abc import AsyncIterator, Callable
-from typing import Any
 from dataclasses import dataclass, field
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.routing import BaseRoute, Route

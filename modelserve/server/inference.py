@@ -91,13 +91,21 @@ class InferEndpoint:
                     loaded = slots.get(decision.version)
                 else:
                     loaded = slots.get()
-                    decision = stable_decision(model, loaded) if decision is None else RouteDecision(
-                        model=model, version=loaded.version, reason="fallback",
-                        detail=f"chosen version {decision.version} is not ready",
+                    decision = (
+                        stable_decision(model, loaded)
+                        if decision is None
+                        else RouteDecision(
+                            model=model,
+                            version=loaded.version,
+                            reason="fallback",
+                            detail=f"chosen version {decision.version} is not ready",
+                        )
                     )
             body = await read_body(receive, headers, services.config.max_body_bytes)
             request = protocol.decode_infer_request(
-                body, header_length=int_header(headers, b"inference-header-content-length"), inputs=loaded.inputs
+                body,
+                header_length=int_header(headers, b"inference-header-content-length"),
+                inputs=loaded.inputs,
             )
             request_id = request.id
             if request_id is None:
@@ -119,7 +127,9 @@ class InferEndpoint:
             status = protocol.status_for(exc)
             error = str(exc) if isinstance(exc, ModelServeError) else "internal error"
             if status >= 500 and not isinstance(exc, NotReady):
-                log.error("inference on %s failed: %s", model, exc, exc_info=not isinstance(exc, ModelServeError))
+                log.error(
+                    "inference on %s failed: %s", model, exc, exc_info=not isinstance(exc, ModelServeError)
+                )
             payload = protocol.error_body(error)
             response_headers = list(JSON_HEADERS)
         if decision is not None:
@@ -130,7 +140,15 @@ class InferEndpoint:
         await send_response(send, status, payload, response_headers)
         if services.observers and decision is not None:
             record = InferenceRecord(
-                scope, model, decision, loaded, request, outputs, time.perf_counter() - started, status, error,
+                scope,
+                model,
+                decision,
+                loaded,
+                request,
+                outputs,
+                time.perf_counter() - started,
+                status,
+                error,
                 request_id,
             )
             for observer in services.observers:
@@ -146,7 +164,9 @@ def _json(data: Any, status: int = 200) -> Response:
 
 def _error(exc: BaseException) -> Response:
     message = str(exc) if isinstance(exc, ModelServeError) else "internal error"
-    return Response(protocol.error_body(message), status_code=protocol.status_for(exc), media_type="application/json")
+    return Response(
+        protocol.error_body(message), status_code=protocol.status_for(exc), media_type="application/json"
+    )
 
 
 def routes(services: Services) -> list[Route]:
@@ -172,8 +192,11 @@ def routes(services: Services) -> list[Route]:
             versions = sorted(slots.ready_versions, key=int)
             return _json(
                 protocol.model_metadata(
-                    name=slots.model, versions=versions, platform="onnxruntime_onnx",
-                    inputs=loaded.inputs, outputs=loaded.outputs,
+                    name=slots.model,
+                    versions=versions,
+                    platform="onnxruntime_onnx",
+                    inputs=loaded.inputs,
+                    outputs=loaded.outputs,
                 )
             )
         except Exception as exc:
@@ -205,8 +228,8 @@ def routes(services: Services) -> list[Route]:
         for name in registry.repository.model_names():
             slots = registry.models.get(name)
             for version in registry.repository.versions(name):
-                loaded = slots.slots[slots.slot_of(version)] if slots and slots.slot_of(version) else None
-                state = "READY" if loaded is not None and loaded.ready else "UNAVAILABLE"
+                ready = slots is not None and version in slots.ready_versions
+                state = "READY" if ready else "UNAVAILABLE"
                 if only_ready and state != "READY":
                     continue
                 entry = {"name": name, "version": version, "state": state}

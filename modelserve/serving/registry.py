@@ -79,7 +79,9 @@ class ModelRegistry:
                     f"model {model!r}: live version {live_version} is not in the repository "
                     f"(available: {', '.join(versions)})"
                 )
-            slots.live_slot = saved.get("live_slot", "blue") if saved.get("live_slot") in ("blue", "green") else "blue"
+            slots.live_slot = (
+                saved.get("live_slot", "blue") if saved.get("live_slot") in ("blue", "green") else "blue"
+            )
             slots.set_live(await self._load(slots, live_version))
             idle_version, idle_role = saved.get("idle_version"), saved.get("idle_role")
             if idle_version and idle_role in ("candidate", "previous") and str(idle_version) in versions:

@@ -43,14 +43,20 @@ class ModelRepository:
 
     def model_names(self) -> list[str]:
         return sorted(
-            p.name for p in self.root.iterdir() if p.is_dir() and _MODEL_NAME.match(p.name) and self.versions(p.name)
+            p.name
+            for p in self.root.iterdir()
+            if p.is_dir() and _MODEL_NAME.match(p.name) and self.versions(p.name)
         )
 
     def versions(self, model: str) -> list[str]:
         folder = self.root / check_model_name(model)
         if not folder.is_dir():
             return []
-        found = [p.name for p in folder.iterdir() if p.is_dir() and _VERSION.match(p.name) and (p / MODEL_FILE).is_file()]
+        found = [
+            p.name
+            for p in folder.iterdir()
+            if p.is_dir() and _VERSION.match(p.name) and (p / MODEL_FILE).is_file()
+        ]
         return sorted(found, key=version_key)
 
     def model_path(self, model: str, version: str) -> Path:

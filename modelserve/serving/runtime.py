@@ -69,10 +69,13 @@ class LoadedVersion:
                 str(path), sess_options=session_options, providers=["CPUExecutionProvider"]
             )
         except Exception as exc:  # onnxruntime raises its own types for corrupt or unsupported graphs
-            raise LoadError(f"{model} version {version}: cannot load {path.name}: {_first_line(exc)}") from exc
+            raise LoadError(
+                f"{model} version {version}: cannot load {path.name}: {_first_line(exc)}"
+            ) from exc
         self.inputs = tuple(_spec(arg, f"{model} version {version}") for arg in self.session.get_inputs())
         self.outputs = tuple(_spec(arg, f"{model} version {version}") for arg in self.session.get_outputs())
         self.output_names = [spec.name for spec in self.outputs]
+        self._text_inputs = tuple(spec.name for spec in self.inputs if spec.datatype == "BYTES")
         self._run = self.session.run
 
     def warm_up(self) -> None:
@@ -102,6 +105,11 @@ class LoadedVersion:
     def run(self, feeds: Mapping[str, np.ndarray], output_names: Sequence[str] | None = None) -> Outputs:
         """Blocking inference; returns every output (or those named) by name."""
         names = list(output_names) if output_names else self.output_names
+        if self._text_inputs:
+            feeds = {
+                **feeds,
+                **{name: _as_text(name, feeds[name]) for name in self._text_inputs if name in feeds},
+            }
         try:
             return dict(zip(names, self._run(names, feeds), strict=True))
         except _OrtInvalidArgument as exc:  # shapes/values validation could not see, e.g. a Reshape mismatch
@@ -109,7 +117,9 @@ class LoadedVersion:
         except Exception as exc:
             raise InferenceError(f"{self.model} version {self.version} failed: {_first_line(exc)}") from exc
 
-    async def infer(self, feeds: Mapping[str, np.ndarray], output_names: Sequence[str] | None = None) -> Outputs:
+    async def infer(
+        self, feeds: Mapping[str, np.ndarray], output_names: Sequence[str] | None = None
+    ) -> Outputs:
         """Run inline when the warm-up showed it is cheaper than a thread hop, else on a worker thread."""
         if self.inline:
             return self.run(feeds, output_names)
@@ -141,7 +151,9 @@ def load_version(model: str, version: str, path: Path, options: RuntimeOptions) 
 def _spec(arg: ort.NodeArg, where: str) -> TensorSpec:
     datatype = ORT_TO_V2.get(arg.type)
     if datatype is None:
-        raise LoadError(f"{where}: tensor {arg.name!r} has type {arg.type}, which the V2 protocol cannot carry")
+        raise LoadError(
+            f"{where}: tensor {arg.name!r} has type {arg.type}, which the V2 protocol cannot carry"
+        )
     shape = tuple(dim if isinstance(dim, int) and dim >= 0 else -1 for dim in (arg.shape or []))
     return TensorSpec(arg.name, datatype, shape)
 
@@ -151,6 +163,17 @@ def _synthetic(spec: TensorSpec) -> np.ndarray:
     if spec.datatype == "BYTES":
         return np.full(shape, "", dtype=object)
     return np.zeros(shape, dtype=spec.dtype)
+
+
+def _as_text(name: str, array: np.ndarray) -> np.ndarray:
+    """onnxruntime string tensors hold UTF-8 text: decode bytes elements (it would str() them)."""
+    try:
+        items = [x.decode("utf-8") if isinstance(x, bytes) else str(x) for x in array.ravel().tolist()]
+    except UnicodeDecodeError as exc:
+        raise RequestError(
+            f"input {name!r}: the model takes UTF-8 text; element is not UTF-8 ({exc.reason})"
+        ) from None
+    return np.array(items, dtype=object).reshape(array.shape)
 
 
 def _first_line(exc: BaseException) -> str:

@@ -101,7 +101,9 @@ class ModelSlots:
     def promote(self) -> Switch:
         idle = self.idle
         if idle is None or self.idle_role != "candidate":
-            held = f" (it holds the previous version {idle.version}; use rollback)" if idle is not None else ""
+            held = (
+                f" (it holds the previous version {idle.version}; use rollback)" if idle is not None else ""
+            )
             raise Conflict(f"model {self.model!r} has no staged candidate to promote{held}")
         return self._swap("promote", idle)
 
