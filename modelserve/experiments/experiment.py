@@ -1,0 +1,314 @@
+"""An experiment's configuration (`ExperimentSpec`) and its streaming counters (`ExperimentCounters`).
+
+The first arm is the control ("A"); every other arm is compared with it. Counters are plain sums,
+so they update in O(1) per outcome, merge nothing, and serialise to JSON for the state store.
+`report.py` turns a spec and its counters into an `ExperimentReport`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from modelserve.errors import ConfigError, RequestError
+
+METRIC_KINDS = ("binary", "continuous")
+POLICIES = ("fixed", "thompson", "epsilon_greedy")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MetricSpec:
+    """A metric: `binary` (conversion, correct: values 0/1) or `continuous` (revenue, latency)."""
+
+    name: str
+    kind: str = "binary"
+    higher_is_better: bool = True
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ArmSpec:
+    """One arm: a model version and its share of traffic (weights are normalised to sum to 1)."""
+
+    version: str
+    weight: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ExperimentSpec:
+    """An A/B(/n) experiment on one model. `mde` is the relative minimum detectable effect."""
+
+    model: str
+    arms: tuple[ArmSpec, ...]
+    metric: MetricSpec
+    guardrails: tuple[MetricSpec, ...] = ()
+    mde: float = 0.05
+    alpha: float = 0.05
+    power: float = 0.8
+    policy: str = "fixed"
+    segments: tuple[str, ...] = ()
+
+    @property
+    def control(self) -> str:
+        return self.arms[0].version
+
+    @property
+    def versions(self) -> tuple[str, ...]:
+        return tuple(arm.version for arm in self.arms)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The dict `parse_experiment_spec` accepts."""
+
+        def metric(m: MetricSpec) -> dict[str, Any]:
+            return {"name": m.name, "kind": m.kind, "higher_is_better": m.higher_is_better}
+
+        return {
+            "model": self.model,
+            "arms": [{"version": a.version, "weight": a.weight} for a in self.arms],
+            "metric": metric(self.metric),
+            "guardrails": [metric(g) for g in self.guardrails],
+            "mde": self.mde,
+            "alpha": self.alpha,
+            "power": self.power,
+            "policy": self.policy,
+            "segments": list(self.segments),
+        }
+
+
+def _metric(value: Any, where: str) -> MetricSpec:
+    if isinstance(value, str):  # shorthand: just the kind
+        value = {"name": value, "kind": value}
+    if not isinstance(value, Mapping) or not isinstance(value.get("name"), str) or not value["name"]:
+        raise ConfigError(f"{where} must be a kind string or a table with a non-empty 'name'")
+    kind = value.get("kind", "binary")
+    if kind not in METRIC_KINDS:
+        raise ConfigError(f"{where}: kind must be one of {METRIC_KINDS}, got {kind!r}")
+    higher = value.get("higher_is_better", True)
+    if not isinstance(higher, bool):
+        raise ConfigError(f"{where}: higher_is_better must be true or false")
+    return MetricSpec(name=value["name"], kind=kind, higher_is_better=higher)
+
+
+def _arms(value: Any) -> tuple[ArmSpec, ...]:
+    if not isinstance(value, list) or len(value) < 2:
+        raise ConfigError("'arms' must list at least two versions (the first is the control)")
+    raw: list[tuple[str, float]] = []
+    for item in value:
+        if isinstance(item, str | int) and not isinstance(item, bool):
+            raw.append((str(item), 1.0))
+        elif isinstance(item, Mapping) and "version" in item:
+            weight = item.get("weight", 1.0)
+            if isinstance(weight, bool) or not isinstance(weight, int | float) or not weight > 0:
+                raise ConfigError(f"arm {item['version']!r}: weight must be a positive number")
+            raw.append((str(item["version"]), float(weight)))
+        else:
+            raise ConfigError(f"each arm must be a version or a table with 'version', got {item!r}")
+    names = [name for name, _ in raw]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"arms repeat a version: {names}")
+    total = sum(w for _, w in raw)
+    return tuple(ArmSpec(version=name, weight=w / total) for name, w in raw)
+
+
+def _fraction(data: Mapping[str, Any], key: str, default: float) -> float:
+    value = data.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 1:
+        raise ConfigError(f"'{key}' must be a number strictly between 0 and 1, got {value!r}")
+    return float(value)
+
+
+def parse_experiment_spec(data: Mapping[str, Any]) -> ExperimentSpec:
+    """Build an `ExperimentSpec` from a dict (JSON/TOML); raises ConfigError naming the bad field."""
+    if not isinstance(data, Mapping):
+        raise ConfigError("an experiment must be a table")
+    unknown = set(data) - {
+        "model",
+        "arms",
+        "metric",
+        "guardrails",
+        "mde",
+        "alpha",
+        "power",
+        "policy",
+        "segments",
+    }
+    if unknown:
+        raise ConfigError(f"unknown experiment keys: {sorted(unknown)}")
+    model = data.get("model")
+    if not isinstance(model, str) or not model:
+        raise ConfigError("'model' must be a non-empty string")
+    if "metric" not in data:
+        raise ConfigError("'metric' is required")
+    guardrails = data.get("guardrails", [])
+    if not isinstance(guardrails, list):
+        raise ConfigError("'guardrails' must be a list")
+    mde = data.get("mde", 0.05)
+    if isinstance(mde, bool) or not isinstance(mde, int | float) or not mde > 0:
+        raise ConfigError(f"'mde' (relative) must be a positive number, got {mde!r}")
+    policy = data.get("policy", "fixed")
+    if policy not in POLICIES:
+        raise ConfigError(f"'policy' must be one of {POLICIES}, got {policy!r}")
+    segments = data.get("segments", [])
+    if not isinstance(segments, list) or not all(isinstance(s, str) and s for s in segments):
+        raise ConfigError("'segments' must be a list of attribute names")
+    spec = ExperimentSpec(
+        model=model,
+        arms=_arms(data.get("arms")),
+        metric=_metric(data["metric"], "'metric'"),
+        guardrails=tuple(_metric(g, f"guardrail {i}") for i, g in enumerate(guardrails)),
+        mde=float(mde),
+        alpha=_fraction(data, "alpha", 0.05),
+        power=_fraction(data, "power", 0.8),
+        policy=policy,
+        segments=tuple(segments),
+    )
+    if spec.policy == "thompson" and spec.metric.kind != "binary":
+        raise ConfigError("Thompson sampling (Beta-Bernoulli) needs a binary metric; use epsilon_greedy")
+    names = [spec.metric.name, *(g.name for g in spec.guardrails)]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"metric and guardrail names must differ: {names}")
+    return spec
+
+
+@dataclass(slots=True)
+class MetricCounter:
+    """Streaming count, sum and sum of squares of one metric's values (JSON-able)."""
+
+    n: int = 0
+    total: float = 0.0
+    total_sq: float = 0.0
+
+    def add(self, value: float) -> None:
+        self.n += 1
+        self.total += value
+        self.total_sq += value * value
+
+    @property
+    def mean(self) -> float:
+        return self.total / self.n if self.n else math.nan
+
+    @property
+    def variance(self) -> float:
+        """Sample variance (ddof=1); clamped at 0 against rounding."""
+        if self.n < 2:
+            return math.nan
+        return max(0.0, (self.total_sq - self.total * self.total / self.n) / (self.n - 1))
+
+    @property
+    def successes(self) -> int:
+        """For binary metrics: the number of 1s."""
+        return round(self.total)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"n": self.n, "total": self.total, "total_sq": self.total_sq}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> MetricCounter:
+        return cls(n=int(data["n"]), total=float(data["total"]), total_sq=float(data["total_sq"]))
+
+
+@dataclass(slots=True)
+class ArmCounters:
+    """One arm's streaming counters: assignments, the primary metric, guardrails and segments.
+
+    `segments[attribute][value]` counts the primary metric within that segment.
+    """
+
+    assigned: int = 0
+    metric: MetricCounter = field(default_factory=MetricCounter)
+    guardrails: dict[str, MetricCounter] = field(default_factory=dict)
+    segments: dict[str, dict[str, MetricCounter]] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "assigned": self.assigned,
+            "metric": self.metric.to_dict(),
+            "guardrails": {k: v.to_dict() for k, v in self.guardrails.items()},
+            "segments": {a: {v: c.to_dict() for v, c in vals.items()} for a, vals in self.segments.items()},
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ArmCounters:
+        return cls(
+            assigned=int(data["assigned"]),
+            metric=MetricCounter.from_dict(data["metric"]),
+            guardrails={k: MetricCounter.from_dict(v) for k, v in data.get("guardrails", {}).items()},
+            segments={
+                a: {v: MetricCounter.from_dict(c) for v, c in vals.items()}
+                for a, vals in data.get("segments", {}).items()
+            },
+        )
+
+
+def _check_value(metric: MetricSpec, value: Any) -> float:
+    if isinstance(value, bool):
+        value = int(value)
+    if not isinstance(value, int | float) or not math.isfinite(value):
+        raise RequestError(f"outcome for {metric.name!r} must be a finite number, got {value!r}")
+    if metric.kind == "binary" and value not in (0, 1):
+        raise RequestError(f"outcome for binary metric {metric.name!r} must be 0 or 1, got {value!r}")
+    return float(value)
+
+
+class ExperimentCounters:
+    """Counters of every arm of one experiment; mutated from the event loop only."""
+
+    def __init__(self, spec: ExperimentSpec, arms: Mapping[str, ArmCounters] | None = None) -> None:
+        self.spec = spec
+        self.arms: dict[str, ArmCounters] = {v: ArmCounters() for v in spec.versions}
+        for version, counters in (arms or {}).items():
+            if version not in self.arms:
+                raise ConfigError(f"saved counters name version {version!r}, which is not an arm")
+            self.arms[version] = counters
+
+    def record_assignment(self, arm: str) -> None:
+        """Count one request routed to `arm` (the denominator of the SRM check)."""
+        self._arm(arm).assigned += 1
+
+    def validate_outcome(self, value: Any, guardrails: Mapping[str, Any] | None = None) -> None:
+        """Raise RequestError if `record_outcome` would reject these values (nothing is counted)."""
+        _check_value(self.spec.metric, value)
+        by_name = {g.name: g for g in self.spec.guardrails}
+        for name, gvalue in (guardrails or {}).items():
+            if name not in by_name:
+                raise RequestError(f"unknown guardrail metric {name!r}")
+            _check_value(by_name[name], gvalue)
+
+    def record_outcome(
+        self,
+        arm: str,
+        value: Any,
+        *,
+        segments: Mapping[str, Any] | None = None,
+        guardrails: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Count one outcome; segment attributes not named in the spec are ignored."""
+        counters = self._arm(arm)
+        self.validate_outcome(value, guardrails)
+        number = float(value)
+        counters.metric.add(number)
+        for name, gvalue in (guardrails or {}).items():
+            counters.guardrails.setdefault(name, MetricCounter()).add(float(gvalue))
+        for attribute in self.spec.segments:
+            if segments and attribute in segments and segments[attribute] is not None:
+                bucket = counters.segments.setdefault(attribute, {})
+                bucket.setdefault(str(segments[attribute]), MetricCounter()).add(number)
+
+    def _arm(self, arm: str) -> ArmCounters:
+        try:
+            return self.arms[arm]
+        except KeyError:
+            raise RequestError(f"{arm!r} is not an arm of the {self.spec.model!r} experiment") from None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"arms": {v: c.to_dict() for v, c in self.arms.items()}}
+
+    @classmethod
+    def from_dict(cls, spec: ExperimentSpec, data: Mapping[str, Any]) -> ExperimentCounters:
+        """Restore counters saved by `to_dict()`; raises ConfigError on a malformed document."""
+        try:
+            arms = {str(v): ArmCounters.from_dict(c) for v, c in data["arms"].items()}
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise ConfigError(f"malformed experiment counters: {exc!r}") from exc
+        return cls(spec, arms)

@@ -1,0 +1,166 @@
+"""Join outcomes posted back by request id to the route decision that served the request.
+
+Seldon Core v1's bandit routers broke because feedback lost its routing metadata; here the decision
+itself (model, arm, reason, segment attributes) is kept in a bounded `cachetools.TTLCache` keyed by
+request id, so an outcome always updates the arm that served it, and for a bandit decision the bandit
+too. The cache is touched only from the event loop (cachetools is not thread-safe); no locks.
+
+Nothing is dropped silently: outcomes for ids that are unknown or whose decision expired or was
+evicted count in `unknown_outcomes`, a second outcome for the same id counts in `duplicate_outcomes`
+and is ignored, and decisions pushed out by the size bound count in `evicted_decisions`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from cachetools import TTLCache
+
+from modelserve.experiments.bandits import BanditPolicy
+from modelserve.experiments.experiment import ExperimentCounters
+from modelserve.routing.decision import RouteDecision
+
+#: Reasons whose decisions belong to an experiment; overrides, pins and fallbacks would bias it.
+EXPERIMENT_REASONS = ("experiment", "bandit")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PendingDecision:
+    """What the join remembers about one request until its outcome arrives."""
+
+    model: str
+    arm: str
+    reason: str
+    segments: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Outcome:
+    """An outcome joined to its decision and counted."""
+
+    request_id: str
+    model: str
+    arm: str
+    reason: str
+    value: float
+    segments: Mapping[str, str]
+
+
+_CONSUMED = object()  # marks an id whose outcome was counted, so a repeat is a duplicate
+
+
+class _CountingTTLCache(TTLCache):
+    """A TTLCache that counts entries pushed out by the size bound (expired ones are not counted)."""
+
+    def __init__(self, maxsize: int, ttl: float, timer: Callable[[], float]) -> None:
+        super().__init__(maxsize=maxsize, ttl=ttl, timer=timer)
+        self.evictions = 0
+
+    def popitem(self) -> tuple[Any, Any]:
+        self.evictions += 1
+        return super().popitem()
+
+
+@dataclass(slots=True)
+class _Attached:
+    counters: ExperimentCounters
+    bandit: BanditPolicy | None
+
+
+class FeedbackJoin:
+    """Remembers experiment decisions by request id and routes outcomes to counters and bandits.
+
+    Event loop only. Attach an experiment's counters (and bandit, for bandit policies) per model.
+    """
+
+    def __init__(
+        self, *, maxsize: int = 100_000, ttl: float = 3600.0, timer: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._pending = _CountingTTLCache(maxsize, ttl, timer)
+        self._experiments: dict[str, _Attached] = {}
+        self.unknown_outcomes = 0
+        self.duplicate_outcomes = 0
+
+    @property
+    def evicted_decisions(self) -> int:
+        return self._pending.evictions
+
+    @property
+    def pending(self) -> int:
+        """Decisions still waiting for an outcome (or remembered as answered, for duplicates)."""
+        return len(self._pending)
+
+    def attach(self, counters: ExperimentCounters, bandit: BanditPolicy | None = None) -> None:
+        """Start joining outcomes for `counters.spec.model`, replacing any previous experiment."""
+        self._experiments[counters.spec.model] = _Attached(counters=counters, bandit=bandit)
+
+    def detach(self, model: str) -> None:
+        """Stop the model's experiment; later outcomes for its decisions count as unknown."""
+        self._experiments.pop(model, None)
+
+    def record_decision(
+        self, request_id: str, decision: RouteDecision, segments: Mapping[str, Any] | None = None
+    ) -> bool:
+        """Remember an experiment or bandit decision and count the assignment; False if not one."""
+        attached = self._experiments.get(decision.model)
+        arm = decision.arm or decision.version
+        if attached is None or decision.reason not in EXPERIMENT_REASONS or arm not in attached.counters.arms:
+            return False
+        attached.counters.record_assignment(arm)
+        self._pending[request_id] = PendingDecision(
+            model=decision.model, arm=arm, reason=decision.reason, segments=_strings(segments)
+        )
+        return True
+
+    def record_outcome(
+        self,
+        request_id: str,
+        value: Any,
+        segments: Mapping[str, Any] | None = None,
+        *,
+        guardrails: Mapping[str, Any] | None = None,
+    ) -> Outcome | None:
+        """Count an outcome against the arm that served `request_id`; None if unknown or duplicate.
+
+        Segment attributes given here override those recorded with the decision. A value the
+        metric rejects raises RequestError and changes nothing (the id stays open for a retry).
+        """
+        entry = self._pending.get(request_id)
+        if entry is _CONSUMED:
+            self.duplicate_outcomes += 1
+            return None
+        attached = self._experiments.get(entry.model) if isinstance(entry, PendingDecision) else None
+        if not isinstance(entry, PendingDecision) or attached is None:
+            self.unknown_outcomes += 1
+            return None
+        attached.counters.validate_outcome(value, guardrails)
+        merged = {**entry.segments, **_strings(segments)}
+        bandit = attached.bandit if entry.reason == "bandit" else None
+        if bandit is not None:
+            bandit.update(entry.arm, float(value))  # validates first: raises before anything is counted
+        attached.counters.record_outcome(entry.arm, value, segments=merged, guardrails=guardrails)
+        self._pending[request_id] = _CONSUMED
+        return Outcome(
+            request_id=request_id,
+            model=entry.model,
+            arm=entry.arm,
+            reason=entry.reason,
+            value=float(value),
+            segments=merged,
+        )
+
+    def stats(self) -> dict[str, int]:
+        """Counters for status pages and metrics."""
+        return {
+            "pending": self.pending,
+            "unknown_outcomes": self.unknown_outcomes,
+            "duplicate_outcomes": self.duplicate_outcomes,
+            "evicted_decisions": self.evicted_decisions,
+        }
+
+
+def _strings(segments: Mapping[str, Any] | None) -> dict[str, str]:
+    return {str(k): str(v) for k, v in (segments or {}).items() if v is not None}

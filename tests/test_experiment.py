@@ -1,0 +1,116 @@
+"""Experiment specs parse strictly; counters stream, validate and round-trip through JSON."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from modelserve.errors import ConfigError, RequestError
+from modelserve.experiments.experiment import ExperimentCounters, ExperimentSpec, parse_experiment_spec
+
+
+def _spec(**changes: Any) -> ExperimentSpec:
+    data: dict[str, Any] = {
+        "model": "fraud",
+        "arms": [{"version": "1", "weight": 3}, {"version": "2", "weight": 1}],
+        "metric": {"name": "conversion", "kind": "binary"},
+        "guardrails": [{"name": "latency_ms", "kind": "continuous", "higher_is_better": False}],
+        "mde": 0.05,
+        "segments": ["country"],
+    }
+    data.update(changes)
+    return parse_experiment_spec(data)
+
+
+def test_spec_parses_normalises_weights_and_round_trips() -> None:
+    spec = _spec()
+    assert spec.control == "1" and spec.versions == ("1", "2")
+    assert [a.weight for a in spec.arms] == [0.75, 0.25]
+    assert spec.guardrails[0].higher_is_better is False
+    assert (spec.alpha, spec.power, spec.policy) == (0.05, 0.8, "fixed")
+    assert parse_experiment_spec(json.loads(json.dumps(spec.to_dict()))) == spec
+
+
+def test_shorthands_for_arms_and_metric() -> None:
+    spec = parse_experiment_spec({"model": "m", "arms": ["1", 2, "3"], "metric": "continuous"})
+    assert spec.versions == ("1", "2", "3") and spec.metric.kind == "continuous"
+    assert sum(a.weight for a in spec.arms) == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"arms": ["1"]}, "at least two"),
+        ({"arms": ["1", "1"]}, "repeat"),
+        ({"arms": [{"version": "1", "weight": -1}, "2"]}, "positive"),
+        ({"metric": {"name": "x", "kind": "ratio"}}, "kind"),
+        ({"mde": 0}, "mde"),
+        ({"alpha": 1.5}, "alpha"),
+        ({"power": True}, "power"),
+        ({"policy": "ucb"}, "policy"),
+        ({"segments": "country"}, "segments"),
+        ({"colour": "red"}, "unknown"),
+        ({"policy": "thompson", "metric": "continuous"}, "binary"),
+        ({"guardrails": [{"name": "conversion"}]}, "differ"),
+    ],
+)
+def test_bad_specs_raise_config_error_naming_the_problem(changes: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        _spec(**changes)
+
+
+def test_missing_model_or_metric_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="model"):
+        parse_experiment_spec({"arms": ["1", "2"], "metric": "binary"})
+    with pytest.raises(ConfigError, match="metric"):
+        parse_experiment_spec({"model": "m", "arms": ["1", "2"]})
+
+
+def test_counters_stream_metric_guardrails_and_declared_segments_only() -> None:
+    counters = ExperimentCounters(_spec())
+    counters.record_assignment("2")
+    counters.record_outcome(
+        "2", 1, segments={"country": "fr", "device": "ios"}, guardrails={"latency_ms": 12.5}
+    )
+    counters.record_outcome("2", 0, segments={"country": "fr"}, guardrails={"latency_ms": 7.5})
+    counters.record_outcome("2", True)
+    arm = counters.arms["2"]
+    assert arm.assigned == 1 and arm.metric.n == 3 and arm.metric.successes == 2
+    assert arm.metric.mean == pytest.approx(2 / 3) and arm.metric.variance == pytest.approx(1 / 3)
+    assert arm.guardrails["latency_ms"].mean == 10.0 and arm.guardrails["latency_ms"].variance == 12.5
+    assert set(arm.segments) == {"country"} and arm.segments["country"]["fr"].n == 2
+
+
+@pytest.mark.parametrize(
+    ("value", "guardrails"),
+    [(0.5, None), ("1", None), (float("nan"), None), (1, {"nope": 1}), (1, {"latency_ms": "x"})],
+)
+def test_invalid_outcomes_raise_request_error_and_count_nothing(value: Any, guardrails: Any) -> None:
+    counters = ExperimentCounters(_spec())
+    with pytest.raises(RequestError):
+        counters.record_outcome("1", value, guardrails=guardrails)
+    assert counters.arms["1"].metric.n == 0 and not counters.arms["1"].guardrails
+
+
+def test_unknown_arm_is_a_request_error() -> None:
+    with pytest.raises(RequestError):
+        ExperimentCounters(_spec()).record_assignment("9")
+
+
+def test_counters_round_trip_through_json() -> None:
+    spec = _spec()
+    counters = ExperimentCounters(spec)
+    counters.record_assignment("1")
+    counters.record_outcome("1", 1, segments={"country": "de"}, guardrails={"latency_ms": 3.0})
+    restored = ExperimentCounters.from_dict(spec, json.loads(json.dumps(counters.to_dict())))
+    assert restored.to_dict() == counters.to_dict()
+
+
+def test_malformed_or_foreign_counters_are_config_errors() -> None:
+    spec = _spec()
+    with pytest.raises(ConfigError):
+        ExperimentCounters.from_dict(spec, {"arms": {"1": {"metric": {}}}})
+    with pytest.raises(ConfigError, match="not an arm"):
+        ExperimentCounters.from_dict(spec, {"arms": {"7": ExperimentCounters(spec).arms["1"].to_dict()}})
