@@ -1,0 +1,337 @@
+"""Rollout plans: ordered stages, each with a minimum duration, a minimum sample count and gates.
+
+A plan is a TOML file (read with tomllib) or the built-in `default` plan. Format::
+
+    name = "fast"
+    interval_s = 1.0        # how often the controller evaluates the gates
+    window_s = 10.0         # the metrics window each evaluation looks at
+    time_scale = 1.0        # optional: multiplies interval_s, window_s and every min_duration_s
+
+    # Gates checked in every stage. Leave out every [[gates]] table to get the default gates;
+    # write `gates = []` for none. A gate on `shadow_agreement` applies only to shadow stages.
+    [[gates]]
+    name = "error_rate_vs_baseline"
+    metric = "error_rate"   # error_rate | timeout_rate | p50 | p95 | p99 | shadow_agreement | experiment
+    mode = "relative"       # relative: candidate <= max(threshold x baseline, floor); absolute: <= threshold
+    threshold = 2.0
+    floor = 0.01            # relative gates only, in the metric's unit (rate, or seconds)
+    failure_limit = 0       # failed evaluations tolerated in a stage; one more rolls back
+    consecutive_successes = 1   # passes in a row needed before the stage may complete
+    min_samples = 0         # 0: the stage's min_samples
+    dry_run = false         # evaluate and log, never act (neither rolls back nor holds the stage)
+
+    [[stages]]
+    name = "shadow"
+    shadow = true           # the candidate runs in shadow; its metrics come from role "shadow"
+    min_duration_s = 5
+    min_samples = 50
+    [[stages.gates]]        # extra gates for this stage; same name as a [[gates]] entry replaces it
+    name = "agreement"
+    metric = "shadow_agreement"
+    mode = "absolute"
+    threshold = 0.85
+
+    [[stages]]
+    name = "canary-5"
+    weight = 5              # percent of traffic routed to the candidate
+    min_duration_s = 5
+    min_samples = 20
+
+Thresholds: rates are fractions (0.01 = 1 %), latencies are seconds, `shadow_agreement` is a minimum
+(fraction of shadow results that agreed with the primary), `experiment` fails when the experiment
+says the candidate is significantly worse (it has no threshold).
+
+Relative gates never divide: they compare `candidate <= max(threshold * baseline, floor)`. The floor
+stops a baseline of 0 (no errors yet) from failing a candidate on its first error; the default gates
+use a 1 % floor for error and timeout rates and no floor for latency.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from modelserve.errors import ConfigError
+
+#: Metrics where a bigger value is worse (checked against an upper limit).
+UPPER_LIMIT_METRICS = ("error_rate", "timeout_rate", "p50", "p95", "p99")
+#: Every metric a gate may check.
+METRICS = (*UPPER_LIMIT_METRICS, "shadow_agreement", "experiment")
+MODES = ("relative", "absolute")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GateSpec:
+    """One check of a stage; see the module docstring for the meaning of each field."""
+
+    name: str
+    metric: str
+    mode: str = "absolute"
+    threshold: float = 0.0
+    floor: float = 0.0
+    failure_limit: int = 0
+    consecutive_successes: int = 1
+    min_samples: int = 0
+    dry_run: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Stage:
+    """One step of a rollout: shadow the candidate, or route `weight` percent of traffic to it."""
+
+    name: str
+    weight: int = 0
+    shadow: bool = False
+    min_duration_s: float = 60.0
+    min_samples: int = 100
+    gates: tuple[GateSpec, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RolloutPlan:
+    """An ordered list of stages; passing the last one promotes the candidate."""
+
+    name: str
+    stages: tuple[Stage, ...]
+    interval_s: float = 5.0
+    window_s: float = 60.0
+    time_scale: float = 1.0
+
+    def scaled(self, factor: float) -> RolloutPlan:
+        """The same plan with every duration (interval, window, stage minimums) multiplied by `factor`."""
+        if factor <= 0:
+            raise ConfigError(f"time scale must be > 0, not {factor}")
+        return dataclasses.replace(
+            self,
+            interval_s=self.interval_s * factor,
+            window_s=self.window_s * factor,
+            time_scale=self.time_scale * factor,
+            stages=tuple(
+                dataclasses.replace(s, min_duration_s=s.min_duration_s * factor) for s in self.stages
+            ),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """A dict that `plan_from_dict` reads back into an equal plan (durations already scaled)."""
+        return {
+            "name": self.name,
+            "interval_s": self.interval_s,
+            "window_s": self.window_s,
+            "applied_time_scale": self.time_scale,
+            "gates": [],
+            "stages": [
+                {
+                    "name": s.name,
+                    "weight": s.weight,
+                    "shadow": s.shadow,
+                    "min_duration_s": s.min_duration_s,
+                    "min_samples": s.min_samples,
+                    "gates": [dataclasses.asdict(g) for g in s.gates],
+                }
+                for s in self.stages
+            ],
+        }
+
+
+def default_gates() -> tuple[GateSpec, ...]:
+    """The gates every stage of the default plan checks (agreement applies to shadow stages only)."""
+    return (
+        GateSpec(
+            name="error_rate_vs_baseline", metric="error_rate", mode="relative", threshold=2.0, floor=0.01
+        ),
+        GateSpec(name="p95_vs_baseline", metric="p95", mode="relative", threshold=1.5),
+        GateSpec(
+            name="timeout_rate_vs_baseline", metric="timeout_rate", mode="relative", threshold=2.0, floor=0.01
+        ),
+        GateSpec(name="p99_absolute", metric="p99", mode="absolute", threshold=0.200),
+        GateSpec(name="error_rate_absolute", metric="error_rate", mode="absolute", threshold=0.01),
+        GateSpec(name="shadow_agreement", metric="shadow_agreement", mode="absolute", threshold=0.85),
+    )
+
+
+def experiment_gate(*, dry_run: bool = False) -> GateSpec:
+    """The optional "not significantly worse" gate, fed by a running experiment (off by default)."""
+    return GateSpec(name="experiment_not_worse", metric="experiment", dry_run=dry_run)
+
+
+def default_plan() -> RolloutPlan:
+    """shadow -> 5 % -> 25 % -> 50 % -> 100 %, one minute each at least, gated by `default_gates()`."""
+    gates = default_gates()
+    return RolloutPlan(
+        name="default",
+        interval_s=5.0,
+        window_s=60.0,
+        stages=(
+            _with_gates(Stage(name="shadow", shadow=True, min_duration_s=60.0, min_samples=200), gates),
+            _with_gates(Stage(name="canary-5", weight=5, min_duration_s=60.0, min_samples=100), gates),
+            _with_gates(Stage(name="canary-25", weight=25, min_duration_s=60.0, min_samples=200), gates),
+            _with_gates(Stage(name="canary-50", weight=50, min_duration_s=60.0, min_samples=400), gates),
+            _with_gates(Stage(name="full", weight=100, min_duration_s=60.0, min_samples=400), gates),
+        ),
+    )
+
+
+def _with_gates(stage: Stage, gates: tuple[GateSpec, ...]) -> Stage:
+    applicable = tuple(g for g in gates if stage.shadow or g.metric != "shadow_agreement")
+    return dataclasses.replace(stage, gates=applicable)
+
+
+def load_plan(source: str | Path) -> RolloutPlan:
+    """`"default"` or the path of a TOML plan file."""
+    if str(source) == "default":
+        return default_plan()
+    path = Path(source)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"cannot read rollout plan {path}: {exc}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"rollout plan {path} is not valid TOML: {exc}") from exc
+    return plan_from_dict(data, default_name=path.stem, where=str(path))
+
+
+_PLAN_KEYS = {"name", "interval_s", "window_s", "time_scale", "applied_time_scale", "gates", "stages"}
+_STAGE_KEYS = {"name", "weight", "shadow", "min_duration_s", "min_samples", "gates"}
+_GATE_KEYS = {f.name for f in dataclasses.fields(GateSpec)}
+
+
+def plan_from_dict(data: dict[str, Any], *, default_name: str = "plan", where: str = "plan") -> RolloutPlan:
+    """Parse and validate a plan (the TOML format above); raises ConfigError naming the bad field."""
+    _no_unknown_keys(data, _PLAN_KEYS, where)
+    common = (
+        default_gates()
+        if "gates" not in data
+        else tuple(
+            _gate(g, f"{where}: gates[{i}]") for i, g in enumerate(_list(data["gates"], f"{where}: gates"))
+        )
+    )
+    raw_stages = _list(data.get("stages"), f"{where}: stages")
+    if len({g.name for g in common}) != len(common):
+        raise ConfigError(f"{where}: gate names must be unique")
+    if not raw_stages:
+        raise ConfigError(f"{where}: a plan needs at least one [[stages]] table")
+    stages = tuple(_stage(s, common, f"{where}: stages[{i}]") for i, s in enumerate(raw_stages))
+    names = [s.name for s in stages]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"{where}: stage names must be unique, got {names}")
+    plan = RolloutPlan(
+        name=_str(data.get("name", default_name), f"{where}: name"),
+        stages=stages,
+        interval_s=_positive(data.get("interval_s", 5.0), f"{where}: interval_s"),
+        window_s=_positive(data.get("window_s", 60.0), f"{where}: window_s"),
+        time_scale=_positive(data.get("applied_time_scale", 1.0), f"{where}: applied_time_scale"),
+    )
+    if "time_scale" in data:
+        plan = plan.scaled(_positive(data["time_scale"], f"{where}: time_scale"))
+    return plan
+
+
+def _stage(raw: Any, common: tuple[GateSpec, ...], where: str) -> Stage:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: a stage must be a table")
+    _no_unknown_keys(raw, _STAGE_KEYS, where)
+    shadow = raw.get("shadow", False)
+    if not isinstance(shadow, bool):
+        raise ConfigError(f"{where}: shadow must be true or false")
+    weight = raw.get("weight", 0)
+    if isinstance(weight, bool) or not isinstance(weight, int) or not 0 <= weight <= 100:
+        raise ConfigError(f"{where}: weight must be an integer percentage 0..100, got {weight!r}")
+    if not shadow and weight == 0:
+        raise ConfigError(f"{where}: a stage needs shadow = true or a weight above 0")
+    own = tuple(_gate(g, f"{where}: gates[{i}]") for i, g in enumerate(_list(raw.get("gates", []), where)))
+    own_names = {g.name for g in own}
+    gates = tuple(g for g in common if g.name not in own_names) + own
+    if len(own_names) != len(own):
+        raise ConfigError(f"{where}: gate names must be unique within a stage")
+    stage = Stage(
+        name=_str(raw.get("name"), f"{where}: name"),
+        weight=weight,
+        shadow=shadow,
+        min_duration_s=_non_negative(raw.get("min_duration_s", 60.0), f"{where}: min_duration_s"),
+        min_samples=_count(raw.get("min_samples", 100), f"{where}: min_samples", minimum=1),
+    )
+    return _with_gates(stage, gates)
+
+
+def _gate(raw: Any, where: str) -> GateSpec:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: a gate must be a table")
+    _no_unknown_keys(raw, _GATE_KEYS, where)
+    metric = raw.get("metric")
+    if metric not in METRICS:
+        raise ConfigError(f"{where}: metric must be one of {', '.join(METRICS)}, got {metric!r}")
+    mode = raw.get("mode", "absolute")
+    if mode not in MODES:
+        raise ConfigError(f"{where}: mode must be 'relative' or 'absolute', got {mode!r}")
+    if mode == "relative" and metric not in UPPER_LIMIT_METRICS:
+        raise ConfigError(f"{where}: metric {metric!r} has no baseline to be relative to")
+    threshold = 0.0 if metric == "experiment" else _positive(raw.get("threshold"), f"{where}: threshold")
+    if metric == "shadow_agreement" and threshold > 1.0:
+        raise ConfigError(f"{where}: a shadow agreement threshold is a fraction <= 1, got {threshold}")
+    dry_run = raw.get("dry_run", False)
+    if not isinstance(dry_run, bool):
+        raise ConfigError(f"{where}: dry_run must be true or false")
+    return GateSpec(
+        name=_str(raw.get("name"), f"{where}: name"),
+        metric=metric,
+        mode=mode,
+        threshold=threshold,
+        floor=_non_negative(raw.get("floor", 0.0), f"{where}: floor"),
+        failure_limit=_count(raw.get("failure_limit", 0), f"{where}: failure_limit", minimum=0),
+        consecutive_successes=_count(
+            raw.get("consecutive_successes", 1), f"{where}: consecutive_successes", 1
+        ),
+        min_samples=_count(raw.get("min_samples", 0), f"{where}: min_samples", minimum=0),
+        dry_run=dry_run,
+    )
+
+
+def _no_unknown_keys(raw: dict[str, Any], allowed: set[str], where: str) -> None:
+    unknown = sorted(set(raw) - allowed)
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}"
+        )
+
+
+def _list(value: Any, where: str) -> list[Any]:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise ConfigError(f"{where}: expected an array of tables")
+    return value
+
+
+def _str(value: Any, where: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(f"{where}: expected a non-empty string, got {value!r}")
+    return value
+
+
+def _number(value: Any, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigError(f"{where}: expected a number, got {value!r}")
+    return float(value)
+
+
+def _positive(value: Any, where: str) -> float:
+    number = _number(value, where)
+    if number <= 0:
+        raise ConfigError(f"{where}: must be > 0, got {value!r}")
+    return number
+
+
+def _non_negative(value: Any, where: str) -> float:
+    number = _number(value, where)
+    if number < 0:
+        raise ConfigError(f"{where}: must be >= 0, got {value!r}")
+    return number
+
+
+def _count(value: Any, where: str, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(f"{where}: expected an integer >= {minimum}, got {value!r}")
+    return value
