@@ -1,0 +1,246 @@
+"""Running statistics of one shadow version of one model, bounded in memory and thread-safe.
+
+Updates come from shadow worker threads; each takes one short lock. Latencies and differences go into
+log-bucket histograms (fixed size, ~4% relative error), never into a growing list. Disagreeing
+examples are kept in a reservoir (Algorithm R) of fixed size, so every disagreement seen so far is
+equally likely to be in it; they are converted to lists only when a snapshot is taken.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass
+from statistics import NormalDist
+from typing import Any
+
+import numpy as np
+
+from modelserve.shadow.compare import Comparison
+
+_PERCENTILES = (50.0, 95.0, 99.0)
+
+
+def wilson_interval(successes: int, trials: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval for a binomial proportion; (0, 1) when there are no trials."""
+    if trials <= 0:
+        return (0.0, 1.0)
+    z = NormalDist().inv_cdf(0.5 + confidence / 2.0)
+    p = successes / trials
+    z2n = z * z / trials
+    centre = (p + z2n / 2.0) / (1.0 + z2n)
+    half = z * math.sqrt(p * (1.0 - p) / trials + z2n / (4.0 * trials)) / (1.0 + z2n)
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+class LogHistogram:
+    """Counts of positive values in geometric buckets (`per_doubling` per factor of two); zeros apart.
+
+    Values below `lowest` land in the first bucket, above `highest` in the last; the exact maximum is
+    kept so quantiles never exceed it. Not thread-safe by itself (ShadowStats holds the lock).
+    """
+
+    __slots__ = ("_counts", "_highest", "_log_lowest", "_lowest", "_scale", "count", "maximum", "zeros")
+
+    def __init__(self, lowest: float, highest: float, per_doubling: int = 8) -> None:
+        self._lowest = lowest
+        self._highest = highest
+        self._log_lowest = math.log2(lowest)
+        self._scale = per_doubling
+        self._counts = [0] * (math.ceil(math.log2(highest / lowest) * per_doubling) + 1)
+        self.count = 0
+        self.zeros = 0
+        self.maximum = 0.0
+
+    def add(self, value: float) -> None:
+        self.count += 1
+        if value > self.maximum:
+            self.maximum = value
+        if not value > 0.0:  # also NaN: counted, but has no magnitude
+            self.zeros += 1
+            return
+        last = len(self._counts) - 1
+        if value <= self._lowest:
+            index = 0
+        elif value >= self._highest:  # also +inf, whose log would not fit an int
+            index = last
+        else:
+            index = min(int((math.log2(value) - self._log_lowest) * self._scale), last)
+        self._counts[index] += 1
+
+    def quantile(self, q: float) -> float | None:
+        """The value below which a fraction `q` of the values lie (bucket geometric midpoint)."""
+        if self.count == 0:
+            return None
+        rank = q * self.count
+        seen = self.zeros
+        if rank <= seen:
+            return 0.0
+        for index, n in enumerate(self._counts):
+            seen += n
+            if seen >= rank:
+                if index == len(self._counts) - 1:  # the last bucket also holds everything above it
+                    return self.maximum
+                midpoint = 2.0 ** (self._log_lowest + (index + 0.5) / self._scale)
+                return min(midpoint, self.maximum)
+        return self.maximum
+
+    def summary(self, scale: float = 1.0) -> dict[str, float | int | None]:
+        """p50/p95/p99/max (multiplied by `scale`) and the count."""
+        out: dict[str, float | int | None] = {"count": self.count}
+        for p in _PERCENTILES:
+            value = self.quantile(p / 100.0)
+            out[f"p{p:g}"] = None if value is None else value * scale
+        out["max"] = self.maximum * scale if self.count else None
+        return out
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _Example:
+    request_id: str | None
+    primary_version: str
+    agreement: float
+    max_abs_diff: float | None
+    inputs: Mapping[str, np.ndarray]
+    primary: Mapping[str, np.ndarray]
+    shadow: Mapping[str, np.ndarray]
+
+
+def _jsonable(outputs: Mapping[str, Any]) -> dict[str, Any]:
+    def convert(value: Any) -> Any:
+        if isinstance(value, bytes):
+            return value.decode("utf-8", errors="replace")
+        if isinstance(value, list):
+            return [convert(v) for v in value]
+        return value
+
+    return {name: convert(np.asarray(array).tolist()) for name, array in outputs.items()}
+
+
+class ShadowStats:
+    """Agreement, differences, latencies, failures and disagreeing examples of one shadow version.
+
+    `samples` counts completed comparisons (requests); agreement is counted per row. Arrays handed to
+    `record_comparison` are kept by reference for the reservoir: callers must not mutate them.
+    """
+
+    def __init__(
+        self, model: str, shadow_version: str, *, reservoir_size: int = 50, confidence: float = 0.95,
+        seed: int | None = None,
+    ) -> None:  # fmt: skip
+        self.model = model
+        self.shadow_version = shadow_version
+        self.reservoir_size = reservoir_size
+        self.confidence = confidence
+        self._lock = threading.Lock()
+        self._random = random.Random(seed)
+        self._samples = self._rows = self._agreeing_rows = self._agreeing_samples = 0
+        self._errors = self._timeouts = self._dropped = 0
+        self._last_error: str | None = None
+        self._disagreements_seen = 0
+        self._reservoir: list[_Example] = []
+        self._primary_latency = LogHistogram(1e-6, 1e3)
+        self._shadow_latency = LogHistogram(1e-6, 1e3)
+        self._max_abs_diff = LogHistogram(1e-12, 1e12)
+        self._js = LogHistogram(1e-9, 1.0)
+
+    def record_comparison(
+        self, comparison: Comparison, *, primary_latency_s: float, shadow_latency_s: float,
+        inputs: Mapping[str, np.ndarray], primary_outputs: Mapping[str, np.ndarray],
+        shadow_outputs: Mapping[str, np.ndarray], primary_version: str = "", request_id: str | None = None,
+    ) -> None:  # fmt: skip
+        """Count one completed comparison; a disagreeing one may enter the example reservoir."""
+        with self._lock:
+            self._samples += 1
+            self._rows += comparison.rows
+            self._agreeing_rows += comparison.agreeing_rows
+            self._agreeing_samples += comparison.agree
+            self._primary_latency.add(primary_latency_s)
+            self._shadow_latency.add(shadow_latency_s)
+            if comparison.max_abs_diff is not None:
+                self._max_abs_diff.add(comparison.max_abs_diff)
+            if comparison.js_distance is not None:
+                self._js.add(comparison.js_distance)
+            if comparison.agree:
+                return
+            self._disagreements_seen += 1
+            if len(self._reservoir) < self.reservoir_size:
+                slot = len(self._reservoir)
+                self._reservoir.append(None)  # type: ignore[arg-type]  # filled just below
+            else:
+                slot = self._random.randrange(self._disagreements_seen)
+                if slot >= self.reservoir_size:
+                    return
+            self._reservoir[slot] = _Example(
+                request_id=request_id, primary_version=primary_version, agreement=comparison.agreement,
+                max_abs_diff=comparison.max_abs_diff, inputs=inputs, primary=primary_outputs,
+                shadow=shadow_outputs,
+            )  # fmt: skip
+
+    def record_error(self, message: str) -> None:
+        """Count a shadow run that raised."""
+        with self._lock:
+            self._errors += 1
+            self._last_error = message[:500]
+
+    def record_timeout(self) -> None:
+        """Count a shadow run that missed its deadline (its result, if any, is not compared)."""
+        with self._lock:
+            self._timeouts += 1
+
+    def record_dropped(self) -> None:
+        """Count a shadow run refused by the admission bound."""
+        with self._lock:
+            self._dropped += 1
+
+    def snapshot(self) -> dict[str, Any]:
+        """Every figure as plain JSON types (latencies in milliseconds)."""
+        with self._lock:
+            samples, rows, agreeing = self._samples, self._rows, self._agreeing_rows
+            errors, timeouts, dropped = self._errors, self._timeouts, self._dropped
+            summaries = {
+                "primary_latency_ms": self._primary_latency.summary(1e3),
+                "shadow_latency_ms": self._shadow_latency.summary(1e3),
+                "max_abs_diff": self._max_abs_diff.summary(),
+                "js_distance": self._js.summary(),
+            }
+            examples = list(self._reservoir)
+            agreeing_samples, last_error, seen = (
+                self._agreeing_samples,
+                self._last_error,
+                self._disagreements_seen,
+            )
+        runs = samples + errors + timeouts
+        low, high = wilson_interval(agreeing, rows, self.confidence)
+        return {
+            "model": self.model,
+            "shadow_version": self.shadow_version,
+            "samples": samples,
+            "agreeing_samples": agreeing_samples,
+            "rows": rows,
+            "agreeing_rows": agreeing,
+            "agreement_rate": agreeing / rows if rows else None,
+            "agreement_interval": [low, high],
+            "confidence": self.confidence,
+            **summaries,
+            "runs": runs,
+            "errors": errors,
+            "timeouts": timeouts,
+            "dropped": dropped,
+            "error_rate": errors / runs if runs else None,
+            "timeout_rate": timeouts / runs if runs else None,
+            "drop_rate": dropped / (runs + dropped) if runs + dropped else None,
+            "last_error": last_error,
+            "disagreements_seen": seen,
+            "disagreements": [
+                {
+                    "request_id": e.request_id, "primary_version": e.primary_version,
+                    "agreement": e.agreement, "max_abs_diff": e.max_abs_diff,
+                    "inputs": _jsonable(e.inputs), "primary": _jsonable(e.primary),
+                    "shadow": _jsonable(e.shadow),
+                }
+                for e in examples
+            ],
+        }  # fmt: skip

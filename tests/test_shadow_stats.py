@@ -1,0 +1,153 @@
+"""Shadow statistics: Wilson interval, bounded histograms, reservoir, counters, thread safety."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import numpy as np
+import pytest
+from statsmodels.stats.proportion import proportion_confint
+
+from modelserve.shadow.compare import label
+from modelserve.shadow.stats import LogHistogram, ShadowStats, wilson_interval
+
+
+def _record(stats: ShadowStats, primary: np.ndarray, shadow: np.ndarray, **kwargs: float) -> None:
+    comparison = label({"p": primary}, {"p": shadow})
+    stats.record_comparison(
+        comparison,
+        primary_latency_s=kwargs.get("primary_s", 1e-3),
+        shadow_latency_s=kwargs.get("shadow_s", 2e-3),
+        inputs={"x": primary * 10}, primary_outputs={"p": primary}, shadow_outputs={"p": shadow},
+        primary_version="1", request_id="r",
+    )  # fmt: skip
+
+
+AGREE = (np.array([[0.9, 0.1]]), np.array([[0.8, 0.2]]))
+DISAGREE = (np.array([[0.9, 0.1]]), np.array([[0.2, 0.8]]))
+
+
+@pytest.mark.parametrize(("successes", "trials"), [(0, 10), (7, 10), (10, 10), (850, 1000), (1, 50_000)])
+@pytest.mark.parametrize("confidence", [0.9, 0.95, 0.99])
+def test_wilson_interval_matches_statsmodels(successes: int, trials: int, confidence: float) -> None:
+    expected = proportion_confint(successes, trials, alpha=1 - confidence, method="wilson")
+    assert wilson_interval(successes, trials, confidence) == pytest.approx(expected, abs=1e-12)
+
+
+def test_wilson_interval_without_trials_is_uninformative() -> None:
+    assert wilson_interval(0, 0) == (0.0, 1.0)
+
+
+def test_histogram_quantiles_are_within_five_percent_of_exact_percentiles() -> None:
+    values = np.random.default_rng(1).lognormal(mean=-7, sigma=1.0, size=20_000)
+    histogram = LogHistogram(1e-6, 1e3)
+    for value in values:
+        histogram.add(float(value))
+    for q in (0.5, 0.95, 0.99):
+        assert histogram.quantile(q) == pytest.approx(float(np.quantile(values, q)), rel=0.05)
+    assert histogram.maximum == values.max()
+
+
+def test_histogram_size_is_fixed_and_zeros_and_outliers_are_counted() -> None:
+    histogram = LogHistogram(1e-6, 1.0)
+    size = len(histogram._counts)
+    for value in (0.0, 0.0, 0.0, 1e-9, 5e6, float("nan")):
+        histogram.add(value)
+    assert len(histogram._counts) == size
+    assert (histogram.count, histogram.zeros) == (6, 4)
+    assert histogram.quantile(0.5) == 0.0
+    assert histogram.quantile(1.0) == 5e6
+    assert LogHistogram(1e-6, 1.0).quantile(0.5) is None
+    infinite = LogHistogram(1e-6, 1.0)
+    infinite.add(float("inf"))
+    assert infinite.quantile(0.5) == float("inf")
+
+
+def test_agreement_is_counted_per_row_with_its_interval() -> None:
+    stats = ShadowStats("fraud", "2")
+    batch_p = np.array([[0.9, 0.1], [0.1, 0.9], [0.6, 0.4], [0.3, 0.7]])
+    batch_s = np.array([[0.9, 0.1], [0.9, 0.1], [0.6, 0.4], [0.3, 0.7]])
+    _record(stats, batch_p, batch_s)
+    _record(stats, *AGREE)
+    snap = stats.snapshot()
+    assert (snap["samples"], snap["rows"], snap["agreeing_rows"], snap["agreeing_samples"]) == (2, 5, 4, 1)
+    assert snap["agreement_rate"] == 0.8
+    assert snap["agreement_interval"] == pytest.approx(list(wilson_interval(4, 5)))
+
+
+def test_snapshot_reports_latency_percentiles_in_milliseconds_and_failure_rates() -> None:
+    stats = ShadowStats("fraud", "2")
+    for _ in range(8):
+        _record(stats, *AGREE, primary_s=0.001, shadow_s=0.003)
+    stats.record_error("RuntimeError: boom")
+    stats.record_timeout()
+    stats.record_dropped()
+    snap = stats.snapshot()
+    assert snap["primary_latency_ms"]["p50"] == pytest.approx(1.0, rel=0.05)
+    assert snap["shadow_latency_ms"]["p99"] == pytest.approx(3.0, rel=0.05)
+    assert (snap["runs"], snap["errors"], snap["timeouts"], snap["dropped"]) == (10, 1, 1, 1)
+    assert (snap["error_rate"], snap["timeout_rate"]) == (0.1, 0.1)
+    assert snap["drop_rate"] == pytest.approx(1 / 11)
+    assert snap["last_error"] == "RuntimeError: boom"
+    assert snap["max_abs_diff"]["p50"] == pytest.approx(0.1, rel=0.05)
+    assert snap["js_distance"]["count"] == 8
+
+
+def test_reservoir_is_bounded_and_holds_only_disagreeing_examples() -> None:
+    stats = ShadowStats("fraud", "2", reservoir_size=5, seed=7)
+    for i in range(200):
+        _record(stats, *(DISAGREE if i % 2 else AGREE))
+    snap = stats.snapshot()
+    assert snap["disagreements_seen"] == 100
+    assert len(snap["disagreements"]) == 5
+    for example in snap["disagreements"]:
+        assert np.argmax(example["primary"]["p"][0]) != np.argmax(example["shadow"]["p"][0])
+        assert example["inputs"]["x"] == [[9.0, 1.0]]
+
+
+def test_reservoir_keeps_later_disagreements_with_fair_probability() -> None:
+    kept_late = 0
+    for seed in range(200):
+        stats = ShadowStats("m", "2", reservoir_size=10, seed=seed)
+        for i in range(100):
+            p = np.array([[0.9, 0.1]])
+            stats.record_comparison(
+                label({"p": p}, {"p": DISAGREE[1]}), primary_latency_s=1e-3, shadow_latency_s=1e-3,
+                inputs={"i": np.array([i])}, primary_outputs={"p": p}, shadow_outputs={"p": DISAGREE[1]},
+            )  # fmt: skip
+        kept_late += sum(e["inputs"]["i"][0] >= 50 for e in stats.snapshot()["disagreements"])
+    assert kept_late / (200 * 10) == pytest.approx(0.5, abs=0.05)  # uniform: half from the later half
+
+
+def test_snapshot_is_json_serialisable_including_bytes_outputs() -> None:
+    stats = ShadowStats("fraud", "2")
+    words_p, words_s = np.array([b"cat"], dtype=object), np.array([b"dog"], dtype=object)
+    stats.record_comparison(
+        label({"w": words_p}, {"w": words_s}), primary_latency_s=1e-3, shadow_latency_s=1e-3,
+        inputs={"text": np.array(["hello"])}, primary_outputs={"w": words_p}, shadow_outputs={"w": words_s},
+    )  # fmt: skip
+    snap = json.loads(json.dumps(stats.snapshot()))
+    assert snap["disagreements"][0]["shadow"] == {"w": ["dog"]}
+    assert snap["max_abs_diff"]["p50"] is None
+
+
+def test_concurrent_updates_are_all_counted() -> None:
+    stats = ShadowStats("fraud", "2", reservoir_size=3)
+    start = threading.Barrier(4)
+
+    def work() -> None:
+        start.wait()
+        for i in range(2_000):
+            _record(stats, *(DISAGREE if i % 4 == 0 else AGREE))
+            stats.record_dropped()
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    snap = stats.snapshot()
+    assert (snap["samples"], snap["agreeing_rows"], snap["dropped"]) == (8_000, 6_000, 8_000)
+    assert snap["primary_latency_ms"]["count"] == 8_000
+    assert len(snap["disagreements"]) == 3
