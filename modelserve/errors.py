@@ -1,16 +1,16 @@
 """Error hierarchy. `server/protocol.py` alone maps these to HTTP status codes.
 
-    ModelServeError
-    ├── ConfigError              bad config.toml / plan / flags file (operator error)
-    ├── RequestError             anything a client sent wrong             -> 400
-    │   ├── PayloadTooLarge                                               -> 413
-    │   └── UnsupportedMediaType                                          -> 415
-    ├── NotFound                 unknown model or version                 -> 404
-    ├── NotReady                 model known but not READY                -> 503
-    ├── LoadError                a version failed to load or warm up      -> 400
-    ├── Conflict                 e.g. a second rollout for the same model -> 409
-    ├── InferenceError           the model failed on valid input          -> 500
-    └── AuthError                admin token missing (401) or wrong (403)
+ModelServeError
+├── ConfigError              bad config.toml / plan / flags file (operator error)
+├── RequestError             anything a client sent wrong             -> 400
+│   ├── PayloadTooLarge                                               -> 413
+│   └── UnsupportedMediaType                                          -> 415
+├── NotFound                 unknown model or version                 -> 404
+├── NotReady                 model known but not READY                -> 503
+├── LoadError                a version failed to load or warm up      -> 400
+├── Conflict                 e.g. a second rollout for the same model -> 409
+├── InferenceError           the model failed on valid input          -> 500
+└── AuthError                admin token missing (401) or wrong (403)
 """
 
 from __future__ import annotations

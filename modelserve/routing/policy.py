@@ -7,10 +7,11 @@
 2. **flag** - the policy names a flag whose variant values are version names; a usable variant must
    name a READY version, otherwise the request falls back to the live version (reason
    ``fallback``, the detail says why). A flag that is disabled or yields no variant is skipped;
-3. **canary** - the candidate (if READY) gets ``canary_weight`` percent, sticky and monotonic on
+3. **experiment / bandit** - an `arms` callback (experiments) may assign an arm;
+4. **canary** - the candidate (if READY) gets ``canary_weight`` percent, sticky and monotonic on
    the targeting key (`hashing.sticky_bucket`); requests without a key are split at random and the
    detail says so;
-4. **stable** - the live version.
+5. **stable** - the live version.
 
 Only READY versions are ever chosen as primary; if even the live version is not ready the decision
 names it anyway (reason ``fallback``) so the server answers 503 rather than guessing. Shadows are
@@ -71,8 +72,13 @@ def decide(
     override: str | None,
     flag_eval: Evaluation | None,
     rng: Callable[[], float] = random.random,
+    arms: Callable[[], RouteDecision | None] | None = None,
 ) -> RouteDecision:
-    """The route decision for one request (pure apart from `rng` for key-less canary/shadow draws)."""
+    """The route decision for one request (pure apart from `rng` for key-less canary/shadow draws).
+
+    `arms`, when given, is consulted after the flag and before the canary: an experiment or bandit
+    assignment (reason ``experiment`` / ``bandit``), or None to fall through.
+    """
     model = policy.model
     notes = ""
     if override is not None:
@@ -105,6 +111,11 @@ def decide(
                 "which is not ready"
             )
             return _fallback(policy, targeting_key, ready_versions, rng, detail)
+
+    if arms is not None:
+        assigned = arms()
+        if assigned is not None:
+            return assigned
 
     candidate = policy.candidate
     if candidate is not None and policy.canary_weight > 0:

@@ -67,6 +67,7 @@ def required(body: dict[str, Any], key: str) -> Any:
 def model_status(services: Services, model: str) -> dict[str, Any]:
     slots = services.registry.slots(model)
     status: dict[str, Any] = slots.describe()
+    status["policy"] = services.policies.describe(model)
     for extend in services.status_extensions:
         status.update(extend(model))
     return status
@@ -116,7 +117,6 @@ def routes(services: Services) -> list[Route]:
         post("/admin/models/{model}/promote", promote),
         post("/admin/models/{model}/rollback", rollback),
         post("/admin/models/{model}/unload", unload),
-        *[route for extra in services.admin_route_factories for route in extra(services)],
     ]
 
 

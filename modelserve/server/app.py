@@ -1,37 +1,80 @@
-"""`create_app(config)`: the composition root. Builds every object, wires them, owns the lifespan."""
+"""`create_app(config)`: the composition root. Builds every object, wires them, owns the lifespan.
+
+Each capability beyond plain serving (routing, telemetry, shadow, rollout, experiments) is a
+*feature*: a module with `install(services) -> Feature` that creates its objects, hangs them on
+`Services`, and hands back what the app must wire (routes, middleware, observers, status, tasks).
+`create_app` wires every feature the same way, in order; nothing is a global.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import hmac
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import anyio
 from starlette.applications import Starlette
-from starlette.routing import BaseRoute, Route
+from starlette.middleware import Middleware
+from starlette.routing import BaseRoute
 
 from modelserve.config import ServerConfig
 from modelserve.errors import AuthError, ModelServeError
 from modelserve.server import admin, inference
 from modelserve.serving.registry import ModelRegistry
 from modelserve.serving.repository import ModelRepository
+from modelserve.state.policies import PolicyTable
 from modelserve.state.store import FileStateStore, MemoryStateStore, StateStore
+from modelserve.telemetry.windows import SlidingWindows
+
+if TYPE_CHECKING:
+    from opentelemetry.metrics import MeterProvider
+    from opentelemetry.trace import TracerProvider
 
 log = logging.getLogger("modelserve.server")
+
+Hook = Callable[[], Awaitable[None]]
+
+
+@dataclass(slots=True, kw_only=True)
+class Feature:
+    """What one feature adds to the app."""
+
+    name: str
+    routes: list[BaseRoute] = field(default_factory=list)
+    #: Outermost first; each is `Middleware(cls, **options)` for a pure ASGI class.
+    middleware: list[Middleware] = field(default_factory=list)
+    observers: list[inference.Observer] = field(default_factory=list)
+    status: Callable[[str], dict[str, Any]] | None = None
+    startup: list[Hook] = field(default_factory=list)
+    #: Long-running coroutines, run in the lifespan's task group and cancelled at shutdown.
+    tasks: list[Hook] = field(default_factory=list)
+    shutdown: list[Hook] = field(default_factory=list)
 
 
 @dataclass(slots=True, kw_only=True)
 class Services:
-    """Everything the routes and middleware use, built once by `create_app` and passed in."""
+    """Everything routes, middleware and features use; built once by `create_app` and passed in.
+
+    The attributes after `windows` are set by the feature that owns them (None when not installed).
+    """
 
     config: ServerConfig
     registry: ModelRegistry
     store: StateStore
+    policies: PolicyTable
+    windows: SlidingWindows
+    tracer_provider: TracerProvider | None = None
+    meter_provider: MeterProvider | None = None
+    router: Any = None  # middleware.routing.Router
+    telemetry: Any = None  # server.telemetry_feature.TelemetryService
+    shadow: Any = None  # server.shadow_feature.ShadowService
+    rollout: Any = None  # server.rollout_feature.RolloutService
+    experiments: Any = None  # server.experiments_feature.ExperimentService
     observers: list[inference.Observer] = field(default_factory=list)
     status_extensions: list[Callable[[str], dict[str, Any]]] = field(default_factory=list)
-    admin_route_factories: list[Callable[[Services], list[Route]]] = field(default_factory=list)
     started: bool = False
     load_errors: dict[str, str] = field(default_factory=dict)
 
@@ -50,31 +93,113 @@ class Services:
         if not hmac.compare_digest(authorization[7:].strip().encode(), token.encode()):
             raise AuthError("invalid admin token", status=403)
 
+    async def load_model(self, name: str) -> None:
+        """Load a model warm and give it a routing policy."""
+        slots = await self.registry.load_model(name)
+        if slots.live is not None:
+            self.policies.ensure(name, slots.config, slots.live.version)
+        self.load_errors.pop(name, None)
 
-def build_services(config: ServerConfig, *, store: StateStore | None = None) -> Services:
+
+FeatureInstaller = Callable[[Services], Feature]
+
+
+def default_features() -> list[FeatureInstaller]:
+    from modelserve.server import (
+        experiments_feature,
+        rollout_feature,
+        routing_feature,
+        shadow_feature,
+        telemetry_feature,
+    )
+
+    # Order matters: telemetry's middleware is outermost; rollout reads what shadow and routing built.
+    return [
+        telemetry_feature.install,
+        routing_feature.install,
+        shadow_feature.install,
+        experiments_feature.install,
+        rollout_feature.install,
+    ]
+
+
+def build_services(
+    config: ServerConfig,
+    *,
+    store: StateStore | None = None,
+    tracer_provider: TracerProvider | None = None,
+    meter_provider: MeterProvider | None = None,
+) -> Services:
     repository = ModelRepository(config.repository)
     if store is None:
         store = FileStateStore(config.state_dir) if config.state_dir is not None else MemoryStateStore()
-    return Services(config=config, registry=ModelRegistry(repository, store), store=store)
+    registry = ModelRegistry(repository, store)
+    policies = PolicyTable(store)
+    registry.listeners.append(policies.on_switch)
+    return Services(
+        config=config,
+        registry=registry,
+        store=store,
+        policies=policies,
+        windows=SlidingWindows(window_s=600, sub_windows=120),
+        tracer_provider=tracer_provider,
+        meter_provider=meter_provider,
+    )
 
 
-def create_app(config: ServerConfig, *, store: StateStore | None = None) -> Starlette:
-    """The modelserve ASGI app: V2 inference API, admin API; loads models warm on startup."""
-    services = build_services(config, store=store)
+def create_app(
+    config: ServerConfig,
+    *,
+    store: StateStore | None = None,
+    tracer_provider: TracerProvider | None = None,
+    meter_provider: MeterProvider | None = None,
+    features: Sequence[FeatureInstaller] | None = None,
+) -> Starlette:
+    """The modelserve ASGI app: V2 inference API, admin API, every feature; loads models on startup.
+
+    Telemetry uses the providers passed in (else the global ones); nothing here sets globals.
+    """
+    services = build_services(config, store=store, tracer_provider=tracer_provider, meter_provider=meter_provider)
+    installed = [install(services) for install in (default_features() if features is None else features)]
+    for feature in installed:
+        services.observers.extend(feature.observers)
+        if feature.status is not None:
+            services.status_extensions.append(feature.status)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         for name in services.expected_models():
             try:
-                await services.registry.load_model(name)
+                await services.load_model(name)
             except ModelServeError as exc:  # one broken model must not keep the others down
                 services.load_errors[name] = str(exc)
                 log.error("model %s not loaded: %s", name, exc)
-        services.started = True
-        yield
-        services.started = False
+        for feature in installed:
+            for hook in feature.startup:
+                await hook()
+        async with anyio.create_task_group() as tasks:
+            for feature in installed:
+                for task in feature.tasks:
+                    tasks.start_soon(task)
+            services.started = True
+            try:
+                yield
+            finally:
+                services.started = False
+                tasks.cancel_scope.cancel()
+        for feature in reversed(installed):
+            for hook in feature.shutdown:
+                try:
+                    await hook()
+                except Exception:
+                    log.exception("%s shutdown failed", feature.name)
 
-    routes: list[BaseRoute] = [*inference.routes(services), *admin.routes(services)]
-    app = Starlette(routes=routes, lifespan=lifespan)
+    routes: list[BaseRoute] = [
+        *inference.routes(services),
+        *admin.routes(services),
+        *[route for feature in installed for route in feature.routes],
+    ]
+    middleware = [m for feature in installed for m in feature.middleware]
+    app = Starlette(routes=routes, middleware=middleware, lifespan=lifespan)
     app.state.services = services
     return app

@@ -85,8 +85,8 @@ class InferEndpoint:
                 loaded = slots.get(pinned)
                 decision = RouteDecision(model=model, version=pinned, reason="pinned")
             else:
-                decisions = scope.get(ROUTE_KEY)
-                decision = decisions.get(model) if decisions else None
+                route = scope.get(ROUTE_KEY)
+                decision = route.decide(model) if route is not None else None
                 if decision is not None and decision.version in slots.ready_versions:
                     loaded = slots.get(decision.version)
                 else:
@@ -241,7 +241,7 @@ def routes(services: Services) -> list[Route]:
     async def repository_load(request: Request) -> Response:
         try:
             services.check_admin(request.headers.get("authorization"))
-            await registry.load_model(request.path_params["model"])
+            await services.load_model(request.path_params["model"])
             return _json({})
         except Exception as exc:
             return _error(exc)
@@ -250,23 +250,24 @@ def routes(services: Services) -> list[Route]:
         try:
             services.check_admin(request.headers.get("authorization"))
             await registry.unload(request.path_params["model"])
+            services.policies.remove(request.path_params["model"])
             return _json({})
         except Exception as exc:
             return _error(exc)
 
     model = "/v2/models/{model}"
     versioned = model + "/versions/{version}"
-    return [
+    return [  # infer first: the router tries routes in order, and infer is the hot path
+        Route(model + "/infer", infer, methods=["POST"]),
+        Route(versioned + "/infer", infer, methods=["POST"]),
         Route("/v2", server_metadata, methods=["GET"]),
         Route("/v2/", server_metadata, methods=["GET"]),
         Route("/v2/health/live", live, methods=["GET"]),
         Route("/v2/health/ready", ready, methods=["GET"]),
         Route(model, model_metadata, methods=["GET"]),
         Route(model + "/ready", model_ready, methods=["GET"]),
-        Route(model + "/infer", infer, methods=["POST"]),
         Route(versioned, model_metadata, methods=["GET"]),
         Route(versioned + "/ready", model_ready, methods=["GET"]),
-        Route(versioned + "/infer", infer, methods=["POST"]),
         Route("/v2/repository/index", repository_index, methods=["POST"]),
         Route("/v2/repository/models/{model}/load", repository_load, methods=["POST"]),
         Route("/v2/repository/models/{model}/unload", repository_unload, methods=["POST"]),

@@ -8,10 +8,11 @@ first start it is `live` from config.toml, else the highest version in the repos
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import anyio
 import anyio.to_thread
+import numpy as np
 
 from modelserve.errors import Conflict, LoadError, ModelServeError, NotFound, NotReady
 from modelserve.serving.repository import ModelRepository, check_model_name, check_version, version_key
@@ -53,6 +54,12 @@ class ModelRegistry:
             self.slots(model)  # raises the right error
             raise AssertionError("unreachable")
         return slots.get(version)
+
+    async def predict(
+        self, model: str, feeds: Mapping[str, np.ndarray], *, version: str | None = None
+    ) -> dict[str, np.ndarray]:
+        """In-process inference on the live (or named) version; no protocol, no copies."""
+        return await self.resolve(model, version).infer(feeds)
 
     # -- lifecycle ------------------------------------------------------------------------------
 

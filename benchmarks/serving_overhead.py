@@ -1,0 +1,146 @@
+"""Serving overhead: raw onnxruntime vs in-process predict vs HTTP (modelserve vs naive Starlette).
+
+    python benchmarks/serving_overhead.py [--seconds 5] [--connections 8] [--skip-http]
+
+In one run, on models built on the spot (tiny 16->8->2 and wide 256->512->512->10 MLPs):
+1. µs per call, batch 1: `session.run`, and modelserve's in-process `predict` (overhead = difference);
+2. HTTP req/s and latency with wrk (server on core 0, wrk on core 1, same uvicorn settings): a naive
+   loop-blocking Starlette handler, a naive thread-hopping one, modelserve with V2 JSON and with the
+   binary tensor extension. Ratios are against the naive handlers measured in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import orjson
+
+sys.path.insert(0, str(Path(__file__).parent))
+from harness import free_port, server_process, table, wrk  # noqa: E402
+
+from modelserve import testing  # noqa: E402
+from modelserve.serving.registry import ModelRegistry  # noqa: E402
+from modelserve.serving.repository import ModelRepository  # noqa: E402
+from modelserve.state.store import MemoryStateStore  # noqa: E402
+
+MODELS = {"tiny": (16, 8, 2), "wide": (256, 512, 512, 10)}
+
+
+def time_per_call(fn, calls: int) -> float:  # type: ignore[no-untyped-def]
+    """Median over 7 rounds of the mean µs per call."""
+    rounds = []
+    for _ in range(7):
+        started = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        rounds.append((time.perf_counter() - started) / calls * 1e6)
+    return statistics.median(rounds)
+
+
+def in_process(repo: Path, name: str, width: int) -> tuple[float, float]:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    session = ort.InferenceSession(str(repo / name / "1" / "model.onnx"), options, providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(0).normal(size=(1, width)).astype(np.float32)
+    raw = time_per_call(lambda: session.run(None, {"input": x}), 2000)
+
+    async def predict_loop(calls: int) -> float:
+        registry = ModelRegistry(ModelRepository(repo), MemoryStateStore())
+        await registry.load_model(name)
+        feeds = {"input": x}
+        rounds = []
+        for _ in range(7):
+            started = time.perf_counter()
+            for _ in range(calls):
+                await registry.predict(name, feeds)
+            rounds.append((time.perf_counter() - started) / calls * 1e6)
+        return statistics.median(rounds)
+
+    return raw, asyncio.run(predict_loop(2000))
+
+
+def bodies(width: int) -> tuple[bytes, tuple[bytes, dict[str, str]]]:
+    x = np.random.default_rng(0).normal(size=(1, width)).astype(np.float32)
+    json_body = orjson.dumps(
+        {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, width], "data": x.ravel().tolist()}]}
+    )
+    header = orjson.dumps(
+        {
+            "inputs": [{"name": "input", "datatype": "FP32", "shape": [1, width],
+                        "parameters": {"binary_data_size": x.nbytes}}],
+            "parameters": {"binary_data_output": True},
+        }
+    )
+    binary_headers = {"Content-Type": "application/octet-stream", "Inference-Header-Content-Length": str(len(header))}
+    return json_body, (header + x.tobytes(), binary_headers)
+
+
+def http_rows(repo: Path, name: str, width: int, seconds: float, connections: int) -> list[list[object]]:
+    json_body, (binary_body, binary_headers) = bodies(width)
+    json_headers = {"Content-Type": "application/json"}
+    model_path = str(repo / name / "1" / "model.onnx")
+    here = Path(__file__).parent
+    results = {}
+    for mode in ("blocking", "thread"):
+        port = free_port()
+        argv = [sys.executable, str(here / "naive_server.py"), model_path, str(port), mode]
+        with server_process(argv, port, ready_path="/"):
+            url = f"http://127.0.0.1:{port}/v2/models/{name}/infer"
+            wrk(url, json_body, json_headers, connections=connections, seconds=1)  # warm
+            results[f"naive {mode}"] = wrk(url, json_body, json_headers, connections=connections, seconds=seconds)
+    port = free_port()
+    with tempfile.TemporaryDirectory() as state:
+        argv = [sys.executable, "-m", "modelserve.cli", "serve", str(repo), "--port", str(port),
+                "--state-dir", state, "--log-level", "warning"]
+        with server_process(argv, port):
+            url = f"http://127.0.0.1:{port}/v2/models/{name}/infer"
+            wrk(url, json_body, json_headers, connections=connections, seconds=1)
+            results["modelserve JSON"] = wrk(url, json_body, json_headers, connections=connections, seconds=seconds)
+            results["modelserve binary"] = wrk(url, binary_body, binary_headers, connections=connections,
+                                               seconds=seconds)
+    blocking = results["naive blocking"].requests_per_s
+    thread = results["naive thread"].requests_per_s
+    return [
+        [name, label, r.requests_per_s, r.p50_ms, r.p99_ms, r.errors,
+         r.requests_per_s / blocking, r.requests_per_s / thread]
+        for label, r in results.items()
+    ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--connections", type=int, default=8)
+    parser.add_argument("--skip-http", action="store_true")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        repo = Path(tmp)
+        for name, widths in MODELS.items():
+            testing.mlp(repo / name / "1" / "model.onnx", widths, seed=1)
+            (repo / name / "config.toml").write_text("[serving]\nintra_op_threads = 1\n")
+        rows = []
+        for name, widths in MODELS.items():
+            raw, predict = in_process(repo, name, widths[0])
+            rows.append([name, raw, predict, predict - raw])
+        print("In-process, batch 1 (µs per call; target: overhead <= 15 µs)")
+        print(table(["model", "session.run", "predict", "overhead"], rows))
+        if args.skip_http:
+            return
+        http = []
+        for name, widths in MODELS.items():
+            http += http_rows(repo, name, widths[0], args.seconds, args.connections)
+        print(f"\nHTTP, batch 1, wrk -c{args.connections}, server pinned to one core "
+              "(targets: JSON >= 1.0x blocking and >= 1.2x thread; binary >= 1.5x)")
+        print(table(["model", "server", "req/s", "p50 ms", "p99 ms", "errors", "x blocking", "x thread"], http))
+
+
+if __name__ == "__main__":
+    main()

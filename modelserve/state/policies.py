@@ -1,0 +1,129 @@
+"""The per-model routing policies in force, durable across restarts.
+
+A policy starts from the model's config.toml `[routing]` / `[shadow]` tables; runtime changes (canary
+weight, candidate, shadow versions, flag) are saved under `policy.<model>` and win over the file on
+the next start. The live version is not stored here: the slots own it, and `on_switch` keeps the
+policy's copy in step the moment a switch happens.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from modelserve.config import ModelConfig
+from modelserve.errors import ConfigError, RequestError
+from modelserve.routing.policy import ModelPolicy
+from modelserve.serving.slots import Switch
+from modelserve.state.store import StateStore
+
+#: Policy fields an operator may change at runtime (admin API, CLI, rollout controller).
+MUTABLE_FIELDS = (
+    "candidate",
+    "canary_weight",
+    "flag",
+    "allow_version_override",
+    "targeting_header",
+    "shadow_versions",
+    "shadow_sample_rate",
+)
+
+
+class PolicyTable:
+    """model name -> ModelPolicy; read on every request (a dict lookup), changed rarely."""
+
+    def __init__(self, store: StateStore) -> None:
+        self.store = store
+        self._policies: dict[str, ModelPolicy] = {}
+
+    def get(self, model: str) -> ModelPolicy | None:
+        return self._policies.get(model)
+
+    def __contains__(self, model: object) -> bool:
+        return model in self._policies
+
+    def ensure(self, model: str, config: ModelConfig, live: str) -> ModelPolicy:
+        """The model's policy, created from config.toml plus saved changes on first use."""
+        policy = self._policies.get(model)
+        if policy is not None:
+            if policy.live != live:
+                policy = self._policies[model] = dataclasses.replace(policy, live=live)
+            return policy
+        routing, shadow = config.routing, config.shadow
+        base = ModelPolicy(
+            model=model,
+            live=live,
+            candidate=routing.candidate,
+            canary_weight=routing.canary_weight,
+            flag=routing.flag,
+            allow_version_override=routing.allow_version_override,
+            targeting_header=routing.targeting_header.lower(),
+            shadow_versions=shadow.versions,
+            shadow_sample_rate=shadow.sample_rate,
+        )
+        saved = self.store.read(f"policy.{model}") or {}
+        try:
+            policy = _apply(base, saved)
+        except (ConfigError, RequestError, TypeError):
+            policy = base  # a saved policy that no longer validates must not keep the model down
+        self._policies[model] = policy
+        return policy
+
+    def update(self, model: str, **changes: Any) -> ModelPolicy:
+        """Change runtime fields, validate, persist, and swap the policy in (one assignment)."""
+        current = self._policies.get(model)
+        if current is None:
+            raise RequestError(f"model {model!r} has no routing policy (is it loaded?)")
+        unknown = sorted(set(changes) - set(MUTABLE_FIELDS))
+        if unknown:
+            raise RequestError(f"unknown policy field(s): {', '.join(unknown)}")
+        try:
+            policy = _apply(current, changes)
+        except (ConfigError, TypeError, ValueError) as exc:
+            raise RequestError(str(exc)) from None
+        self._policies[model] = policy
+        self.store.write(f"policy.{model}", {name: _jsonable(getattr(policy, name)) for name in MUTABLE_FIELDS})
+        return policy
+
+    def remove(self, model: str) -> None:
+        self._policies.pop(model, None)
+
+    def on_switch(self, switch: Switch) -> None:
+        policy = self._policies.get(switch.model)
+        if policy is not None:
+            self._policies[switch.model] = dataclasses.replace(policy, live=switch.to_version)
+
+    def describe(self, model: str) -> dict[str, Any]:
+        policy = self._policies.get(model)
+        if policy is None:
+            return {}
+        return {name: _jsonable(getattr(policy, name)) for name in MUTABLE_FIELDS}
+
+
+def _apply(policy: ModelPolicy, changes: dict[str, Any]) -> ModelPolicy:
+    clean: dict[str, Any] = {}
+    for name, value in changes.items():
+        if name not in MUTABLE_FIELDS:
+            continue
+        if name == "shadow_versions":
+            if isinstance(value, str) or not isinstance(value, list | tuple):
+                raise ConfigError("shadow_versions must be a list of versions")
+            value = tuple(str(v) for v in value)
+        elif name in ("candidate", "flag") and value is not None:
+            value = str(value)
+        elif name in ("canary_weight", "shadow_sample_rate"):
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise ConfigError(f"{name} must be a number")
+            value = float(value)
+        elif name == "allow_version_override" and not isinstance(value, bool):
+            raise ConfigError("allow_version_override must be true or false")
+        elif name == "targeting_header":
+            if not isinstance(value, str) or not value:
+                raise ConfigError("targeting_header must be a header name")
+            value = value.lower()
+        clean[name] = value
+    return dataclasses.replace(policy, **clean)
+
+
+def _jsonable(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
