@@ -8,6 +8,7 @@ Local:   modelserve inspect PATH/TO/model.onnx
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import sys
@@ -121,14 +122,22 @@ def _inspect(args: argparse.Namespace) -> int:
 
 
 def client_parser(parent: argparse._SubParsersAction, name: str, help_text: str) -> argparse.ArgumentParser:
-    parser: argparse.ArgumentParser = parent.add_parser(name, help=help_text, description=help_text)
+    parser: argparse.ArgumentParser = parent.add_parser(
+        name, help=help_text, description=help_text.replace("%%", "%")
+    )
     parser.add_argument("--url", default=DEFAULT_URL, help=f"server URL (default {DEFAULT_URL})")
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the server")
     return parser
 
 
 #: Registration hooks of command groups defined in other modules (flags, shadow, rollout, experiment, ...).
-COMMAND_GROUPS: list[str] = []
+COMMAND_GROUPS: list[str] = [
+    "modelserve.cli_flags",
+    "modelserve.cli_routing",
+    "modelserve.cli_shadow",
+    "modelserve.cli_rollout",
+    "modelserve.cli_experiment",
+]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -159,7 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("model", nargs="?")
     status.set_defaults(run=_status)
 
-    stage = client_parser(commands, "stage", "load and warm a version into the idle slot (0% traffic)")
+    stage = client_parser(commands, "stage", "load and warm a version into the idle slot (0%% traffic)")
     stage.add_argument("model")
     stage.add_argument("version")
     stage.set_defaults(run=_stage)
@@ -184,8 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.set_defaults(run=_inspect)
 
     for module_name in COMMAND_GROUPS:
-        module = __import__(module_name, fromlist=["register"])
-        module.register(commands)
+        importlib.import_module(module_name).register(commands)
     return parser
 
 

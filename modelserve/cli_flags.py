@@ -34,7 +34,7 @@ def register(subparsers: Any) -> None:
     evaluate.add_argument(
         "--keys-from", metavar="FILE", help="file of targeting keys, one a line ('-' = stdin)"
     )
-    evaluate.set_defaults(handler=run_flags)
+    evaluate.set_defaults(run=run_flags)
 
 
 def _fail(message: str) -> int:
@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="modelserve")
     register(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(argv)
-    return int(args.handler(args))
+    return int(args.run(args))
 
 
 if __name__ == "__main__":

@@ -78,11 +78,18 @@ class Router:
 
             flag_eval = None
             if policy.flag is not None and self.flags is not None:
-                flag_eval = self.cache.evaluate(self.flags.flagset, policy.flag, context.flag_context(model, key))
+                flag_eval = self.cache.evaluate(
+                    self.flags.flagset, policy.flag, context.flag_context(model, key)
+                )
                 if self.on_flag_evaluation is not None:
                     self.on_flag_evaluation(model, flag_eval)
             return decide(
-                policy, ready_versions=ready, targeting_key=key, override=override, flag_eval=flag_eval, arms=arms
+                policy,
+                ready_versions=ready,
+                targeting_key=key,
+                override=override,
+                flag_eval=flag_eval,
+                arms=arms,
             )
         except Exception as exc:  # routing must never fail a request: serve the live version, say why
             self.errors += 1

@@ -11,18 +11,23 @@ from __future__ import annotations
 import contextlib
 import hmac
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+import time
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import anyio
+import numpy as np
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
+from starlette.requests import HTTPConnection
 from starlette.routing import BaseRoute
+from starlette.types import Scope
 
 from modelserve.config import ServerConfig
 from modelserve.errors import AuthError, ModelServeError
-from modelserve.server import admin, inference
+from modelserve.routing.decision import RouteDecision
+from modelserve.server import admin, inference, protocol
 from modelserve.serving.registry import ModelRegistry
 from modelserve.serving.repository import ModelRepository
 from modelserve.state.policies import PolicyTable
@@ -35,7 +40,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("modelserve.server")
 
-Hook = Callable[[], Awaitable[None]]
+Hook = Callable[[], Coroutine[Any, Any, None]]
 
 
 @dataclass(slots=True, kw_only=True)
@@ -75,6 +80,7 @@ class Services:
     experiments: Any = None  # server.experiments_feature.ExperimentService
     observers: list[inference.Observer] = field(default_factory=list)
     status_extensions: list[Callable[[str], dict[str, Any]]] = field(default_factory=list)
+    issue_request_ids: bool = False
     started: bool = False
     load_errors: dict[str, str] = field(default_factory=dict)
 
@@ -147,38 +153,69 @@ def build_services(
     )
 
 
-def create_app(
-    config: ServerConfig,
-    *,
-    store: StateStore | None = None,
-    tracer_provider: TracerProvider | None = None,
-    meter_provider: MeterProvider | None = None,
-    features: Sequence[FeatureInstaller] | None = None,
-) -> Starlette:
-    """The modelserve ASGI app: V2 inference API, admin API, every feature; loads models on startup.
+class ModelServe:
+    """modelserve inside any Starlette app: middleware, routes, lifespan and `predict`.
+
+    Serving alone is `ModelServe(config).app()` (what `create_app` returns). Embedded::
+
+        ms = ModelServe(ServerConfig(repository=Path("models")))
+        app = Starlette(routes=[Route("/score", score), *ms.routes], middleware=ms.middleware,
+                        lifespan=ms.lifespan)
+
+        async def score(request):
+            outputs = await ms.predict(request, "credit", {"input": features})
 
     Telemetry uses the providers passed in (else the global ones); nothing here sets globals.
     """
-    services = build_services(config, store=store, tracer_provider=tracer_provider, meter_provider=meter_provider)
-    installed = [install(services) for install in (default_features() if features is None else features)]
-    for feature in installed:
-        services.observers.extend(feature.observers)
-        if feature.status is not None:
-            services.status_extensions.append(feature.status)
+
+    def __init__(
+        self,
+        config: ServerConfig,
+        *,
+        store: StateStore | None = None,
+        tracer_provider: TracerProvider | None = None,
+        meter_provider: MeterProvider | None = None,
+        features: Sequence[FeatureInstaller] | None = None,
+    ) -> None:
+        self.services = build_services(
+            config, store=store, tracer_provider=tracer_provider, meter_provider=meter_provider
+        )
+        self.features = [
+            install(self.services) for install in (default_features() if features is None else features)
+        ]
+        for feature in self.features:
+            self.services.observers.extend(feature.observers)
+            if feature.status is not None:
+                self.services.status_extensions.append(feature.status)
+        self.routes: list[BaseRoute] = [
+            *inference.routes(self.services),
+            *admin.routes(self.services),
+            *[route for feature in self.features for route in feature.routes],
+        ]
+        self.middleware: list[Middleware] = [m for feature in self.features for m in feature.middleware]
+
+    def _record_window(self, record: inference.InferenceRecord) -> None:
+        """Per-version sliding windows (rollout gates, status): server errors count, client errors don't."""
+        if record.loaded is not None and (record.status < 400 or record.status >= 500):
+            self.services.windows.record(
+                record.model, record.decision.version, "primary", record.latency_s, error=record.status >= 500
+            )
 
     @contextlib.asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+    async def lifespan(self, app: object = None) -> AsyncIterator[None]:
+        """Load every model warm, start the features' tasks; stop them on shutdown."""
+        services = self.services
         for name in services.expected_models():
             try:
                 await services.load_model(name)
             except ModelServeError as exc:  # one broken model must not keep the others down
                 services.load_errors[name] = str(exc)
                 log.error("model %s not loaded: %s", name, exc)
-        for feature in installed:
+        for feature in self.features:
             for hook in feature.startup:
                 await hook()
         async with anyio.create_task_group() as tasks:
-            for feature in installed:
+            for feature in self.features:
                 for task in feature.tasks:
                     tasks.start_soon(task)
             services.started = True
@@ -187,19 +224,79 @@ def create_app(
             finally:
                 services.started = False
                 tasks.cancel_scope.cancel()
-        for feature in reversed(installed):
+        for feature in reversed(self.features):
             for hook in feature.shutdown:
                 try:
                     await hook()
                 except Exception:
                     log.exception("%s shutdown failed", feature.name)
 
-    routes: list[BaseRoute] = [
-        *inference.routes(services),
-        *admin.routes(services),
-        *[route for feature in installed for route in feature.routes],
-    ]
-    middleware = [m for feature in installed for m in feature.middleware]
-    app = Starlette(routes=routes, middleware=middleware, lifespan=lifespan)
-    app.state.services = services
-    return app
+    def decision(self, request: HTTPConnection | Scope, model: str) -> RouteDecision:
+        """The route decision this request gets for `model` (made once, then cached in the scope)."""
+        scope = request.scope if isinstance(request, HTTPConnection) else request
+        return inference.resolve(self.services, scope, model, None)[0]
+
+    async def predict(
+        self,
+        request: HTTPConnection | Scope,
+        model: str,
+        inputs: Mapping[str, np.ndarray],
+        *,
+        version: str | None = None,
+    ) -> dict[str, np.ndarray]:
+        """Run `model` for this request as routing decides (or the pinned `version`).
+
+        Shadows, metrics and experiments see the call exactly as they see a V2 request. Raises the
+        modelserve errors (NotFound, NotReady, RequestError, InferenceError).
+        """
+        started = time.perf_counter()
+        scope = request.scope if isinstance(request, HTTPConnection) else request
+        decision, loaded = inference.resolve(self.services, scope, model, version)
+        feeds = dict(inputs)
+        try:
+            outputs = await loaded.infer(feeds)
+        except Exception as exc:
+            inference.notify(
+                self.services,
+                inference.InferenceRecord(
+                    scope,
+                    model,
+                    decision,
+                    loaded,
+                    feeds,
+                    None,
+                    time.perf_counter() - started,
+                    protocol.status_for(exc),
+                    str(exc),
+                    None,
+                ),
+            )
+            raise
+        inference.notify(
+            self.services,
+            inference.InferenceRecord(
+                scope, model, decision, loaded, feeds, outputs, time.perf_counter() - started, 200, None, None
+            ),
+        )
+        return outputs
+
+    def app(self) -> Starlette:
+        """A Starlette app serving the V2 API, the admin API and every feature's routes."""
+        app = Starlette(routes=self.routes, middleware=self.middleware, lifespan=self.lifespan)
+        app.state.services = self.services
+        app.state.modelserve = self
+        return app
+
+
+def create_app(
+    config: ServerConfig,
+    *,
+    store: StateStore | None = None,
+    tracer_provider: TracerProvider | None = None,
+    meter_provider: MeterProvider | None = None,
+    features: Sequence[FeatureInstaller] | None = None,
+) -> Starlette:
+    """The modelserve ASGI app: V2 inference API, admin API, every feature; loads models on startup."""
+    return ModelServe(
+        config, store=store, tracer_provider=tracer_provider, meter_provider=meter_provider, features=features
+    ).app()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -42,7 +43,7 @@ class InferenceRecord:
     model: str
     decision: RouteDecision
     loaded: LoadedVersion | None
-    request: protocol.InferRequest | None
+    inputs: dict[str, np.ndarray] | None
     outputs: dict[str, np.ndarray] | None
     latency_s: float
     status: int
@@ -53,8 +54,46 @@ class InferenceRecord:
 Observer = Callable[[InferenceRecord], None]
 
 
-def stable_decision(model: str, loaded: LoadedVersion) -> RouteDecision:
-    return RouteDecision(model=model, version=loaded.version, reason="stable")
+def resolve(
+    services: Services, scope: Scope, model: str, pinned: str | None
+) -> tuple[RouteDecision, LoadedVersion]:
+    """The route decision and the loaded version that serves it; NotFound / NotReady otherwise.
+
+    The decision comes from the routing middleware's context when there is one; a version it chose
+    that is no longer ready (a switch raced the request) falls back to the live one, and says so.
+    """
+    slots = services.registry.models.get(model)
+    if slots is None:
+        services.registry.slots(model)  # raises NotFound / NotReady with the right message
+        raise NotFound(f"unknown model {model!r}")
+    if pinned is not None:
+        return RouteDecision(model=model, version=pinned, reason="pinned"), slots.get(pinned)
+    route = scope.get(ROUTE_KEY)
+    decision = route.decide(model) if route is not None else None
+    if decision is not None and decision.version in slots.ready_versions:
+        return decision, slots.get(decision.version)
+    loaded = slots.get()
+    if decision is None:
+        return RouteDecision(model=model, version=loaded.version, reason="stable"), loaded
+    fallback = RouteDecision(
+        model=model,
+        version=loaded.version,
+        reason="fallback",
+        targeting_key=decision.targeting_key,
+        detail=f"chosen version {decision.version} is not ready",
+    )
+    if route is not None:
+        route.decisions[model] = fallback
+    return fallback, loaded
+
+
+def notify(services: Services, record: InferenceRecord) -> None:
+    """Hand a finished inference to every observer; an observer's failure never reaches the client."""
+    for observer in services.observers:
+        try:
+            observer(record)
+        except Exception:
+            log.exception("inference observer failed")
 
 
 class InferEndpoint:
@@ -77,30 +116,7 @@ class InferEndpoint:
         error: str | None = None
         request_id: str | None = None
         try:
-            slots = services.registry.models.get(model)
-            if slots is None:
-                services.registry.slots(model)  # raises NotFound / NotReady with the right message
-                raise NotFound(f"unknown model {model!r}")
-            if pinned is not None:
-                loaded = slots.get(pinned)
-                decision = RouteDecision(model=model, version=pinned, reason="pinned")
-            else:
-                route = scope.get(ROUTE_KEY)
-                decision = route.decide(model) if route is not None else None
-                if decision is not None and decision.version in slots.ready_versions:
-                    loaded = slots.get(decision.version)
-                else:
-                    loaded = slots.get()
-                    decision = (
-                        stable_decision(model, loaded)
-                        if decision is None
-                        else RouteDecision(
-                            model=model,
-                            version=loaded.version,
-                            reason="fallback",
-                            detail=f"chosen version {decision.version} is not ready",
-                        )
-                    )
+            decision, loaded = resolve(services, scope, model, pinned)
             body = await read_body(receive, headers, services.config.max_body_bytes)
             request = protocol.decode_infer_request(
                 body,
@@ -111,6 +127,8 @@ class InferEndpoint:
             if request_id is None:
                 raw_id = header(headers, b"x-request-id")
                 request_id = raw_id.decode("latin-1")[:128] if raw_id else None
+                if request_id is None and services.issue_request_ids:
+                    request_id = uuid.uuid4().hex  # so outcomes can be posted back (experiments)
             names = protocol.requested_output_names(request, loaded.outputs)
             outputs = await loaded.infer(request.inputs, names)
             payload, extra = protocol.encode_infer_response(
@@ -139,23 +157,21 @@ class InferEndpoint:
             response_headers.append((b"x-request-id", request_id.encode("latin-1", "replace")))
         await send_response(send, status, payload, response_headers)
         if services.observers and decision is not None:
-            record = InferenceRecord(
-                scope,
-                model,
-                decision,
-                loaded,
-                request,
-                outputs,
-                time.perf_counter() - started,
-                status,
-                error,
-                request_id,
+            notify(
+                services,
+                InferenceRecord(
+                    scope,
+                    model,
+                    decision,
+                    loaded,
+                    request.inputs if request is not None else None,
+                    outputs,
+                    time.perf_counter() - started,
+                    status,
+                    error,
+                    request_id,
+                ),
             )
-            for observer in services.observers:
-                try:
-                    observer(record)
-                except Exception:  # an observer (shadow, metrics) must never hurt serving
-                    log.exception("inference observer failed")
 
 
 def _json(data: Any, status: int = 200) -> Response:

@@ -82,7 +82,9 @@ class PolicyTable:
         except (ConfigError, TypeError, ValueError) as exc:
             raise RequestError(str(exc)) from None
         self._policies[model] = policy
-        self.store.write(f"policy.{model}", {name: _jsonable(getattr(policy, name)) for name in MUTABLE_FIELDS})
+        self.store.write(
+            f"policy.{model}", {name: _jsonable(getattr(policy, name)) for name in MUTABLE_FIELDS}
+        )
         return policy
 
     def remove(self, model: str) -> None:

@@ -1,0 +1,9 @@
+"""`modelserve shadow ...` commands (admin API clients)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def register(commands: Any) -> None:
+    """Add the shadow commands to the `modelserve` parser."""
