@@ -1,8 +1,8 @@
 """An existing Starlette app that mounts modelserve and calls it from its own handler.
 
     python examples/embedded_app.py              # serves on 127.0.0.1:8080
-    curl -H 'x-user-id: alice' -d '{"applicant": [3, 60, 2, 3, 10144, 1, 3, 2, 1, 0, 4, 0, 21, 2, 1, 1, 2, 1, 1, 0]}' \
-        localhost:8080/loans/score
+    curl -H 'x-user-id: alice' localhost:8080/loans/score \
+        -d '{"applicant": [3, 60, 2, 3, 10144, 1, 3, 2, 1, 0, 4, 0, 21, 2, 1, 1, 2, 1, 1, 0]}'
 
 The app keeps its own routes (`/loans/score`, `/healthz`); modelserve adds its middleware (routing,
 flags, canary, shadow, telemetry), its lifespan (models loaded warm) and, optionally, its V2 and

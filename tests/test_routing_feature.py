@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -41,6 +42,7 @@ def repo(model_repo: Path) -> Path:
     return model_repo
 
 
+@contextlib.contextmanager
 def start(repo: Path, state: Path, flags: Path | None) -> Iterator[httpx.Client]:
     app = create_app(ServerConfig(repository=repo, state_dir=state, admin_token="t", flags_file=flags))
     with serve(app) as server, httpx.Client(base_url=server.url, timeout=30) as client:
@@ -61,7 +63,7 @@ def test_flag_fractional_split_is_sticky_and_matches_flagd(tmp_path: Path, repo:
     flags = flags_file(tmp_path / "flags.json", {"1": "1", "2": "2"}, targeting_rule)
     reference = FlagdCore()
     reference.set_flags(json.loads(flags.read_text()))
-    for client in start(repo, tmp_path / "s", flags):
+    with start(repo, tmp_path / "s", flags) as client:
         seen = {f"user-{i}": version_for(client, f"user-{i}") for i in range(200)}
         assert {reason for _, reason in seen.values()} == {"flag"}
         assert 60 < sum(v == "2" for v, _ in seen.values()) < 140
@@ -88,7 +90,7 @@ def wait_for(condition: Callable[[], bool], timeout_s: float = 15.0) -> None:
 
 def test_flags_hot_reload_and_broken_file_keeps_last_good(tmp_path: Path, repo: Path) -> None:
     flags = flags_file(tmp_path / "flags.json", {"old": "1", "new": "2"}, None)
-    for client in start(repo, tmp_path / "s", flags):
+    with start(repo, tmp_path / "s", flags) as client:
         assert version_for(client, "a") == ("1", "flag")
         flags_file(flags, {"new": "2", "old": "1"}, None)  # default variant now "new"
         os.utime(flags, ns=(1, 10**18))  # a distinct mtime even on coarse file systems
@@ -104,7 +106,7 @@ def test_flags_hot_reload_and_broken_file_keeps_last_good(tmp_path: Path, repo: 
 
 def test_unknown_flag_and_non_version_variant_fall_back_to_live(tmp_path: Path, repo: Path) -> None:
     flags = flags_file(tmp_path / "flags.json", {"on": "banana"}, None)
-    for client in start(repo, tmp_path / "s", flags):
+    with start(repo, tmp_path / "s", flags) as client:
         assert version_for(client, "a") == ("1", "fallback")
         client.post("/admin/models/fraud/policy", json={"flag": "no-such-flag"}, headers=AUTH)
         assert version_for(client, "a") == ("1", "fallback")
@@ -112,7 +114,7 @@ def test_unknown_flag_and_non_version_variant_fall_back_to_live(tmp_path: Path, 
 
 def test_canary_is_sticky_monotonic_and_override_needs_permission(tmp_path: Path, repo: Path) -> None:
     (repo / "fraud" / "config.toml").write_text('live = "1"\n')
-    for client in start(repo, tmp_path / "s", None):
+    with start(repo, tmp_path / "s", None) as client:
         keys = [f"k{i}" for i in range(400)]
         client.post("/admin/models/fraud/canary", json={"percent": 5}, headers=AUTH)
         at5 = {k for k in keys if version_for(client, k)[0] == "2"}
