@@ -145,3 +145,18 @@ def test_admin_api_is_off_without_a_token(tmp_path: Path, model_repo: Path) -> N
         response = httpx.get(server.url + "/admin/models", headers={"authorization": "Bearer anything"})
     assert response.status_code == 403
     assert "disabled" in response.json()["error"]
+
+
+def test_staging_a_corrupt_or_missing_version_keeps_the_live_one_serving(
+    http: httpx.Client, model_repo: Path
+) -> None:
+    (model_repo / "fraud" / "5").mkdir()
+    (model_repo / "fraud" / "5" / "model.onnx").write_bytes(b"\x00not an onnx graph")
+    auth = {"authorization": "Bearer t0k"}
+    corrupt = http.post("/admin/models/fraud/stage", headers=auth, json={"version": "5"})
+    assert corrupt.status_code == 400 and "cannot load" in corrupt.json()["error"]
+    missing = http.post("/admin/models/fraud/stage", headers=auth, json={"version": "6"})
+    assert missing.status_code == 404 and "no version" in missing.json()["error"]
+    response = http.post("/v2/models/fraud/infer", content=infer_body(GOOD))
+    assert response.status_code == 200 and response.headers["x-model-version"] == "2"
+    assert http.get("/admin/models/fraud", headers=auth).json()["idle_slot"] in ("blue", "green")
