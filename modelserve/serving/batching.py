@@ -1,0 +1,134 @@
+"""Dynamic batching: concurrent requests to one version run as one onnxruntime call.
+
+Requests whose inputs share everything but the first (batch) dimension are gathered for up to
+`max_queue_delay_ms` or until `max_batch_size` rows wait, concatenated along axis 0, run once on a
+worker thread (through the version's own limiter), and split back by row counts. The first request
+of a group leads it: it waits, runs the batch for everyone, and hands each caller its rows, so there
+is no background task to own or leak. The batch run is shielded: a client that disconnects while
+its batch runs cannot cancel the other callers' work.
+
+Only versions whose every input has a dynamic first dimension can batch; others run as usual.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import anyio
+import anyio.to_thread
+import numpy as np
+
+Outputs = dict[str, np.ndarray]
+RunBatch = Callable[[Mapping[str, np.ndarray], Sequence[str] | None], Outputs]
+GroupKey = tuple[object, ...]
+
+
+@dataclass(slots=True)
+class _Group:
+    key: GroupKey
+    feeds: list[Mapping[str, np.ndarray]] = field(default_factory=list)
+    rows: list[int] = field(default_factory=list)
+    full: anyio.Event = field(default_factory=anyio.Event)
+    done: anyio.Event = field(default_factory=anyio.Event)
+    results: list[Outputs] | None = None
+    error: BaseException | None = None
+
+    @property
+    def size(self) -> int:
+        return sum(self.rows)
+
+
+class Batcher:
+    """Gathers concurrent calls of one version into batches (event loop only)."""
+
+    def __init__(
+        self,
+        run: RunBatch,
+        *,
+        max_batch_size: int,
+        max_queue_delay_s: float,
+        limiter: anyio.CapacityLimiter,
+    ) -> None:
+        self._run = run
+        self.max_batch_size = max_batch_size
+        self.max_queue_delay_s = max_queue_delay_s
+        self.limiter = limiter
+        self._open: dict[GroupKey, _Group] = {}
+        self.batches = 0
+        self.batched_rows = 0
+
+    async def infer(self, feeds: Mapping[str, np.ndarray], output_names: Sequence[str] | None) -> Outputs:
+        rows = _rows(feeds)
+        if rows is None or rows >= self.max_batch_size:
+            return await anyio.to_thread.run_sync(self._run, feeds, output_names, limiter=self.limiter)
+        key = _key(feeds, output_names)
+        group = self._open.get(key)
+        if group is not None and group.size + rows <= self.max_batch_size:
+            index = len(group.rows)
+            group.feeds.append(feeds)
+            group.rows.append(rows)
+            if group.size >= self.max_batch_size:
+                self._close(group)
+            await group.done.wait()
+            if group.error is not None:
+                raise group.error
+            assert group.results is not None
+            return group.results[index]
+        group = _Group(key, [feeds], [rows])
+        self._open[key] = group  # a full group that was replaced keeps running on its own leader
+        try:
+            with anyio.move_on_after(self.max_queue_delay_s):
+                await group.full.wait()
+        finally:  # even a cancelled leader runs the batch: the followers are waiting on it
+            self._close(group)
+            with anyio.CancelScope(shield=True):
+                try:
+                    group.results = await anyio.to_thread.run_sync(
+                        self._run_group, group, output_names, limiter=self.limiter
+                    )
+                except Exception as exc:
+                    group.error = exc
+                finally:
+                    group.done.set()
+        if group.error is not None:
+            raise group.error
+        assert group.results is not None
+        return group.results[0]
+
+    def _close(self, group: _Group) -> None:
+        if self._open.get(group.key) is group:
+            del self._open[group.key]
+        group.full.set()
+
+    def _run_group(self, group: _Group, output_names: Sequence[str] | None) -> list[Outputs]:
+        if len(group.feeds) == 1:
+            return [self._run(group.feeds[0], output_names)]
+        names = list(group.feeds[0])
+        joined = {name: np.concatenate([feeds[name] for feeds in group.feeds], axis=0) for name in names}
+        outputs = self._run(joined, output_names)
+        self.batches += 1
+        self.batched_rows += group.size
+        bounds = np.cumsum(group.rows)[:-1]
+        split = {name: np.split(value, bounds, axis=0) for name, value in outputs.items()}
+        return [{name: parts[i] for name, parts in split.items()} for i in range(len(group.rows))]
+
+
+def _rows(feeds: Mapping[str, np.ndarray]) -> int | None:
+    rows = None
+    for value in feeds.values():
+        if value.ndim == 0:
+            return None
+        if rows is None:
+            rows = value.shape[0]
+        elif value.shape[0] != rows:
+            return None
+    return rows
+
+
+def _key(feeds: Mapping[str, np.ndarray], output_names: Sequence[str] | None) -> GroupKey:
+    parts: list[object] = [tuple(output_names) if output_names else None]
+    for name in sorted(feeds):
+        value = feeds[name]
+        parts.append((name, value.dtype.str, value.shape[1:]))
+    return tuple(parts)
