@@ -16,10 +16,10 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from harness import free_port, server_process, table, wrk  # noqa: E402
-from serving_overhead import bodies  # noqa: E402
+from harness import free_port, server_process, table, wrk
+from serving_overhead import bodies
 
-from modelserve import testing  # noqa: E402
+from modelserve import testing
 
 WIDTHS = (256, 512, 512, 10)
 
