@@ -35,10 +35,17 @@ def pinned(core: str, argv: Sequence[str]) -> list[str]:
 
 
 @contextlib.contextmanager
-def server_process(argv: Sequence[str], port: int, ready_path: str = "/v2/health/live") -> Iterator[None]:
-    """Start a server process pinned to the server core; wait until it answers; stop it afterwards."""
+def server_process(
+    argv: Sequence[str], port: int, ready_path: str = "/v2/health/live", *, quiet_stderr: bool = False
+) -> Iterator[None]:
+    """Start a server process pinned to the server core; wait until it answers; stop it afterwards.
+
+    `quiet_stderr`: discard the server's stderr (a server that logs a lot would otherwise fill the
+    unread pipe and block).
+    """
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    process = subprocess.Popen(pinned(SERVER_CORE, argv), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    stderr = subprocess.DEVNULL if quiet_stderr else subprocess.PIPE
+    process = subprocess.Popen(pinned(SERVER_CORE, argv), env=env, stdout=subprocess.DEVNULL, stderr=stderr)
     deadline = time.monotonic() + 60
     url = f"http://127.0.0.1:{port}{ready_path}"
     try:

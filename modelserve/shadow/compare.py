@@ -226,8 +226,65 @@ def _compare(primary: Outputs, shadow: Outputs, row_fn: Callable[..., _RowResult
     )
 
 
+def _label_small_scores(primary: Outputs, shadow: Outputs) -> Comparison | None:
+    """`label` for the common case — one small 2-D float score output — in plain Python (~4x faster).
+
+    None when the case does not apply; the general path then gives the identical result.
+    """
+    if len(primary) != 1:
+        return None
+    name, a = next(iter(primary.items()))
+    b = shadow.get(name)
+    if (
+        type(a) is not np.ndarray
+        or type(b) is not np.ndarray
+        or a.ndim != 2
+        or a.shape != b.shape
+        or a.dtype.kind != "f"
+        or b.dtype.kind != "f"
+        or a.size > _SMALL
+        or a.shape[1] < 2
+    ):
+        return None
+    rows_a, rows_b = a.tolist(), b.tolist()
+    agreeing = 0
+    diff = 0.0
+    probabilities = True
+    js = 0.0
+    for ra, rb in zip(rows_a, rows_b, strict=True):
+        for x, y in zip(ra, rb, strict=True):
+            if x != x or y != y:
+                return None  # NaN semantics (argmax, max) are numpy's: let the general path decide
+            d = x - y if x > y else y - x
+            if d > diff:
+                diff = d
+        top_a, top_b = max(ra), max(rb)
+        if ra.index(top_a) == rb.index(top_b):  # argmax as numpy: the first maximum
+            agreeing += 1
+        if probabilities:
+            if (
+                min(ra) < 0.0 or min(rb) < 0.0
+                or abs(sum(ra) - 1.0) > _PROBABILITY_SUM_TOLERANCE
+                or abs(sum(rb) - 1.0) > _PROBABILITY_SUM_TOLERANCE
+            ):  # fmt: skip
+                probabilities = False
+            else:
+                distance = _js_small(ra, rb)
+                if distance > js:
+                    js = distance
+    rows = len(rows_a)
+    return Comparison(
+        agree=agreeing == rows, agreement=agreeing / rows if rows else 1.0, rows=rows,
+        agreeing_rows=agreeing, max_abs_diff=diff if rows else None,
+        js_distance=js if probabilities and rows else None,
+    )  # fmt: skip
+
+
 def label(primary: Outputs, shadow: Outputs, *, threshold: float = 0.5) -> Comparison:
     """Class agreement: argmax of scores, `>= threshold` of single-column probabilities, label equality."""
+    fast = _label_small_scores(primary, shadow)
+    if fast is not None:
+        return fast
     return _compare(primary, shadow, partial(_label_rows, threshold=threshold))
 
 

@@ -21,8 +21,9 @@ Two ways to run a shadow:
   event loop (`loop.call_soon_threadsafe(future.set_result, outputs)`), then calls `run_inline` on the
   same thread. The response proceeds while the shadow runs. Do not hold the primary's limiter token
   across it (release it first, or the shadow delays the next primary request). A shadow hanging
-  inline would capture a primary worker thread, so after its first inline timeout a version is barred
-  from inline runs: check `inline_allowed(model, version)` first and fall back to `submit`.
+  inline would capture a primary worker thread, so after its first inline timeout (or error: failing
+  runs are slow) a version is barred from inline runs: check `inline_allowed(model, version)` first
+  and fall back to `submit`.
 """
 
 from __future__ import annotations
@@ -96,7 +97,8 @@ class ShadowRunner:
 
     `sink` is not owned (close it after the runner). `on_result` is called once per settled run on
     the thread that settled it; its exceptions are counted in `hook_errors` and otherwise ignored.
-    `clock` (seconds, monotonic) measures latencies and deadlines.
+    `clock` (seconds, monotonic) measures latencies and deadlines. `nice` > 0 lowers the workers'
+    scheduling priority by that much (see `pool.py`), so shadows only use CPU serving leaves idle.
     """
 
     def __init__(
@@ -109,6 +111,7 @@ class ShadowRunner:
         stats_factory: Callable[[str, str], ShadowStats] = ShadowStats,
         on_result: Callable[[ShadowResult], None] | None = None,
         clock: Callable[[], float] = time.perf_counter,
+        nice: int = 0,
     ) -> None:
         if max_workers < 1 or max_in_flight < 1 or timeout_s <= 0:
             raise ValueError("max_workers and max_in_flight must be >= 1 and timeout_s > 0")
@@ -122,29 +125,34 @@ class ShadowRunner:
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
         self._in_flight: dict[int, _Run] = {}
+        self._per_model: dict[str, int] = {}  # runs in flight per model, for per-model bounds
         self._next_id = 0
         self._next_sweep = float("inf")
         self._stats: dict[StatsKey, ShadowStats] = {}
         self._inline_barred: set[StatsKey] = set()
         self._closed = False
         self._pool: WorkerPool[_Run] = WorkerPool(
-            self._execute, workers=max_workers, name_prefix="modelserve-shadow"
+            self._execute, workers=max_workers, name_prefix="modelserve-shadow", nice=nice
         )
 
     def submit(
         self, *, model: str, primary_version: str, shadow_version: str, run: Callable[[], Outputs],
         inputs: Outputs, primary_outputs: Outputs, primary_latency_s: float, request_id: str | None = None,
-        compare: str | Comparator = "label", context: object = None,
+        compare: str | Comparator = "label", context: object = None, timeout_s: float | None = None,
+        max_in_flight: int | None = None,
     ) -> bool:  # fmt: skip
         """Queue a shadow run on the pool; False when dropped (bound reached or closed). Never blocks.
 
         `run` returns the shadow's outputs; the arrays passed in must not be mutated afterwards.
-        `primary_latency_s` is the primary's model run time, measured like the shadow's (not HTTP time).
+        `primary_latency_s` is the primary's latency as the caller measures it (stats report both).
+        `timeout_s` overrides the runner's timeout for this run; `max_in_flight` adds a per-model
+        admission bound (runs of `model` queued or running) under the runner's global one.
         """
         ticket = self._admit(
             model=model, primary_version=primary_version, shadow_version=shadow_version, run=run,
             inputs=inputs, primary_outputs=primary_outputs, primary_latency_s=primary_latency_s,
-            request_id=request_id, compare=compare, context=context, inline=False,
+            request_id=request_id, compare=compare, context=context, inline=False, timeout_s=timeout_s,
+            limit=max_in_flight,
         )  # fmt: skip
         if ticket is None:
             return False
@@ -158,18 +166,22 @@ class ShadowRunner:
     def run_inline(
         self, *, model: str, primary_version: str, shadow_version: str, run: Callable[[], Outputs],
         inputs: Outputs, primary_outputs: Outputs, primary_latency_s: float, request_id: str | None = None,
-        compare: str | Comparator = "label", context: object = None,
+        compare: str | Comparator = "label", context: object = None, timeout_s: float | None = None,
+        max_in_flight: int | None = None,
     ) -> bool:  # fmt: skip
-        """Run the shadow now on the calling (primary worker) thread; False when dropped or barred.
+        """Run the shadow now on the calling thread; False when dropped or barred.
 
-        Call only after the primary's result has been handed back (see the module docstring).
+        For a primary worker thread after the primary's result has been handed back (see the module
+        docstring), or the event loop after the response was sent for a model the warm-up showed
+        runs in a few µs (cheaper than any hop).
         """
         if (model, shadow_version) in self._inline_barred:
             return False
         ticket = self._admit(
             model=model, primary_version=primary_version, shadow_version=shadow_version, run=run,
             inputs=inputs, primary_outputs=primary_outputs, primary_latency_s=primary_latency_s,
-            request_id=request_id, compare=compare, context=context, inline=True,
+            request_id=request_id, compare=compare, context=context, inline=True, timeout_s=timeout_s,
+            limit=max_in_flight,
         )  # fmt: skip
         if ticket is None:
             return False
@@ -177,7 +189,7 @@ class ShadowRunner:
         return True
 
     def inline_allowed(self, model: str, shadow_version: str) -> bool:
-        """False once an inline run of this version has timed out; then use `submit`."""
+        """False once an inline run of this version has timed out or raised; then use `submit`."""
         return (model, shadow_version) not in self._inline_barred
 
     def stats(self, model: str, shadow_version: str) -> ShadowStats:
@@ -231,14 +243,23 @@ class ShadowRunner:
             self._release(ticket)
         return self.wait_idle(timeout)
 
-    def _admit(self, *, model: str, shadow_version: str, inline: bool, **fields: Any) -> _Run | None:
+    def _admit(
+        self, *, model: str, shadow_version: str, inline: bool, timeout_s: float | None, limit: int | None,
+        **fields: Any,
+    ) -> _Run | None:  # fmt: skip
         now = self._clock()
         if now >= self._next_sweep:
             self._sweep(now)
         with self._lock:
-            admitted = not self._closed and len(self._in_flight) < self.max_in_flight
+            per_model = self._per_model.get(model, 0)
+            admitted = (
+                not self._closed
+                and len(self._in_flight) < self.max_in_flight
+                and (limit is None or per_model < limit)
+            )
             if admitted:
-                deadline = now + self.timeout_s
+                self._per_model[model] = per_model + 1
+                deadline = now + (self.timeout_s if timeout_s is None else timeout_s)
                 ticket = _Run(
                     id=self._next_id, deadline=deadline, inline=inline, model=model,
                     shadow_version=shadow_version, **fields,
@@ -254,7 +275,12 @@ class ShadowRunner:
 
     def _release(self, ticket: _Run) -> None:
         with self._lock:
-            self._in_flight.pop(ticket.id, None)
+            if self._in_flight.pop(ticket.id, None) is not None:
+                left = self._per_model[ticket.model] - 1
+                if left:
+                    self._per_model[ticket.model] = left
+                else:
+                    del self._per_model[ticket.model]
             if not self._in_flight:
                 self._idle.notify_all()
 
@@ -324,6 +350,9 @@ class ShadowRunner:
             )  # fmt: skip
         elif error is not None:
             stats.record_error(error)
+            if ticket.inline:  # failing is slow (exception, onnxruntime's error log): keep it off the caller
+                with self._lock:
+                    self._inline_barred.add((ticket.model, ticket.shadow_version))
         else:
             stats.record_timeout()
             if ticket.inline:
