@@ -1,12 +1,17 @@
 """Serving overhead: raw onnxruntime vs in-process predict vs HTTP (modelserve vs naive Starlette).
 
     python benchmarks/serving_overhead.py [--seconds 5] [--connections 8] [--skip-http]
+                                          [--telemetry [--repeats 3]]
 
 In one run, on models built on the spot (tiny 16->8->2 and wide 256->512->512->10 MLPs):
 1. µs per call, batch 1: `session.run`, and modelserve's in-process `predict` (overhead = difference);
 2. HTTP req/s and latency with wrk (server on core 0, wrk on core 1, same uvicorn settings): a naive
    loop-blocking Starlette handler, a naive thread-hopping one, modelserve with V2 JSON and with the
    binary tensor extension. Ratios are against the naive handlers measured in the same run.
+3. with --telemetry (tiny model, V2 JSON): modelserve without the telemetry feature vs metrics only
+   (what `modelserve serve` does by default: no-op tracer, SDK meter + /metrics) vs traces + metrics
+   (SDK tracer, every request sampled, BatchSpanProcessor into an exporter that drops spans). The
+   three servers are measured in turn, `--repeats` times, and the median is reported.
 """
 
 from __future__ import annotations
@@ -115,12 +120,78 @@ def http_rows(repo: Path, name: str, width: int, seconds: float, connections: in
     ]
 
 
+TELEMETRY_MODES = ("off", "metrics", "traces+metrics")
+
+
+def serve_for_telemetry(mode: str, repo: str, port: int) -> None:
+    """Run modelserve on `port` with telemetry `mode` (a child process of `telemetry_rows`)."""
+    import uvicorn
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+
+    from modelserve.config import ServerConfig
+    from modelserve.server import telemetry_feature
+    from modelserve.server.app import create_app, default_features
+    from modelserve.telemetry.exporters import build_providers_from_env
+
+    class DropSpans(SpanExporter):
+        def export(self, spans):  # type: ignore[no-untyped-def]
+            return SpanExportResult.SUCCESS
+
+    with tempfile.TemporaryDirectory() as state:
+        config = ServerConfig(repository=Path(repo), state_dir=Path(state))
+        if mode == "off":
+            features = [f for f in default_features() if f is not telemetry_feature.install]
+            app = create_app(config, features=features)
+        else:
+            providers = build_providers_from_env({})  # as `modelserve serve` with no OTEL_* set
+            tracer_provider = providers.tracer_provider
+            if mode == "traces+metrics":
+                tracer_provider = TracerProvider()
+                tracer_provider.add_span_processor(BatchSpanProcessor(DropSpans()))
+            app = create_app(config, tracer_provider=tracer_provider, meter_provider=providers.meter_provider)
+        uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+
+
+def telemetry_rows(repo: Path, seconds: float, connections: int, repeats: int) -> list[list[object]]:
+    json_body, _ = bodies(MODELS["tiny"][0])
+    headers = {"Content-Type": "application/json"}
+    runs: dict[str, list[float]] = {mode: [] for mode in TELEMETRY_MODES}
+    p50s: dict[str, list[float]] = {mode: [] for mode in TELEMETRY_MODES}
+    errors = dict.fromkeys(TELEMETRY_MODES, 0)
+    for _ in range(repeats):
+        for mode in TELEMETRY_MODES:  # interleaved, so drift on a noisy machine hits every mode alike
+            port = free_port()
+            argv = [sys.executable, __file__, "--serve-telemetry", mode, str(repo), str(port)]
+            with server_process(argv, port):
+                url = f"http://127.0.0.1:{port}/v2/models/tiny/infer"
+                wrk(url, json_body, headers, connections=connections, seconds=1)
+                result = wrk(url, json_body, headers, connections=connections, seconds=seconds)
+            runs[mode].append(result.requests_per_s)
+            p50s[mode].append(result.p50_ms)
+            errors[mode] += result.errors
+    off = statistics.median(runs["off"])
+    return [
+        [mode, statistics.median(runs[mode]), min(runs[mode]), max(runs[mode]), statistics.median(p50s[mode]),
+         errors[mode], statistics.median(runs[mode]) / off]
+        for mode in TELEMETRY_MODES
+    ]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--connections", type=int, default=8)
     parser.add_argument("--skip-http", action="store_true")
+    parser.add_argument("--telemetry", action="store_true", help="add the telemetry on/off comparison")
+    parser.add_argument("--repeats", type=int, default=3, help="rounds of the telemetry comparison")
+    parser.add_argument("--serve-telemetry", nargs=3, metavar=("MODE", "REPO", "PORT"),
+                        help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.serve_telemetry:
+        mode, repo_path, port = args.serve_telemetry
+        serve_for_telemetry(mode, repo_path, int(port))
+        return
     with tempfile.TemporaryDirectory() as tmp:
         repo = Path(tmp)
         for name, widths in MODELS.items():
@@ -132,6 +203,11 @@ def main() -> None:
             rows.append([name, raw, predict, predict - raw])
         print("In-process, batch 1 (µs per call; target: overhead <= 15 µs)")
         print(table(["model", "session.run", "predict", "overhead"], rows))
+        if args.telemetry:  # section 3 (runs with --skip-http too, which skips section 2 only)
+            telemetry = telemetry_rows(repo, args.seconds, args.connections, args.repeats)
+            print(f"\nTelemetry cost, tiny model, V2 JSON, wrk -c{args.connections}, "
+                  f"median of {args.repeats} (target: metrics on >= 0.90x off)")
+            print(table(["telemetry", "req/s", "min", "max", "p50 ms", "errors", "x off"], telemetry))
         if args.skip_http:
             return
         http = []

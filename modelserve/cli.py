@@ -64,6 +64,7 @@ def _serve(args: argparse.Namespace) -> int:
         admin_token=token,
         flags_file=Path(args.flags) if args.flags else None,
         max_body_bytes=args.max_body_bytes,
+        webhooks=tuple(args.webhook),
     )
     app = create_app(config, **serve_extras(os.environ))
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=args.access_log)
@@ -72,7 +73,21 @@ def _serve(args: argparse.Namespace) -> int:
 
 def serve_extras(environ: dict[str, str] | os._Environ[str]) -> dict[str, Any]:
     """Keyword arguments for create_app that come from the environment (telemetry providers)."""
-    return {}
+    from modelserve.errors import ConfigError
+    from modelserve.server import telemetry_feature
+    from modelserve.server.app import default_features
+    from modelserve.telemetry.exporters import build_providers_from_env
+
+    try:
+        providers = build_providers_from_env(environ)
+    except ConfigError as exc:
+        raise ClientError(str(exc)) from None
+    return {
+        "tracer_provider": providers.tracer_provider,
+        "meter_provider": providers.meter_provider,
+        # First, so that its shutdown hook (flushing exporters) runs after every other feature's.
+        "features": [telemetry_feature.shutdown_providers(providers), *default_features()],
+    }
 
 
 def _status(args: argparse.Namespace) -> int:
@@ -158,6 +173,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--admin-token", help=f"enable the admin API with this bearer token (or {TOKEN_ENV})")
     serve.add_argument("--max-body-bytes", type=int, default=64 * 1024 * 1024)
+    serve.add_argument(
+        "--webhook",
+        action="append",
+        default=[],
+        metavar="URL",
+        help="POST every rollout event as JSON to URL (repeatable)",
+    )
     serve.add_argument(
         "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"]
     )

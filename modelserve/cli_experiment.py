@@ -1,9 +1,137 @@
-"""`modelserve experiment ...` commands (admin API clients)."""
+"""`modelserve experiment start|report|stop|feedback ...` (admin API clients).
+
+modelserve experiment start MODEL --arms 1,2 [--weights 50,50] [--metric conversion]
+    [--kind binary|continuous] [--lower-is-better] [--mde 0.05] [--alpha 0.05] [--power 0.8]
+    [--policy fixed|thompson|epsilon_greedy] [--segments country,device]
+modelserve experiment report MODEL [--json]
+modelserve experiment stop MODEL [--json]
+modelserve experiment feedback MODEL REQUEST_ID VALUE [--segment name=value ...]
+"""
 
 from __future__ import annotations
 
+import argparse
+import json
 from typing import Any
+
+from modelserve.cli import ClientError, admin_call, client_parser, print_json
 
 
 def register(commands: Any) -> None:
     """Add the experiment commands to the `modelserve` parser."""
+    experiment = commands.add_parser(
+        "experiment",
+        help="A/B tests and bandits between the versions in a model's two slots",
+        description="Start, read and stop an experiment; post outcomes by request id.",
+    )
+    actions = experiment.add_subparsers(dest="action", required=True, metavar="ACTION")
+
+    start = client_parser(actions, "start", "start an experiment (arms must be loaded: live or staged)")
+    start.add_argument("model")
+    start.add_argument("--arms", required=True, help="versions, control first, e.g. 1,2")
+    start.add_argument("--weights", help="traffic shares per arm, e.g. 50,50 (default: equal)")
+    start.add_argument("--metric", default="conversion", help="primary metric name (default conversion)")
+    start.add_argument("--kind", choices=["binary", "continuous"], default="binary")
+    start.add_argument("--lower-is-better", action="store_true", help="e.g. latency or error size")
+    start.add_argument("--mde", type=float, default=0.05, help="relative minimum detectable effect")
+    start.add_argument("--alpha", type=float, default=0.05)
+    start.add_argument("--power", type=float, default=0.8)
+    start.add_argument("--policy", choices=["fixed", "thompson", "epsilon_greedy"], default="fixed")
+    start.add_argument("--segments", help="segment attributes to analyse, e.g. country,device")
+    start.set_defaults(run=_start)
+
+    report = client_parser(actions, "report", "the experiment's statistics as a readable table")
+    report.add_argument("model")
+    report.add_argument("--json", action="store_true", help="print the full JSON report")
+    report.set_defaults(run=_report)
+
+    stop = client_parser(actions, "stop", "stop the experiment and print the final report")
+    stop.add_argument("model")
+    stop.add_argument("--json", action="store_true", help="print the full JSON report")
+    stop.set_defaults(run=_stop)
+
+    feedback = client_parser(actions, "feedback", "post one outcome for a request id")
+    feedback.add_argument("model")
+    feedback.add_argument("request_id", metavar="REQUEST_ID")
+    feedback.add_argument("value", metavar="VALUE", type=float)
+    feedback.add_argument(
+        "--segment", action="append", default=[], metavar="NAME=VALUE", help="segment attribute (repeatable)"
+    )
+    feedback.set_defaults(run=_feedback)
+
+
+def _split(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def spec_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """The admin API's experiment spec from `experiment start` options."""
+    arms = _split(args.arms)
+    spec: dict[str, Any] = {
+        "arms": arms,
+        "metric": {"name": args.metric, "kind": args.kind, "higher_is_better": not args.lower_is_better},
+        "mde": args.mde,
+        "alpha": args.alpha,
+        "power": args.power,
+        "policy": args.policy,
+    }
+    if args.weights:
+        try:
+            weights = [float(w) for w in _split(args.weights)]
+        except ValueError:
+            raise ClientError(f"--weights must be numbers, got {args.weights!r}") from None
+        if len(weights) != len(arms):
+            raise ClientError(f"--weights gives {len(weights)} weights for {len(arms)} arms")
+        spec["arms"] = [{"version": v, "weight": w} for v, w in zip(arms, weights, strict=True)]
+    if args.segments:
+        spec["segments"] = _split(args.segments)
+    return spec
+
+
+def _start(args: argparse.Namespace) -> int:
+    data = admin_call(args, "POST", f"/admin/models/{args.model}/experiment", spec_from_args(args))
+    experiment = data["experiment"]
+    arms = ", ".join(f"{a['version']} {a['weight'] * 100:g}%" for a in experiment["spec"]["arms"])
+    print(f"{args.model}: experiment {experiment['id']} started ({experiment['spec']['policy']}): {arms}")
+    for warning in data.get("warnings", []):
+        print(f"warning: {warning}")
+    return 0
+
+
+def _print_report(data: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        print_json(data)
+        return
+    experiment = data["experiment"]
+    feedback = data["feedback"]
+    print(f"experiment {experiment['id']} ({experiment['state']})")
+    print(data["table"], end="")
+    print(
+        f"feedback: {feedback['unknown_outcomes']:,} unknown, {feedback['duplicate_outcomes']:,} duplicate, "
+        f"{feedback['pending']:,} pending"
+    )
+
+
+def _report(args: argparse.Namespace) -> int:
+    _print_report(admin_call(args, "GET", f"/admin/models/{args.model}/experiment"), args.json)
+    return 0
+
+
+def _stop(args: argparse.Namespace) -> int:
+    _print_report(admin_call(args, "POST", f"/admin/models/{args.model}/experiment/stop"), args.json)
+    return 0
+
+
+def _feedback(args: argparse.Namespace) -> int:
+    body: dict[str, Any] = {"request_id": args.request_id, "value": args.value}
+    if args.segment:
+        segments = {}
+        for item in args.segment:
+            name, sep, value = item.partition("=")
+            if not sep or not name:
+                raise ClientError(f"--segment expects NAME=VALUE, got {item!r}")
+            segments[name] = value
+        body["segments"] = segments
+    data = admin_call(args, "POST", f"/v2/models/{args.model}/feedback", body)
+    print(json.dumps({k: data[k] for k in ("accepted", "unknown", "duplicate")}))
+    return 0 if data["accepted"] else 1

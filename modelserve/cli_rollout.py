@@ -1,9 +1,127 @@
-"""`modelserve rollout ...` commands (admin API clients)."""
+"""`modelserve rollout start|status|pause|resume|abort|promote MODEL ...` (admin API clients).
+
+modelserve rollout start credit 2 --plan default --time-scale 0.1
+modelserve rollout start credit 2 --plan examples/plans/fast.toml
+modelserve rollout status credit          # state, stage, gates and the timeline with their numbers
+modelserve rollout pause|resume|abort|promote credit
+"""
 
 from __future__ import annotations
 
+import argparse
+import tomllib
+from pathlib import Path
 from typing import Any
+
+from modelserve.cli import ClientError, admin_call, client_parser
+from modelserve.rollout.events import events_from_log, format_gate, format_timeline
+from modelserve.rollout.gates import GateResult
 
 
 def register(commands: Any) -> None:
     """Add the rollout commands to the `modelserve` parser."""
+    rollout = commands.add_parser(
+        "rollout",
+        help="progressive rollout: shadow -> canary stages -> promote, gated, with automatic rollback",
+        description="Run a rollout plan for a model's candidate version on a running server.",
+    )
+    actions = rollout.add_subparsers(dest="rollout_command", required=True, metavar="ACTION")
+
+    start = client_parser(actions, "start", "stage VERSION if needed and start rolling it out")
+    start.add_argument("model")
+    start.add_argument("version")
+    start.add_argument("--plan", default="default", help="'default' or a TOML plan file (default: default)")
+    start.add_argument(
+        "--time-scale", type=float, help="multiply every duration of the plan, e.g. 0.1 for a demo"
+    )
+    start.set_defaults(run=_start)
+
+    status = client_parser(actions, "status", "the rollout's state, gates and timeline with their numbers")
+    status.add_argument("model")
+    status.add_argument("--no-gates", action="store_true", help="timeline without each gate's numbers")
+    status.set_defaults(run=_status)
+
+    for action, text in (
+        ("pause", "stop advancing (gates keep being evaluated; a failure still rolls back)"),
+        ("resume", "resume a paused rollout"),
+        ("abort", "stop the rollout; the candidate gets no traffic, the live version is untouched"),
+        ("promote", "skip the current stage without its gates (--all: skip every stage)"),
+    ):
+        sub = client_parser(actions, action, text)
+        sub.add_argument("model")
+        if action in ("pause", "abort"):
+            sub.add_argument("--reason", help="recorded in the event log")
+        if action == "promote":
+            sub.add_argument("--all", action="store_true", help="skip every remaining stage: promote now")
+        sub.set_defaults(run=_command(action))
+
+
+def read_plan(source: str) -> str | dict[str, Any]:
+    """`default`, or the TOML plan file read here (the server may not see this machine's files)."""
+    if source == "default":
+        return source
+    path = Path(source)
+    try:
+        plan = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ClientError(f"cannot read plan {path}: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ClientError(f"plan {path} is not valid TOML: {exc}") from None
+    plan.setdefault("name", path.stem)
+    return plan
+
+
+def _start(args: argparse.Namespace) -> int:
+    body: dict[str, Any] = {"version": args.version, "plan": read_plan(args.plan)}
+    if args.time_scale is not None:
+        body["time_scale"] = args.time_scale
+    data = admin_call(args, "POST", f"/admin/models/{args.model}/rollout", body)
+    print(summary(data))
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    data = admin_call(args, "GET", f"/admin/models/{args.model}/rollout")
+    print(summary(data, gates=not args.no_gates))
+    print()
+    print(format_timeline(events_from_log(data.get("events", [])), with_gates=not args.no_gates))
+    return 0
+
+
+def _command(action: str) -> Any:
+    def run(args: argparse.Namespace) -> int:
+        body: dict[str, Any] = {}
+        if getattr(args, "reason", None):
+            body["reason"] = args.reason
+        if getattr(args, "all", False):
+            body["all"] = True
+        data = admin_call(args, "POST", f"/admin/models/{args.model}/rollout/{action}", body)
+        print(summary(data))
+        return 0
+
+    return run
+
+
+def summary(data: dict[str, Any], *, gates: bool = False) -> str:
+    """A few lines about a rollout from the admin API's answer."""
+    rollout = data.get("rollout")
+    if rollout is None:
+        return f"{data.get('model')}: no rollout"
+    mode = "shadow" if rollout["shadow"] and not rollout["weight"] else f"{rollout['weight']}% traffic"
+    lines = [
+        f"{rollout['model']}: rollout of {rollout['candidate']} against {rollout['baseline_version']} "
+        f"(plan {rollout['plan']!r}): {rollout['state']}",
+        f"  stage {rollout['stage_index'] + 1}/{rollout['stage_count']} {rollout['stage']!r} ({mode}), "
+        f"{rollout['stage_elapsed_s']:.1f} s in stage",
+    ]
+    if rollout.get("reason"):
+        lines.append(f"  reason: {rollout['reason']}")
+    if gates:
+        lines.extend(f"  {format_gate(GateResult(**g))}" for g in rollout.get("gates", []))
+    hooks = data.get("webhooks")
+    if hooks:
+        lines.append(
+            f"  webhooks: {hooks['sent']} sent, {hooks['queued']} queued, {hooks['failed']} failed, "
+            f"{hooks['dropped']} dropped"
+        )
+    return "\n".join(lines)

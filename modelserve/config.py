@@ -8,6 +8,8 @@ Per model: `models/<name>/config.toml` (all keys optional)::
     max_concurrency = 2             # concurrent runs per version (its CapacityLimiter)
     execution = "auto"              # "auto" (timed at warm-up) | "inline" | "thread"
     inline_threshold_us = 25.0      # auto: run on the event loop when warm-up p50 is at most this
+    max_batch_size = 1              # > 1: dynamic batching of concurrent requests (batch dim first)
+    max_queue_delay_ms = 1.0        # how long a batch waits to fill
     [routing]
     targeting_header = "x-user-id"
     flag = "fraud-model"            # a flag whose variants name versions
@@ -20,6 +22,11 @@ Per model: `models/<name>/config.toml` (all keys optional)::
     timeout_ms = 1000
     max_in_flight = 4
     compare = "label"               # "label" | "allclose" | "topk"
+    [testing.faults."2"]            # OPT-IN FAULT INJECTION for tests and demos (serving/faults.py):
+    error_rate = 0.05               # version 2 fails 5% of runs (seeded: `seed = 0`), and/or
+    extra_latency_ms = 3.0          # sleeps, `latency_factor = 3.0`, `hang = true`; a warning is logged
+
+Server options also include `webhooks`: URLs that receive every rollout event as JSON.
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from modelserve.errors import ConfigError
+from modelserve.serving.faults import parse_faults
 from modelserve.serving.runtime import RuntimeOptions
 
 
@@ -72,6 +80,7 @@ class ServerConfig:
     flags_file: Path | None = None
     max_body_bytes: int = 64 * 1024 * 1024
     load_models: tuple[str, ...] | None = None  # None: every model in the repository
+    webhooks: tuple[str, ...] = ()  # URLs that receive every rollout event (JSON POST, retried)
 
 
 def parse_model_config(data: dict[str, Any], *, where: str) -> ModelConfig:
@@ -86,6 +95,10 @@ def parse_model_config(data: dict[str, Any], *, where: str) -> ModelConfig:
         raise ConfigError(f"{where} [serving] intra_op_threads must be >= 1")
     if serving.max_concurrency < 1:
         raise ConfigError(f"{where} [serving] max_concurrency must be >= 1")
+    if serving.max_batch_size < 1:
+        raise ConfigError(f"{where} [serving] max_batch_size must be >= 1")
+    if serving.max_queue_delay_ms < 0:
+        raise ConfigError(f"{where} [serving] max_queue_delay_ms must be >= 0")
     if serving.execution not in ("auto", "inline", "thread"):
         raise ConfigError(f"{where} [serving] execution must be auto, inline or thread")
     routing = _section(RoutingConfig, data.get("routing", {}), f"{where} [routing]")
@@ -104,6 +117,7 @@ def parse_model_config(data: dict[str, Any], *, where: str) -> ModelConfig:
     testing = data.get("testing", {})
     if not isinstance(testing, dict):
         raise ConfigError(f"{where} [testing] must be a table")
+    parse_faults(testing, where=where)  # validated here; applied when the registry loads a version
     return ModelConfig(live=live, serving=serving, routing=routing, shadow=shadow, testing=testing)
 
 

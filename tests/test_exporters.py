@@ -10,6 +10,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from modelserve.errors import ConfigError
 from modelserve.telemetry.exporters import build_providers_from_env
 from modelserve.telemetry.metrics import Metrics
+from modelserve.telemetry.prometheus import PrometheusReader
 
 
 def otlp_installed() -> bool:
@@ -23,13 +24,14 @@ def otlp_installed() -> bool:
 OTLP_INSTALLED = otlp_installed()
 
 
-def test_defaults_trace_nothing_and_serve_prometheus() -> None:
+def test_defaults_trace_nothing_and_give_an_sdk_meter_provider_prometheus_can_attach_to() -> None:
     providers = build_providers_from_env({})
     assert isinstance(providers.tracer_provider, trace.NoOpTracerProvider)
     assert isinstance(providers.meter_provider, MeterProvider)
-    assert providers.prometheus_reader is not None
+    reader = PrometheusReader()
+    reader.attach(providers.meter_provider)
     Metrics(providers.meter_provider).record_request("fraud", "1", "primary", "stable", 0.001, False)
-    body, _ = providers.prometheus_reader.exposition()
+    body, _ = reader.exposition()
     assert b'target_info{service_name="modelserve"} 1' in body
     assert b"modelserve_requests_total" in body
     providers.shutdown()
@@ -53,11 +55,10 @@ def test_console_traces_with_service_name_and_resource_attributes() -> None:
     providers.shutdown()
 
 
-def test_sdk_disabled_gives_noop_providers_and_no_reader() -> None:
+def test_sdk_disabled_gives_noop_providers() -> None:
     providers = build_providers_from_env({"OTEL_SDK_DISABLED": "true", "OTEL_TRACES_EXPORTER": "console"})
     assert isinstance(providers.tracer_provider, trace.NoOpTracerProvider)
     assert isinstance(providers.meter_provider, metrics.NoOpMeterProvider)
-    assert providers.prometheus_reader is None
 
 
 def test_traceidratio_sampler_is_read_from_the_mapping() -> None:
@@ -101,5 +102,5 @@ def test_otlp_is_built_with_the_extra_or_explains_how_to_install_it(var: str) ->
             build_providers_from_env(environ)
         return
     providers = build_providers_from_env(environ)
-    assert providers.prometheus_reader is not None
+    assert isinstance(providers.meter_provider, MeterProvider)
     providers.shutdown()

@@ -12,6 +12,7 @@ and is ignored, and decisions pushed out by the size bound count in `evicted_dec
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ from typing import Any
 
 from cachetools import TTLCache
 
+from modelserve.errors import RequestError
 from modelserve.experiments.bandits import BanditPolicy
 from modelserve.experiments.experiment import ExperimentCounters
 from modelserve.routing.decision import RouteDecision
@@ -94,12 +96,29 @@ class FeedbackJoin:
         return len(self._pending)
 
     def attach(self, counters: ExperimentCounters, bandit: BanditPolicy | None = None) -> None:
-        """Start joining outcomes for `counters.spec.model`, replacing any previous experiment."""
-        self._experiments[counters.spec.model] = _Attached(counters=counters, bandit=bandit)
+        """Start joining outcomes for `counters.spec.model`, replacing any previous experiment.
+
+        Decisions still pending for a replaced experiment are forgotten, so their outcomes count
+        as unknown instead of landing in the new experiment's counters.
+        """
+        model = counters.spec.model
+        if model in self._experiments:
+            self._forget(model)
+        self._experiments[model] = _Attached(counters=counters, bandit=bandit)
 
     def detach(self, model: str) -> None:
         """Stop the model's experiment; later outcomes for its decisions count as unknown."""
-        self._experiments.pop(model, None)
+        if self._experiments.pop(model, None) is not None:
+            self._forget(model)
+
+    def _forget(self, model: str) -> None:
+        stale = [
+            request_id
+            for request_id, entry in list(self._pending.items())
+            if isinstance(entry, PendingDecision) and entry.model == model
+        ]
+        for request_id in stale:
+            self._pending.pop(request_id, None)
 
     def record_decision(
         self, request_id: str, decision: RouteDecision, segments: Mapping[str, Any] | None = None
@@ -115,6 +134,27 @@ class FeedbackJoin:
         )
         return True
 
+    def validate_outcome(
+        self,
+        request_id: str,
+        value: Any,
+        *,
+        guardrails: Mapping[str, Any] | None = None,
+        model: str | None = None,
+    ) -> None:
+        """Raise RequestError if `record_outcome` would reject this value; counts nothing.
+
+        Lets a batch be checked whole before any of it is counted. Unknown ids pass (they are
+        counted as unknown, not rejected).
+        """
+        entry = self._pending.get(request_id)
+        if not isinstance(entry, PendingDecision) or (model is not None and entry.model != model):
+            return
+        attached = self._experiments.get(entry.model)
+        if attached is None:
+            return
+        attached.counters.validate_outcome(value, guardrails)  # Thompson needs binary: 0/1 covers it
+
     def record_outcome(
         self,
         request_id: str,
@@ -122,16 +162,20 @@ class FeedbackJoin:
         segments: Mapping[str, Any] | None = None,
         *,
         guardrails: Mapping[str, Any] | None = None,
+        model: str | None = None,
     ) -> Outcome | None:
         """Count an outcome against the arm that served `request_id`; None if unknown or duplicate.
 
         Segment attributes given here override those recorded with the decision. A value the
         metric rejects raises RequestError and changes nothing (the id stays open for a retry).
+        With `model`, an id whose decision belongs to another model counts as unknown.
         """
         entry = self._pending.get(request_id)
         if entry is _CONSUMED:
             self.duplicate_outcomes += 1
             return None
+        if isinstance(entry, PendingDecision) and model is not None and entry.model != model:
+            entry = None
         attached = self._experiments.get(entry.model) if isinstance(entry, PendingDecision) else None
         if not isinstance(entry, PendingDecision) or attached is None:
             self.unknown_outcomes += 1
@@ -164,3 +208,34 @@ class FeedbackJoin:
 
 def _strings(segments: Mapping[str, Any] | None) -> dict[str, str]:
     return {str(k): str(v) for k, v in (segments or {}).items() if v is not None}
+
+
+def parse_outcome(item: Any, index: int) -> tuple[str, Any, dict[str, Any] | None, dict[str, Any] | None]:
+    """Check one posted outcome's shape: (request_id, value, segments, guardrails); RequestError if bad.
+
+    Metric-specific checks (a binary metric takes 0 or 1) happen when the outcome joins its decision.
+    """
+    where = f"outcome {index}"
+    if not isinstance(item, Mapping):
+        raise RequestError(f"{where} must be a JSON object")
+    unknown = set(item) - {"request_id", "value", "segments", "guardrails"}
+    if unknown:
+        raise RequestError(f"{where}: unknown fields {sorted(unknown)}")
+    request_id = item.get("request_id")
+    if not isinstance(request_id, str) or not 0 < len(request_id) <= 128:
+        raise RequestError(f"{where}: 'request_id' must be a string of 1..128 characters")
+    value = item.get("value")
+    if isinstance(value, bool):
+        value = int(value)
+    if not isinstance(value, int | float) or not math.isfinite(value):
+        raise RequestError(f"{where}: 'value' must be a finite number, got {item.get('value')!r}")
+    extras: list[dict[str, Any] | None] = []
+    for key in ("segments", "guardrails"):
+        extra = item.get(key)
+        if extra is not None and (
+            not isinstance(extra, dict)
+            or not all(isinstance(v, str | int | float | bool) for v in extra.values())
+        ):
+            raise RequestError(f"{where}: '{key}' must be an object of scalar values")
+        extras.append(extra)
+    return request_id, value, extras[0], extras[1]

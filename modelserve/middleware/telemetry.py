@@ -1,8 +1,11 @@
 """TelemetryMiddleware: a SERVER span and request metrics per HTTP request, pure ASGI.
 
 The span continues an incoming W3C `traceparent`. After the wrapped app has run, the route decisions
-the routing middleware or `predict` left in the scope (`scope[ROUTE_KEY]`: model -> RouteDecision,
-and optionally `scope["modelserve.slot"]`) become span attributes and metric labels. Everything
+of the request become span attributes and metric labels: the decisions actually served, when an
+inference observer recorded them (`scope[SERVED_KEY]`, model -> RouteDecision, including versions
+pinned in the URL), else those made through the routing middleware's `RouteContext` at
+`scope[ROUTE_KEY]` (a plain model -> RouteDecision mapping there is accepted too); the slot comes
+from `scope[SLOT_KEY]`. Everything
 per request lives in locals of `__call__`; the middleware object holds configuration only. The
 response is passed through untouched; only its status is read.
 """
@@ -21,6 +24,7 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 from opentelemetry.util.types import AttributeValue
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from modelserve.middleware.routing import RouteContext
 from modelserve.routing.decision import ROUTE_KEY, RouteDecision
 from modelserve.telemetry.metrics import Metrics
 from modelserve.telemetry.spans import (
@@ -36,6 +40,8 @@ from modelserve.telemetry.spans import (
 
 #: Scope key for the slot that served the request: a slot name, or a dict model -> slot name.
 SLOT_KEY = "modelserve.slot"
+#: Scope key for the decisions that actually served the request: a dict model -> RouteDecision.
+SERVED_KEY = "modelserve.served"
 
 _TRACE_HEADERS = {b"traceparent": "traceparent", b"tracestate": "tracestate"}
 _KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE"})
@@ -79,7 +85,7 @@ class TelemetryMiddleware:
         finally:
             if status == 0 and failed:
                 status = 500  # the server will answer 500 for an app that raised before responding
-            decisions = scope.get(ROUTE_KEY)
+            decisions = request_decisions(scope)
             if span is not None:
                 if span.is_recording():
                     _finish_attributes(span, scope, status, decisions)
@@ -114,6 +120,17 @@ class TelemetryMiddleware:
         )
         token = otel_context.attach(trace.set_span_in_context(span, parent))
         return span, token
+
+
+def request_decisions(scope: Scope) -> Mapping[str, RouteDecision] | None:
+    """The route decisions of a request: those served (`SERVED_KEY`), else those routing made."""
+    served = scope.get(SERVED_KEY)
+    if served:
+        return served
+    route = scope.get(ROUTE_KEY)
+    if isinstance(route, RouteContext):
+        return route.decisions
+    return route if isinstance(route, Mapping) else None
 
 
 def _finish_attributes(

@@ -183,6 +183,7 @@ class ModelServe:
         self.features = [
             install(self.services) for install in (default_features() if features is None else features)
         ]
+        self.services.observers.append(self._record_window)
         for feature in self.features:
             self.services.observers.extend(feature.observers)
             if feature.status is not None:

@@ -1,9 +1,387 @@
-"""The experiments feature: wiring into the app (see `server/app.py` Feature)."""
+"""The experiments feature: A/B tests and bandits between the versions held in a model's two slots.
+
+Admin API (bearer token):
+    POST /admin/models/{model}/experiment        start: `{"arms": ["1", "2"], "metric": {...}, ...}`
+                                                 (an `ExperimentSpec` dict; the first arm is the control)
+    GET  /admin/models/{model}/experiment        the report as JSON; `?format=text` the readable table
+    POST /admin/models/{model}/experiment/stop   stop; answers the final report
+    POST /v2/models/{model}/feedback             `{"request_id": "...", "value": 1, "segments": {...},
+                                                 "guardrails": {...}}` or `{"outcomes": [...]}`
+
+Feedback takes the admin token too: outcomes move verdicts and, for bandits, where traffic goes,
+so an open endpoint would let any client steer routing or forge a result. Outcomes come from the
+application's backend, which can hold a token; embedded apps call `record_outcome` in-process.
+The answer counts every outcome: `{"accepted": n, "unknown": m, "duplicate": k}` (unknown: never
+decided by an experiment, expired, evicted, or another model's id). A bad value fails the whole
+batch with 400 before anything is counted.
+
+Every inference response carries `X-Request-Id` (the V2 `id`, the client's `X-Request-Id`, or a
+generated one). Request headers `x-segment-<name>: <value>` become segment attributes of the
+decision (analysed when the spec lists `<name>` in `segments`); outcome `segments` override them.
+The assignment unit is the request (sticky per targeting key), and the SRM check counts requests.
+An experiment wins over a canary; a flag variant or an allowed version override wins over it.
+State (spec, counters, bandit) is saved as `experiment.<model>` at most every `save_interval_s`,
+on stop and at shutdown, and restored at startup.
+"""
 
 from __future__ import annotations
 
+import logging
+import time
+import uuid
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import numpy as np
+import orjson
+from starlette.requests import HTTPConnection, Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.routing import Route
+from starlette.types import Scope
+
+from modelserve.errors import ConfigError, Conflict, NotFound, RequestError
+from modelserve.experiments.experiment import parse_experiment_spec
+from modelserve.experiments.feedback import EXPERIMENT_REASONS, FeedbackJoin, parse_outcome
+from modelserve.experiments.running import RunningExperiment
+from modelserve.routing.decision import RouteDecision
+from modelserve.routing.policy import ModelPolicy
+from modelserve.server.admin import admin_endpoint
 from modelserve.server.app import Feature, Services
+from modelserve.server.http import header
+
+if TYPE_CHECKING:
+    from modelserve.server.inference import InferenceRecord
+
+log = logging.getLogger("modelserve.experiments")
+
+#: Where the observer leaves the request id of an experiment decision (for embedded `predict` callers).
+REQUEST_ID_KEY = "modelserve.request_id"
+SEGMENT_PREFIX = b"x-segment-"
+SAVE_INTERVAL_S = 5.0
+MAX_BATCH = 10_000
+MAX_LISTED_IDS = 100
+
+
+class ExperimentService:
+    """Experiments per model (one running at a time), the feedback join, and their persistence.
+
+    Event loop only, like the join it holds. `decide` is the router's arm decider; `observe` is an
+    inference observer.
+    """
+
+    def __init__(
+        self,
+        services: Services,
+        *,
+        join: FeedbackJoin | None = None,
+        rng: np.random.Generator | None = None,
+        save_interval_s: float = SAVE_INTERVAL_S,
+    ) -> None:
+        self.services = services
+        self.join = join if join is not None else FeedbackJoin()
+        self.experiments: dict[str, RunningExperiment] = {}  # the running or last stopped one per model
+        self.save_interval_s = save_interval_s
+        self._rng = rng if rng is not None else np.random.default_rng()
+        self._dirty: set[str] = set()
+        self._save_limiter = anyio.CapacityLimiter(1)  # saves off the loop, one at a time, never anyio's
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    def get(self, model: str) -> RunningExperiment:
+        """The model's running or last stopped experiment; NotFound if it never had one."""
+        experiment = self.experiments.get(model)
+        if experiment is None:
+            raise NotFound(f"model {model!r} has no experiment: start one with `modelserve experiment start`")
+        return experiment
+
+    async def start(
+        self, model: str, spec_data: Mapping[str, Any], *, experiment_id: str | None = None
+    ) -> RunningExperiment:
+        """Start an experiment on `model`; Conflict if one runs, RequestError if an arm is not in a slot."""
+        data = dict(spec_data)
+        if data.setdefault("model", model) != model:
+            raise RequestError(f"the spec names model {data['model']!r}, but the URL names {model!r}")
+        try:
+            spec = parse_experiment_spec(data)
+        except ConfigError as exc:
+            raise RequestError(str(exc)) from None
+        current = self.experiments.get(model)
+        if current is not None and current.running:
+            raise Conflict(
+                f"model {model!r} already runs experiment {current.experiment_id} "
+                f"(arms {', '.join(current.spec.versions)}): "
+                f"stop it first (`modelserve experiment stop {model}`)"
+            )
+        slots = self.services.registry.slots(model)
+        ready = slots.ready_versions
+        for version in spec.versions:
+            if version not in ready:
+                live = slots.live.version if slots.live else "none"
+                idle = slots.idle.version if slots.idle else "empty"
+                raise RequestError(
+                    f"arm {version} of model {model!r} is not loaded and ready: arms must be the versions "
+                    f"held warm in the model's two slots (live {live}, idle {idle}); "
+                    f"stage it first (`modelserve stage {model} {version}`)"
+                )
+        experiment = RunningExperiment(
+            spec, experiment_id=experiment_id or uuid.uuid4().hex[:12], started_at=time.time(), rng=self._rng
+        )
+        self.experiments[model] = experiment
+        self.join.attach(experiment.counters, experiment.bandit)
+        await self.save(model)
+        log.info("model %s: experiment %s started on arms %s", model, experiment.experiment_id, spec.versions)
+        return experiment
+
+    async def stop(self, model: str) -> RunningExperiment:
+        """Stop the model's experiment (its report stays readable); later outcomes count as unknown."""
+        experiment = self.get(model)
+        if not experiment.running:
+            raise Conflict(f"experiment {experiment.experiment_id} of model {model!r} is already stopped")
+        experiment.stopped_at = time.time()
+        self.join.detach(model)
+        await self.save(model)
+        log.info("model %s: experiment %s stopped", model, experiment.experiment_id)
+        return experiment
+
+    # -- per request -----------------------------------------------------------------------------
+
+    def decide(
+        self, policy: ModelPolicy, targeting_key: str | None, ready: frozenset[str]
+    ) -> RouteDecision | None:
+        """The router's arm decider: an experiment or bandit assignment, or None to fall through."""
+        experiment = self.experiments.get(policy.model)
+        if experiment is None or experiment.stopped_at is not None:
+            return None
+        return experiment.assign(targeting_key, ready)
+
+    def observe(self, record: InferenceRecord) -> None:
+        """Remember each served experiment decision by request id, with its segment attributes."""
+        decision = record.decision
+        if record.status != 200 or decision.reason not in EXPERIMENT_REASONS:
+            return
+        scope = record.scope
+        request_id = record.request_id
+        if request_id is None:  # embedded `predict`: the client's id, else one the app can read back
+            raw = header(scope.get("headers", ()), b"x-request-id")
+            request_id = raw.decode("latin-1")[:128] if raw else uuid.uuid4().hex
+        scope[REQUEST_ID_KEY] = request_id
+        if self.join.record_decision(request_id, decision, segment_attributes(scope)):
+            self._dirty.add(decision.model)
+
+    @staticmethod
+    def request_id(request: HTTPConnection | Scope) -> str | None:
+        """The id to post outcomes for, after `predict` served this request from an experiment."""
+        scope = request.scope if isinstance(request, HTTPConnection) else request
+        value = scope.get(REQUEST_ID_KEY)
+        return value if isinstance(value, str) else None
+
+    # -- outcomes --------------------------------------------------------------------------------
+
+    def record_outcome(
+        self,
+        request_id: str,
+        value: Any,
+        segments: Mapping[str, Any] | None = None,
+        *,
+        guardrails: Mapping[str, Any] | None = None,
+        model: str | None = None,
+    ) -> str:
+        """Count one outcome: "accepted", "unknown" or "duplicate"; RequestError on a bad value."""
+        duplicates = self.join.duplicate_outcomes
+        outcome = self.join.record_outcome(request_id, value, segments, guardrails=guardrails, model=model)
+        if outcome is not None:
+            self._dirty.add(outcome.model)
+            return "accepted"
+        return "duplicate" if self.join.duplicate_outcomes > duplicates else "unknown"
+
+    def record_outcomes(self, items: list[Mapping[str, Any]], *, model: str | None = None) -> dict[str, Any]:
+        """Check every outcome, then count them all; a bad one fails the batch before anything counts."""
+        parsed = [parse_outcome(item, i) for i, item in enumerate(items)]
+        for request_id, value, _, guardrails in parsed:
+            self.join.validate_outcome(request_id, value, guardrails=guardrails, model=model)
+        result: dict[str, Any] = {
+            "accepted": 0,
+            "unknown": 0,
+            "duplicate": 0,
+            "unknown_ids": [],
+            "duplicate_ids": [],
+        }
+        for request_id, value, segments, guardrails in parsed:
+            status = self.record_outcome(request_id, value, segments, guardrails=guardrails, model=model)
+            result[status] += 1
+            listed = result.get(f"{status}_ids")
+            if listed is not None and len(listed) < MAX_LISTED_IDS:
+                listed.append(request_id)
+        return result
+
+    # -- persistence -----------------------------------------------------------------------------
+
+    async def save(self, model: str) -> None:
+        """Write `experiment.<model>` (snapshot on the loop, file write in a worker thread)."""
+        experiment = self.experiments.get(model)
+        if experiment is None:
+            return
+        data = experiment.to_dict()
+        data["feedback"] = self.join.stats()
+        self._dirty.discard(model)
+        try:
+            await anyio.to_thread.run_sync(
+                self.services.store.write, f"experiment.{model}", data, limiter=self._save_limiter
+            )
+        except BaseException:
+            self._dirty.add(model)  # try again next time
+            raise
+
+    async def save_dirty(self) -> None:
+        for model in sorted(self._dirty):
+            try:
+                await self.save(model)
+            except Exception:
+                log.exception("saving the experiment of %s failed", model)
+
+    async def save_periodically(self) -> None:
+        while True:
+            await anyio.sleep(self.save_interval_s)
+            await self.save_dirty()
+
+    async def save_all(self) -> None:
+        self._dirty.update(self.experiments)
+        await self.save_dirty()
+
+    def restore(self) -> None:
+        """Load saved experiments of the repository's models; running ones resume joining outcomes."""
+        for model in sorted({*self.services.expected_models(), *self.services.registry.models}):
+            try:
+                data = self.services.store.read(f"experiment.{model}")
+                if data is None:
+                    continue
+                experiment = RunningExperiment.from_dict(data, rng=self._rng)
+            except ConfigError as exc:
+                log.error("model %s: saved experiment not restored: %s", model, exc)
+                continue
+            self.experiments[model] = experiment
+            if experiment.running:
+                self.join.attach(experiment.counters, experiment.bandit)
+            log.info(
+                "model %s: experiment %s restored (%s)",
+                model,
+                experiment.experiment_id,
+                experiment.describe()["state"],
+            )
+
+    # -- views -----------------------------------------------------------------------------------
+
+    def report_document(self, model: str) -> dict[str, Any]:
+        """`{"experiment": ..., "report": ..., "table": ..., "feedback": ...}` for the admin API."""
+        experiment = self.get(model)
+        result = experiment.report()
+        return {
+            "experiment": experiment.describe(),
+            "report": result.to_dict(),
+            "table": result.render_table(),
+            "feedback": self.join.stats(),
+        }
+
+    def status(self, model: str) -> dict[str, Any]:
+        experiment = self.experiments.get(model)
+        if experiment is None:
+            return {"experiment": None}
+        slots = self.services.registry.models.get(model)
+        try:
+            line = experiment.summary(slots.ready_versions if slots is not None else frozenset())
+        except Exception as exc:  # a status page must render even if the statistics fail
+            line = f"experiment {experiment.experiment_id}: summary failed: {exc}"
+        return {"experiment": line}
+
+
+def segment_attributes(scope: Scope) -> dict[str, str]:
+    """Request headers `x-segment-<name>: <value>` as `{name: value}`."""
+    found: dict[str, str] = {}
+    for name, value in scope.get("headers", ()):
+        if name.startswith(SEGMENT_PREFIX):
+            found[name[len(SEGMENT_PREFIX) :].decode("latin-1")] = value.decode("latin-1")
+    return found
 
 
 def install(services: Services) -> Feature:
-    return Feature(name="experiments")
+    if services.router is None:
+        raise ConfigError("the experiments feature needs the routing feature installed before it")
+    service = ExperimentService(services)
+    services.experiments = service
+    services.issue_request_ids = True
+    services.router.arm_deciders.append(service.decide)
+
+    async def start(request: Request, body: dict[str, Any]) -> Any:
+        model = request.path_params["model"]
+        await service.start(model, body)
+        document = service.report_document(model)
+        policy = services.policies.get(model)
+        if policy is not None and policy.flag is not None:
+            document["warnings"] = [
+                f"flag {policy.flag!r} is evaluated before the experiment: "
+                "requests it routes are not assigned"
+            ]
+        return document
+
+    async def get_report(request: Request, body: dict[str, Any]) -> Any:
+        return service.report_document(request.path_params["model"])
+
+    async def stop(request: Request, body: dict[str, Any]) -> Any:
+        model = request.path_params["model"]
+        await service.stop(model)
+        return service.report_document(model)
+
+    async def feedback(request: Request, body: dict[str, Any]) -> Any:
+        model = request.path_params["model"]
+        if model not in services.registry.models and model not in service.experiments:
+            services.registry.slots(model)  # NotFound / NotReady with the registry's message
+        if "outcomes" in body:
+            if set(body) != {"outcomes"}:
+                raise RequestError('a batch is {"outcomes": [...]} with no other fields')
+            items = body["outcomes"]
+            if not isinstance(items, list) or not 0 < len(items) <= MAX_BATCH:
+                raise RequestError(f"'outcomes' must be a list of 1..{MAX_BATCH} outcomes")
+        else:
+            items = [body]
+        return service.record_outcomes(items, model=model)
+
+    json_report = admin_endpoint(services, get_report)
+    json_stop = admin_endpoint(services, stop)
+
+    def textual(endpoint: Any) -> Any:
+        """`?format=text` answers the report table as text/plain; errors stay V2 JSON."""
+
+        async def respond(request: Request) -> Response:
+            response: Response = await endpoint(request)
+            if request.query_params.get("format") != "text" or response.status_code != 200:
+                return response
+            document = orjson.loads(response.body)
+            experiment = document["experiment"]
+            heading = f"experiment {experiment['id']} ({experiment['state']})\n"
+            return PlainTextResponse(heading + document["table"])
+
+        return respond
+
+    base = "/admin/models/{model}/experiment"
+    return Feature(
+        name="experiments",
+        routes=[
+            Route(base, admin_endpoint(services, start), methods=["POST"]),
+            Route(base, textual(json_report), methods=["GET"]),
+            Route(base + "/stop", textual(json_stop), methods=["POST"]),
+            Route("/v2/models/{model}/feedback", admin_endpoint(services, feedback), methods=["POST"]),
+        ],
+        observers=[service.observe],
+        status=service.status,
+        startup=[_sync_hook(service.restore)],
+        tasks=[service.save_periodically],
+        shutdown=[service.save_all],
+    )
+
+
+def _sync_hook(function: Any) -> Any:
+    async def hook() -> None:
+        function()
+
+    return hook

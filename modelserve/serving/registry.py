@@ -14,7 +14,8 @@ import anyio
 import anyio.to_thread
 import numpy as np
 
-from modelserve.errors import Conflict, LoadError, ModelServeError, NotFound, NotReady
+from modelserve.errors import ConfigError, Conflict, LoadError, ModelServeError, NotFound, NotReady
+from modelserve.serving.faults import FaultyRun, fault_for
 from modelserve.serving.repository import ModelRepository, check_model_name, check_version, version_key
 from modelserve.serving.runtime import LoadedVersion, load_version
 from modelserve.serving.slots import ModelSlots, Switch
@@ -161,13 +162,34 @@ class ModelRegistry:
         path = self.repository.model_path(slots.model, version)
         options = slots.config.serving
         try:
-            return await anyio.to_thread.run_sync(
+            loaded = await anyio.to_thread.run_sync(
                 load_version, slots.model, version, path, options, limiter=self._load_limiter
             )
         except ModelServeError:
             raise
         except Exception as exc:  # defensive: load_version already wraps, but never leak a 500
             raise LoadError(f"model {slots.model!r} version {version}: {exc}") from exc
+        self._inject_faults(slots, loaded)
+        return loaded
+
+    @staticmethod
+    def _inject_faults(slots: ModelSlots, loaded: LoadedVersion) -> None:
+        """Apply config.toml `[testing]` faults (opt-in, tests and demos only) after the clean warm-up."""
+        try:
+            spec = fault_for(slots.config.testing, loaded.version, where=f"model {slots.model!r}")
+        except ConfigError as exc:
+            raise LoadError(str(exc)) from exc
+        if spec is None:
+            return
+        loaded.wrap_session(
+            lambda run: FaultyRun(run, spec), describe=spec.describe(), force_thread=spec.slows
+        )
+        log.warning(
+            "model %s version %s: FAULT INJECTION ACTIVE from config.toml [testing]: %s",
+            slots.model,
+            loaded.version,
+            spec.describe(),
+        )
 
     def _persist(self, slots: ModelSlots) -> None:
         live, idle = slots.live, slots.idle

@@ -11,9 +11,10 @@ from __future__ import annotations
 import enum
 import statistics
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import anyio
 import anyio.to_thread
@@ -22,6 +23,7 @@ import onnxruntime as ort
 
 from modelserve.datatypes import ORT_TO_V2
 from modelserve.errors import InferenceError, LoadError, RequestError
+from modelserve.serving.batching import Batcher
 from modelserve.serving.tensors import TensorSpec
 
 Outputs = dict[str, np.ndarray]
@@ -43,6 +45,8 @@ class RuntimeOptions:
     execution: str = "auto"  # "auto" | "inline" | "thread"
     inline_threshold_us: float = 25.0
     warmup_runs: int = 20
+    max_batch_size: int = 1  # > 1 turns on dynamic batching (serving/batching.py)
+    max_queue_delay_ms: float = 1.0
 
 
 class LoadedVersion:
@@ -57,11 +61,12 @@ class LoadedVersion:
         self.limiter = anyio.CapacityLimiter(options.max_concurrency)
         self.warmup_latency_us: float | None = None
         self.inline = False
+        self.batcher: Batcher | None = None
         session_options = ort.SessionOptions()
         # An explicit count: the default (0) pins its own worker threads and collides with a second session.
         session_options.intra_op_num_threads = options.intra_op_threads
         session_options.inter_op_num_threads = 1
-        session_options.log_severity_level = 3
+        session_options.log_severity_level = 4  # failures are raised to the caller; no per-run log lines
         if not path.is_file():
             raise LoadError(f"{model} version {version}: {path} does not exist")
         try:
@@ -77,6 +82,7 @@ class LoadedVersion:
         self.output_names = [spec.name for spec in self.outputs]
         self._text_inputs = tuple(spec.name for spec in self.inputs if spec.datatype == "BYTES")
         self._run = self.session.run
+        self.faults: dict[str, Any] | None = None  # set by `wrap_session` (serving/faults.py)
 
     def warm_up(self) -> None:
         """Run a synthetic batch-1 request several times; time it; mark READY. Blocking: call in a thread."""
@@ -96,11 +102,37 @@ class LoadedVersion:
         self.inline = execution == "inline" or (
             execution == "auto" and self.warmup_latency_us <= self.options.inline_threshold_us
         )
+        batchable = all(spec.shape and spec.shape[0] == -1 for spec in self.inputs)
+        if self.options.max_batch_size > 1 and batchable:
+            self.inline = False  # a batch runs on a worker thread
+            self.batcher = Batcher(
+                self.run,
+                max_batch_size=self.options.max_batch_size,
+                max_queue_delay_s=self.options.max_queue_delay_ms / 1000.0,
+                limiter=self.limiter,
+            )
         self.state = VersionState.READY
 
     @property
     def ready(self) -> bool:
         return self.state is VersionState.READY
+
+    def wrap_session(
+        self,
+        wrap: Callable[[Callable[..., Any]], Callable[..., Any]],
+        *,
+        describe: dict[str, Any],
+        force_thread: bool = False,
+    ) -> None:
+        """Route every later session call through `wrap(call)`: opt-in fault injection (serving/faults.py).
+
+        `describe` is shown in `describe()` so the wrapping is visible; `force_thread` moves an inline
+        version to worker threads, so a wrapper that sleeps never blocks the event loop.
+        """
+        self._run = wrap(self._run)
+        self.faults = describe
+        if force_thread:
+            self.inline = False
 
     def run(self, feeds: Mapping[str, np.ndarray], output_names: Sequence[str] | None = None) -> Outputs:
         """Blocking inference; returns every output (or those named) by name."""
@@ -123,17 +155,22 @@ class LoadedVersion:
         """Run inline when the warm-up showed it is cheaper than a thread hop, else on a worker thread."""
         if self.inline:
             return self.run(feeds, output_names)
+        if self.batcher is not None:
+            return await self.batcher.infer(feeds, output_names)
         return await anyio.to_thread.run_sync(self.run, feeds, output_names, limiter=self.limiter)
 
     def describe(self) -> dict[str, object]:
-        return {
+        info: dict[str, object] = {
             "version": self.version,
             "state": self.state.value,
-            "execution": "inline" if self.inline else "thread",
+            "execution": "inline" if self.inline else ("batched" if self.batcher else "thread"),
             "warmup_latency_us": None if self.warmup_latency_us is None else round(self.warmup_latency_us, 1),
             "inputs": [spec.as_metadata() for spec in self.inputs],
             "outputs": [spec.as_metadata() for spec in self.outputs],
         }
+        if self.faults is not None:
+            info["injected_faults"] = self.faults
+        return info
 
 
 def load_version(model: str, version: str, path: Path, options: RuntimeOptions) -> LoadedVersion:

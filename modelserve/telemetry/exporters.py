@@ -3,7 +3,7 @@
 Only `cli.py` reads `os.environ`; it passes the mapping to `build_providers_from_env`, which builds
 providers without touching any global. Understood variables:
 
-    OTEL_SDK_DISABLED                      "true": no-op providers, no /metrics reader
+    OTEL_SDK_DISABLED                      "true": no-op providers (and so no /metrics)
     OTEL_SERVICE_NAME                      service.name (default "modelserve")
     OTEL_RESOURCE_ATTRIBUTES               k=v,k=v resource attributes
     OTEL_TRACES_EXPORTER                   console | otlp | none (default none; comma list allowed)
@@ -15,9 +15,10 @@ providers without touching any global. Understood variables:
     OTEL_EXPORTER_OTLP_PROTOCOL            only http/protobuf is supported
     OTEL_METRIC_EXPORT_INTERVAL            push interval in ms (default 60000)
 
-`/metrics` is always served from a `PrometheusReader` on the meter provider, whatever
-`OTEL_METRICS_EXPORTER` says; `otlp` and `console` add a periodic push reader beside it. OTLP is
-imported only when asked for; it comes with the `otlp` extra.
+The meter provider is always an SDK `MeterProvider` (unless the SDK is disabled): the telemetry
+feature attaches its `PrometheusReader` to it and serves `/metrics`, whatever `OTEL_METRICS_EXPORTER`
+says; `otlp` and `console` add a periodic push reader beside it. OTLP is imported only when asked
+for; it comes with the `otlp` extra.
 """
 
 from __future__ import annotations
@@ -46,7 +47,6 @@ from opentelemetry.sdk.trace.sampling import (
 )
 
 from modelserve.errors import ConfigError
-from modelserve.telemetry.prometheus import PrometheusReader
 
 _TRACE_EXPORTERS = ("console", "otlp", "none")
 _METRIC_EXPORTERS = ("console", "otlp", "prometheus", "none")
@@ -55,11 +55,10 @@ _OTLP_MISSING = "{var}=otlp needs the OTLP exporter: install it with pip install
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class TelemetryProviders:
-    """Providers to pass to `create_app`, and the reader to mount at `/metrics` (None if disabled)."""
+    """Providers to pass to `create_app` (as `tracer_provider=`, `meter_provider=`)."""
 
     tracer_provider: trace.TracerProvider
     meter_provider: metrics.MeterProvider
-    prometheus_reader: PrometheusReader | None
 
     def shutdown(self) -> None:
         """Flush and stop exporters (call once, at server shutdown)."""
@@ -75,7 +74,6 @@ def build_providers_from_env(environ: Mapping[str, str]) -> TelemetryProviders:
         return TelemetryProviders(
             tracer_provider=trace.NoOpTracerProvider(),
             meter_provider=metrics.NoOpMeterProvider(),
-            prometheus_reader=None,
         )
     resource = _resource(environ)
     trace_exporters = _choices(environ, "OTEL_TRACES_EXPORTER", "none", _TRACE_EXPORTERS)
@@ -93,17 +91,14 @@ def build_providers_from_env(environ: Mapping[str, str]) -> TelemetryProviders:
     else:
         tracer_provider = trace.NoOpTracerProvider()
 
-    prometheus_reader = PrometheusReader()
-    readers: list[MetricReader] = [prometheus_reader]
+    readers: list[MetricReader] = []
     interval_ms = _float(environ, "OTEL_METRIC_EXPORT_INTERVAL", 60_000.0)
     for name in metric_exporters:
         if name in ("console", "otlp"):
             metric_exporter = ConsoleMetricExporter() if name == "console" else _otlp_metric_exporter(environ)
             readers.append(PeriodicExportingMetricReader(metric_exporter, export_interval_millis=interval_ms))
     meter_provider = MeterProvider(metric_readers=readers, resource=resource)
-    return TelemetryProviders(
-        tracer_provider=tracer_provider, meter_provider=meter_provider, prometheus_reader=prometheus_reader
-    )
+    return TelemetryProviders(tracer_provider=tracer_provider, meter_provider=meter_provider)
 
 
 def _choices(environ: Mapping[str, str], var: str, default: str, allowed: tuple[str, ...]) -> list[str]:

@@ -51,13 +51,14 @@ MAX_CACHED_LABEL_SETS = 4096
 class RolloutReading:
     """One model's rollout state, as read by the gauge callbacks at collection time.
 
-    `stage_index` counts from 0 (`stage` is its name, e.g. "shadow" or "canary-5"); `canary_weight`
+    `stage_index` counts from 0 (`stage` is its name, e.g. "shadow" or "canary-5"); `stage=None`
+    means no rollout is running, and only the canary-weight gauge reports the model. `canary_weight`
     is the fraction of traffic (0..1) the candidate version receives.
     """
 
     model: str
-    stage: str
-    stage_index: int
+    stage: str | None = None
+    stage_index: int = 0
     canary_weight: float
     candidate: str = ""
 
@@ -235,7 +236,11 @@ class Metrics:
             return []
 
     def _observe_stage(self, options: CallbackOptions) -> Iterable[Observation]:
-        return [Observation(r.stage_index, _gauge_attributes(r, stage=True)) for r in self._readings()]
+        return [
+            Observation(r.stage_index, _gauge_attributes(r, stage=True))
+            for r in self._readings()
+            if r.stage is not None
+        ]
 
     def _observe_weight(self, options: CallbackOptions) -> Iterable[Observation]:
         return [Observation(r.canary_weight, _gauge_attributes(r, stage=False)) for r in self._readings()]
@@ -243,6 +248,6 @@ class Metrics:
 
 def _gauge_attributes(reading: RolloutReading, *, stage: bool) -> Mapping[str, str]:
     attributes = {"model": reading.model, "candidate": reading.candidate}
-    if stage:
+    if stage and reading.stage is not None:
         attributes["stage"] = reading.stage
     return attributes

@@ -77,22 +77,32 @@ class PrometheusReader(MetricReader):
         return render(data).encode(), CONTENT_TYPE
 
 
-def metrics_app(reader: PrometheusReader) -> Any:
-    """A pure ASGI app serving `reader`'s exposition on GET/HEAD; 405 otherwise."""
+class MetricsEndpoint:
+    """Pure ASGI app serving a reader's exposition on GET/HEAD; 405 otherwise.
 
-    async def app(scope: Mapping[str, Any], receive: Any, send: Any) -> None:
+    A class, not a function, so that Starlette's `Route` mounts it as an ASGI app rather than
+    wrapping it as a request/response handler.
+    """
+
+    def __init__(self, reader: PrometheusReader) -> None:
+        self.reader = reader
+
+    async def __call__(self, scope: Mapping[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return
         if scope["method"] not in ("GET", "HEAD"):
             await send({"type": "http.response.start", "status": 405, "headers": [(b"allow", b"GET, HEAD")]})
             await send({"type": "http.response.body", "body": b""})
             return
-        body, content_type = reader.exposition()
+        body, content_type = self.reader.exposition()
         headers = [(b"content-type", content_type.encode()), (b"content-length", str(len(body)).encode())]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else body})
 
-    return app
+
+def metrics_app(reader: PrometheusReader) -> MetricsEndpoint:
+    """The pure ASGI app to mount at `/metrics` for `reader`."""
+    return MetricsEndpoint(reader)
 
 
 def render(data: MetricsData | None) -> str:

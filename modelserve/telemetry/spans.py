@@ -7,6 +7,8 @@ global one when none is passed; this module never sets a global). It offers:
   batch size and input shapes;
 - `shadow_span(link, ...)`: a span *linked* (not parented) to the request span, usable from a worker
   thread given a `SpanContext` captured on the request path with `current_span_context()`;
+- `record_inference(...)` / `record_shadow(link, ...)`: the same spans recorded after the fact, with
+  explicit start and end timestamps (for observers and shadow result hooks);
 - `record_event(name, attributes)`: rollout decisions and their evidence as span events.
 
 Attribute building is skipped when the span does not record (no-op provider or sampled out).
@@ -157,6 +159,68 @@ class Tracing:
                 attributes[SHADOW_PRIMARY_VERSION] = primary_version
             span.set_attributes(attributes)
         return ActiveSpan(span)
+
+    def record_inference(
+        self,
+        *,
+        start_ns: int,
+        end_ns: int,
+        model: str,
+        version: str,
+        role: str = ROLE_PRIMARY,
+        reason: str | None = None,
+        slot: str | None = None,
+        inputs: Mapping[str, Any] | None = None,
+        error: str | None = None,
+    ) -> None:
+        """Record a finished inference as a child of the current span, with explicit timestamps.
+
+        For after-the-fact recording (an observer running once the response is sent): nothing is made
+        current, and the span costs one start, one attribute batch and one end.
+        """
+        if not self.enabled:
+            return
+        span = self.tracer.start_span(f"infer {model}", start_time=start_ns)
+        if span.is_recording():
+            span.set_attributes(_model_attributes(model, version, role, reason, slot, None, inputs))
+            if error is not None:
+                span.set_status(Status(StatusCode.ERROR, error))
+        span.end(end_time=end_ns)
+
+    def record_shadow(
+        self,
+        link: SpanContext | None,
+        *,
+        start_ns: int,
+        end_ns: int,
+        model: str,
+        version: str,
+        primary_version: str | None,
+        outcome: str,
+        agree: bool | None = None,
+        detail: str = "",
+        slot: str | None = None,
+        attributes: Mapping[str, AttributeValue] | None = None,
+    ) -> None:
+        """Record a finished shadow run as a root span linked to the request span `link`.
+
+        Safe from any thread; `outcome` is one of `SHADOW_OUTCOMES`.
+        """
+        if not self.enabled:
+            return
+        links = [Link(link)] if link is not None and link.is_valid else None
+        span = self.tracer.start_span(
+            f"shadow {model}", context=otel_context.Context(), links=links, start_time=start_ns
+        )
+        if span.is_recording():
+            values = _model_attributes(model, version, ROLE_SHADOW, None, slot, None, None)
+            if primary_version is not None:
+                values[SHADOW_PRIMARY_VERSION] = primary_version
+            if attributes:
+                values.update(attributes)
+            span.set_attributes(values)
+            self.set_shadow_result(span, outcome=outcome, agree=agree, detail=detail)
+        span.end(end_time=end_ns)
 
     @staticmethod
     def set_shadow_result(span: Span, *, outcome: str, agree: bool | None = None, detail: str = "") -> None:
