@@ -92,8 +92,69 @@ def serve_extras(environ: dict[str, str] | os._Environ[str]) -> dict[str, Any]:
 
 def _status(args: argparse.Namespace) -> int:
     path = f"/admin/models/{args.model}" if args.model else "/admin/models"
-    print_json(admin_call(args, "GET", path))
+    data = admin_call(args, "GET", path)
+    if args.json:
+        print_json(data)
+        return 0
+    models = [data] if args.model else data["models"]
+    for status in models:
+        print(render_status(status))
+    for name, error in ({} if args.model else data.get("load_errors", {})).items():
+        print(f"{name}: NOT LOADED: {error}")
     return 0
+
+
+def render_status(status: dict[str, Any]) -> str:
+    """A model's status for people: slots, split, per-version metrics, shadow, rollout, experiment."""
+    policy = status.get("policy") or {}
+    lines = [f"{status['model']}: live {status['live_version']} (slot {status['live_slot']})"]
+    idle = status.get("candidate") or status.get("previous")
+    if idle:
+        lines.append(f"  idle slot {status['idle_slot']}: version {idle} ({status['idle_role']}, warm)")
+    for slot in (status.get("slots") or {}).values():
+        if slot:
+            faults = "  FAULTS INJECTED" if slot.get("injected_faults") else ""
+            lines.append(
+                f"  version {slot['version']}: {slot['state']}, {slot['execution']}, "
+                f"warm-up {slot['warmup_latency_us']} µs{faults}"
+            )
+    split = f"  split: canary {policy.get('canary_weight', 0):g}% -> {policy.get('candidate') or '-'}"
+    if policy.get("flag"):
+        split += f", flag {policy['flag']}"
+    if policy.get("shadow_versions"):
+        split += f", shadow {','.join(policy['shadow_versions'])} at {policy['shadow_sample_rate']:g}"
+    lines.append(split)
+    metrics = status.get("metrics") or []
+    if metrics:
+        header = ("version", "role", "req/60s", "errors", "p50 ms", "p95 ms", "p99 ms")
+        lines.append("  " + " ".join(f"{h:>8}" for h in header))
+        for row in metrics:
+            error_rate = "-" if row["error_rate"] is None else f"{row['error_rate']:.2%}"
+            cells = [_ms(row["p50_ms"]), _ms(row["p95_ms"]), _ms(row["p99_ms"])]
+            lines.append(
+                f"  {row['version']:>8} {row['role']:>8} {row['requests']:>8} {error_rate:>8} "
+                + " ".join(f"{c:>8}" for c in cells)
+            )
+    shadow = (status.get("shadow") or {}).get("stats") or {}
+    for version, stats in shadow.items():
+        rate = stats.get("agreement_rate")
+        interval = stats.get("agreement_interval") or [None, None]
+        agreement = "-" if rate is None else f"{rate:.3f} [{interval[0]:.3f}, {interval[1]:.3f}]"
+        counts = ", ".join(f"{name} {stats.get(name, 0)}" for name in ("errors", "timeouts", "dropped"))
+        lines.append(f"  shadow {version}: {stats.get('samples', 0)} compared, agreement {agreement}, {counts}")
+    rollout = status.get("rollout")
+    if rollout:
+        lines.append(
+            f"  rollout of {rollout.get('candidate')}: {rollout.get('state')}, stage {rollout.get('stage')} "
+            f"({rollout.get('weight')}%)" + (f", {rollout['reason']}" if rollout.get("reason") else "")
+        )
+    if status.get("experiment"):
+        lines.append(f"  experiment: {status['experiment']}")
+    return "\n".join(lines)
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
 
 
 def _stage(args: argparse.Namespace) -> int:
@@ -188,6 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     status = client_parser(commands, "status", "live/candidate versions, split and per-version metrics")
     status.add_argument("model", nargs="?")
+    status.add_argument("--json", action="store_true", help="print the raw JSON")
     status.set_defaults(run=_status)
 
     stage = client_parser(commands, "stage", "load and warm a version into the idle slot (0%% traffic)")

@@ -68,9 +68,39 @@ def model_status(services: Services, model: str) -> dict[str, Any]:
     slots = services.registry.slots(model)
     status: dict[str, Any] = slots.describe()
     status["policy"] = services.policies.describe(model)
+    status["metrics"] = version_metrics(services, model)
     for extend in services.status_extensions:
         status.update(extend(model))
     return status
+
+
+STATUS_WINDOW_S = 60.0
+
+
+def version_metrics(services: Services, model: str) -> list[dict[str, Any]]:
+    """Per version and role: the last minute (requests, error rate, p50/p95/p99 of the model run)."""
+    rows = []
+    for name, version, role in sorted(services.windows.keys()):
+        if name != model:
+            continue
+        window = services.windows.snapshot(model, version, role, STATUS_WINDOW_S)
+        totals = services.windows.totals(model, version, role)
+        rows.append(
+            {
+                "version": version,
+                "role": role,
+                "window_s": window.window_s,
+                "requests": window.requests,
+                "error_rate": window.error_rate,
+                "timeout_rate": window.timeout_rate,
+                "p50_ms": None if window.p50 is None else window.p50 * 1e3,
+                "p95_ms": None if window.p95 is None else window.p95 * 1e3,
+                "p99_ms": None if window.p99 is None else window.p99 * 1e3,
+                "total_requests": totals.requests,
+                "total_errors": totals.errors,
+            }
+        )
+    return rows
 
 
 def routes(services: Services) -> list[Route]:

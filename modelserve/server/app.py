@@ -196,10 +196,14 @@ class ModelServe:
         self.middleware: list[Middleware] = [m for feature in self.features for m in feature.middleware]
 
     def _record_window(self, record: inference.InferenceRecord) -> None:
-        """Per-version sliding windows (rollout gates, status): server errors count, client errors don't."""
+        """Per-version sliding windows (rollout gates, status): server errors count, client errors don't.
+
+        Latency is the model run alone, so a shadow run (timed the same way) compares like with like.
+        """
         if record.loaded is not None and (record.status < 400 or record.status >= 500):
+            latency = record.inference_s if record.inference_s is not None else record.latency_s
             self.services.windows.record(
-                record.model, record.decision.version, "primary", record.latency_s, error=record.status >= 500
+                record.model, record.decision.version, "primary", latency, error=record.status >= 500
             )
 
     @contextlib.asynccontextmanager
@@ -255,7 +259,9 @@ class ModelServe:
         decision, loaded = inference.resolve(self.services, scope, model, version)
         feeds = dict(inputs)
         try:
+            run_started = time.perf_counter()
             outputs = await loaded.infer(feeds)
+            inference_s = time.perf_counter() - run_started
         except Exception as exc:
             inference.notify(
                 self.services,
@@ -276,7 +282,17 @@ class ModelServe:
         inference.notify(
             self.services,
             inference.InferenceRecord(
-                scope, model, decision, loaded, feeds, outputs, time.perf_counter() - started, 200, None, None
+                scope,
+                model,
+                decision,
+                loaded,
+                feeds,
+                outputs,
+                time.perf_counter() - started,
+                200,
+                None,
+                None,
+                inference_s,
             ),
         )
         return outputs

@@ -45,10 +45,11 @@ class InferenceRecord:
     loaded: LoadedVersion | None
     inputs: dict[str, np.ndarray] | None
     outputs: dict[str, np.ndarray] | None
-    latency_s: float
+    latency_s: float  # the whole request, as the client sees it
     status: int
     error: str | None
     request_id: str | None
+    inference_s: float | None = None  # the model run alone: what rollout gates and shadow compare
 
 
 Observer = Callable[[InferenceRecord], None]
@@ -115,6 +116,7 @@ class InferEndpoint:
         decision: RouteDecision | None = None
         error: str | None = None
         request_id: str | None = None
+        inference_s: float | None = None
         try:
             decision, loaded = resolve(services, scope, model, pinned)
             body = await read_body(receive, headers, services.config.max_body_bytes)
@@ -130,7 +132,9 @@ class InferEndpoint:
                 if request_id is None and services.issue_request_ids:
                     request_id = uuid.uuid4().hex  # so outcomes can be posted back (experiments)
             names = protocol.requested_output_names(request, loaded.outputs)
+            run_started = time.perf_counter()
             outputs = await loaded.infer(request.inputs, names)
+            inference_s = time.perf_counter() - run_started
             payload, extra = protocol.encode_infer_response(
                 model_name=model,
                 model_version=loaded.version,
@@ -170,6 +174,7 @@ class InferEndpoint:
                     status,
                     error,
                     request_id,
+                    inference_s,
                 ),
             )
 

@@ -96,7 +96,8 @@ class ShadowService:
             admitted = run(
                 model=record.model, primary_version=decision.version, shadow_version=version,
                 run=partial(loaded.run, record.inputs), inputs=record.inputs,
-                primary_outputs=record.outputs, primary_latency_s=record.latency_s,
+                primary_outputs=record.outputs,
+                primary_latency_s=record.inference_s if record.inference_s is not None else record.latency_s,
                 request_id=record.request_id, compare=config.compare, context=link,
                 timeout_s=config.timeout_ms / 1e3, max_in_flight=config.max_in_flight,
             )  # fmt: skip
