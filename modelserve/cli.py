@@ -141,7 +141,8 @@ def render_status(status: dict[str, Any]) -> str:
         interval = stats.get("agreement_interval") or [None, None]
         agreement = "-" if rate is None else f"{rate:.3f} [{interval[0]:.3f}, {interval[1]:.3f}]"
         counts = ", ".join(f"{name} {stats.get(name, 0)}" for name in ("errors", "timeouts", "dropped"))
-        lines.append(f"  shadow {version}: {stats.get('samples', 0)} compared, agreement {agreement}, {counts}")
+        compared = stats.get("samples", 0)
+        lines.append(f"  shadow {version}: {compared} compared, agreement {agreement}, {counts}")
     rollout = status.get("rollout")
     if rollout:
         lines.append(
