@@ -7,7 +7,7 @@ Per model: `models/<name>/config.toml` (all keys optional)::
     intra_op_threads = 1            # onnxruntime threads per session; explicit, never 0
     max_concurrency = 2             # concurrent runs per version (its CapacityLimiter)
     execution = "auto"              # "auto" (timed at warm-up) | "inline" | "thread"
-    inline_threshold_us = 25.0      # auto: run on the event loop when warm-up p50 is at most this
+    inline_threshold_us = 50.0      # auto: run on the event loop when warm-up p50 is at most this
     max_batch_size = 1              # > 1: dynamic batching of concurrent requests (batch dim first)
     max_queue_delay_ms = 1.0        # how long a batch waits to fill
     [routing]
