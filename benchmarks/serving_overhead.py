@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import statistics
 import sys
 import tempfile
@@ -147,6 +148,9 @@ def serve_for_telemetry(mode: str, repo: str, port: int) -> None:
             providers = build_providers_from_env({})  # as `modelserve serve` with no OTEL_* set
             tracer_provider = providers.tracer_provider
             if mode == "traces+metrics":
+                # Past saturation the batch queue overflows and the SDK logs a warning per dropped span;
+                # the harness never reads the server's stderr pipe, which would then fill and stall it.
+                logging.getLogger("opentelemetry.sdk").setLevel(logging.ERROR)
                 tracer_provider = TracerProvider()
                 tracer_provider.add_span_processor(BatchSpanProcessor(DropSpans()))
             app = create_app(config, tracer_provider=tracer_provider, meter_provider=providers.meter_provider)
