@@ -51,7 +51,9 @@ def server_process(
     try:
         while True:
             if process.poll() is not None:
-                raise RuntimeError(f"server exited: {process.stderr.read().decode() if process.stderr else ''}")
+                raise RuntimeError(
+                    f"server exited: {process.stderr.read().decode() if process.stderr else ''}"
+                )
             try:
                 if httpx.get(url, timeout=1).status_code < 500:
                     break
@@ -87,13 +89,18 @@ def wrk(url: str, body: bytes, headers: dict[str, str], *, connections: int, sec
         header_lines = "\n".join(f'wrk.headers["{k}"] = "{v}"' for k, v in headers.items())
         script = Path(tmp) / "post.lua"
         script.write_text(
-            f'wrk.method = "POST"\nlocal f = io.open("{body_path}", "rb")\nwrk.body = f:read("*a")\nf:close()\n'
+            f'wrk.method = "POST"\nlocal f = io.open("{body_path}", "rb")\n'
+            'wrk.body = f:read("*a")\nf:close()\n'
             f"{header_lines}\n"
             "done = function(summary, latency, requests)\n"
-            '  io.write(string.format("P50 %f\\nP99 %f\\n", latency:percentile(50), latency:percentile(99)))\n'
+            '  io.write(string.format("P50 %f\\nP99 %f\\n",\n'
+            "    latency:percentile(50), latency:percentile(99)))\n"
             "end\n"
         )
-        argv = pinned(LOAD_CORE, ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "-s", str(script), url])
+        argv = pinned(
+            LOAD_CORE,
+            ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "-s", str(script), url],
+        )
         out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     p50 = float(re.search(r"P50 ([\d.]+)", out).group(1)) / 1000  # type: ignore[union-attr]
@@ -107,9 +114,13 @@ def wrk(url: str, body: bytes, headers: dict[str, str], *, connections: int, sec
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    cells = [[str(h) for h in headers]] + [[f"{c:.2f}" if isinstance(c, float) else str(c) for c in row] for row in rows]
+    cells = [[str(h) for h in headers]] + [
+        [f"{c:.2f}" if isinstance(c, float) else str(c) for c in row] for row in rows
+    ]
     widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
-    lines = ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True)))
-             for row in cells]
+    lines = [
+        "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True)))
+        for row in cells
+    ]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)

@@ -39,7 +39,12 @@ def build(model_path: str, mode: str) -> Starlette:
             {
                 "model_name": "naive",
                 "outputs": [
-                    {"name": meta.name, "datatype": "FP32", "shape": list(out.shape), "data": out.ravel().tolist()}
+                    {
+                        "name": meta.name,
+                        "datatype": "FP32",
+                        "shape": list(out.shape),
+                        "data": out.ravel().tolist(),
+                    }
                     for meta, out in zip(session.get_outputs(), outputs, strict=True)
                 ],
             }

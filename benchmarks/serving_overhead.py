@@ -30,12 +30,12 @@ import onnxruntime as ort
 import orjson
 
 sys.path.insert(0, str(Path(__file__).parent))
-from harness import free_port, server_process, table, wrk  # noqa: E402
+from harness import free_port, server_process, table, wrk
 
-from modelserve import testing  # noqa: E402
-from modelserve.serving.registry import ModelRegistry  # noqa: E402
-from modelserve.serving.repository import ModelRepository  # noqa: E402
-from modelserve.state.store import MemoryStateStore  # noqa: E402
+from modelserve import testing
+from modelserve.serving.registry import ModelRegistry
+from modelserve.serving.repository import ModelRepository
+from modelserve.state.store import MemoryStateStore
 
 MODELS = {"tiny": (16, 8, 2), "wide": (256, 512, 512, 10)}
 
@@ -54,7 +54,9 @@ def time_per_call(fn, calls: int) -> float:  # type: ignore[no-untyped-def]
 def in_process(repo: Path, name: str, width: int) -> tuple[float, float]:
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
-    session = ort.InferenceSession(str(repo / name / "1" / "model.onnx"), options, providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(
+        str(repo / name / "1" / "model.onnx"), options, providers=["CPUExecutionProvider"]
+    )
     x = np.random.default_rng(0).normal(size=(1, width)).astype(np.float32)
     raw = time_per_call(lambda: session.run(None, {"input": x}), 2000)
 
@@ -80,12 +82,21 @@ def bodies(width: int) -> tuple[bytes, tuple[bytes, dict[str, str]]]:
     )
     header = orjson.dumps(
         {
-            "inputs": [{"name": "input", "datatype": "FP32", "shape": [1, width],
-                        "parameters": {"binary_data_size": x.nbytes}}],
+            "inputs": [
+                {
+                    "name": "input",
+                    "datatype": "FP32",
+                    "shape": [1, width],
+                    "parameters": {"binary_data_size": x.nbytes},
+                }
+            ],
             "parameters": {"binary_data_output": True},
         }
     )
-    binary_headers = {"Content-Type": "application/octet-stream", "Inference-Header-Content-Length": str(len(header))}
+    binary_headers = {
+        "Content-Type": "application/octet-stream",
+        "Inference-Header-Content-Length": str(len(header)),
+    }
     return json_body, (header + x.tobytes(), binary_headers)
 
 
@@ -101,22 +112,46 @@ def http_rows(repo: Path, name: str, width: int, seconds: float, connections: in
         with server_process(argv, port, ready_path="/"):
             url = f"http://127.0.0.1:{port}/v2/models/{name}/infer"
             wrk(url, json_body, json_headers, connections=connections, seconds=1)  # warm
-            results[f"naive {mode}"] = wrk(url, json_body, json_headers, connections=connections, seconds=seconds)
+            results[f"naive {mode}"] = wrk(
+                url, json_body, json_headers, connections=connections, seconds=seconds
+            )
     port = free_port()
     with tempfile.TemporaryDirectory() as state:
-        argv = [sys.executable, "-m", "modelserve.cli", "serve", str(repo), "--port", str(port),
-                "--state-dir", state, "--log-level", "warning"]
+        argv = [
+            sys.executable,
+            "-m",
+            "modelserve.cli",
+            "serve",
+            str(repo),
+            "--port",
+            str(port),
+            "--state-dir",
+            state,
+            "--log-level",
+            "warning",
+        ]
         with server_process(argv, port):
             url = f"http://127.0.0.1:{port}/v2/models/{name}/infer"
             wrk(url, json_body, json_headers, connections=connections, seconds=1)
-            results["modelserve JSON"] = wrk(url, json_body, json_headers, connections=connections, seconds=seconds)
-            results["modelserve binary"] = wrk(url, binary_body, binary_headers, connections=connections,
-                                               seconds=seconds)
+            results["modelserve JSON"] = wrk(
+                url, json_body, json_headers, connections=connections, seconds=seconds
+            )
+            results["modelserve binary"] = wrk(
+                url, binary_body, binary_headers, connections=connections, seconds=seconds
+            )
     blocking = results["naive blocking"].requests_per_s
     thread = results["naive thread"].requests_per_s
     return [
-        [name, label, r.requests_per_s, r.p50_ms, r.p99_ms, r.errors,
-         r.requests_per_s / blocking, r.requests_per_s / thread]
+        [
+            name,
+            label,
+            r.requests_per_s,
+            r.p50_ms,
+            r.p99_ms,
+            r.errors,
+            r.requests_per_s / blocking,
+            r.requests_per_s / thread,
+        ]
         for label, r in results.items()
     ]
 
@@ -176,21 +211,31 @@ def telemetry_rows(repo: Path, seconds: float, connections: int, repeats: int) -
             errors[mode] += result.errors
     off = statistics.median(runs["off"])
     return [
-        [mode, statistics.median(runs[mode]), min(runs[mode]), max(runs[mode]), statistics.median(p50s[mode]),
-         errors[mode], statistics.median(runs[mode]) / off]
+        [
+            mode,
+            statistics.median(runs[mode]),
+            min(runs[mode]),
+            max(runs[mode]),
+            statistics.median(p50s[mode]),
+            errors[mode],
+            statistics.median(runs[mode]) / off,
+        ]
         for mode in TELEMETRY_MODES
     ]
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--connections", type=int, default=8)
     parser.add_argument("--skip-http", action="store_true")
     parser.add_argument("--telemetry", action="store_true", help="add the telemetry on/off comparison")
     parser.add_argument("--repeats", type=int, default=3, help="rounds of the telemetry comparison")
-    parser.add_argument("--serve-telemetry", nargs=3, metavar=("MODE", "REPO", "PORT"),
-                        help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--serve-telemetry", nargs=3, metavar=("MODE", "REPO", "PORT"), help=argparse.SUPPRESS
+    )
     args = parser.parse_args()
     if args.serve_telemetry:
         mode, repo_path, port = args.serve_telemetry
@@ -209,17 +254,23 @@ def main() -> None:
         print(table(["model", "session.run", "predict", "overhead"], rows))
         if args.telemetry:  # section 3 (runs with --skip-http too, which skips section 2 only)
             telemetry = telemetry_rows(repo, args.seconds, args.connections, args.repeats)
-            print(f"\nTelemetry cost, tiny model, V2 JSON, wrk -c{args.connections}, "
-                  f"median of {args.repeats} (target: metrics on >= 0.90x off)")
+            print(
+                f"\nTelemetry cost, tiny model, V2 JSON, wrk -c{args.connections}, "
+                f"median of {args.repeats} (target: metrics on >= 0.90x off)"
+            )
             print(table(["telemetry", "req/s", "min", "max", "p50 ms", "errors", "x off"], telemetry))
         if args.skip_http:
             return
         http = []
         for name, widths in MODELS.items():
             http += http_rows(repo, name, widths[0], args.seconds, args.connections)
-        print(f"\nHTTP, batch 1, wrk -c{args.connections}, server pinned to one core "
-              "(targets: JSON >= 1.0x blocking and >= 1.2x thread; binary >= 1.5x)")
-        print(table(["model", "server", "req/s", "p50 ms", "p99 ms", "errors", "x blocking", "x thread"], http))
+        print(
+            f"\nHTTP, batch 1, wrk -c{args.connections}, server pinned to one core "
+            "(targets: JSON >= 1.0x blocking and >= 1.2x thread; binary >= 1.5x)"
+        )
+        print(
+            table(["model", "server", "req/s", "p50 ms", "p99 ms", "errors", "x blocking", "x thread"], http)
+        )
 
 
 if __name__ == "__main__":
