@@ -84,7 +84,8 @@ def serve_extras(environ: dict[str, str] | os._Environ[str]) -> dict[str, Any]:
         raise ClientError(str(exc)) from None
     return {
         "tracer_provider": providers.tracer_provider,
-        "meter_provider": providers.meter_provider,
+        # Without a metric exporter only `/metrics` reads metrics: let the app use its fast private path.
+        "meter_provider": providers.meter_provider if providers.metric_exporters else None,
         # First, so that its shutdown hook (flushing exporters) runs after every other feature's.
         "features": [telemetry_feature.shutdown_providers(providers), *default_features()],
     }

@@ -272,7 +272,16 @@ def meter_setup(
 def install(services: Services) -> Feature:
     provider, reader = meter_setup(services.meter_provider)
     tracing = Tracing(services.tracer_provider)
-    telemetry = TelemetryService(services, tracing=tracing, metrics=Metrics(provider), prometheus=reader)
+    # With only our private provider (no exporter but `/metrics`), latency skips the SDK's costly path.
+    private = (
+        services.meter_provider is None
+        and reader is not None
+        and provider is not otel_metrics.get_meter_provider()
+    )
+    metrics = Metrics(provider, sdk_histogram=not private)
+    if private and reader is not None:
+        reader.local_metrics = metrics.local_metrics
+    telemetry = TelemetryService(services, tracing=tracing, metrics=metrics, prometheus=reader)
     telemetry.metrics.set_rollout_source(telemetry.rollout_readings)
     services.telemetry = telemetry
 

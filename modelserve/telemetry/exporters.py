@@ -59,6 +59,8 @@ class TelemetryProviders:
 
     tracer_provider: trace.TracerProvider
     meter_provider: metrics.MeterProvider
+    #: Metric exporters besides `/metrics` ("console", "otlp"); none means the provider has no reader.
+    metric_exporters: tuple[str, ...] = ()
 
     def shutdown(self) -> None:
         """Flush and stop exporters (call once, at server shutdown)."""
@@ -98,7 +100,11 @@ def build_providers_from_env(environ: Mapping[str, str]) -> TelemetryProviders:
             metric_exporter = ConsoleMetricExporter() if name == "console" else _otlp_metric_exporter(environ)
             readers.append(PeriodicExportingMetricReader(metric_exporter, export_interval_millis=interval_ms))
     meter_provider = MeterProvider(metric_readers=readers, resource=resource)
-    return TelemetryProviders(tracer_provider=tracer_provider, meter_provider=meter_provider)
+    return TelemetryProviders(
+        tracer_provider=tracer_provider,
+        meter_provider=meter_provider,
+        metric_exporters=tuple(metric_exporters),
+    )
 
 
 def _choices(environ: Mapping[str, str], var: str, default: str, allowed: tuple[str, ...]) -> list[str]:

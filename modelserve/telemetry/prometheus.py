@@ -13,7 +13,7 @@ import logging
 import math
 import re
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from opentelemetry.sdk import metrics as sdk_metrics
@@ -22,6 +22,7 @@ from opentelemetry.sdk.metrics.export import (
     ExponentialHistogram,
     Gauge,
     Histogram,
+    Metric,
     MetricReader,
     MetricsData,
     Sum,
@@ -50,12 +51,14 @@ _INSTRUMENT_TYPES: tuple[type, ...] = (
 class PrometheusReader(MetricReader):
     """A pull reader that renders the provider's metrics as Prometheus text on each call."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, local_metrics: Callable[[], Iterable[Metric]] | None = None) -> None:
         super().__init__(
             preferred_temporality=dict.fromkeys(_INSTRUMENT_TYPES, AggregationTemporality.CUMULATIVE)
         )
         self._lock = threading.Lock()
         self._collected: MetricsData | None = None
+        #: Metrics kept outside the SDK (see `Metrics.local_metrics`), rendered after the SDK's.
+        self.local_metrics = local_metrics
 
     def attach(self, meter_provider: sdk_metrics.MeterProvider) -> None:
         """Register on a MeterProvider built elsewhere (e.g. passed in by the embedding app)."""
@@ -74,7 +77,8 @@ class PrometheusReader(MetricReader):
         with self._lock:  # one collection at a time; scrapes are rare
             self.collect()
             data, self._collected = self._collected, None
-        return render(data).encode(), CONTENT_TYPE
+        extra = list(self.local_metrics()) if self.local_metrics is not None else []
+        return render(data, extra).encode(), CONTENT_TYPE
 
 
 class MetricsEndpoint:
@@ -105,23 +109,25 @@ def metrics_app(reader: PrometheusReader) -> MetricsEndpoint:
     return MetricsEndpoint(reader)
 
 
-def render(data: MetricsData | None) -> str:
-    """Render collected OTel metrics as Prometheus text format 0.0.4."""
+def render(data: MetricsData | None, extra: Iterable[Metric] = ()) -> str:
+    """Render collected OTel metrics (and `extra` ones kept outside the SDK) as Prometheus text 0.0.4."""
     families: dict[str, tuple[str, str, list[str]]] = {}
     target_labels: dict[str, str] = {}
+    collected: list[Metric] = []
     for resource_metrics in data.resource_metrics if data is not None else ():
         for key, value in resource_metrics.resource.attributes.items():
             target_labels[_label_name(key)] = str(value)
         for scope_metrics in resource_metrics.scope_metrics:
-            for metric in scope_metrics.metrics:
-                kind, name = _family(metric.name, metric.unit or "", metric.data)
-                if kind is None:
-                    continue
-                family = families.setdefault(name, (kind, metric.description or "", []))
-                if family[0] != kind:
-                    _log.warning("metric %s exported as %s and %s; keeping the first", name, family[0], kind)
-                    continue
-                family[2].extend(_samples(name, metric.data))
+            collected.extend(scope_metrics.metrics)
+    for metric in [*collected, *extra]:
+        kind, name = _family(metric.name, metric.unit or "", metric.data)
+        if kind is None:
+            continue
+        family = families.setdefault(name, (kind, metric.description or "", []))
+        if family[0] != kind:
+            _log.warning("metric %s exported as %s and %s; keeping the first", name, family[0], kind)
+            continue
+        family[2].extend(_samples(name, metric.data))
     lines: list[str] = []
     if target_labels:
         lines += ["# HELP target_info Target metadata", "# TYPE target_info gauge"]
