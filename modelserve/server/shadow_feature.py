@@ -58,7 +58,7 @@ _THRESHOLDS = {
 class ShadowService:
     """The server's shadow runner, sink and observer; `services.shadow`."""
 
-    def __init__(self, services: Services, *, sink: JsonlSink | None, inline_on_loop: bool = True) -> None:
+    def __init__(self, services: Services, *, sink: JsonlSink | None, inline_on_loop: bool = False) -> None:
         self.services = services
         self.sink = sink
         self.inline_on_loop = inline_on_loop
