@@ -188,7 +188,9 @@ def serve_for_telemetry(mode: str, repo: str, port: int) -> None:
                 logging.getLogger("opentelemetry.sdk").setLevel(logging.ERROR)
                 tracer_provider = TracerProvider()
                 tracer_provider.add_span_processor(BatchSpanProcessor(DropSpans()))
-            app = create_app(config, tracer_provider=tracer_provider, meter_provider=providers.meter_provider)
+            # As `modelserve serve`: with no metric exporter configured the app keeps its fast private path.
+            meter_provider = providers.meter_provider if providers.metric_exporters else None
+            app = create_app(config, tracer_provider=tracer_provider, meter_provider=meter_provider)
         uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
 
 
