@@ -80,7 +80,8 @@ class Services:
     experiments: Any = None  # server.experiments_feature.ExperimentService
     observers: list[inference.Observer] = field(default_factory=list)
     status_extensions: list[Callable[[str], dict[str, Any]]] = field(default_factory=list)
-    issue_request_ids: bool = False
+    #: Whether responses of this model need a generated request id (to post outcomes back to).
+    wants_request_id: Callable[[str], bool] = field(default=lambda model: False)
     started: bool = False
     load_errors: dict[str, str] = field(default_factory=dict)
 

@@ -88,6 +88,11 @@ class ExperimentService:
 
     # -- lifecycle -------------------------------------------------------------------------------
 
+    def running(self, model: str) -> bool:
+        """Whether `model` has a running experiment (its responses then carry a request id)."""
+        experiment = self.experiments.get(model)
+        return experiment is not None and experiment.running
+
     def get(self, model: str) -> RunningExperiment:
         """The model's running or last stopped experiment; NotFound if it never had one."""
         experiment = self.experiments.get(model)
@@ -309,7 +314,7 @@ def install(services: Services) -> Feature:
         raise ConfigError("the experiments feature needs the routing feature installed before it")
     service = ExperimentService(services)
     services.experiments = service
-    services.issue_request_ids = True
+    services.wants_request_id = service.running
     services.router.arm_deciders.append(service.decide)
 
     async def start(request: Request, body: dict[str, Any]) -> Any:

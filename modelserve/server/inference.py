@@ -129,7 +129,7 @@ class InferEndpoint:
             if request_id is None:
                 raw_id = header(headers, b"x-request-id")
                 request_id = raw_id.decode("latin-1")[:128] if raw_id else None
-                if request_id is None and services.issue_request_ids:
+                if request_id is None and services.wants_request_id(model):
                     request_id = uuid.uuid4().hex  # so outcomes can be posted back (experiments)
             names = protocol.requested_output_names(request, loaded.outputs)
             run_started = time.perf_counter()
