@@ -259,43 +259,22 @@ class ModelServe:
         scope = request.scope if isinstance(request, HTTPConnection) else request
         decision, loaded = inference.resolve(self.services, scope, model, version)
         feeds = dict(inputs)
+        outputs: dict[str, np.ndarray] | None = None
+        status, error, inference_s = 200, None, None
         try:
             run_started = time.perf_counter()
             outputs = await loaded.infer(feeds)
             inference_s = time.perf_counter() - run_started
         except Exception as exc:
-            inference.notify(
-                self.services,
-                inference.InferenceRecord(
-                    scope,
-                    model,
-                    decision,
-                    loaded,
-                    feeds,
-                    None,
-                    time.perf_counter() - started,
-                    protocol.status_for(exc),
-                    str(exc),
-                    None,
-                ),
-            )
+            status, error = protocol.status_for(exc), str(exc)
             raise
-        inference.notify(
-            self.services,
-            inference.InferenceRecord(
-                scope,
-                model,
-                decision,
-                loaded,
-                feeds,
-                outputs,
-                time.perf_counter() - started,
-                200,
-                None,
-                None,
-                inference_s,
-            ),
-        )
+        finally:
+            if outputs is not None or error is not None:  # not when the caller was cancelled
+                record = inference.InferenceRecord(
+                    scope, model, decision, loaded, feeds, outputs, time.perf_counter() - started, status,
+                    error, None, inference_s,
+                )  # fmt: skip
+                inference.notify(self.services, record)
         return outputs
 
     def app(self) -> Starlette:
