@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from harness import free_port, server_process, table, wrk
+from harness import free_port, modelserve_argv, server_process, table, wrk
 from serving_overhead import bodies
 
 from modelserve import testing
@@ -42,19 +42,7 @@ def main() -> None:
         )
         json_body, (binary_body, binary_headers) = bodies(WIDTHS[0])
         port = free_port()
-        argv = [
-            sys.executable,
-            "-m",
-            "modelserve.cli",
-            "serve",
-            str(repo),
-            "--port",
-            str(port),
-            "--state-dir",
-            str(Path(tmp) / "state"),
-            "--log-level",
-            "warning",
-        ]
+        argv = modelserve_argv(repo, port, Path(tmp) / "state")
         rows = []
         with server_process(argv, port):
             for encoding, body, headers in (

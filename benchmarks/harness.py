@@ -34,6 +34,14 @@ def pinned(core: str, argv: Sequence[str]) -> list[str]:
     return list(argv)
 
 
+def modelserve_argv(repo: Path | str, port: int, state_dir: Path | str, *extra: str) -> list[str]:
+    """The `modelserve serve` command line every benchmark starts, as a user would run it."""
+    return [
+        sys.executable, "-m", "modelserve.cli", "serve", str(repo), "--port", str(port),
+        "--state-dir", str(state_dir), "--log-level", "warning", *extra,
+    ]  # fmt: skip
+
+
 @contextlib.contextmanager
 def server_process(
     argv: Sequence[str], port: int, ready_path: str = "/v2/health/live", *, quiet_stderr: bool = False

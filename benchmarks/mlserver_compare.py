@@ -35,7 +35,7 @@ import numpy as np
 import onnxruntime as ort
 
 sys.path.insert(0, str(Path(__file__).parent))
-from harness import LoadResult, free_port, server_process, table, wrk
+from harness import LoadResult, free_port, modelserve_argv, server_process, table, wrk
 from serving_overhead import bodies
 
 from modelserve import testing
@@ -191,25 +191,13 @@ def one_round(
         mlserver_port, modelserve_port = free_port(), free_port()
         write_mlserver_folder(folder, repo, http_port=mlserver_port, grpc_port=free_port())
         mlserver_argv = [str(python), "-c", "from mlserver.cli import main; main()", "start", str(folder)]
-        modelserve_argv = [
-            sys.executable,
-            "-m",
-            "modelserve.cli",
-            "serve",
-            str(repo),
-            "--port",
-            str(modelserve_port),
-            "--state-dir",
-            state,
-            "--log-level",
-            "warning",
-        ]
+        modelserve_cmd = modelserve_argv(repo, modelserve_port, state)
         cwd = os.getcwd()
         os.chdir(folder)  # MLServer keeps .envs/.metrics in its working directory
         try:
             with (
                 server_process(mlserver_argv, mlserver_port, ready_path="/v2/health/live"),
-                server_process(modelserve_argv, modelserve_port),
+                server_process(modelserve_cmd, modelserve_port),
             ):
                 wait_until_ready(mlserver_port, list(MODELS))
                 if check:

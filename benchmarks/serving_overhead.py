@@ -30,7 +30,7 @@ import onnxruntime as ort
 import orjson
 
 sys.path.insert(0, str(Path(__file__).parent))
-from harness import free_port, server_process, table, wrk
+from harness import free_port, modelserve_argv, server_process, table, wrk
 
 from modelserve import testing
 from modelserve.serving.registry import ModelRegistry
@@ -117,19 +117,7 @@ def http_rows(repo: Path, name: str, width: int, seconds: float, connections: in
             )
     port = free_port()
     with tempfile.TemporaryDirectory() as state:
-        argv = [
-            sys.executable,
-            "-m",
-            "modelserve.cli",
-            "serve",
-            str(repo),
-            "--port",
-            str(port),
-            "--state-dir",
-            state,
-            "--log-level",
-            "warning",
-        ]
+        argv = modelserve_argv(repo, port, state)
         with server_process(argv, port):
             url = f"http://127.0.0.1:{port}/v2/models/{name}/infer"
             wrk(url, json_body, json_headers, connections=connections, seconds=1)

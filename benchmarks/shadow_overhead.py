@@ -28,7 +28,7 @@ import numpy as np
 import orjson
 
 sys.path.insert(0, str(Path(__file__).parent))
-from harness import LoadResult, free_port, server_process, table, wrk
+from harness import LoadResult, free_port, modelserve_argv, server_process, table, wrk
 
 from modelserve import testing
 
@@ -158,8 +158,7 @@ def run_model(repo: Path, name: str, concurrencies: list[int], seconds: float) -
     base = f"http://127.0.0.1:{port}"
     url = f"{base}/v2/models/{name}/infer"
     with tempfile.TemporaryDirectory() as state:
-        argv = [sys.executable, "-m", "modelserve.cli", "serve", str(repo), "--port", str(port),
-                "--state-dir", state, "--log-level", "warning", "--admin-token", TOKEN]  # fmt: skip
+        argv = modelserve_argv(repo, port, state, "--admin-token", TOKEN)
         with server_process(argv, port, quiet_stderr=True):  # onnxruntime logs each failed run
             wrk(url, body, {"Content-Type": "application/json"}, connections=8, seconds=1)  # warm
             for scenario in ("shadow off", *SCENARIOS):
