@@ -160,3 +160,20 @@ def test_staging_a_corrupt_or_missing_version_keeps_the_live_one_serving(
     response = http.post("/v2/models/fraud/infer", content=infer_body(GOOD))
     assert response.status_code == 200 and response.headers["x-model-version"] == "2"
     assert http.get("/admin/models/fraud", headers=auth).json()["idle_slot"] in ("blue", "green")
+
+
+def test_infer_works_the_same_when_mounted_under_a_prefix(tmp_path: Path, model_repo: Path) -> None:
+    from starlette.applications import Starlette
+    from starlette.routing import Mount
+
+    from modelserve.server.app import ModelServe
+
+    ms = ModelServe(ServerConfig(repository=model_repo, state_dir=tmp_path / "s"))
+    outer = Starlette(routes=[Mount("/ml", app=ms.app())], lifespan=ms.lifespan)  # Mount runs no lifespan
+    with serve(outer) as server, httpx.Client(base_url=server.url, timeout=30) as client:
+        mounted = client.post("/ml/v2/models/fraud/infer", content=infer_body(GOOD))
+        pinned = client.post("/ml/v2/models/fraud/versions/2/infer", content=infer_body(GOOD))
+        missing = client.post("/ml/v2/models/nope/infer", content=infer_body(GOOD))
+    assert mounted.status_code == 200 and mounted.headers["x-route-reason"] == "stable"
+    assert pinned.status_code == 200 and pinned.headers["x-route-reason"] == "pinned"
+    assert missing.status_code == 404 and missing.json()["error"]

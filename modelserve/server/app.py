@@ -189,12 +189,16 @@ class ModelServe:
             self.services.observers.extend(feature.observers)
             if feature.status is not None:
                 self.services.status_extensions.append(feature.status)
+        v2_routes = inference.routes(self.services)
         self.routes: list[BaseRoute] = [
-            *inference.routes(self.services),
+            *v2_routes,
             *admin.routes(self.services),
             *[route for feature in self.features for route in feature.routes],
         ]
-        self.middleware: list[Middleware] = [m for feature in self.features for m in feature.middleware]
+        self.middleware: list[Middleware] = [
+            *[m for feature in self.features for m in feature.middleware],
+            inference.infer_fast_path(v2_routes),  # innermost: after routing has put its context in
+        ]
 
     def _record_window(self, record: inference.InferenceRecord) -> None:
         """Per-version sliding windows (rollout gates, status): server errors count, client errors don't.

@@ -16,8 +16,9 @@ decided by an experiment, expired, evicted, or another model's id). A bad value 
 batch with 400 before anything is counted.
 
 While the model has a running experiment, every inference response carries `X-Request-Id` (the V2
-`id`, the client's `X-Request-Id`, or a generated one). Request headers `x-segment-<name>: <value>` become segment attributes of the
-decision (analysed when the spec lists `<name>` in `segments`); outcome `segments` override them.
+`id`, the client's `X-Request-Id`, or a generated one). Request headers `x-segment-<name>: <value>`
+become segment attributes of the decision (analysed when the spec lists `<name>` in `segments`);
+outcome `segments` override them.
 The assignment unit is the request (sticky per targeting key), and the SRM check counts requests.
 An experiment wins over a canary; a flag variant or an allowed version override wins over it.
 State (spec, counters, bandit) is saved as `experiment.<model>` at most every `save_interval_s`,
