@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -67,6 +68,7 @@ def _serve(args: argparse.Namespace) -> int:
         max_body_bytes=args.max_body_bytes,
         webhooks=tuple(args.webhook),
     )
+    logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s:     %(name)s: %(message)s")
     app = create_app(config, **serve_extras(os.environ))
     # The process is ours: a short GIL switch interval bounds how long the event loop can wait for a
     # shadow worker thread that holds the GIL in Python code (default 5 ms, i.e. a p99 spike).
