@@ -2,21 +2,21 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
-#: Key under which middleware stores the decisions dict (model name -> RouteDecision) in the ASGI scope.
+#: Key under which the routing middleware stores the request's RouteContext in the ASGI scope.
 ROUTE_KEY = "modelserve.route"
 
 #: Reasons a version was chosen. `pinned`: the client named the version in the URL.
 REASONS = ("pinned", "override", "flag", "experiment", "bandit", "canary", "stable", "fallback")
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class RouteDecision:
+class RouteDecision(NamedTuple):
     """Which version serves a request (`version`), which run in shadow, and why.
 
     `detail` carries the human-readable evidence, e.g. the flag variant or the error that made the
-    decision fall back to the live version.
+    decision fall back to the live version. Immutable; a NamedTuple rather than a frozen dataclass
+    because one is built per request and it constructs in a third of the time. Build it with keywords.
     """
 
     model: str
