@@ -13,26 +13,22 @@ import random
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
-from statistics import NormalDist
 from typing import Any
 
 import numpy as np
 
+from modelserve.experiments import stats as experiment_stats
 from modelserve.shadow.compare import Comparison
 
 _PERCENTILES = (50.0, 95.0, 99.0)
 
 
 def wilson_interval(successes: int, trials: int, confidence: float = 0.95) -> tuple[float, float]:
-    """Wilson score interval for a binomial proportion; (0, 1) when there are no trials."""
+    """Wilson score interval for the agreement rate (experiments' formula); (0, 1) with no trials."""
     if trials <= 0:
         return (0.0, 1.0)
-    z = NormalDist().inv_cdf(0.5 + confidence / 2.0)
-    p = successes / trials
-    z2n = z * z / trials
-    centre = (p + z2n / 2.0) / (1.0 + z2n)
-    half = z * math.sqrt(p * (1.0 - p) / trials + z2n / (4.0 * trials)) / (1.0 + z2n)
-    return (max(0.0, centre - half), min(1.0, centre + half))
+    interval = experiment_stats.wilson_interval(successes, trials, alpha=1.0 - confidence)
+    return (max(0.0, interval.low), min(1.0, interval.high))
 
 
 class LogHistogram:
