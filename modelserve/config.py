@@ -22,6 +22,8 @@ Per model: `models/<name>/config.toml` (all keys optional)::
     timeout_ms = 1000
     max_in_flight = 4
     compare = "label"               # "label" | "allclose" | "topk"
+    on_loop = false                 # true: µs models shadow on the event loop, after the response
+                                    # (every request compared; the primary pays the shadow's time)
     [testing.faults."2"]            # OPT-IN FAULT INJECTION for tests and demos (serving/faults.py):
     error_rate = 0.05               # version 2 fails 5% of runs (seeded: `seed = 0`), and/or
     extra_latency_ms = 3.0          # sleeps, `latency_factor = 3.0`, `hang = true`; a warning is logged
@@ -57,6 +59,7 @@ class ShadowConfig:
     timeout_ms: float = 1000.0
     max_in_flight: int = 4
     compare: str = "label"
+    on_loop: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -266,3 +266,18 @@ def test_cli_shadows_reports_and_switches_off_against_a_real_server(server: Any)
     assert services.policies.get("fraud").shadow_versions == ()
     missing = _cli(running, "fraud", "9")
     assert missing.returncode == 1 and "not loaded and ready" in missing.stderr
+
+
+def test_on_loop_shadows_of_a_microsecond_model_are_compared_before_the_next_request(
+    repo: Path, tmp_path: Path
+) -> None:
+    (repo / "fraud" / "config.toml").write_text('live = "1"\n[shadow]\non_loop = true\n')
+    app = create_app(ServerConfig(repository=repo, state_dir=tmp_path / "state", admin_token=TOKEN))
+    with testing.serve(app) as running, httpx.Client(base_url=running.url, timeout=30) as client:
+        services = app.state.services
+        assert _shadow(client, "fraud", "2").status_code == 200
+        assert services.registry.slots("fraud").get("2").inline
+        for expected in (1, 2, 3):
+            assert _infer(client, "fraud", np.ones((1, 16), np.float32)).status_code == 200
+            client.get("/v2/health/live")  # served by the same loop, after the shadow ran on it
+            assert services.shadow.runner.stats("fraud", "2").snapshot()["samples"] == expected

@@ -4,9 +4,9 @@ Wiring (see `server/app.py` Feature): an *observer* sees each finished inference
 was sent; for a 200 whose route decision names shadow versions it hands each shadow run to the
 `ShadowRunner` (a dedicated pool of low-priority threads with an admission bound that drops and
 counts; never anyio's pool, never the primary's limiter). A shadow version whose warm-up showed it
-runs in a few µs runs on the event loop right there instead: the response is already out, and a
-thread hop would cost more than the model. Shadows are skipped (counted as dropped) while the event
-loop is behind, so a saturated server sheds them first.
+runs in a few µs can instead run on the event loop right there (`[shadow] on_loop = true`): every
+request is then compared, and the primary pays the shadow's time. Shadows are skipped (counted as
+dropped) while the event loop is behind, so a saturated server sheds them first.
 
 Every outcome is recorded per shadow version in the runner's stats, in `services.windows` (role
 "shadow": the rollout gates read it), in the telemetry metrics and as a span linked to the request
@@ -58,10 +58,9 @@ _THRESHOLDS = {
 class ShadowService:
     """The server's shadow runner, sink and observer; `services.shadow`."""
 
-    def __init__(self, services: Services, *, sink: JsonlSink | None, inline_on_loop: bool = False) -> None:
+    def __init__(self, services: Services, *, sink: JsonlSink | None) -> None:
         self.services = services
         self.sink = sink
-        self.inline_on_loop = inline_on_loop
         self.loop_lag_s = 0.0
         self.skipped_behind = 0
         self.runner = ShadowRunner(
@@ -91,7 +90,9 @@ class ShadowService:
                 self._dropped(record.model, version, decision.version)
                 continue
             run = (
-                self.runner.run_inline if self._inline(loaded, record.model, version) else self.runner.submit
+                self.runner.run_inline
+                if self._inline(loaded, config, record.model, version)
+                else self.runner.submit
             )
             admitted = run(
                 model=record.model, primary_version=decision.version, shadow_version=version,
@@ -193,8 +194,10 @@ class ShadowService:
         if self.sink is not None:
             self.sink.close()
 
-    def _inline(self, loaded: Any, model: str, version: str) -> bool:
-        return bool(self.inline_on_loop and loaded.inline and self.runner.inline_allowed(model, version))
+    def _inline(self, loaded: Any, config: ShadowConfig, model: str, version: str) -> bool:
+        """`[shadow] on_loop`: a µs model's shadow runs on the loop after the response (every request
+        compared, at the cost of primary latency); otherwise on the low-priority pool (shed under load)."""
+        return bool(config.on_loop and loaded.inline and self.runner.inline_allowed(model, version))
 
     def _span_link(self) -> object:
         tracing = getattr(self.services.telemetry, "tracing", None)
