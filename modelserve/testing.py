@@ -102,6 +102,47 @@ def two_in_two_out(path: str | Path) -> Path:
     return _save(onnx, helper, graph, path)
 
 
+def zipmap_classifier(path: str | Path, features: int = 4) -> Path:
+    """What skl2onnx exports for a classifier by default: `label` and a ZipMap `probabilities` output
+    of type seq(map(int64, tensor(float))), which no V2 tensor can carry."""
+    onnx, helper, numpy_helper = _onnx()
+    weights = numpy_helper.from_array(np.ones((features, 2), np.float32), "w")
+    nodes = [
+        helper.make_node("MatMul", ["input", "w"], ["scores"]),
+        helper.make_node("Softmax", ["scores"], ["probs"], axis=-1),
+        helper.make_node("ArgMax", ["probs"], ["label"], axis=1, keepdims=0),
+        helper.make_node(
+            "ZipMap", ["probs"], ["probabilities"], domain="ai.onnx.ml", classlabels_int64s=[0, 1]
+        ),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "zipmap",
+        [helper.make_tensor_value_info("input", onnx.TensorProto.FLOAT, ["batch", features])],
+        [
+            helper.make_tensor_value_info("label", onnx.TensorProto.INT64, ["batch"]),
+            helper.make_value_info(
+                "probabilities",
+                helper.make_sequence_type_proto(
+                    helper.make_map_type_proto(
+                        onnx.TensorProto.INT64, helper.make_tensor_type_proto(onnx.TensorProto.FLOAT, [])
+                    )
+                ),
+            ),
+        ],
+        initializer=[weights],
+    )
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid("ai.onnx.ml", 1)]
+    )
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, target)
+    return target
+
+
 def _onnx_types(onnx: Any) -> dict[str, int]:
     t = onnx.TensorProto
     return {

@@ -27,6 +27,11 @@ from modelserve.serving.batching import Batcher
 from modelserve.serving.tensors import TensorSpec
 
 Outputs = dict[str, np.ndarray]
+#: skl2onnx wraps a classifier's probabilities in a ZipMap (a list of dicts) unless told not to.
+ZIPMAP_HINT = (
+    " (a scikit-learn classifier exported with ZipMap: export it again with "
+    "skl2onnx.to_onnx(model, X, options={'zipmap': False}) to get a plain probability tensor)"
+)
 _OrtInvalidArgument = ort.capi.onnxruntime_pybind11_state.InvalidArgument
 
 
@@ -69,7 +74,8 @@ class LoadedVersion:
         session_options.inter_op_num_threads = 1
         session_options.log_severity_level = 4  # failures are raised to the caller; no per-run log lines
         if not path.is_file():
-            raise LoadError(f"{model} version {version}: {path} does not exist")
+            problem = "is a folder, not an ONNX file" if path.is_dir() else "does not exist"
+            raise LoadError(f"{model} version {version}: {path} {problem}")
         try:
             self.session = ort.InferenceSession(
                 str(path), sess_options=session_options, providers=["CPUExecutionProvider"]
@@ -189,8 +195,9 @@ def load_version(model: str, version: str, path: Path, options: RuntimeOptions) 
 def _spec(arg: ort.NodeArg, where: str) -> TensorSpec:
     datatype = ORT_TO_V2.get(arg.type)
     if datatype is None:
+        hint = ZIPMAP_HINT if arg.type.startswith(("seq(map(", "map(")) else ""
         raise LoadError(
-            f"{where}: tensor {arg.name!r} has type {arg.type}, which the V2 protocol cannot carry"
+            f"{where}: tensor {arg.name!r} has type {arg.type}, which the V2 protocol cannot carry{hint}"
         )
     shape = tuple(dim if isinstance(dim, int) and dim >= 0 else -1 for dim in (arg.shape or []))
     return TensorSpec(arg.name, datatype, shape)
