@@ -179,8 +179,10 @@ class RolloutController:
         """Skip the current stage (or, with `all_stages`, every remaining stage) without its gates."""
         async with self._lock:
             rollout = self._active(model)
-            skipped = rollout.stage.name
-            self._emit(rollout, "skipped", f"operator skipped {'all stages' if all_stages else skipped}")
+            stages = rollout.plan.stages[rollout.stage_index :] if all_stages else [rollout.stage]
+            names = [stage.name for stage in stages]
+            rollout.skipped.extend(names)
+            self._emit(rollout, "skipped", f"operator skipped {', '.join(names)}", data={"skipped": names})
             if all_stages:
                 rollout.stage_index = len(rollout.plan.stages) - 1
             await self._advance(rollout, self._clock(), ())
@@ -286,7 +288,7 @@ class RolloutController:
             # Shadow off unconditionally: a skip to the end may leave a shadow stage behind.
             await self.target.set_shadow(rollout.model, rollout.candidate, False)
             await self.target.promote(rollout.model, rollout.candidate)
-            rollout.state, rollout.reason = "promoted", f"all {len(rollout.plan.stages)} stages passed"
+            rollout.state, rollout.reason = "promoted", _promotion_reason(rollout)
             self._emit(rollout, "promoted", f"{rollout.candidate} is live", results, data)
             return
         rollout.enter_stage(rollout.stage_index + 1, now, self._wall_clock())
@@ -416,3 +418,12 @@ class RolloutController:
         if self.webhooks is not None:
             self.webhooks.notify(payload)
         return event
+
+
+def _promotion_reason(rollout: Rollout) -> str:
+    count = len(rollout.plan.stages)
+    skipped = list(dict.fromkeys(rollout.skipped))
+    if not skipped:
+        return f"all {count} stages passed"
+    passed = count - len(skipped)
+    return f"{passed} of {count} stages passed their gates; skipped by an operator: {', '.join(skipped)}"

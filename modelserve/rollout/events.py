@@ -18,6 +18,7 @@ Kinds of event:
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -129,29 +130,74 @@ class RolloutStatus:
         return self.state in ACTIVE_STATES
 
 
-def _number(value: float | None) -> str:
-    return "-" if value is None else f"{value:.4g}"
+#: Metrics measured in seconds; people read them in milliseconds.
+LATENCY_METRICS = frozenset({"p50", "p95", "p99", "latency"})
+
+
+def _number(value: float | None, metric: str = "") -> str:
+    if value is None:
+        return "-"
+    if metric in LATENCY_METRICS:
+        return f"{value * 1e3:.4g} ms"
+    return f"{value:.4g}"
 
 
 def format_gate(result: GateResult) -> str:
-    """One gate result on one line: verdict, observed vs limit, baseline and samples."""
-    text = f"{result.gate}: {result.verdict} observed={_number(result.observed)}"
-    text += f" limit={_number(result.threshold)}"
+    """One gate result on one line: verdict, observed vs limit, baseline and samples (latency in ms)."""
+    metric = result.metric
+    text = f"{result.gate}: {result.verdict} observed={_number(result.observed, metric)}"
+    text += f" limit={_number(result.threshold, metric)}"
     if result.baseline_samples is not None:
-        text += f" baseline={_number(result.baseline)} (n={result.baseline_samples})"
+        text += f" baseline={_number(result.baseline, metric)} (n={result.baseline_samples})"
     text += f" n={result.samples}/{result.required_samples}"
     return text + (" [dry-run]" if result.dry_run else "")
 
 
-def format_timeline(events: list[RolloutEvent], *, with_gates: bool = True) -> str:
-    """The events as text, times relative to the first, each gate's numbers indented below."""
-    if not events:
-        return "(no events)"
-    start = events[0].time
-    lines = []
+def split_rollouts(events: list[RolloutEvent]) -> list[list[RolloutEvent]]:
+    """The events grouped by rollout, oldest first: each group starts at a `started` event (the first
+    group may lack one when the bounded log dropped its beginning)."""
+    groups: list[list[RolloutEvent]] = []
     for event in events:
+        if event.kind == "started" or not groups:
+            groups.append([])
+        groups[-1].append(event)
+    return groups
+
+
+def format_timeline(events: list[RolloutEvent], *, with_gates: bool = True) -> str:
+    """The latest rollout's events as text, times from its start, each gate's numbers indented below.
+
+    Earlier rollouts are left out (see `format_history`); stages skipped by an operator are named.
+    """
+    groups = split_rollouts(events)
+    if not groups:
+        return "(no events)"
+    current = groups[-1]
+    start = current[0].time
+    lines = []
+    for event in current:
         head = f"+{event.time - start:8.1f}s  {event.kind:<15} {event.stage:<12} {event.weight:>3}%"
         lines.append(f"{head}  {event.message}")
         if with_gates:
             lines.extend(f"{'':28}{format_gate(g)}" for g in event.gates)
     return "\n".join(lines)
+
+
+def format_history(events: list[RolloutEvent]) -> str:
+    """One line per rollout, newest first: when it started, the candidate, how it ended and after how long."""
+    lines = []
+    for group in reversed(split_rollouts(events)):
+        first, last = group[0], group[-1]
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(first.time))
+        ending = last.kind if last.kind in _ENDINGS else "in progress"
+        skipped = [name for e in group if e.kind == "skipped" for name in e.data.get("skipped", ())]
+        extra = f"; skipped by an operator: {', '.join(skipped)}" if skipped else ""
+        begin = "" if first.kind == "started" else " (log starts mid-rollout)"
+        lines.append(
+            f"{when} UTC  version {first.candidate}: {ending} after {last.time - first.time:.1f} s, "
+            f"{len(group)} events{extra}{begin}"
+        )
+    return "\n".join(lines) if lines else "(no rollouts)"
+
+
+_ENDINGS = frozenset({"promoted", "rolled_back", "aborted"})

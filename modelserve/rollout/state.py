@@ -44,6 +44,8 @@ class Rollout:
     last_gate_event: float = -math.inf
     frozen_baseline: WindowStats | None = None
     last_saved: dict[str, Any] | None = None
+    #: Stages an operator skipped (`promote`), in order: named in the final reason, never "passed".
+    skipped: list[str] = field(default_factory=list)
 
     @property
     def stage(self) -> Stage:
@@ -119,6 +121,7 @@ class Rollout:
             "failures": dict(self.failures),
             "passes": dict(self.passes),
             "frozen_baseline": dataclasses.asdict(self.frozen_baseline) if self.frozen_baseline else None,
+            "skipped": list(self.skipped),
         }
 
 
@@ -146,6 +149,7 @@ def rollout_from_state(saved: dict[str, Any], now: float, wall: float) -> Rollou
             reason=str(saved.get("reason", "")),
             failures={str(k): int(v) for k, v in dict(saved.get("failures", {})).items()},
             frozen_baseline=WindowStats(**baseline) if baseline else None,
+            skipped=[str(name) for name in saved.get("skipped", ())],
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise ConfigError(f"saved rollout state is unreadable: {exc}") from exc
