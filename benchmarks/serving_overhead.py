@@ -154,8 +154,8 @@ def serve_for_telemetry(mode: str, repo: str, port: int) -> None:
     from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 
     from modelserve.config import ServerConfig
-    from modelserve.server import telemetry_feature
-    from modelserve.server.app import create_app, default_features
+    from modelserve.server.app import create_app
+    from modelserve.server.services import FeatureSet
     from modelserve.telemetry.exporters import build_providers_from_env
 
     class DropSpans(SpanExporter):
@@ -165,8 +165,7 @@ def serve_for_telemetry(mode: str, repo: str, port: int) -> None:
     with tempfile.TemporaryDirectory() as state:
         config = ServerConfig(repository=Path(repo), state_dir=Path(state))
         if mode == "off":
-            features = [f for f in default_features() if f is not telemetry_feature.install]
-            app = create_app(config, features=features)
+            app = create_app(config, features=FeatureSet(telemetry=False))
         else:
             providers = build_providers_from_env({})  # as `modelserve serve` with no OTEL_* set
             tracer_provider = providers.tracer_provider

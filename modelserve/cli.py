@@ -79,21 +79,29 @@ def _serve(args: argparse.Namespace) -> int:
 
 def serve_extras(environ: dict[str, str] | os._Environ[str]) -> dict[str, Any]:
     """Keyword arguments for create_app that come from the environment (telemetry providers)."""
+    import anyio.to_thread
+
     from modelserve.errors import ConfigError
-    from modelserve.server import telemetry_feature
-    from modelserve.server.app import default_features
+    from modelserve.server.services import Extension, Hooks, Services
     from modelserve.telemetry.exporters import build_providers_from_env
 
     try:
         providers = build_providers_from_env(environ)
     except ConfigError as exc:
         raise ClientError(str(exc)) from None
+
+    async def flush() -> None:
+        await anyio.to_thread.run_sync(providers.shutdown)  # flushing exporters blocks
+
+    def flush_at_shutdown(services: Services) -> Extension:
+        # Extension hooks run after the server's own: the shadow spans are recorded before the flush.
+        return Extension(hooks=Hooks(shutdown=[flush]))
+
     return {
         "tracer_provider": providers.tracer_provider,
         # Without a metric exporter only `/metrics` reads metrics: let the app use its fast private path.
         "meter_provider": providers.meter_provider if providers.metric_exporters else None,
-        # First, so that its shutdown hook (flushing exporters) runs after every other feature's.
-        "features": [telemetry_feature.shutdown_providers(providers), *default_features()],
+        "extensions": [flush_at_shutdown],
     }
 
 

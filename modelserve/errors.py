@@ -1,4 +1,4 @@
-"""Error hierarchy. `server/protocol.py` alone maps these to HTTP status codes.
+"""Error hierarchy, and the one mapping of errors to HTTP status codes (`http_status`).
 
 ModelServeError
 ├── ConfigError              bad config.toml / plan / flags file (operator error)
@@ -62,3 +62,24 @@ class AuthError(ModelServeError):
     def __init__(self, message: str, *, status: int = 401) -> None:
         super().__init__(message)
         self.status = status
+
+
+def http_status(exc: BaseException) -> int:
+    """The HTTP status for an exception; anything not raised on purpose is a 500."""
+    if isinstance(exc, RequestError):
+        if isinstance(exc, PayloadTooLarge):
+            return 413
+        if isinstance(exc, UnsupportedMediaType):
+            return 415
+        return 400
+    if isinstance(exc, NotFound):
+        return 404
+    if isinstance(exc, NotReady):
+        return 503
+    if isinstance(exc, LoadError):
+        return 400
+    if isinstance(exc, Conflict):
+        return 409
+    if isinstance(exc, AuthError):
+        return exc.status
+    return 500

@@ -17,11 +17,11 @@ import orjson
 import pytest
 
 from modelserve.config import ServerConfig
+from modelserve.experiments.service import ExperimentService
 from modelserve.middleware.routing import RouteContext
 from modelserve.routing.decision import ROUTE_KEY, RouteDecision
 from modelserve.routing.hashing import sticky_bucket
 from modelserve.server.app import ModelServe, create_app
-from modelserve.server.experiments_feature import ExperimentService
 from modelserve.testing import serve
 
 TOKEN = "s3cret"
@@ -264,7 +264,7 @@ async def test_embedded_predict_exposes_the_request_id_for_in_process_outcomes(c
         scope = running_scope(ms, "embedded-user")
         await ms.predict(scope, "fraud", {"input": np.full((1, 16), 0.5, dtype=np.float32)})
         decision = ms.decision(scope, "fraud")
-        request_id = service.request_id(scope)
+        request_id = ms.request_id(scope)
         assert request_id is not None and decision.reason == "experiment"
         assert service.record_outcome(request_id, 1) == "accepted"
         assert service.record_outcome(request_id, 1) == "duplicate"

@@ -1,4 +1,4 @@
-"""The telemetry feature wired into the app: spans, links, metric labels and /metrics, end to end."""
+"""Telemetry wired into the app: spans, links, metric labels and /metrics, end to end."""
 
 from __future__ import annotations
 
@@ -25,13 +25,14 @@ from prometheus_client.parser import text_string_to_metric_families
 from starlette.applications import Starlette
 
 from modelserve.config import ServerConfig
-from modelserve.rollout.events import RolloutStatus
-from modelserve.server import routing_feature, telemetry_feature
-from modelserve.server.app import Feature, FeatureInstaller, Services, create_app
-from modelserve.server.inference import InferenceRecord
-from modelserve.shadow.runner import ShadowResult, ShadowRunner
+from modelserve.inference.path import InferenceRecord
+from modelserve.rollout.plan import plan_from_dict
+from modelserve.server.app import create_app
+from modelserve.server.services import Extension, ExtensionFactory, FeatureSet, Hooks, Services
+from modelserve.shadow.runner import ShadowResult
 from modelserve.telemetry import metrics as m
 from modelserve.telemetry import spans
+from modelserve.telemetry.service import meter_setup
 from modelserve.testing import serve
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -71,12 +72,18 @@ class Sinks:
         self.reader = InMemoryMetricReader()
         self.meter_provider = MeterProvider(metric_readers=[self.reader])
 
-    def app(self, config: ServerConfig, features: list[FeatureInstaller] | None = None) -> Starlette:
+    def app(
+        self,
+        config: ServerConfig,
+        features: FeatureSet | None = None,
+        extensions: list[ExtensionFactory] | None = None,
+    ) -> Starlette:
         return create_app(
             config,
             tracer_provider=self.tracer_provider,
             meter_provider=self.meter_provider,
             features=features,
+            extensions=extensions or [],
         )
 
     def spans(self, name: str | None = None) -> list[ReadableSpan]:
@@ -330,19 +337,23 @@ async def test_default_tracer_provider_adds_no_spans_but_metrics_still_count(
 ) -> None:
     seen: list[tuple[bool, object]] = []
 
-    def probe(services: Services) -> Feature:
+    def probe(services: Services) -> Extension:
+        telemetry = services.telemetry
+        assert telemetry is not None
+
         def observe(record: InferenceRecord) -> None:
             recording = trace.get_current_span().is_recording()
-            seen.append((recording, services.telemetry.request_span_context(record)))
+            seen.append((recording, telemetry.request_span_context(record)))
 
-        return Feature(name="probe", observers=[observe])
+        return Extension(hooks=Hooks(observers=[observe]))
 
     reader = InMemoryMetricReader()
     app = create_app(
         config,
         tracer_provider=provider,
         meter_provider=MeterProvider(metric_readers=[reader]),
-        features=[telemetry_feature.install, routing_feature.install, probe],
+        features=FeatureSet(shadow=False, experiments=False, rollout=False),
+        extensions=[probe],
     )
     async with running(app) as (client, _):
         response = await client.post(
@@ -363,54 +374,39 @@ async def test_default_tracer_provider_adds_no_spans_but_metrics_still_count(
     assert m.REQUESTS in names
 
 
-class ShadowProbe:
-    """A minimal shadow wiring over the real ShadowRunner, as the shadow feature does it."""
-
-    def __init__(self) -> None:
-        self.settled = threading.Event()
-        self.runner: ShadowRunner | None = None
-
-    def install(self, services: Services) -> Feature:
-        def on_result(result: ShadowResult) -> None:
-            services.telemetry.on_shadow_result(result)
-            self.settled.set()
-
-        self.runner = runner = ShadowRunner(max_workers=1, timeout_s=10.0, on_result=on_result)
-
-        def observe(record: InferenceRecord) -> None:
-            loaded = services.registry.slots(record.model).get("1")
-            feeds = dict(record.inputs or {})
-            runner.submit(
-                model=record.model, primary_version=record.decision.version, shadow_version="1",
-                run=lambda: loaded.run(feeds), inputs=feeds, primary_outputs=record.outputs or {},
-                primary_latency_s=record.latency_s, context=services.telemetry.request_span_context(record),
-            )  # fmt: skip
-
-        async def close() -> None:
-            runner.close()
-
-        return Feature(name="shadow-probe", observers=[observe], shutdown=[close])
-
-
-@pytest.mark.anyio
-async def test_shadow_span_is_a_root_linked_to_the_request_span_and_counted(config: ServerConfig) -> None:
+def test_shadow_span_from_the_shadow_service_links_the_request_and_carries_its_evidence(
+    config: ServerConfig,
+) -> None:
+    """The shipped path: a shadow switched on over the admin API, a request over HTTP, one span."""
     sinks = Sinks()
-    probe = ShadowProbe()
-    app = sinks.app(config, [telemetry_feature.install, routing_feature.install, probe.install])
-    async with running(app) as (client, services):
-        await services.registry.stage("fraud", "1")
-        response = await client.post("/v2/models/fraud/infer", content=BODY)
-        assert response.status_code == 200
-        assert await anyio.to_thread.run_sync(probe.settled.wait, 10.0)
-    (server,) = sinks.server_spans()
-    (shadow,) = sinks.spans("shadow fraud")
-    assert shadow.parent is None
-    assert [link.context.span_id for link in shadow.links] == [server.context.span_id]
-    values = attributes(shadow)
+    app = sinks.app(config)
+    services: Services = app.state.services
+    with serve(app) as server, httpx.Client(base_url=server.url, timeout=30) as client:
+        assert (
+            client.post("/admin/models/fraud/stage", json={"version": "1"}, headers=ADMIN).status_code == 200
+        )
+        shadow = client.post(
+            "/admin/models/fraud/shadow", json={"versions": ["1"], "rate": 1.0}, headers=ADMIN
+        )
+        assert shadow.status_code == 200
+        response = client.post("/v2/models/fraud/infer", content=BODY, headers={"x-request-id": "req-7"})
+        assert response.status_code == 200 and response.headers["x-model-version"] == "2"
+        assert services.shadow is not None and services.shadow.runner.wait_idle(30)
+        sinks.waiter.wait_for(3)
+    (server_span,) = [
+        s for s in sinks.server_spans() if attributes(s)["url.path"] == "/v2/models/fraud/infer"
+    ]
+    (shadow_span,) = sinks.spans("shadow fraud")
+    assert shadow_span.parent is None
+    assert [link.context.span_id for link in shadow_span.links] == [server_span.context.span_id]
+    values = attributes(shadow_span)
     assert values[spans.ROLE] == "shadow" and values[spans.VERSION] == "1" and values[spans.SLOT] == "green"
     assert values[spans.SHADOW_PRIMARY_VERSION] == "2" and values[spans.SHADOW_OUTCOME] == "compared"
+    assert values["modelserve.request_id"] == "req-7"
     agree = values[spans.SHADOW_AGREE]
     assert isinstance(agree, bool)
+    assert values["modelserve.shadow.agreement"] == (1.0 if agree else 0.0)  # one row: all or nothing
+    assert values[spans.SHADOW_DETAIL] == f"{int(agree)} of 1 rows agree"
     comparisons = sinks.points(m.SHADOW_COMPARISONS)
     assert [(a, p.value) for a, p in comparisons] == [
         ({"model": "fraud", "version": "1", "primary_version": "2"}, 1)
@@ -448,41 +444,16 @@ async def test_shadow_timeouts_drops_and_rollout_events_are_recorded(config: Ser
     }
 
 
-class RolloutStub:
-    """Stands in for the rollout service: `status(model)` like RolloutController's."""
-
-    def __init__(self, status: RolloutStatus) -> None:
-        self._status = status
-
-    def status(self, model: str) -> RolloutStatus | None:
-        return self._status if model == self._status.model else None
-
-
 @pytest.mark.anyio
 async def test_rollout_stage_and_canary_weight_gauges_follow_policy_and_rollout(config: ServerConfig) -> None:
     sinks = Sinks()
     async with running(sinks.app(config)) as (_, services):
-        await services.registry.stage("fraud", "1")
-        services.policies.update("fraud", candidate="1", canary_weight=25.0)
-        services.rollout = RolloutStub(
-            RolloutStatus(
-                model="fraud",
-                candidate="1",
-                baseline_version="2",
-                plan="default",
-                state="running",
-                reason="",
-                stage="canary-25",
-                stage_index=2,
-                stage_count=5,
-                weight=25,
-                shadow=False,
-                stage_elapsed_s=1.0,
-                gates=(),
-                failures={},
-                passes={},
-            )
-        )
+        assert services.rollout is not None
+        stages = [{"name": f"canary-{weight}", "weight": weight} for weight in (1, 5, 25, 100)]
+        plan = plan_from_dict({"stages": stages}, default_name="test", where="test")
+        await services.rollout.start("fraud", "1", plan)  # stages version 1 as the candidate
+        for _ in range(2):
+            await services.rollout.controller.promote("fraud")  # skip on to canary-25
         weights = [(a, p.value) for a, p in sinks.points(m.CANARY_WEIGHT)]
         stages = [(a, p.value) for a, p in sinks.points(m.ROLLOUT_STAGE)]
     assert ({"model": "fraud", "candidate": "1"}, 0.25) in weights
@@ -493,8 +464,8 @@ def test_meter_setup_attaches_to_an_sdk_provider_and_skips_others() -> None:
     from opentelemetry import metrics as otel_metrics
 
     sdk = MeterProvider()
-    provider, reader = telemetry_feature.meter_setup(sdk)
+    provider, reader = meter_setup(sdk)
     assert provider is sdk and reader is not None
-    noop, none = telemetry_feature.meter_setup(otel_metrics.NoOpMeterProvider())
+    noop, none = meter_setup(otel_metrics.NoOpMeterProvider())
     assert isinstance(noop, otel_metrics.NoOpMeterProvider) and none is None
     sdk.shutdown()

@@ -12,7 +12,7 @@ header `x-context-<name>` as `<name>`; an embedding app may add to `context.attr
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -43,15 +43,19 @@ class Router:
         registry: ModelRegistry,
         policies: PolicyTable,
         flags: FlagFileSource | None = None,
+        arm_deciders: Sequence[ArmDecider] = (),
+        on_flag_evaluation: Callable[[str, Evaluation], None] | None = None,
         cache_size: int = 10_000,
     ) -> None:
         self.registry = registry
         self.policies = policies
         self.flags = flags
         self.cache = EvaluationCache(cache_size)  # event loop only
-        self.arm_deciders: list[ArmDecider] = []
+        #: Consulted in order after the flag and before the canary (experiments, bandits).
+        self.arm_deciders: list[ArmDecider] = list(arm_deciders)
         self.errors = 0
-        self.on_flag_evaluation: Callable[[str, Evaluation], None] | None = None
+        #: Told about every flag evaluation (telemetry counts them).
+        self.on_flag_evaluation = on_flag_evaluation
 
     def decide(self, model: str, context: RouteContext) -> RouteDecision | None:
         """The decision for `model`, or None when the model is not loaded (the route answers 404/503)."""

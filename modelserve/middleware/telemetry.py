@@ -33,15 +33,12 @@ from modelserve.telemetry.spans import (
     ROUTE_ARM,
     ROUTE_REASON,
     ROUTE_SHADOWS,
+    SERVED_KEY,
     SLOT,
+    SLOT_KEY,
     VERSION,
     Tracing,
 )
-
-#: Scope key for the slot that served the request: a slot name, or a dict model -> slot name.
-SLOT_KEY = "modelserve.slot"
-#: Scope key for the decisions that actually served the request: a dict model -> RouteDecision.
-SERVED_KEY = "modelserve.served"
 
 _TRACE_HEADERS = {b"traceparent": "traceparent", b"tracestate": "tracestate"}
 _KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE"})

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 #: Key under which the routing middleware stores the request's RouteContext in the ASGI scope.
 ROUTE_KEY = "modelserve.route"
@@ -26,3 +26,11 @@ class RouteDecision(NamedTuple):
     targeting_key: str | None = None
     arm: str | None = None
     detail: str = ""
+
+
+class RouteSource(Protocol):
+    """What the routing middleware leaves in the scope under `ROUTE_KEY` (a `RouteContext`)."""
+
+    decisions: dict[str, RouteDecision]
+
+    def decide(self, model: str) -> RouteDecision | None: ...

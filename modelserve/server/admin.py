@@ -1,4 +1,9 @@
-"""Admin JSON API under /admin (bearer token; disabled when no token is configured)."""
+"""The admin JSON API's shared parts: the token-guarded endpoint wrapper and a model's status.
+
+Every admin route (`/admin/...`, bearer token; disabled when no token is configured) is an
+`admin_endpoint(services, handler)`: the handler gets the request and its decoded JSON object body
+and returns JSON-ready data; errors become V2 JSON errors with their HTTP status.
+"""
 
 from __future__ import annotations
 
@@ -8,15 +13,17 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
 
-from modelserve.errors import AuthError, ModelServeError, RequestError
+from modelserve.errors import AuthError, ModelServeError, RequestError, http_status
 from modelserve.server import protocol
 
 if TYPE_CHECKING:
-    from modelserve.server.app import Services
+    from modelserve.server.services import Services
 
+#: An admin handler: `(request, decoded JSON object body) -> JSON-ready answer`.
 Handler = Callable[[Request, dict[str, Any]], Awaitable[Any]]
+#: A Starlette request/response endpoint.
+Endpoint = Callable[[Request], Awaitable[Response]]
 
 
 def _respond(data: Any, status: int = 200) -> Response:
@@ -27,7 +34,7 @@ def _respond(data: Any, status: int = 200) -> Response:
     )
 
 
-def admin_endpoint(services: Services, handler: Handler) -> Callable[[Request], Awaitable[Response]]:
+def admin_endpoint(services: Services, handler: Handler) -> Endpoint:
     """Authenticate, decode an optional JSON object body, map errors to V2 JSON errors."""
 
     async def endpoint(request: Request) -> Response:
@@ -48,7 +55,7 @@ def admin_endpoint(services: Services, handler: Handler) -> Callable[[Request], 
             message = str(exc) if isinstance(exc, ModelServeError) else "internal error"
             response = Response(
                 protocol.error_body(message),
-                status_code=protocol.status_for(exc),
+                status_code=http_status(exc),
                 media_type="application/json",
             )
             if isinstance(exc, AuthError) and exc.status == 401:
@@ -69,8 +76,8 @@ def model_status(services: Services, model: str) -> dict[str, Any]:
     status: dict[str, Any] = slots.describe()
     status["policy"] = services.policies.describe(model)
     status["metrics"] = version_metrics(services, model)
-    for extend in services.status_extensions:
-        status.update(extend(model))
+    for provider in services.hooks.status_providers:
+        status.update(provider(model))
     return status
 
 
@@ -101,60 +108,3 @@ def version_metrics(services: Services, model: str) -> list[dict[str, Any]]:
             }
         )
     return rows
-
-
-def routes(services: Services) -> list[Route]:
-    registry = services.registry
-
-    async def list_models(request: Request, body: dict[str, Any]) -> Any:
-        return {
-            "models": [model_status(services, name) for name in sorted(registry.models)],
-            "load_errors": services.load_errors,
-        }
-
-    async def status(request: Request, body: dict[str, Any]) -> Any:
-        return model_status(services, request.path_params["model"])
-
-    async def stage(request: Request, body: dict[str, Any]) -> Any:
-        model = request.path_params["model"]
-        loaded = await registry.stage(model, str(required(body, "version")))
-        return {"model": model, "staged": loaded.describe(), "status": model_status(services, model)}
-
-    async def promote(request: Request, body: dict[str, Any]) -> Any:
-        switch = await registry.promote(request.path_params["model"])
-        return {"switch": _switch(switch), "status": model_status(services, switch.model)}
-
-    async def rollback(request: Request, body: dict[str, Any]) -> Any:
-        switch = await registry.rollback(request.path_params["model"])
-        return {"switch": _switch(switch), "status": model_status(services, switch.model)}
-
-    async def unload(request: Request, body: dict[str, Any]) -> Any:
-        model = request.path_params["model"]
-        version = body.get("version")
-        await registry.unload(model, None if version is None else str(version))
-        return {"model": model, "unloaded": version or "all"}
-
-    def post(path: str, handler: Handler) -> Route:
-        return Route(path, admin_endpoint(services, handler), methods=["POST"])
-
-    def get(path: str, handler: Handler) -> Route:
-        return Route(path, admin_endpoint(services, handler), methods=["GET"])
-
-    return [
-        get("/admin/models", list_models),
-        get("/admin/models/{model}", status),
-        post("/admin/models/{model}/stage", stage),
-        post("/admin/models/{model}/promote", promote),
-        post("/admin/models/{model}/rollback", rollback),
-        post("/admin/models/{model}/unload", unload),
-    ]
-
-
-def _switch(switch: Any) -> dict[str, Any]:
-    return {
-        "model": switch.model,
-        "action": switch.action,
-        "from_version": switch.from_version,
-        "to_version": switch.to_version,
-        "live_slot": switch.live_slot,
-    }

@@ -27,16 +27,7 @@ import numpy as np
 import orjson
 
 from modelserve.datatypes import v2_datatype_of
-from modelserve.errors import (
-    AuthError,
-    Conflict,
-    LoadError,
-    NotFound,
-    NotReady,
-    PayloadTooLarge,
-    RequestError,
-    UnsupportedMediaType,
-)
+from modelserve.errors import RequestError, http_status
 from modelserve.server.tensor_codec import (
     array_from_binary,
     array_from_json,
@@ -265,25 +256,8 @@ def encode_infer_response(
     }
 
 
-def status_for(exc: BaseException) -> int:
-    """The HTTP status for an exception; anything not raised on purpose is a 500."""
-    if isinstance(exc, RequestError):
-        if isinstance(exc, PayloadTooLarge):
-            return 413
-        if isinstance(exc, UnsupportedMediaType):
-            return 415
-        return 400
-    if isinstance(exc, NotFound):
-        return 404
-    if isinstance(exc, NotReady):
-        return 503
-    if isinstance(exc, LoadError):
-        return 400
-    if isinstance(exc, Conflict):
-        return 409
-    if isinstance(exc, AuthError):
-        return exc.status
-    return 500
+#: The HTTP status for an exception (the mapping lives beside the error tree).
+status_for = http_status
 
 
 def error_body(message: str) -> bytes:

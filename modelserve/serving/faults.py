@@ -24,10 +24,9 @@ import random
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields
 from typing import Any
 
-from modelserve.errors import ConfigError
+from modelserve.config import FaultSpec, parse_faults
 
 log = logging.getLogger("modelserve.serving")
 
@@ -37,68 +36,6 @@ SessionRun = Callable[..., Any]
 
 class InjectedFault(RuntimeError):
     """Raised by a faulty version's run; the runtime reports it as an InferenceError (HTTP 500)."""
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class FaultSpec:
-    """How one version misbehaves; see the module docstring."""
-
-    error_rate: float = 0.0
-    extra_latency_ms: float = 0.0
-    latency_factor: float = 1.0
-    hang: bool = False
-    hang_s: float = 30.0
-    seed: int = 0
-
-    @property
-    def slows(self) -> bool:
-        """True when runs sleep (they must then run off the event loop)."""
-        return self.hang or self.extra_latency_ms > 0 or self.latency_factor != 1.0
-
-    def describe(self) -> dict[str, Any]:
-        """JSON-ready form, shown in the version's status."""
-        return {f.name: getattr(self, f.name) for f in fields(self)}
-
-
-def parse_faults(testing: Mapping[str, Any], *, where: str) -> dict[str, FaultSpec]:
-    """The `[testing]` table -> version -> FaultSpec; raises ConfigError naming the bad key."""
-    unknown = sorted(set(testing) - {"faults"})
-    if unknown:
-        raise ConfigError(f"{where} [testing]: unknown key(s) {', '.join(unknown)}; known: faults")
-    faults = testing.get("faults", {})
-    if not isinstance(faults, dict):
-        raise ConfigError(f"{where} [testing] faults must be a table of version -> fault settings")
-    return {
-        str(version): _spec(raw, f"{where} [testing.faults.{version}]") for version, raw in faults.items()
-    }
-
-
-def _spec(raw: Any, where: str) -> FaultSpec:
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{where} must be a table")
-    known = {f.name: f for f in fields(FaultSpec)}
-    unknown = sorted(set(raw) - set(known))
-    if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; known: {', '.join(known)}")
-    values: dict[str, Any] = {}
-    for key, value in raw.items():
-        if key == "hang":
-            if not isinstance(value, bool):
-                raise ConfigError(f"{where} hang must be true or false")
-        elif key == "seed":
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise ConfigError(f"{where} seed must be an integer")
-        else:
-            if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-                raise ConfigError(f"{where} {key} must be a number >= 0")
-            value = float(value)
-        values[key] = value
-    spec = FaultSpec(**values)
-    if spec.error_rate > 1.0:
-        raise ConfigError(f"{where} error_rate must be within 0..1")
-    if spec.latency_factor < 1.0:
-        raise ConfigError(f"{where} latency_factor must be >= 1")
-    return spec
 
 
 class FaultyRun:

@@ -12,7 +12,6 @@ import enum
 import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,7 @@ import anyio.to_thread
 import numpy as np
 import onnxruntime as ort
 
+from modelserve.config import RuntimeOptions
 from modelserve.datatypes import ORT_TO_V2
 from modelserve.errors import InferenceError, LoadError, RequestError
 from modelserve.serving.batching import Batcher
@@ -39,20 +39,6 @@ class VersionState(enum.Enum):
     LOADING = "LOADING"
     READY = "READY"
     UNLOADED = "UNLOADED"
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class RuntimeOptions:
-    """How a version's session is built and run (config.toml `[serving]`)."""
-
-    intra_op_threads: int = 1
-    max_concurrency: int = 2
-    execution: str = "auto"  # "auto" | "inline" | "thread"
-    # A thread hop costs 30-45 µs here: below ~50 µs of model time, running inline is cheaper.
-    inline_threshold_us: float = 50.0
-    warmup_runs: int = 20
-    max_batch_size: int = 1  # > 1 turns on dynamic batching (serving/batching.py)
-    max_queue_delay_ms: float = 1.0
 
 
 class LoadedVersion:

@@ -9,13 +9,22 @@ policy's copy in step the moment a switch happens.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, Protocol
 
 from modelserve.config import ModelConfig
 from modelserve.errors import ConfigError, RequestError
 from modelserve.routing.policy import ModelPolicy
-from modelserve.serving.slots import Switch
 from modelserve.state.store import StateStore
+
+
+class SlotSwitch(Protocol):
+    """What `on_switch` reads of a slot switch (`serving.slots.Switch`); state sits below serving."""
+
+    @property
+    def model(self) -> str: ...
+    @property
+    def to_version(self) -> str: ...
+
 
 #: Policy fields an operator may change at runtime (admin API, CLI, rollout controller).
 MUTABLE_FIELDS = (
@@ -90,7 +99,7 @@ class PolicyTable:
     def remove(self, model: str) -> None:
         self._policies.pop(model, None)
 
-    def on_switch(self, switch: Switch) -> None:
+    def on_switch(self, switch: SlotSwitch) -> None:
         policy = self._policies.get(switch.model)
         if policy is not None:
             self._policies[switch.model] = dataclasses.replace(policy, live=switch.to_version)

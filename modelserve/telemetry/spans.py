@@ -46,6 +46,11 @@ SHADOW_OUTCOME = "modelserve.shadow.outcome"
 SHADOW_DETAIL = "modelserve.shadow.detail"
 SHADOW_PRIMARY_VERSION = "modelserve.shadow.primary_version"
 
+#: Scope key for the slot that served the request: a slot name, or a dict model -> slot name.
+SLOT_KEY = "modelserve.slot"
+#: Scope key for the decisions that actually served the request: a dict model -> RouteDecision.
+SERVED_KEY = "modelserve.served"
+
 ROLE_PRIMARY = "primary"
 ROLE_SHADOW = "shadow"
 

@@ -1,20 +1,17 @@
 """Open Inference Protocol (KServe V2) REST routes: health, metadata, infer, repository extension.
 
-`infer` is a raw ASGI endpoint: it reads the body, decodes straight to numpy, runs the version the
-route decision chose, and sends the response before any after-response work (observers: shadow,
-windows, metrics, feedback) runs, so that work can never delay or change what the client gets.
+`infer` is a raw ASGI endpoint over the one inference path (`inference/path.py`): it resolves the
+route decision, reads the body, decodes straight to numpy, runs the version, and sends the response
+before the observers (shadow, windows, metrics, feedback) run, so that work can never delay or change
+what the client gets. `InferFastPath` sends infer requests past Starlette's router.
 """
 
 from __future__ import annotations
 
 import logging
-import time
 import uuid
-from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import orjson
 from starlette.middleware import Middleware
 from starlette.requests import Request
@@ -22,80 +19,17 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from modelserve.errors import ModelServeError, NotFound, NotReady, RequestError
-from modelserve.routing.decision import ROUTE_KEY, RouteDecision
+from modelserve.errors import ModelServeError, NotReady, RequestError, http_status
+from modelserve.inference.path import InferenceRecord
 from modelserve.server import protocol
 from modelserve.server.http import JSON_HEADERS, header, int_header, read_body, send_response
-from modelserve.serving.runtime import LoadedVersion
 
 if TYPE_CHECKING:
-    from modelserve.server.app import Services
+    from modelserve.server.services import Services
 
 log = logging.getLogger("modelserve.server")
 
 SERVER_VERSION = "0.1.0"
-
-
-@dataclass(slots=True)
-class InferenceRecord:
-    """What one inference did; handed to observers after the response is sent."""
-
-    scope: Scope
-    model: str
-    decision: RouteDecision
-    loaded: LoadedVersion | None
-    inputs: dict[str, np.ndarray] | None
-    outputs: dict[str, np.ndarray] | None
-    latency_s: float  # the whole request, as the client sees it
-    status: int
-    error: str | None
-    request_id: str | None
-    inference_s: float | None = None  # the model run alone: what rollout gates and shadow compare
-
-
-Observer = Callable[[InferenceRecord], None]
-
-
-def resolve(
-    services: Services, scope: Scope, model: str, pinned: str | None
-) -> tuple[RouteDecision, LoadedVersion]:
-    """The route decision and the loaded version that serves it; NotFound / NotReady otherwise.
-
-    The decision comes from the routing middleware's context when there is one; a version it chose
-    that is no longer ready (a switch raced the request) falls back to the live one, and says so.
-    """
-    slots = services.registry.models.get(model)
-    if slots is None:
-        services.registry.slots(model)  # raises NotFound / NotReady with the right message
-        raise NotFound(f"unknown model {model!r}")
-    if pinned is not None:
-        return RouteDecision(model=model, version=pinned, reason="pinned"), slots.get(pinned)
-    route = scope.get(ROUTE_KEY)
-    decision = route.decide(model) if route is not None else None
-    if decision is not None and decision.version in slots.ready_versions:
-        return decision, slots.get(decision.version)
-    loaded = slots.get()
-    if decision is None:
-        return RouteDecision(model=model, version=loaded.version, reason="stable"), loaded
-    fallback = RouteDecision(
-        model=model,
-        version=loaded.version,
-        reason="fallback",
-        targeting_key=decision.targeting_key,
-        detail=f"chosen version {decision.version} is not ready",
-    )
-    if route is not None:
-        route.decisions[model] = fallback
-    return fallback, loaded
-
-
-def notify(services: Services, record: InferenceRecord) -> None:
-    """Hand a finished inference to every observer; an observer's failure never reaches the client."""
-    for observer in services.observers:
-        try:
-            observer(record)
-        except Exception:
-            log.exception("inference observer failed")
 
 
 class InferEndpoint:
@@ -105,21 +39,17 @@ class InferEndpoint:
         self.services = services
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        started = time.perf_counter()
         services = self.services
+        path = services.inference
         params = scope["path_params"]
         model: str = params["model"]
-        pinned: str | None = params.get("version")
         headers = scope["headers"]
-        loaded: LoadedVersion | None = None
-        request: protocol.InferRequest | None = None
-        outputs: dict[str, np.ndarray] | None = None
-        decision: RouteDecision | None = None
-        error: str | None = None
+        record: InferenceRecord | None = None
         request_id: str | None = None
-        inference_s: float | None = None
         try:
-            decision, loaded = resolve(services, scope, model, pinned)
+            record = path.begin(scope, model, params.get("version"))
+            loaded = record.loaded
+            assert loaded is not None
             body = await read_body(receive, headers, services.config.max_body_bytes)
             request = protocol.decode_infer_request(
                 body,
@@ -132,10 +62,9 @@ class InferEndpoint:
                 request_id = raw_id.decode("latin-1")[:128] if raw_id else None
                 if request_id is None and services.wants_request_id(model):
                     request_id = uuid.uuid4().hex  # so outcomes can be posted back (experiments)
+            record.request_id = request_id
             names = protocol.requested_output_names(request, loaded.outputs)
-            run_started = time.perf_counter()
-            outputs = await loaded.infer(request.inputs, names)
-            inference_s = time.perf_counter() - run_started
+            outputs = await path.run(record, request.inputs, names)
             payload, extra = protocol.encode_infer_response(
                 model_name=model,
                 model_version=loaded.version,
@@ -147,37 +76,23 @@ class InferEndpoint:
             status = 200
             response_headers = [(k.lower().encode(), v.encode()) for k, v in extra.items()]
         except Exception as exc:
-            status = protocol.status_for(exc)
-            error = str(exc) if isinstance(exc, ModelServeError) else "internal error"
+            status = http_status(exc)
+            if record is not None:
+                record.fail(exc)
             if status >= 500 and not isinstance(exc, NotReady):
                 log.error(
                     "inference on %s failed: %s", model, exc, exc_info=not isinstance(exc, ModelServeError)
                 )
-            payload = protocol.error_body(error)
+            payload = protocol.error_body(str(exc) if isinstance(exc, ModelServeError) else "internal error")
             response_headers = list(JSON_HEADERS)
-        if decision is not None:
-            response_headers.append((b"x-model-version", decision.version.encode()))
-            response_headers.append((b"x-route-reason", decision.reason.encode()))
+        if record is not None:
+            response_headers.append((b"x-model-version", record.decision.version.encode()))
+            response_headers.append((b"x-route-reason", record.decision.reason.encode()))
         if request_id is not None:
             response_headers.append((b"x-request-id", request_id.encode("latin-1", "replace")))
         await send_response(send, status, payload, response_headers)
-        if services.observers and decision is not None:
-            notify(
-                services,
-                InferenceRecord(
-                    scope,
-                    model,
-                    decision,
-                    loaded,
-                    request.inputs if request is not None else None,
-                    outputs,
-                    time.perf_counter() - started,
-                    status,
-                    error,
-                    request_id,
-                    inference_s,
-                ),
-            )
+        if record is not None:
+            path.finish(record)
 
 
 class InferFastPath:
@@ -237,9 +152,7 @@ def _json(data: Any, status: int = 200) -> Response:
 
 def _error(exc: BaseException) -> Response:
     message = str(exc) if isinstance(exc, ModelServeError) else "internal error"
-    return Response(
-        protocol.error_body(message), status_code=protocol.status_for(exc), media_type="application/json"
-    )
+    return Response(protocol.error_body(message), status_code=http_status(exc), media_type="application/json")
 
 
 def routes(services: Services) -> list[Route]:

@@ -1,28 +1,11 @@
-"""The experiments feature: A/B tests and bandits between the versions held in a model's two slots.
+"""`ExperimentService`: A/B tests and bandits between the versions held in a model's two slots.
 
-Admin API (bearer token):
-    POST /admin/models/{model}/experiment        start: `{"arms": ["1", "2"], "metric": {...}, ...}`
-                                                 (an `ExperimentSpec` dict; the first arm is the control)
-    GET  /admin/models/{model}/experiment        the report as JSON; `?format=text` the readable table
-    POST /admin/models/{model}/experiment/stop   stop; answers the final report
-    POST /v2/models/{model}/feedback             `{"request_id": "...", "value": 1, "segments": {...},
-                                                 "guardrails": {...}}` or `{"outcomes": [...]}`
-
-Feedback takes the admin token too: outcomes move verdicts and, for bandits, where traffic goes,
-so an open endpoint would let any client steer routing or forge a result. Outcomes come from the
-application's backend, which can hold a token; embedded apps call `record_outcome` in-process.
-The answer counts every outcome: `{"accepted": n, "unknown": m, "duplicate": k}` (unknown: never
-decided by an experiment, expired, evicted, or another model's id). A bad value fails the whole
-batch with 400 before anything is counted.
-
-While the model has a running experiment, every inference response carries `X-Request-Id` (the V2
-`id`, the client's `X-Request-Id`, or a generated one). Request headers `x-segment-<name>: <value>`
-become segment attributes of the decision (analysed when the spec lists `<name>` in `segments`);
-outcome `segments` override them.
-The assignment unit is the request (sticky per targeting key), and the SRM check counts requests.
-An experiment wins over a canary; a flag variant or an allowed version override wins over it.
-State (spec, counters, bandit) is saved as `experiment.<model>` at most every `save_interval_s`,
-on stop and at shutdown, and restored at startup.
+One experiment runs per model at a time; `decide` is the router's arm decider, `observe` an inference
+observer that remembers each served experiment decision by request id (with the request's
+`x-segment-<name>` headers as segment attributes), and `record_outcome(s)` joins the outcomes posted
+back. The assignment unit is the request (sticky per targeting key), and the SRM check counts
+requests. State (spec, counters, bandit) is saved as `experiment.<model>` at most every
+`save_interval_s`, on stop and at shutdown, and restored at startup.
 """
 
 from __future__ import annotations
@@ -30,37 +13,31 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterable, Mapping, MutableMapping
+from typing import Any
 
 import anyio
+import anyio.to_thread
 import numpy as np
-import orjson
-from starlette.requests import HTTPConnection, Request
-from starlette.responses import PlainTextResponse, Response
-from starlette.routing import Route
-from starlette.types import Scope
 
 from modelserve.errors import ConfigError, Conflict, NotFound, RequestError
 from modelserve.experiments.experiment import parse_experiment_spec
 from modelserve.experiments.feedback import EXPERIMENT_REASONS, FeedbackJoin, parse_outcome
 from modelserve.experiments.running import RunningExperiment
+from modelserve.inference.path import InferenceRecord
 from modelserve.routing.decision import RouteDecision
 from modelserve.routing.policy import ModelPolicy
-from modelserve.server.admin import admin_endpoint
-from modelserve.server.app import Feature, Services
-from modelserve.server.http import header
-
-if TYPE_CHECKING:
-    from modelserve.server.inference import InferenceRecord
+from modelserve.serving.registry import ModelRegistry
+from modelserve.state.store import StateStore
 
 log = logging.getLogger("modelserve.experiments")
+
+Scope = MutableMapping[str, Any]
 
 #: Where the observer leaves the request id of an experiment decision (for embedded `predict` callers).
 REQUEST_ID_KEY = "modelserve.request_id"
 SEGMENT_PREFIX = b"x-segment-"
 SAVE_INTERVAL_S = 5.0
-MAX_BATCH = 10_000
 MAX_LISTED_IDS = 100
 
 
@@ -73,13 +50,17 @@ class ExperimentService:
 
     def __init__(
         self,
-        services: Services,
         *,
+        registry: ModelRegistry,
+        store: StateStore,
+        model_names: Callable[[], Iterable[str]],
         join: FeedbackJoin | None = None,
         rng: np.random.Generator | None = None,
         save_interval_s: float = SAVE_INTERVAL_S,
     ) -> None:
-        self.services = services
+        self.registry = registry
+        self.store = store
+        self._model_names = model_names  # the models whose saved experiments `restore` reads
         self.join = join if join is not None else FeedbackJoin()
         self.experiments: dict[str, RunningExperiment] = {}  # the running or last stopped one per model
         self.save_interval_s = save_interval_s
@@ -119,7 +100,7 @@ class ExperimentService:
                 f"(arms {', '.join(current.spec.versions)}): "
                 f"stop it first (`modelserve experiment stop {model}`)"
             )
-        slots = self.services.registry.slots(model)
+        slots = self.registry.slots(model)
         ready = slots.ready_versions
         for version in spec.versions:
             if version not in ready:
@@ -169,16 +150,15 @@ class ExperimentService:
         scope = record.scope
         request_id = record.request_id
         if request_id is None:  # embedded `predict`: the client's id, else one the app can read back
-            raw = header(scope.get("headers", ()), b"x-request-id")
+            raw = _header(scope.get("headers", ()), b"x-request-id")
             request_id = raw.decode("latin-1")[:128] if raw else uuid.uuid4().hex
         scope[REQUEST_ID_KEY] = request_id
         if self.join.record_decision(request_id, decision, segment_attributes(scope)):
             self._dirty.add(decision.model)
 
     @staticmethod
-    def request_id(request: HTTPConnection | Scope) -> str | None:
-        """The id to post outcomes for, after `predict` served this request from an experiment."""
-        scope = request.scope if isinstance(request, HTTPConnection) else request
+    def request_id(scope: Scope) -> str | None:
+        """The id to post outcomes for, after `predict` served this request (its scope) from an experiment."""
         value = scope.get(REQUEST_ID_KEY)
         return value if isinstance(value, str) else None
 
@@ -233,7 +213,7 @@ class ExperimentService:
         self._dirty.discard(model)
         try:
             await anyio.to_thread.run_sync(
-                self.services.store.write, f"experiment.{model}", data, limiter=self._save_limiter
+                self.store.write, f"experiment.{model}", data, limiter=self._save_limiter
             )
         except BaseException:
             self._dirty.add(model)  # try again next time
@@ -255,11 +235,11 @@ class ExperimentService:
         self._dirty.update(self.experiments)
         await self.save_dirty()
 
-    def restore(self) -> None:
+    async def restore(self) -> None:
         """Load saved experiments of the repository's models; running ones resume joining outcomes."""
-        for model in sorted({*self.services.expected_models(), *self.services.registry.models}):
+        for model in sorted({*self._model_names(), *self.registry.models}):
             try:
-                data = self.services.store.read(f"experiment.{model}")
+                data = self.store.read(f"experiment.{model}")
                 if data is None:
                     continue
                 experiment = RunningExperiment.from_dict(data, rng=self._rng)
@@ -293,7 +273,7 @@ class ExperimentService:
         experiment = self.experiments.get(model)
         if experiment is None:
             return {"experiment": None}
-        slots = self.services.registry.models.get(model)
+        slots = self.registry.models.get(model)
         try:
             line = experiment.summary(slots.ready_versions if slots is not None else frozenset())
         except Exception as exc:  # a status page must render even if the statistics fail
@@ -310,84 +290,8 @@ def segment_attributes(scope: Scope) -> dict[str, str]:
     return found
 
 
-def install(services: Services) -> Feature:
-    if services.router is None:
-        raise ConfigError("the experiments feature needs the routing feature installed before it")
-    service = ExperimentService(services)
-    services.experiments = service
-    services.wants_request_id = service.running
-    services.router.arm_deciders.append(service.decide)
-
-    async def start(request: Request, body: dict[str, Any]) -> Any:
-        model = request.path_params["model"]
-        await service.start(model, body)
-        document = service.report_document(model)
-        policy = services.policies.get(model)
-        if policy is not None and policy.flag is not None:
-            document["warnings"] = [
-                f"flag {policy.flag!r} is evaluated before the experiment: "
-                "requests it routes are not assigned"
-            ]
-        return document
-
-    async def get_report(request: Request, body: dict[str, Any]) -> Any:
-        return service.report_document(request.path_params["model"])
-
-    async def stop(request: Request, body: dict[str, Any]) -> Any:
-        model = request.path_params["model"]
-        await service.stop(model)
-        return service.report_document(model)
-
-    async def feedback(request: Request, body: dict[str, Any]) -> Any:
-        model = request.path_params["model"]
-        if model not in services.registry.models and model not in service.experiments:
-            services.registry.slots(model)  # NotFound / NotReady with the registry's message
-        if "outcomes" in body:
-            if set(body) != {"outcomes"}:
-                raise RequestError('a batch is {"outcomes": [...]} with no other fields')
-            items = body["outcomes"]
-            if not isinstance(items, list) or not 0 < len(items) <= MAX_BATCH:
-                raise RequestError(f"'outcomes' must be a list of 1..{MAX_BATCH} outcomes")
-        else:
-            items = [body]
-        return service.record_outcomes(items, model=model)
-
-    json_report = admin_endpoint(services, get_report)
-    json_stop = admin_endpoint(services, stop)
-
-    def textual(endpoint: Any) -> Any:
-        """`?format=text` answers the report table as text/plain; errors stay V2 JSON."""
-
-        async def respond(request: Request) -> Response:
-            response: Response = await endpoint(request)
-            if request.query_params.get("format") != "text" or response.status_code != 200:
-                return response
-            document = orjson.loads(response.body)
-            experiment = document["experiment"]
-            heading = f"experiment {experiment['id']} ({experiment['state']})\n"
-            return PlainTextResponse(heading + document["table"])
-
-        return respond
-
-    base = "/admin/models/{model}/experiment"
-    return Feature(
-        name="experiments",
-        routes=[
-            Route(base, admin_endpoint(services, start), methods=["POST"]),
-            Route(base, textual(json_report), methods=["GET"]),
-            Route(base + "/stop", textual(json_stop), methods=["POST"]),
-            Route("/v2/models/{model}/feedback", admin_endpoint(services, feedback), methods=["POST"]),
-        ],
-        observers=[service.observe],
-        status=service.status,
-        startup=[_sync_hook(service.restore)],
-        tasks=[service.save_periodically],
-        shutdown=[service.save_all],
-    )
-
-
-def _sync_hook(function: Any) -> Any:
-    async def hook() -> None:
-        function()
-
-    return hook
+def _header(headers: Iterable[tuple[bytes, bytes]], name: bytes) -> bytes | None:
+    for key, value in headers:
+        if key == name:
+            return value
+    return None

@@ -1,0 +1,1 @@
+"""The one inference path: resolve the route decision, run the version, tell the observers."""

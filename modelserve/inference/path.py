@@ -1,0 +1,153 @@
+"""`InferencePath`: the one way an inference runs, for the V2 endpoint and for `ModelServe.predict`.
+
+A call goes through three steps, each in one place:
+
+1. `begin(scope, model, pinned)` resolves the route decision (from the routing middleware's context
+   in the scope, a version pinned by the caller, or the live version) and the warm version serving it;
+   NotFound / NotReady otherwise. The result is the call's `InferenceRecord`.
+2. `run(record, inputs, output_names)` runs the version and times the model run alone.
+3. `finish(record)` hands the record to every observer (shadow, windows, metrics, experiments). The
+   V2 endpoint calls it after the response has been sent, so observers never delay the client.
+
+`infer(...)` is the three steps for callers with decoded inputs. The V2 endpoint decodes the body
+between steps 1 and 2 (it needs the version's input metadata to decode).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping, MutableMapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from modelserve.errors import ModelServeError, NotFound, http_status
+from modelserve.routing.decision import ROUTE_KEY, RouteDecision, RouteSource
+from modelserve.serving.registry import ModelRegistry
+from modelserve.serving.runtime import LoadedVersion
+
+log = logging.getLogger("modelserve.inference")
+
+#: An ASGI scope (or any per-request mapping): where the route decision and request data live.
+Scope = MutableMapping[str, Any]
+
+
+@dataclass(slots=True)
+class InferenceRecord:
+    """What one inference did; handed to observers once it is finished (after the response)."""
+
+    scope: Scope
+    model: str
+    decision: RouteDecision
+    loaded: LoadedVersion | None
+    started: float  # perf_counter() when the call began
+    inputs: dict[str, np.ndarray] | None = None
+    outputs: dict[str, np.ndarray] | None = None
+    latency_s: float = 0.0  # the whole call, as the client sees it (set by `finish`)
+    status: int = 200  # HTTP status of the answer
+    error: str | None = None
+    request_id: str | None = None
+    inference_s: float | None = None  # the model run alone: what rollout gates and shadow compare
+
+    def fail(self, exc: BaseException) -> None:
+        """Record that the call failed with `exc` (status from the error tree)."""
+        self.status = http_status(exc)
+        self.error = str(exc) if isinstance(exc, ModelServeError) else "internal error"
+
+
+Observer = Callable[[InferenceRecord], None]
+
+
+class InferencePath:
+    """Resolve, run, observe: see the module docstring. Holds configuration only."""
+
+    def __init__(self, registry: ModelRegistry, observers: Sequence[Observer]) -> None:
+        self.registry = registry
+        #: Called in order after each inference; an observer's failure is logged, never raised.
+        self.observers = observers
+
+    def begin(self, scope: Scope, model: str, pinned: str | None = None) -> InferenceRecord:
+        """The call's record: the route decision and the loaded version serving it.
+
+        A version the routing context chose that is no longer ready (a switch raced the request)
+        falls back to the live one, and the decision says so.
+        """
+        started = time.perf_counter()
+        slots = self.registry.models.get(model)
+        if slots is None:
+            self.registry.slots(model)  # raises NotFound / NotReady with the right message
+            raise NotFound(f"unknown model {model!r}")
+        if pinned is not None:
+            decision = RouteDecision(model=model, version=pinned, reason="pinned")
+            return InferenceRecord(scope, model, decision, slots.get(pinned), started)
+        route: RouteSource | None = scope.get(ROUTE_KEY)
+        chosen = route.decide(model) if route is not None else None
+        if chosen is not None and chosen.version in slots.ready_versions:
+            return InferenceRecord(scope, model, chosen, slots.get(chosen.version), started)
+        loaded = slots.get()
+        if chosen is None:
+            decision = RouteDecision(model=model, version=loaded.version, reason="stable")
+            return InferenceRecord(scope, model, decision, loaded, started)
+        fallback = RouteDecision(
+            model=model,
+            version=loaded.version,
+            reason="fallback",
+            targeting_key=chosen.targeting_key,
+            detail=f"chosen version {chosen.version} is not ready",
+        )
+        if route is not None:
+            route.decisions[model] = fallback
+        return InferenceRecord(scope, model, fallback, loaded, started)
+
+    async def run(
+        self,
+        record: InferenceRecord,
+        inputs: dict[str, np.ndarray],
+        output_names: Sequence[str] | None = None,
+    ) -> dict[str, np.ndarray]:
+        """Run the record's version on `inputs`; the model run alone is timed into `inference_s`."""
+        assert record.loaded is not None
+        record.inputs = inputs
+        try:
+            run_started = time.perf_counter()
+            outputs = await record.loaded.infer(inputs, output_names)
+        except Exception as exc:
+            record.fail(exc)
+            raise
+        record.inference_s = time.perf_counter() - run_started
+        record.outputs = outputs
+        return outputs
+
+    def finish(self, record: InferenceRecord) -> None:
+        """Stamp the call's latency and hand the record to every observer."""
+        record.latency_s = time.perf_counter() - record.started
+        for observer in self.observers:
+            try:
+                observer(record)
+            except Exception:
+                log.exception("inference observer failed")
+
+    async def infer(
+        self,
+        scope: Scope,
+        model: str,
+        version: str | None,
+        inputs: Mapping[str, np.ndarray],
+        *,
+        request_id: str | None = None,
+    ) -> InferenceRecord:
+        """Resolve, run and observe one call with decoded inputs; raises the modelserve errors.
+
+        Observers see a failed run too, but not a call the caller cancelled.
+        """
+        record = self.begin(scope, model, version)
+        record.request_id = request_id
+        try:
+            await self.run(record, dict(inputs))
+        except Exception:
+            self.finish(record)
+            raise
+        self.finish(record)
+        return record

@@ -1,0 +1,195 @@
+"""`RolloutService`: the rollout controller over the server's slots, routing policies and windows.
+
+`ServingTarget` is the controller's view of the serving layer: traffic and shadow through the routing
+policies, promotion through the registry's slots. Starting a rollout stages the version into the idle
+slot when it is not there as the candidate. The controller evaluates in a lifespan task; after a
+restart, rollouts saved in the state store are restored once the models have loaded.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from modelserve.errors import Conflict
+from modelserve.rollout.controller import RolloutController
+from modelserve.rollout.events import RolloutEvent, RolloutStatus
+from modelserve.rollout.gates import ExperimentEvidence, ShadowAgreement
+from modelserve.rollout.plan import RolloutPlan
+from modelserve.rollout.webhooks import WebhookNotifier
+from modelserve.serving.registry import ModelRegistry
+from modelserve.state.policies import PolicyTable
+from modelserve.state.store import StateStore
+from modelserve.telemetry.windows import SlidingWindows
+
+log = logging.getLogger("modelserve.rollout")
+
+
+class ShadowEvidence(Protocol):
+    """What rollouts need of the shadow service: agreement for the gate, and a fresh start."""
+
+    def agreement(self, model: str, version: str) -> ShadowAgreement: ...
+    def forget(self, model: str, version: str) -> None: ...
+
+
+#: `(event name, attributes)`: where rollout decisions go as span events (telemetry's `record_event`).
+EventRecorder = Callable[[str, dict[str, Any]], None]
+
+
+class ServingTarget:
+    """`RolloutTarget` over the registry's slots and the routing policies."""
+
+    def __init__(self, registry: ModelRegistry, policies: PolicyTable, shadow: ShadowEvidence | None) -> None:
+        self.registry = registry
+        self.policies = policies
+        self.shadow = shadow
+
+    async def live_version(self, model: str) -> str | None:
+        slots = self.registry.models.get(model)
+        return slots.live.version if slots is not None and slots.live is not None else None
+
+    async def is_ready(self, model: str, version: str) -> bool:
+        slots = self.registry.models.get(model)
+        return slots is not None and version in slots.ready_versions
+
+    async def set_traffic(self, model: str, candidate: str, weight: int) -> None:
+        self.policies.update(model, candidate=candidate, canary_weight=float(weight))
+
+    async def set_shadow(self, model: str, candidate: str, on: bool) -> None:
+        policy = self.policies.get(model)
+        current = policy.shadow_versions if policy is not None else ()
+        if on and candidate not in current and self.shadow is not None:
+            self.shadow.forget(model, candidate)  # agreement counts from this switch-on
+        versions = [v for v in current if v != candidate] + ([candidate] if on else [])
+        self.policies.update(model, shadow_versions=versions)
+
+    async def promote(self, model: str, version: str) -> None:
+        slots = self.registry.slots(model)
+        if slots.live is not None and slots.live.version == version:
+            return  # already live (a retry after a partly failed promote)
+        idle = slots.idle
+        if idle is None or idle.version != version or slots.idle_role != "candidate":
+            await self.registry.stage(model, version)
+        await self.registry.promote(model)
+        # Clear the split only now: until the switch, the candidate keeps its 100 %.
+        policy = self.policies.get(model)
+        shadows = [v for v in (policy.shadow_versions if policy else ()) if v != version]
+        self.policies.update(model, candidate=None, canary_weight=0.0, shadow_versions=shadows)
+
+
+class RolloutService:
+    """Rollouts of one server: start (staging first), describe, and the controller that runs them."""
+
+    def __init__(
+        self,
+        *,
+        registry: ModelRegistry,
+        policies: PolicyTable,
+        windows: SlidingWindows,
+        store: StateStore,
+        shadow: ShadowEvidence | None,
+        experiment: Callable[[str, str], ExperimentEvidence | None] | None = None,
+        webhooks: WebhookNotifier | None = None,
+        record_event: EventRecorder | None = None,
+    ) -> None:
+        self.registry = registry
+        self.shadow = shadow
+        self.webhooks = webhooks
+        self._record_event = record_event
+        self.controller = RolloutController(
+            target=ServingTarget(registry, policies, shadow),
+            windows=windows,
+            store=store,
+            agreement=shadow.agreement if shadow is not None else None,
+            experiment=experiment,
+            webhooks=webhooks,
+            on_event=self._on_event,
+        )
+
+    async def start(self, model: str, version: str, plan: RolloutPlan) -> RolloutStatus:
+        """Stage `version` if needed, then start the plan; Conflict when the model has a rollout already."""
+        current = self.controller.status(model)
+        if current is not None and current.active:
+            raise Conflict(
+                f"model {model!r} already has a rollout to version {current.candidate!r} "
+                f"({current.state}, stage {current.stage!r}); abort it or wait for it to finish"
+            )
+        if any(stage.shadow for stage in plan.stages) and self.shadow is None:
+            raise Conflict(
+                f"plan {plan.name!r} has a shadow stage but this server has no shadow feature; "
+                "use a plan without shadow stages"
+            )
+        slots = self.registry.slots(model)
+        live = slots.live.version if slots.live is not None else None
+        idle = slots.idle
+        staged = idle is not None and idle.version == version and slots.idle_role == "candidate"
+        if version != live and not staged:
+            await self.registry.stage(model, version)
+        return await self.controller.start(model, version, plan)
+
+    def status(self, model: str) -> RolloutStatus | None:
+        """The model's rollout status, or None when it never had one."""
+        return self.controller.status(model)
+
+    def describe(self, model: str) -> dict[str, Any]:
+        """Status, events and webhook counters of the model's rollout (the admin GET answer)."""
+        status = self.controller.status(model)
+        stats = self.webhooks.stats() if self.webhooks is not None else None
+        return {
+            "model": model,
+            "rollout": status_dict(status) if status is not None else None,
+            "events": [e.to_dict() for e in self.controller.events(model)],
+            "webhooks": None if stats is None else dataclasses.asdict(stats),
+        }
+
+    def summary(self, model: str) -> dict[str, Any]:
+        """A short rollout summary for the model's status."""
+        current = self.controller.status(model)
+        if current is None:
+            return {"rollout": None}
+        return {
+            "rollout": {
+                "candidate": current.candidate,
+                "state": current.state,
+                "stage": current.stage,
+                "stage_index": current.stage_index,
+                "stage_count": current.stage_count,
+                "weight": current.weight,
+                "shadow": current.shadow,
+                "reason": current.reason,
+            }
+        }
+
+    async def restore(self) -> None:
+        """Resume (or safely pause) the rollouts saved in the state store, for the loaded models."""
+        await self.controller.restore(sorted(self.registry.models))
+
+    def _on_event(self, event: RolloutEvent) -> None:
+        if self._record_event is not None:  # gates keyed by name flatten to `gates.<name>.observed`...
+            attributes = event.to_dict()
+            attributes["gates"] = {gate.pop("gate"): gate for gate in attributes["gates"]}
+            self._record_event(f"modelserve.rollout.{event.kind}", attributes)
+
+
+def status_dict(status: RolloutStatus) -> dict[str, Any]:
+    """A RolloutStatus as JSON-ready data."""
+    return {
+        "model": status.model,
+        "candidate": status.candidate,
+        "baseline_version": status.baseline_version,
+        "plan": status.plan,
+        "state": status.state,
+        "active": status.active,
+        "reason": status.reason,
+        "stage": status.stage,
+        "stage_index": status.stage_index,
+        "stage_count": status.stage_count,
+        "weight": status.weight,
+        "shadow": status.shadow,
+        "stage_elapsed_s": round(status.stage_elapsed_s, 3),
+        "gates": [g.to_dict() for g in status.gates],
+        "failures": status.failures,
+        "passes": status.passes,
+    }

@@ -1,0 +1,101 @@
+"""Admin routes for experiments (the `ExperimentService` does the work): A/B tests and bandits.
+
+Admin API (bearer token):
+    POST /admin/models/{model}/experiment        start: `{"arms": ["1", "2"], "metric": {...}, ...}`
+                                                 (an `ExperimentSpec` dict; the first arm is the control)
+    GET  /admin/models/{model}/experiment        the report as JSON; `?format=text` the readable table
+    POST /admin/models/{model}/experiment/stop   stop; answers the final report
+    POST /v2/models/{model}/feedback             `{"request_id": "...", "value": 1, "segments": {...},
+                                                 "guardrails": {...}}` or `{"outcomes": [...]}`
+
+Feedback takes the admin token too: outcomes move verdicts and, for bandits, where traffic goes,
+so an open endpoint would let any client steer routing or forge a result. Outcomes come from the
+application's backend, which can hold a token; embedded apps call `record_outcome` in-process.
+The answer counts every outcome: `{"accepted": n, "unknown": m, "duplicate": k}` (unknown: never
+decided by an experiment, expired, evicted, or another model's id). A bad value fails the whole
+batch with 400 before anything is counted.
+
+While the model has a running experiment, every inference response carries `X-Request-Id` (the V2
+`id`, the client's `X-Request-Id`, or a generated one). Request headers `x-segment-<name>: <value>`
+become segment attributes of the decision (analysed when the spec lists `<name>` in `segments`);
+outcome `segments` override them.
+The assignment unit is the request (sticky per targeting key), and the SRM check counts requests.
+An experiment wins over a canary; a flag variant or an allowed version override wins over it.
+State (spec, counters, bandit) is saved as `experiment.<model>` at most every `save_interval_s`,
+on stop and at shutdown, and restored at startup.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from modelserve.errors import RequestError
+from modelserve.experiments.service import ExperimentService
+from modelserve.server.admin import Endpoint, admin_endpoint
+from modelserve.server.services import Services
+
+MAX_BATCH = 10_000
+
+
+def routes(services: Services, service: ExperimentService) -> list[BaseRoute]:
+    async def start(request: Request, body: dict[str, Any]) -> Any:
+        model = request.path_params["model"]
+        await service.start(model, body)
+        document = service.report_document(model)
+        policy = services.policies.get(model)
+        if policy is not None and policy.flag is not None:
+            document["warnings"] = [
+                f"flag {policy.flag!r} is evaluated before the experiment: "
+                "requests it routes are not assigned"
+            ]
+        return document
+
+    async def get_report(request: Request, body: dict[str, Any]) -> Any:
+        return service.report_document(request.path_params["model"])
+
+    async def stop(request: Request, body: dict[str, Any]) -> Any:
+        model = request.path_params["model"]
+        await service.stop(model)
+        return service.report_document(model)
+
+    async def feedback(request: Request, body: dict[str, Any]) -> Any:
+        model = request.path_params["model"]
+        if model not in services.registry.models and model not in service.experiments:
+            services.registry.slots(model)  # NotFound / NotReady with the registry's message
+        if "outcomes" in body:
+            if set(body) != {"outcomes"}:
+                raise RequestError('a batch is {"outcomes": [...]} with no other fields')
+            items = body["outcomes"]
+            if not isinstance(items, list) or not 0 < len(items) <= MAX_BATCH:
+                raise RequestError(f"'outcomes' must be a list of 1..{MAX_BATCH} outcomes")
+        else:
+            items = [body]
+        return service.record_outcomes(items, model=model)
+
+    base = "/admin/models/{model}/experiment"
+    return [
+        Route(base, admin_endpoint(services, start), methods=["POST"]),
+        Route(base, as_text(admin_endpoint(services, get_report)), methods=["GET"]),
+        Route(base + "/stop", as_text(admin_endpoint(services, stop)), methods=["POST"]),
+        Route("/v2/models/{model}/feedback", admin_endpoint(services, feedback), methods=["POST"]),
+    ]
+
+
+def as_text(endpoint: Endpoint) -> Endpoint:
+    """`?format=text` answers the report table as text/plain; errors stay V2 JSON."""
+
+    async def respond(request: Request) -> Response:
+        response = await endpoint(request)
+        if request.query_params.get("format") != "text" or response.status_code != 200:
+            return response
+        document = orjson.loads(response.body)
+        experiment = document["experiment"]
+        heading = f"experiment {experiment['id']} ({experiment['state']})\n"
+        return PlainTextResponse(heading + document["table"])
+
+    return respond

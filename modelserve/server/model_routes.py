@@ -1,0 +1,77 @@
+"""Admin routes for a model's slots: list, status, stage, promote, rollback, unload.
+
+GET  /admin/models                       every loaded model's status, and load errors
+GET  /admin/models/{model}               the model's status (slots, policy, metrics, features)
+POST /admin/models/{model}/stage         {"version": "2"}  load + warm into the idle slot
+POST /admin/models/{model}/promote       switch the live slot to the candidate
+POST /admin/models/{model}/rollback      switch back to the previous version
+POST /admin/models/{model}/unload        {"version": "1"}: the idle version; no body: the whole model
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.requests import Request
+from starlette.routing import Route
+
+from modelserve.server.admin import Handler, admin_endpoint, model_status, required
+from modelserve.server.services import Services
+from modelserve.serving.slots import Switch
+
+
+def routes(services: Services) -> list[Route]:
+    registry = services.registry
+
+    async def list_models(request: Request, body: dict[str, Any]) -> Any:
+        return {
+            "models": [model_status(services, name) for name in sorted(registry.models)],
+            "load_errors": services.load_errors,
+        }
+
+    async def status(request: Request, body: dict[str, Any]) -> Any:
+        return model_status(services, request.path_params["model"])
+
+    async def stage(request: Request, body: dict[str, Any]) -> Any:
+        model = request.path_params["model"]
+        loaded = await registry.stage(model, str(required(body, "version")))
+        return {"model": model, "staged": loaded.describe(), "status": model_status(services, model)}
+
+    async def promote(request: Request, body: dict[str, Any]) -> Any:
+        switch = await registry.promote(request.path_params["model"])
+        return {"switch": _switch(switch), "status": model_status(services, switch.model)}
+
+    async def rollback(request: Request, body: dict[str, Any]) -> Any:
+        switch = await registry.rollback(request.path_params["model"])
+        return {"switch": _switch(switch), "status": model_status(services, switch.model)}
+
+    async def unload(request: Request, body: dict[str, Any]) -> Any:
+        model = request.path_params["model"]
+        version = body.get("version")
+        await registry.unload(model, None if version is None else str(version))
+        return {"model": model, "unloaded": version or "all"}
+
+    def post(path: str, handler: Handler) -> Route:
+        return Route(path, admin_endpoint(services, handler), methods=["POST"])
+
+    def get(path: str, handler: Handler) -> Route:
+        return Route(path, admin_endpoint(services, handler), methods=["GET"])
+
+    return [
+        get("/admin/models", list_models),
+        get("/admin/models/{model}", status),
+        post("/admin/models/{model}/stage", stage),
+        post("/admin/models/{model}/promote", promote),
+        post("/admin/models/{model}/rollback", rollback),
+        post("/admin/models/{model}/unload", unload),
+    ]
+
+
+def _switch(switch: Switch) -> dict[str, Any]:
+    return {
+        "model": switch.model,
+        "action": switch.action,
+        "from_version": switch.from_version,
+        "to_version": switch.to_version,
+        "live_slot": switch.live_slot,
+    }

@@ -1,0 +1,66 @@
+"""Admin routes for routing: canary split, policy changes, and the flags file's state.
+
+POST /admin/models/{model}/canary   {"percent": 5, "candidate": "2"}   sticky split to the candidate
+POST /admin/models/{model}/policy   {"flag": "...", "allow_version_override": true, ...}
+GET  /admin/flags                   the flags file, its last reload error, reload count
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.requests import Request
+from starlette.routing import BaseRoute, Route
+
+from modelserve.errors import RequestError
+from modelserve.server.admin import admin_endpoint, model_status, required
+from modelserve.server.services import Services
+
+
+def routes(services: Services) -> list[BaseRoute]:
+    registry, policies, flags, router = services.registry, services.policies, services.flags, services.router
+
+    async def canary(request: Request, body: dict[str, Any]) -> Any:
+        model = request.path_params["model"]
+        slots = registry.slots(model)
+        percent = required(body, "percent")
+        if isinstance(percent, bool) or not isinstance(percent, int | float) or not 0 <= percent <= 100:
+            raise RequestError("percent must be a number within 0..100")
+        changes: dict[str, Any] = {"canary_weight": float(percent)}
+        candidate = body.get("candidate")
+        if candidate is None:
+            policy = policies.get(model)
+            staged = slots.idle.version if slots.idle is not None and slots.idle_role == "candidate" else None
+            candidate = (policy.candidate if policy else None) or staged
+        if percent > 0:
+            if candidate is None:
+                raise RequestError(f"model {model!r} has no candidate: stage a version or name one")
+            if str(candidate) not in registry.slots(model).ready_versions:
+                raise RequestError(f"candidate {candidate} of model {model!r} is not loaded and ready")
+        if candidate is not None:
+            changes["candidate"] = str(candidate)
+        policies.update(model, **changes)
+        return model_status(services, model)
+
+    async def policy(request: Request, body: dict[str, Any]) -> Any:
+        model = request.path_params["model"]
+        registry.slots(model)
+        policies.update(model, **body)
+        return model_status(services, model)
+
+    async def flags_status(request: Request, body: dict[str, Any]) -> Any:
+        if flags is None:
+            return {"file": None}
+        return {
+            "file": str(flags.path),
+            "flags": sorted(flags.flagset.flags),
+            "last_error": flags.last_error,
+            "reloads": flags.reloads,
+            "cache": {"hits": router.cache.hits, "misses": router.cache.misses},
+        }
+
+    return [
+        Route("/admin/models/{model}/canary", admin_endpoint(services, canary), methods=["POST"]),
+        Route("/admin/models/{model}/policy", admin_endpoint(services, policy), methods=["POST"]),
+        Route("/admin/flags", admin_endpoint(services, flags_status), methods=["GET"]),
+    ]

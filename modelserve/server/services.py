@@ -1,0 +1,262 @@
+"""The composition root: `build_services(config)` builds every object of a server, in dependency order.
+
+Each service receives the concrete collaborators it uses through its constructor, and the
+lifecycle is declared, not probed: `Hooks` lists the inference observers, status providers, startup
+and shutdown hooks and background tasks, filled here in a fixed order. Nothing is global; nothing
+looks another service up by name.
+
+Order (each line uses only what the lines above built)::
+
+    store -> registry -> policies -> windows -> telemetry? -> experiments? -> flags, router
+          -> shadow? -> rollout? -> inference path (observers: windows, telemetry, shadow, experiments)
+
+`?`: optional, chosen by `FeatureSet`. Routes and middleware are built from `Services` by the app
+(`server/app.py`); an `Extension` adds routes, middleware and hooks of its own.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import dataclass, field
+from functools import partial
+
+import anyio.to_thread
+from opentelemetry.metrics import MeterProvider
+from opentelemetry.trace import TracerProvider
+from starlette.middleware import Middleware
+from starlette.routing import BaseRoute
+
+from modelserve.config import ServerConfig
+from modelserve.errors import AuthError
+from modelserve.experiments.service import ExperimentService
+from modelserve.inference.path import InferencePath, InferenceRecord, Observer
+from modelserve.middleware.routing import ArmDecider, Router
+from modelserve.rollout.service import RolloutService
+from modelserve.rollout.webhooks import WebhookNotifier
+from modelserve.serving.registry import ModelRegistry
+from modelserve.serving.repository import ModelRepository
+from modelserve.shadow.service import ShadowService
+from modelserve.shadow.sink import JsonlSink
+from modelserve.state.flags import FlagFileSource
+from modelserve.state.policies import PolicyTable
+from modelserve.state.store import FileStateStore, MemoryStateStore, StateStore
+from modelserve.telemetry.service import TelemetryService, build_telemetry, rollout_readings
+from modelserve.telemetry.windows import SlidingWindows
+
+log = logging.getLogger("modelserve.server")
+
+#: An async hook without arguments (startup, shutdown, background task).
+Hook = Callable[[], Coroutine[object, object, None]]
+#: `model -> extra keys for the model's status` (GET /admin/models/{model}).
+StatusProvider = Callable[[str], dict[str, object]]
+
+FLAG_POLL_INTERVAL_S = 1.0
+WINDOW_S = 600.0
+WINDOW_SLICES = 120
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FeatureSet:
+    """Which optional services a server builds (all of them by default). Routing is always on."""
+
+    telemetry: bool = True
+    shadow: bool = True
+    experiments: bool = True
+    rollout: bool = True
+
+
+@dataclass(slots=True, kw_only=True)
+class Hooks:
+    """The declared extension points of the lifecycle and request path, each run in list order."""
+
+    #: Run after every inference (after the response is sent); failures are logged, never raised.
+    observers: list[Observer] = field(default_factory=list)
+    status_providers: list[StatusProvider] = field(default_factory=list)
+    #: Run once the models have loaded, before the server takes requests.
+    startup: list[Hook] = field(default_factory=list)
+    #: Long-running coroutines in the lifespan's task group, cancelled at shutdown.
+    tasks: list[Hook] = field(default_factory=list)
+    #: Run at shutdown after the tasks are cancelled; a failing hook does not stop the next.
+    shutdown: list[Hook] = field(default_factory=list)
+
+
+@dataclass(slots=True, kw_only=True)
+class Services:
+    """Every object of one server; built once by `build_services` and passed to the route modules."""
+
+    config: ServerConfig
+    store: StateStore
+    registry: ModelRegistry
+    policies: PolicyTable
+    windows: SlidingWindows
+    flags: FlagFileSource | None
+    router: Router
+    inference: InferencePath
+    hooks: Hooks
+    telemetry: TelemetryService | None = None
+    shadow: ShadowService | None = None
+    experiments: ExperimentService | None = None
+    rollout: RolloutService | None = None
+    started: bool = False
+    load_errors: dict[str, str] = field(default_factory=dict)
+
+    def expected_models(self) -> list[str]:
+        """The models this server loads at startup."""
+        return expected_models(self.config, self.registry)
+
+    def wants_request_id(self, model: str) -> bool:
+        """Whether responses of `model` need a generated request id (to post outcomes back to)."""
+        return self.experiments is not None and self.experiments.running(model)
+
+    def check_admin(self, authorization: str | None) -> None:
+        """Raise AuthError unless the admin token is configured and presented as a bearer token."""
+        token = self.config.admin_token
+        if not token:
+            raise AuthError("the admin API is disabled: start the server with an admin token", status=403)
+        if not authorization or not authorization.lower().startswith("bearer "):
+            raise AuthError("missing bearer token", status=401)
+        if not hmac.compare_digest(authorization[7:].strip().encode(), token.encode()):
+            raise AuthError("invalid admin token", status=403)
+
+    async def load_model(self, name: str) -> None:
+        """Load a model warm and give it a routing policy."""
+        slots = await self.registry.load_model(name)
+        if slots.live is not None:
+            self.policies.ensure(name, slots.config, slots.live.version)
+        self.load_errors.pop(name, None)
+
+
+@dataclass(slots=True, kw_only=True)
+class Extension:
+    """What an extension adds to a server (see `ModelServe(extensions=...)`); its hooks run after ours."""
+
+    routes: list[BaseRoute] = field(default_factory=list)
+    #: Outermost first, inside modelserve's own middleware; each `Middleware(cls, **options)`.
+    middleware: list[Middleware] = field(default_factory=list)
+    hooks: Hooks = field(default_factory=Hooks)
+
+
+#: Builds an extension from the server's services.
+ExtensionFactory = Callable[[Services], Extension]
+
+
+def build_services(
+    config: ServerConfig,
+    *,
+    features: FeatureSet | None = None,
+    store: StateStore | None = None,
+    tracer_provider: TracerProvider | None = None,
+    meter_provider: MeterProvider | None = None,
+) -> Services:
+    """Every object of one server, built in dependency order (see the module docstring)."""
+    features = features if features is not None else FeatureSet()
+    if store is None:
+        store = FileStateStore(config.state_dir) if config.state_dir is not None else MemoryStateStore()
+    registry = ModelRegistry(ModelRepository(config.repository), store)
+    policies = PolicyTable(store)
+    registry.listeners.append(policies.on_switch)
+    windows = SlidingWindows(window_s=WINDOW_S, sub_windows=WINDOW_SLICES)
+    hooks = Hooks(observers=[partial(record_in_windows, windows)])
+
+    telemetry = None
+    if features.telemetry:
+        telemetry = build_telemetry(registry, tracer_provider=tracer_provider, meter_provider=meter_provider)
+        hooks.observers.append(telemetry.observe)
+
+    experiments = None
+    arm_deciders: list[ArmDecider] = []
+    if features.experiments:
+        experiments = ExperimentService(
+            registry=registry, store=store, model_names=partial(expected_models, config, registry)
+        )
+        arm_deciders.append(experiments.decide)
+
+    flags = FlagFileSource(config.flags_file) if config.flags_file is not None else None
+    router = Router(
+        registry=registry,
+        policies=policies,
+        flags=flags,
+        arm_deciders=arm_deciders,
+        on_flag_evaluation=telemetry.on_flag_evaluation if telemetry is not None else None,
+    )
+    hooks.status_providers.append(partial(routing_status, router, flags))
+    if flags is not None:
+        hooks.tasks.append(partial(flags.watch, FLAG_POLL_INTERVAL_S))
+
+    shadow = None
+    if features.shadow:
+        sink = JsonlSink(config.state_dir / "shadow" / "comparisons.jsonl") if config.state_dir else None
+        shadow = ShadowService(
+            registry=registry, policies=policies, windows=windows, telemetry=telemetry, sink=sink
+        )
+        hooks.observers.append(shadow.observe)
+        hooks.status_providers.append(shadow.status)
+        hooks.tasks.append(shadow.watch_loop_lag)
+
+    if experiments is not None:
+        hooks.observers.append(experiments.observe)
+        hooks.status_providers.append(experiments.status)
+        hooks.startup.append(experiments.restore)
+        hooks.tasks.append(experiments.save_periodically)
+        hooks.shutdown.append(experiments.save_all)
+    if shadow is not None:
+        hooks.shutdown.append(partial(anyio.to_thread.run_sync, shadow.close))
+
+    rollout = None
+    if features.rollout:
+        webhooks = WebhookNotifier(config.webhooks) if config.webhooks else None
+        rollout = RolloutService(
+            registry=registry, policies=policies, windows=windows, store=store, shadow=shadow,
+            webhooks=webhooks, record_event=telemetry.record_event if telemetry is not None else None,
+        )  # fmt: skip
+        hooks.status_providers.append(rollout.summary)
+        hooks.startup.append(rollout.restore)
+        hooks.tasks.append(rollout.controller.run)
+        if webhooks is not None:
+            hooks.tasks.append(webhooks.run)
+    if telemetry is not None:
+        progress = rollout.status if rollout is not None else None
+        telemetry.metrics.set_rollout_source(partial(rollout_readings, registry, policies, progress))
+
+    return Services(
+        config=config, store=store, registry=registry, policies=policies, windows=windows, flags=flags,
+        router=router, inference=InferencePath(registry, hooks.observers), hooks=hooks,
+        telemetry=telemetry, shadow=shadow, experiments=experiments, rollout=rollout,
+    )  # fmt: skip
+
+
+def expected_models(config: ServerConfig, registry: ModelRegistry) -> list[str]:
+    """The models a server loads at startup: `config.load_models`, else every model in the repository."""
+    if config.load_models is not None:
+        return list(config.load_models)
+    return registry.repository.model_names()
+
+
+def record_in_windows(windows: SlidingWindows, record: InferenceRecord) -> None:
+    """Per-version sliding windows (rollout gates, status): server errors count, client errors don't.
+
+    Latency is the model run alone, so a shadow run (timed the same way) compares like with like.
+    """
+    if record.loaded is not None and (record.status < 400 or record.status >= 500):
+        latency = record.inference_s if record.inference_s is not None else record.latency_s
+        windows.record(record.model, record.decision.version, "primary", latency, error=record.status >= 500)
+
+
+def routing_status(router: Router, flags: FlagFileSource | None, model: str) -> dict[str, object]:
+    """Routing errors and the flags file's last reload error, for the model's status."""
+    return {"routing_errors": router.errors, "flags_error": flags.last_error if flags else None}
+
+
+def install_extensions(services: Services, factories: Sequence[ExtensionFactory]) -> list[Extension]:
+    """Build each extension and append its hooks after the server's own."""
+    extensions = [factory(services) for factory in factories]
+    for extension in extensions:
+        hooks = extension.hooks
+        services.hooks.observers.extend(hooks.observers)
+        services.hooks.status_providers.extend(hooks.status_providers)
+        services.hooks.startup.extend(hooks.startup)
+        services.hooks.tasks.extend(hooks.tasks)
+        services.hooks.shutdown.extend(hooks.shutdown)
+    return extensions
