@@ -1,0 +1,413 @@
+"""`Monitor`: prediction distributions and drift per model version, fed in batches off the hot path.
+
+The request path only calls `submit` (a bounded append of references to the request's arrays: no
+numpy work, no allocation beyond a tuple); `flush`, run by a periodic task and before every read,
+concatenates what is pending per version and counts it in one vectorised pass. When more than
+`max_pending` requests wait, new ones are dropped and counted (`dropped`), so memory stays bounded
+under any load; `sample_every` = k keeps one request in k.
+
+Per (model, version), everything is bounded: output histograms with fixed edges, class counts capped,
+drift trackers with `bins + 1` counters per column and sub-window, a capped number of columns per
+tensor, and at most `max_versions` versions per model (the least recently fed is forgotten).
+Thread-safe: one lock guards all state, so a metrics collector may read from another thread.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from modelserve.monitoring.columns import MAX_COLUMNS_PER_TENSOR, is_label_tensor, tensor_columns
+from modelserve.monitoring.drift import ColumnDrift, DriftConfig, DriftTracker, Reference, js_distance, psi
+from modelserve.monitoring.histogram import SCORE_EDGES, ClassCounts, ValueHistogram, WindowedCounts
+
+#: Score columns per output with a histogram (a 1000-class output keeps its first ones).
+MAX_SCORE_COLUMNS = 8
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MonitorConfig:
+    """Monitoring options of one model (the `[monitoring]` table of its config.toml)."""
+
+    enabled: bool = True
+    drift: DriftConfig = field(default_factory=DriftConfig)
+    #: Keep one request in `sample_every` (1: all).
+    sample_every: int = 1
+    output_edges: tuple[float, ...] = SCORE_EDGES
+    #: The output scored against posted labels (default: the first label output, else argmax/value).
+    label_output: str | None = None
+    max_columns: int = MAX_COLUMNS_PER_TENSOR
+
+
+class OutputDistribution:
+    """Cumulative and windowed distribution of one version's outputs."""
+
+    def __init__(self, config: MonitorConfig) -> None:
+        self.edges = config.output_edges
+        self.histograms: dict[str, ValueHistogram] = {}
+        self.classes: dict[str, ClassCounts] = {}
+        self.window_columns: tuple[str, ...] | None = None
+        self.window: WindowedCounts | None = None
+        self.drift_window_s = config.drift.window_s
+        self.sub_windows = config.drift.sub_windows
+
+    def add(self, outputs: Mapping[str, np.ndarray], now: float) -> None:
+        columns: list[tuple[str, np.ndarray]] = []
+        for name, array in outputs.items():
+            array = np.asarray(array)
+            if array.ndim == 0 or array.dtype.kind not in "biufOSU":
+                continue
+            flat = array.reshape(array.shape[0], -1)
+            if is_label_tensor(array):
+                self.classes.setdefault(name, ClassCounts()).add(flat[:, 0])
+                if array.dtype.kind in "biu":
+                    columns.append((name, flat[:, 0]))
+                continue
+            for j in range(min(flat.shape[1], MAX_SCORE_COLUMNS)):
+                column = name if flat.shape[1] == 1 else f"{name}[{j}]"
+                self.histograms.setdefault(column, ValueHistogram(self.edges)).add(flat[:, j])
+                columns.append((column, flat[:, j]))
+        names = tuple(name for name, _ in columns)
+        if self.window is None:
+            self.window_columns = names
+            self.window = WindowedCounts(
+                (len(names), len(self.edges) + 1), window_s=self.drift_window_s, sub_windows=self.sub_windows
+            )
+        if names != self.window_columns:
+            return
+        edges = np.asarray(self.edges)
+        counts = np.zeros((len(names), len(edges) + 1), dtype=np.int64)
+        for j, (_, values) in enumerate(columns):
+            values = np.asarray(values, dtype=np.float64)
+            index = np.searchsorted(edges, values[~np.isnan(values)], side="left")
+            counts[j] = np.bincount(index, minlength=len(edges) + 1)
+        self.window.add(counts, now)
+
+    def windowed(self, now: float) -> dict[str, np.ndarray]:
+        if self.window is None or self.window_columns is None:
+            return {}
+        total = self.window.total(now)
+        return {name: total[j] for j, name in enumerate(self.window_columns)}
+
+
+class VersionMonitor:
+    """Everything monitored for one model version."""
+
+    def __init__(self, config: MonitorConfig, now: float) -> None:
+        self.config = config
+        self.created = now
+        self.rows = 0
+        self.outputs = OutputDistribution(config)
+        self.input_drift: DriftTracker | None = None
+        self.output_drift: DriftTracker | None = None
+        self.pending_reference: tuple[Reference, Reference | None, str] | None = None
+
+    def add(self, inputs: Mapping[str, np.ndarray], outputs: Mapping[str, np.ndarray], now: float) -> None:
+        max_columns = self.config.max_columns
+        found_in = tensor_columns(inputs, max_per_tensor=max_columns)
+        found_out = tensor_columns(outputs, max_per_tensor=max_columns)
+        if found_in is not None:
+            self.rows += found_in[1].shape[0]
+        self.outputs.add(outputs, now)
+        for kind, found in (("input", found_in), ("output", found_out)):
+            if found is None:
+                continue
+            names, matrix = found
+            tracker = self.input_drift if kind == "input" else self.output_drift
+            if tracker is None:
+                tracker = DriftTracker(names, self.config.drift, now=now)
+                if kind == "input":
+                    self.input_drift = tracker
+                else:
+                    self.output_drift = tracker
+                self._apply_pending_reference()
+            if tracker.columns == names:
+                tracker.add(matrix, now)
+
+    def set_reference(self, inputs: Reference, outputs: Reference | None, source: str) -> None:
+        """Use these references (from a file, or another version's) instead of capturing live traffic."""
+        self.pending_reference = (inputs, outputs, source)
+        self._apply_pending_reference()
+
+    def _apply_pending_reference(self) -> None:
+        if self.pending_reference is None:
+            return
+        inputs, outputs, source = self.pending_reference
+        for tracker, reference in ((self.input_drift, inputs), (self.output_drift, outputs)):
+            if tracker is not None and reference is not None and tracker.columns == reference.columns:
+                tracker.set_reference(reference, source)
+        if self.input_drift is not None and (outputs is None or self.output_drift is not None):
+            self.pending_reference = None
+
+
+class Monitor:
+    """Prediction distributions and drift for every model version, plus drift alarm counts."""
+
+    def __init__(
+        self,
+        *,
+        config_for: Callable[[str], MonitorConfig] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        max_pending: int = 4096,
+        max_versions: int = 8,
+    ) -> None:
+        self.config_for = config_for if config_for is not None else (lambda model: MonitorConfig())
+        self.clock = clock
+        self.max_pending = max_pending
+        self.max_versions = max_versions
+        self.dropped = 0
+        self.skipped = 0  # batches whose tensors could not be concatenated (shapes changed)
+        self._pending: list[tuple[str, str, Mapping[str, np.ndarray], Mapping[str, np.ndarray], float]] = []
+        self._lock = threading.Lock()
+        self._versions: dict[str, OrderedDict[str, VersionMonitor]] = {}
+        self._drifted: dict[tuple[str, str, str, str], bool] = {}
+        #: Drift alarms by (model, version, kind, column): times a column went above its threshold.
+        self.alarms: dict[tuple[str, str, str, str], int] = {}
+        self._counter = 0
+        self._every: dict[str, int] = {}
+
+    # -- hot path --------------------------------------------------------------------------------
+
+    def submit(
+        self, model: str, version: str, inputs: Mapping[str, np.ndarray], outputs: Mapping[str, np.ndarray]
+    ) -> None:
+        """Queue one request's inputs and outputs (references only; counted at the next `flush`)."""
+        pending = self._pending
+        if len(pending) >= self.max_pending:
+            self.dropped += 1
+            return
+        every = self._every.get(model)
+        if every is None:
+            every = self._every[model] = max(1, self.config_for(model).sample_every)
+        if every > 1:
+            self._counter += 1
+            if self._counter % every:
+                return
+        pending.append((model, version, inputs, outputs, self.clock()))
+
+    # -- batch work ------------------------------------------------------------------------------
+
+    def flush(self) -> int:
+        """Count everything pending; returns how many requests were counted."""
+        with self._lock:
+            pending, self._pending = self._pending, []
+            if not pending:
+                return 0
+            # Requests concatenate per version and tensor layout (names, trailing shapes, dtypes).
+            groups: dict[
+                tuple[Any, ...], list[tuple[Mapping[str, np.ndarray], Mapping[str, np.ndarray]]]
+            ] = {}
+            stamps: dict[tuple[Any, ...], float] = {}
+            for model, version, inputs, outputs, stamp in pending:
+                key = (model, version, _layout(inputs), _layout(outputs))
+                groups.setdefault(key, []).append((inputs, outputs))
+                stamps[key] = stamp
+            for key, items in groups.items():
+                model, version = key[0], key[1]
+                try:
+                    inputs = _concatenate([i for i, _ in items])
+                    outputs = _concatenate([o for _, o in items])
+                except (ValueError, KeyError):  # a request with other tensors or shapes than the rest
+                    self.skipped += 1
+                    continue
+                self._version(model, version, create=True).add(inputs, outputs, stamps[key])
+            self._update_alarms()
+            return len(pending)
+
+    def _version(self, model: str, version: str, *, create: bool = False) -> VersionMonitor:
+        versions = self._versions.setdefault(model, OrderedDict())
+        monitor = versions.get(version)
+        if monitor is None:
+            if not create:
+                raise KeyError(version)
+            config = self.config_for(model)
+            monitor = versions[version] = VersionMonitor(config, self.clock())
+            while len(versions) > self.max_versions:
+                versions.popitem(last=False)
+        versions.move_to_end(version)
+        return monitor
+
+    def _lookup(self, model: str, version: str) -> VersionMonitor | None:
+        versions = self._versions.get(model)
+        return versions.get(version) if versions is not None else None
+
+    def _update_alarms(self) -> None:
+        now = self.clock()
+        for model, versions in self._versions.items():
+            for version, monitor in versions.items():
+                for kind, tracker in (("input", monitor.input_drift), ("output", monitor.output_drift)):
+                    if tracker is None:
+                        continue
+                    for result in tracker.report(now):
+                        key = (model, version, kind, result.column)
+                        drifted = bool(result.drifted)
+                        if drifted and not self._drifted.get(key, False):
+                            self.alarms[key] = self.alarms.get(key, 0) + 1
+                        self._drifted[key] = drifted
+
+    # -- references ------------------------------------------------------------------------------
+
+    def set_reference(
+        self,
+        model: str,
+        version: str,
+        inputs: Mapping[str, np.ndarray],
+        outputs: Mapping[str, np.ndarray] | None = None,
+        *,
+        source: str,
+    ) -> None:
+        """Use these rows (e.g. loaded from a JSONL file) as the version's drift reference."""
+        config = self.config_for(model)
+        found_in = tensor_columns(inputs, max_per_tensor=config.max_columns)
+        if found_in is None:
+            raise ValueError("the reference has no numeric input")
+        reference_in = Reference(found_in[0], found_in[1], config.drift.bins)
+        reference_out = None
+        if outputs is not None:
+            found_out = tensor_columns(outputs, max_per_tensor=config.max_columns)
+            if found_out is not None:
+                reference_out = Reference(found_out[0], found_out[1], config.drift.bins)
+        with self._lock:
+            self._version(model, version, create=True).set_reference(reference_in, reference_out, source)
+
+    # -- reads -----------------------------------------------------------------------------------
+
+    def versions(self, model: str) -> list[str]:
+        with self._lock:
+            return list(self._versions.get(model, ()))
+
+    def models(self) -> list[str]:
+        with self._lock:
+            return list(self._versions)
+
+    def drift(self, model: str, version: str) -> dict[str, Any]:
+        """The version's drift report: reference state and every column's drift, inputs and outputs."""
+        self.flush()
+        with self._lock:
+            monitor = self._lookup(model, version)
+            if monitor is None:
+                return {"reference": None, "inputs": [], "outputs": []}
+            now = self.clock()
+            report: dict[str, Any] = {"reference": _reference_state(monitor)}
+            for kind, tracker in (("inputs", monitor.input_drift), ("outputs", monitor.output_drift)):
+                report[kind] = tracker.report(now) if tracker is not None else []
+            return report
+
+    def drift_results(self, model: str, version: str) -> list[tuple[str, ColumnDrift]]:
+        """`(kind, result)` for every column of the version ("input" or "output")."""
+        report = self.drift(model, version)
+        return [("input", r) for r in report["inputs"]] + [("output", r) for r in report["outputs"]]
+
+    def distribution(self, model: str, version: str) -> dict[str, Any]:
+        """Cumulative prediction distribution: histograms of score columns, class counts of labels."""
+        self.flush()
+        with self._lock:
+            monitor = self._lookup(model, version)
+            if monitor is None:
+                return {"histograms": {}, "classes": {}, "rows": 0}
+            return {
+                "rows": monitor.rows,
+                "histograms": {
+                    name: {
+                        "edges": [float(e) for e in hist.edges],
+                        "counts": hist.counts.tolist(),
+                        "sum": hist.total,
+                        "mean": hist.mean(),
+                    }
+                    for name, hist in monitor.outputs.histograms.items()
+                },
+                "classes": {name: dict(counts.counts) for name, counts in monitor.outputs.classes.items()},
+            }
+
+    def histograms(self) -> list[tuple[str, str, str, ValueHistogram]]:
+        """`(model, version, column, histogram)` for every score column (for metrics exposition)."""
+        with self._lock:
+            return [
+                (model, version, column, hist)
+                for model, versions in self._versions.items()
+                for version, monitor in versions.items()
+                for column, hist in monitor.outputs.histograms.items()
+            ]
+
+    def class_counts(self) -> list[tuple[str, str, str, dict[str, int]]]:
+        with self._lock:
+            return [
+                (model, version, output, dict(counts.counts))
+                for model, versions in self._versions.items()
+                for version, monitor in versions.items()
+                for output, counts in monitor.outputs.classes.items()
+            ]
+
+    def output_shift(self, model: str, live: str, candidate: str) -> list[ColumnDrift]:
+        """PSI of the candidate's current output distribution against the live version's, per column."""
+        self.flush()
+        with self._lock:
+            versions: Mapping[str, VersionMonitor] = self._versions.get(model, {})
+            if live not in versions or candidate not in versions:
+                return []
+            now = self.clock()
+            base = versions[live].outputs.windowed(now)
+            other = versions[candidate].outputs.windowed(now)
+            config = self.config_for(model).drift
+        results = []
+        for column, counts in base.items():
+            if column not in other:
+                continue
+            samples = int(other[column].sum())
+            base_samples = int(counts.sum())
+            enough = min(samples, base_samples) >= config.min_samples
+            value = psi(counts, other[column]) if samples and base_samples else None
+            results.append(
+                ColumnDrift(
+                    column=column,
+                    psi=value,
+                    js=js_distance(counts, other[column]) if samples and base_samples else None,
+                    threshold=config.threshold,
+                    samples=samples,
+                    reference_samples=base_samples,
+                    drifted=(value is not None and value > config.threshold) if enough else None,
+                )
+            )
+        return results
+
+    def forget(self, model: str, version: str | None = None) -> None:
+        with self._lock:
+            versions = self._versions.get(model)
+            if versions is None:
+                return
+            if version is None:
+                del self._versions[model]
+            else:
+                versions.pop(version, None)
+
+
+def _layout(tensors: Mapping[str, np.ndarray]) -> tuple[tuple[str, tuple[int, ...], str], ...]:
+    return tuple((name, np.shape(array)[1:], np.asarray(array).dtype.str) for name, array in tensors.items())
+
+
+def _concatenate(batches: list[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    if len(batches) == 1:
+        return dict(batches[0])
+    names = batches[0].keys()
+    return {name: np.concatenate([np.asarray(batch[name]) for batch in batches]) for name in names}
+
+
+def _reference_state(monitor: VersionMonitor) -> dict[str, Any]:
+    tracker = monitor.input_drift
+    if tracker is None:
+        return {"state": "waiting", "source": None, "rows": 0}
+    if tracker.reference is not None:
+        return {"state": "ready", "source": tracker.reference_source, "rows": tracker.reference.rows}
+    seen = tracker.capture.seen if tracker.capture is not None else 0
+    return {
+        "state": "capturing",
+        "source": "live",
+        "rows": seen,
+        "target_rows": tracker.config.reference_rows,
+    }

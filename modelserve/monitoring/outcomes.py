@@ -1,0 +1,282 @@
+"""Accuracy (or error) by model version, from true labels/values posted back by request id.
+
+`OutcomeTally` is the typed API a gate or a page reads: `summary(model, version)` gives the samples,
+the accuracy with its Wilson interval (classifiers), or the mean absolute error with its Student t
+interval and the RMSE (regressors). Outcomes are counted for every request, and separately for those
+an experiment assigned (`experiment_only=True`), so accuracy is known inside and outside experiments.
+
+`LabelJoin` remembers, by request id, what each version predicted (bounded `cachetools.TTLCache`,
+event loop only) until the truth arrives; a label posted for an unknown, expired or already labelled
+id is counted, never silently dropped.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from cachetools import TTLCache
+
+from modelserve.experiments.stats import Interval, mean_interval, wilson_interval
+
+ACCURACY = "accuracy"
+ERROR = "error"
+#: Rows of one request whose predictions are kept for the join (a bigger batch keeps its first rows).
+MAX_ROWS = 64
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OutcomeSummary:
+    """One version's outcome metric. `kind` is "accuracy", "error", or None before any outcome."""
+
+    model: str
+    version: str
+    kind: str | None
+    samples: int
+    correct: int = 0
+    accuracy: float | None = None
+    accuracy_interval: Interval | None = None
+    mean_abs_error: float | None = None
+    abs_error_interval: Interval | None = None
+    rmse: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        def interval(value: Interval | None) -> list[float] | None:
+            return None if value is None or math.isnan(value.low) else [value.low, value.high]
+
+        return {
+            "model": self.model,
+            "version": self.version,
+            "kind": self.kind,
+            "samples": self.samples,
+            "correct": self.correct if self.kind == ACCURACY else None,
+            "accuracy": self.accuracy,
+            "accuracy_interval": interval(self.accuracy_interval),
+            "mean_abs_error": self.mean_abs_error,
+            "abs_error_interval": interval(self.abs_error_interval),
+            "rmse": self.rmse,
+        }
+
+
+@dataclass(slots=True)
+class _Counts:
+    labelled: int = 0
+    correct: int = 0
+    valued: int = 0
+    abs_mean: float = 0.0  # running mean and sum of squared deviations (Chan's merge) of |error|
+    abs_m2: float = 0.0
+    sq_sum: float = 0.0
+
+    def add_errors(self, errors: np.ndarray) -> None:
+        absolute = np.abs(errors)
+        n_b = absolute.size
+        if n_b == 0:
+            return
+        mean_b = float(absolute.mean())
+        m2_b = float(((absolute - mean_b) ** 2).sum())
+        n_a, n = self.valued, self.valued + n_b
+        delta = mean_b - self.abs_mean
+        self.abs_mean += delta * n_b / n
+        self.abs_m2 += m2_b + delta * delta * n_a * n_b / n
+        self.valued = n
+        self.sq_sum += float((errors.astype(np.float64) ** 2).sum())
+
+
+class OutcomeTally:
+    """Per (model, version) outcome counts, overall and within experiments. Thread-safe."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counts: dict[tuple[str, str, bool], _Counts] = {}
+
+    def _both(self, model: str, version: str, experiment: bool) -> list[_Counts]:
+        keys = [(model, version, False)] + ([(model, version, True)] if experiment else [])
+        return [self._counts.setdefault(key, _Counts()) for key in keys]
+
+    def record_labels(self, model: str, version: str, correct: int, total: int, *, experiment: bool) -> None:
+        """Count `total` labelled rows of which `correct` were predicted right."""
+        with self._lock:
+            for counts in self._both(model, version, experiment):
+                counts.labelled += total
+                counts.correct += correct
+
+    def record_errors(self, model: str, version: str, errors: np.ndarray, *, experiment: bool) -> None:
+        """Count regression errors (prediction minus truth), one per row."""
+        errors = np.asarray(errors, dtype=np.float64).ravel()
+        with self._lock:
+            for counts in self._both(model, version, experiment):
+                counts.add_errors(errors)
+
+    def versions(self, model: str) -> list[str]:
+        """Versions of `model` with any outcome, in version order."""
+        with self._lock:
+            found = {version for (m, version, _) in self._counts if m == model}
+        return sorted(found, key=lambda v: (len(v), v))
+
+    def forget(self, model: str, version: str | None = None) -> None:
+        with self._lock:
+            for key in [k for k in self._counts if k[0] == model and version in (None, k[1])]:
+                del self._counts[key]
+
+    def summary(
+        self, model: str, version: str, *, experiment_only: bool = False, alpha: float = 0.05
+    ) -> OutcomeSummary:
+        """Accuracy (Wilson interval) or mean absolute error (t interval) of `version`, with samples."""
+        with self._lock:
+            found = self._counts.get((model, version, experiment_only))
+            counts = _Counts(**{name: getattr(found, name) for name in _Counts.__slots__}) if found else None
+        if counts is None or (counts.labelled == 0 and counts.valued == 0):
+            return OutcomeSummary(model=model, version=version, kind=None, samples=0)
+        if counts.labelled >= counts.valued:
+            n = counts.labelled
+            return OutcomeSummary(
+                model=model,
+                version=version,
+                kind=ACCURACY,
+                samples=n,
+                correct=counts.correct,
+                accuracy=counts.correct / n,
+                accuracy_interval=wilson_interval(counts.correct, n, alpha=alpha),
+            )
+        n = counts.valued
+        variance = counts.abs_m2 / (n - 1) if n > 1 else 0.0
+        return OutcomeSummary(
+            model=model,
+            version=version,
+            kind=ERROR,
+            samples=n,
+            mean_abs_error=counts.abs_mean,
+            abs_error_interval=mean_interval(n, counts.abs_mean, variance, alpha=alpha),
+            rmse=math.sqrt(counts.sq_sum / n),
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Prediction:
+    """What one request's versions predicted, remembered until its truth arrives."""
+
+    model: str
+    version: str
+    kind: str  # ACCURACY (class labels) or ERROR (values)
+    values: np.ndarray
+    experiment: bool = False
+    #: Shadow versions' predictions for the same rows, added when their runs settle.
+    shadows: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class JoinResult:
+    """A label joined to its prediction: per version (primary first), whether each row was right."""
+
+    request_id: str
+    prediction: Prediction
+    right: Mapping[str, np.ndarray]  # version -> bool per row (classes) or error per row (values)
+
+
+def predicted_values(
+    outputs: Mapping[str, np.ndarray], label_output: str | None = None
+) -> tuple[str, np.ndarray] | None:
+    """The prediction to score against a truth: `(kind, values per row)`, or None when there is none.
+
+    `label_output` names the output to use; otherwise the first label output (integers, strings), or
+    else the argmax of the first float output with several columns (class index), or else the first
+    float output's values (a regression).
+    """
+    items = list(outputs.items())
+    if label_output is not None:
+        items = [(name, array) for name, array in items if name == label_output]
+    for _, array in items:
+        array = np.asarray(array)
+        if array.dtype.kind in "biuOSU" and array.ndim >= 1:
+            return ACCURACY, array.reshape(array.shape[0], -1)[:MAX_ROWS, 0]
+    for _, array in items:
+        array = np.asarray(array)
+        if array.dtype.kind == "f" and array.ndim >= 1:
+            flat = array.reshape(array.shape[0], -1)[:MAX_ROWS]
+            if flat.shape[1] > 1:
+                return ACCURACY, flat.argmax(axis=1)
+            return ERROR, flat[:, 0].astype(np.float64)
+    return None
+
+
+def _labels(values: np.ndarray) -> list[str]:
+    out = []
+    for value in values.tolist():
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        elif isinstance(value, bytes):
+            value = value.decode("utf-8", "replace")
+        out.append(str(value))
+    return out
+
+
+def score(kind: str, predicted: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    """Per row: True where a label was right (ACCURACY), or prediction minus truth (ERROR)."""
+    if kind == ACCURACY:
+        return np.array([a == b for a, b in zip(_labels(predicted), _labels(truth), strict=True)])
+    return predicted.astype(np.float64) - truth.astype(np.float64)
+
+
+class LabelJoin:
+    """Predictions by request id until the truth is posted; scores every version that saw the request.
+
+    Event loop only (cachetools is not thread-safe).
+    """
+
+    def __init__(
+        self,
+        tally: OutcomeTally,
+        *,
+        maxsize: int = 100_000,
+        ttl: float = 3600.0,
+        timer: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.tally = tally
+        self._pending: TTLCache[str, Prediction | None] = TTLCache(maxsize=maxsize, ttl=ttl, timer=timer)
+        self.joined = 0
+        self.unknown = 0
+        self.duplicate = 0
+
+    def remember(self, request_id: str, prediction: Prediction) -> None:
+        self._pending[request_id] = prediction
+
+    def add_shadow(self, request_id: str, version: str, values: np.ndarray) -> None:
+        """Attach a shadow version's prediction to a remembered request (ignored when unknown)."""
+        prediction = self._pending.get(request_id)
+        if prediction is not None:
+            prediction.shadows[version] = values
+
+    def resolve(self, request_id: str, truth: Any) -> JoinResult | None:
+        """Score the request's versions against `truth` (a scalar, or one value per row)."""
+        if request_id not in self._pending:
+            self.unknown += 1
+            return None
+        prediction = self._pending[request_id]
+        if prediction is None:
+            self.duplicate += 1
+            return None
+        expected = np.atleast_1d(np.asarray(truth))
+        rows = prediction.values.shape[0]
+        if expected.ndim != 1 or expected.shape[0] != rows:
+            raise ValueError(f"the label must be one value per row: the request had {rows} row(s)")
+        if prediction.kind == ERROR and expected.dtype.kind not in "biuf":
+            raise ValueError("this model predicts numbers: the true value must be a number")
+        self._pending[request_id] = None  # a second label for this id is a duplicate
+        self.joined += 1
+        right = {prediction.version: score(prediction.kind, prediction.values, expected)}
+        for version, values in prediction.shadows.items():
+            right[version] = score(prediction.kind, values, expected)
+        for version, per_row in right.items():
+            experiment = prediction.experiment and version == prediction.version
+            if prediction.kind == ACCURACY:
+                self.tally.record_labels(
+                    prediction.model, version, int(per_row.sum()), per_row.size, experiment=experiment
+                )
+            else:
+                self.tally.record_errors(prediction.model, version, per_row, experiment=experiment)
+        return JoinResult(request_id=request_id, prediction=prediction, right=right)

@@ -1,0 +1,196 @@
+"""Monitor: prediction distributions and drift per version, fed in batches; bounded under load."""
+
+from __future__ import annotations
+
+import json
+import tracemalloc
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from modelserve.errors import ConfigError
+from modelserve.monitoring.drift import DriftConfig
+from modelserve.monitoring.histogram import SCORE_EDGES, ClassCounts, ValueHistogram, WindowedCounts
+from modelserve.monitoring.monitor import Monitor, MonitorConfig
+from modelserve.monitoring.reference_file import load_reference
+
+EXAMPLES = Path(__file__).parent.parent / "examples"
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def request(
+    rng: np.random.Generator, scale: float = 1.0
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    x = rng.normal(size=(1, 3)).astype(np.float32)
+    x[:, 2] *= scale
+    p1 = 1 / (1 + np.exp(-x[:, 0]))
+    outputs = {
+        "label": (p1 > 0.5).astype(np.int64),
+        "probabilities": np.column_stack([1 - p1, p1]).astype(np.float32),
+    }
+    return {"input": x}, outputs
+
+
+def test_histogram_counts_match_numpy_with_prometheus_bucket_convention() -> None:
+    values = np.random.default_rng(0).random(1000)
+    values[:3] = [0.05, 0.0, 2.0]
+    hist = ValueHistogram()
+    hist.add(values[:500])
+    other = ValueHistogram()
+    other.add(values[500:])
+    hist.merge(other)
+    edges = np.asarray(SCORE_EDGES)
+    expected = [
+        int(((values <= e) & (values > (edges[i - 1] if i else -np.inf))).sum()) for i, e in enumerate(edges)
+    ]
+    assert hist.counts[:-1].tolist() == expected and hist.counts[-1] == int((values > edges[-1]).sum())
+    assert hist.total == pytest.approx(values.sum())
+
+
+def test_class_counts_are_capped() -> None:
+    counts = ClassCounts(max_classes=3)
+    counts.add(np.arange(10))
+    assert len(counts.counts) == 4 and counts.counts["__other__"] == 7 and counts.count == 10
+
+
+def test_windowed_counts_forget_old_sub_windows() -> None:
+    window = WindowedCounts((2,), window_s=10, sub_windows=5)
+    window.add(np.array([1, 2]), now=0.5)
+    window.add(np.array([1, 0]), now=9.5)
+    assert window.total(now=9.9).tolist() == [2, 2]
+    assert window.total(now=13.0).tolist() == [1, 0]  # the first sub-window is older than the window
+
+
+def test_distribution_per_version_counts_every_submitted_request() -> None:
+    rng = np.random.default_rng(0)
+    monitor = Monitor()
+    labels = {"1": 0, "2": 0}
+    for i in range(300):
+        version = "1" if i % 3 else "2"
+        inputs, outputs = request(rng)
+        labels[version] += int(outputs["label"][0])
+        monitor.submit("credit", version, inputs, outputs)
+    dist = monitor.distribution("credit", "1")
+    assert dist["rows"] == 200 and dist["classes"]["label"].get("1", 0) == labels["1"]
+    assert sum(dist["histograms"]["probabilities[1]"]["counts"]) == 200
+    assert monitor.distribution("credit", "2")["rows"] == 100
+
+
+def test_submit_drops_and_counts_past_the_pending_bound() -> None:
+    monitor = Monitor(max_pending=10)
+    rng = np.random.default_rng(0)
+    for _ in range(15):
+        monitor.submit("m", "1", *request(rng))
+    assert monitor.dropped == 5 and monitor.flush() == 10
+
+
+def test_sampling_keeps_one_request_in_k() -> None:
+    monitor = Monitor(config_for=lambda model: MonitorConfig(sample_every=4))
+    rng = np.random.default_rng(0)
+    for _ in range(100):
+        monitor.submit("m", "1", *request(rng))
+    assert monitor.distribution("m", "1")["rows"] == 25
+
+
+def test_requests_with_other_shapes_are_grouped_apart() -> None:
+    monitor = Monitor()
+    monitor.submit("m", "1", {"input": np.zeros((1, 3))}, {"y": np.zeros((1, 1))})
+    monitor.submit("m", "1", {"input": np.zeros((2, 4))}, {"y": np.zeros((2, 1))})
+    monitor.flush()
+    assert monitor.skipped == 0 and monitor.distribution("m", "1")["rows"] == 3
+
+
+def test_drift_alarm_counts_once_per_crossing_and_output_shift_compares_versions() -> None:
+    clock = Clock()
+    config = MonitorConfig(
+        drift=DriftConfig(
+            min_samples=200, reference_rows=500, reference_period_s=0, window_s=60, sub_windows=6
+        )
+    )
+    monitor = Monitor(config_for=lambda model: config, clock=clock)
+    rng = np.random.default_rng(5)
+    for _ in range(500):
+        monitor.submit("m", "1", *request(rng))
+    monitor.flush()
+    assert monitor.drift("m", "1")["reference"] == {"state": "ready", "source": "live", "rows": 500}
+    for i in range(400):
+        clock.now = 1 + i * 0.1
+        monitor.submit("m", "1", *request(rng, scale=3.0))
+        monitor.submit("m", "2", *request(rng))
+    report = monitor.drift("m", "1")
+    drifted = [r.column for r in report["inputs"] if r.drifted]
+    assert drifted == ["input[2]"]
+    assert monitor.alarms == {("m", "1", "input", "input[2]"): 1}
+    monitor.flush()
+    assert monitor.alarms == {("m", "1", "input", "input[2]"): 1}  # still drifted: no new alarm
+    shift = {r.column: r for r in monitor.output_shift("m", "1", "2")}
+    assert shift["probabilities[1]"].drifted is False  # same model behaviour on both versions
+
+
+def test_reference_from_the_examples_jsonl() -> None:
+    tensors = load_reference(EXAMPLES / "labelled_traffic.jsonl", ["input"])
+    assert tensors["input"].shape == (300, 20)
+    monitor = Monitor()
+    monitor.set_reference("credit", "1", tensors, source="file")
+    rows = [
+        json.loads(line)["input"] for line in (EXAMPLES / "labelled_traffic.jsonl").read_text().splitlines()
+    ]
+    for row in rows[:200]:
+        monitor.submit("credit", "1", {"input": np.array([row], dtype=np.float32)}, {"label": np.array([0])})
+    report = monitor.drift("credit", "1")
+    assert report["reference"] == {"state": "ready", "source": "file", "rows": 300}
+    assert len(report["inputs"]) == 20 and all(r.samples == 200 for r in report["inputs"])
+
+
+def test_reference_file_errors_are_config_errors(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"input": [1, 2]}\nnot json\n')
+    with pytest.raises(ConfigError, match="not JSON"):
+        load_reference(bad, ["input"])
+    with pytest.raises(ConfigError, match="no line"):
+        load_reference(EXAMPLES / "labelled_traffic.jsonl", ["other"])
+
+
+def test_memory_stays_bounded_over_a_million_requests_with_distinct_values() -> None:
+    """1M rows, every value distinct, in 1,000-row requests: traced memory stops growing."""
+    monitor = Monitor(max_pending=64)
+    rng = np.random.default_rng(0)
+    tracemalloc.start()
+    try:
+        peaks = []
+        for batch in range(1000):
+            base = batch * 1000.0
+            x = base + rng.random((1000, 8))
+            y = rng.random((1000, 2))
+            monitor.submit(
+                "m", str(batch % 3), {"input": x}, {"p": y, "label": (y[:, 1] > 0.5).astype(np.int64)}
+            )
+            if batch % 50 == 49:
+                monitor.flush()
+                peaks.append(tracemalloc.get_traced_memory()[0])
+    finally:
+        tracemalloc.stop()
+    assert peaks[-1] < 8 * 1024 * 1024
+    assert peaks[-1] <= peaks[len(peaks) // 2] * 1.1  # flat in the second half
+
+
+@pytest.mark.parametrize(
+    "forbidden", ["starlette", "anyio", "asyncio", "uvicorn", "onnxruntime", "modelserve.server"]
+)
+def test_monitoring_is_pure(forbidden: str) -> None:
+    import ast
+
+    for path in (Path(__file__).parent.parent / "modelserve" / "monitoring").glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            assert not any(n == forbidden or n.startswith(forbidden + ".") for n in names), path
