@@ -10,6 +10,9 @@ Per model: `models/<name>/config.toml` (all keys optional)::
     inline_threshold_us = 50.0      # auto: run on the event loop when warm-up p50 is at most this
     max_batch_size = 1              # > 1: dynamic batching of concurrent requests (batch dim first)
     max_queue_delay_ms = 1.0        # how long a batch waits to fill
+    keep_warm = 2                   # warm versions kept by stage/promote (live, candidate, previous...)
+    latest = 3                      # or a version policy: the 3 highest versions loaded warm at start,
+    versions = ["1", "2", "5"]      # or these versions (both pinned: never unloaded implicitly)
     [routing]
     targeting_header = "x-user-id"
     flag = "fraud-model"            # a flag whose variants name versions
@@ -138,11 +141,26 @@ class ShadowConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class WarmPolicy:
+    """Which versions a model keeps warm (`[serving] keep_warm`, `latest`, `versions`).
+
+    `keep_warm` bounds what stage and promote keep: past it, the oldest version with no role (or the
+    oldest previous one) is unloaded after a new version is READY. `latest` / `versions` (Triton's
+    version policies) name versions loaded warm at start and pinned: never unloaded implicitly.
+    """
+
+    keep_warm: int = 2
+    latest: int = 0
+    versions: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ModelConfig:
     """One model's `config.toml`."""
 
     live: str | None = None
     serving: RuntimeOptions = field(default_factory=RuntimeOptions)
+    warm: WarmPolicy = field(default_factory=WarmPolicy)
     routing: RoutingConfig = field(default_factory=RoutingConfig)
     shadow: ShadowConfig = field(default_factory=ShadowConfig)
     testing: dict[str, Any] = field(default_factory=dict)
@@ -168,7 +186,11 @@ def parse_model_config(data: dict[str, Any], *, where: str) -> ModelConfig:
     live = data.get("live")
     if live is not None:
         live = str(live)
-    serving = _section(RuntimeOptions, data.get("serving", {}), f"{where} [serving]")
+    serving_data = data.get("serving", {})
+    warm = _warm_policy(serving_data, f"{where} [serving]")
+    if isinstance(serving_data, dict):
+        serving_data = {k: v for k, v in serving_data.items() if k not in ("keep_warm", "latest", "versions")}
+    serving = _section(RuntimeOptions, serving_data, f"{where} [serving]")
     if serving.intra_op_threads < 1:
         raise ConfigError(f"{where} [serving] intra_op_threads must be >= 1")
     if serving.max_concurrency < 1:
@@ -196,7 +218,23 @@ def parse_model_config(data: dict[str, Any], *, where: str) -> ModelConfig:
     if not isinstance(testing, dict):
         raise ConfigError(f"{where} [testing] must be a table")
     parse_faults(testing, where=where)  # validated here; applied when the registry loads a version
-    return ModelConfig(live=live, serving=serving, routing=routing, shadow=shadow, testing=testing)
+    return ModelConfig(live=live, serving=serving, warm=warm, routing=routing, shadow=shadow, testing=testing)
+
+
+def _warm_policy(data: object, where: str) -> WarmPolicy:
+    if not isinstance(data, dict):
+        return WarmPolicy()  # `_section` reports the bad table
+    keep_warm, latest, versions = data.get("keep_warm", 2), data.get("latest", 0), data.get("versions", [])
+    for key, value, low in (("keep_warm", keep_warm, 2), ("latest", latest, 0)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ConfigError(f"{where} {key} must be an integer >= {low}, not {value!r}")
+    if not isinstance(versions, list) or not all(
+        isinstance(v, str | int) and not isinstance(v, bool) for v in versions
+    ):
+        raise ConfigError(f'{where} versions must be a list of versions, e.g. ["1", "2"]')
+    if latest and versions:
+        raise ConfigError(f"{where}: give either latest or versions, not both")
+    return WarmPolicy(keep_warm=keep_warm, latest=latest, versions=tuple(str(v) for v in versions))
 
 
 def load_model_config(path: Path) -> ModelConfig:

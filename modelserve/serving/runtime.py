@@ -24,6 +24,7 @@ from modelserve.config import RuntimeOptions
 from modelserve.datatypes import ORT_TO_V2
 from modelserve.errors import InferenceError, LoadError, RequestError
 from modelserve.serving.batching import Batcher
+from modelserve.serving.memory import MemoryCost
 from modelserve.serving.tensors import TensorSpec
 
 Outputs = dict[str, np.ndarray]
@@ -54,6 +55,7 @@ class LoadedVersion:
         self.warmup_latency_us: float | None = None
         self.inline = False
         self.batcher: Batcher | None = None
+        self.memory: MemoryCost | None = None  # measured by the registry at load (serving/memory.py)
         session_options = ort.SessionOptions()
         # An explicit count: the default (0) pins its own worker threads and collides with a second session.
         session_options.intra_op_num_threads = options.intra_op_threads
