@@ -74,7 +74,7 @@ LAYERS: list[set[str]] = [
     {"serving"},
     {"inference"},
     {"telemetry"},
-    {"experiments", "rollout"},
+    {"experiments", "rollout", "monitoring"},
     {"shadow"},
     {"middleware"},
     {"server"},
