@@ -96,6 +96,10 @@ class PolicyTable:
         )
         return policy
 
+    def install(self, policy: ModelPolicy) -> None:
+        """Swap in a policy decided elsewhere (the shared desired state), without saving it here."""
+        self._policies[policy.model] = policy
+
     def remove(self, model: str) -> None:
         self._policies.pop(model, None)
 

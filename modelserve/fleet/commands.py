@@ -1,0 +1,131 @@
+"""Serving commands that any replica accepts and every replica carries out.
+
+Each command changes the model's desired document (a field-level compare-and-set) and applies the
+new revision here before it answers; the other replicas apply it within a poll interval (usually
+within milliseconds of the change hint). `promote` is a readiness barrier: the candidate must be
+READY on every live replica before the live version changes anywhere, so no replica ever routes to
+a version it has not warmed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from modelserve.errors import Conflict, RequestError
+from modelserve.fleet.sync import PolicySync
+from modelserve.serving.registry import ModelRegistry
+from modelserve.serving.runtime import LoadedVersion
+from modelserve.serving.slots import Switch
+from modelserve.state.desired import POLICY_FIELDS, DesiredModel
+
+#: How long `promote` waits for the candidate to be READY on every replica.
+PROMOTE_BARRIER_S = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class Applied:
+    """A command's result: the desired revision it wrote and what changed here."""
+
+    desired: DesiredModel
+    switch: Switch | None = None
+
+
+class FleetCommands:
+    """stage / promote / rollback / policy patch across every replica (see the module docstring)."""
+
+    def __init__(self, *, sync: PolicySync, registry: ModelRegistry) -> None:
+        self.sync = sync
+        self.registry = registry
+
+    async def stage(self, model: str, version: str, *, expect_rev: int | None = None) -> LoadedVersion:
+        """Load `version` warm here, then make it the fleet's candidate (the others load it too)."""
+        loaded = await self.registry.stage(model, version)
+
+        def change(current: DesiredModel) -> dict[str, Any]:
+            if current.live == version:
+                raise Conflict(f"model {model!r} version {version} is already live")
+            return {"candidate": version}
+
+        await self._write(model, change, expect_rev)
+        return loaded
+
+    async def promote(self, model: str, *, expect_rev: int | None = None) -> Applied:
+        """Make the candidate live everywhere, once it is READY on every live replica."""
+        current = await self._current(model)
+        candidate = current.candidate
+        if candidate is None or candidate == current.live:
+            raise Conflict(f"model {model!r} has no staged candidate to promote")
+        await self.sync.wait_ready(model, candidate, timeout_s=PROMOTE_BARRIER_S)
+
+        def change(now: DesiredModel) -> dict[str, Any]:
+            if now.candidate != candidate or now.live != current.live:
+                raise Conflict(f"model {model!r} changed while promoting {candidate}; retry")
+            return {
+                "live": candidate,
+                "previous": now.live,
+                "candidate": None,
+                "canary_weight": 0.0,
+                "shadow_versions": [v for v in now.shadow_versions if v != candidate],
+            }
+
+        return await self._switch(model, change, expect_rev, "promote", current.live)
+
+    async def rollback(self, model: str, *, expect_rev: int | None = None) -> Applied:
+        """Make the previous version live again everywhere (it is kept warm; no barrier)."""
+        current = await self._current(model)
+        previous = current.previous
+        if previous is None:
+            raise Conflict(f"model {model!r} has no previous version kept warm to roll back to")
+
+        def change(now: DesiredModel) -> dict[str, Any]:
+            if now.previous != previous or now.live != current.live:
+                raise Conflict(f"model {model!r} changed while rolling back to {previous}; retry")
+            return {
+                "live": previous,
+                "previous": None,
+                "candidate": now.live,
+                "canary_weight": 0.0,
+                "shadow_versions": [v for v in now.shadow_versions if v != previous],
+            }
+
+        return await self._switch(model, change, expect_rev, "rollback", current.live)
+
+    async def update_policy(
+        self, model: str, changes: dict[str, Any], *, expect_rev: int | None = None
+    ) -> DesiredModel:
+        """Change routing fields (canary weight, candidate, flag, shadows, ...) everywhere."""
+        unknown = sorted(set(changes) - set(POLICY_FIELDS))
+        if unknown:
+            raise RequestError(f"unknown policy field(s): {', '.join(unknown)}")
+        return await self._write(model, dict(changes), expect_rev)
+
+    async def _current(self, model: str) -> DesiredModel:
+        self.registry.slots(model)  # NotFound / NotReady for a model this replica does not serve
+        current = await self.sync.desired.get(model)
+        if current is None:
+            raise Conflict(f"model {model!r} has no desired state yet; retry")
+        return current
+
+    async def _write(self, model: str, changes: Any, expect_rev: int | None) -> DesiredModel:
+        self.registry.slots(model)
+        desired = await self.sync.desired.patch(model, changes, expect_rev=expect_rev)
+        await self.sync.apply(model, desired)
+        return desired
+
+    async def _switch(
+        self, model: str, changes: Any, expect_rev: int | None, action: str, from_version: str
+    ) -> Applied:
+        desired = await self._write(model, changes, expect_rev)
+        error = self.sync.errors.get(model)
+        if error:
+            raise Conflict(f"model {model!r}: {action} recorded but not applied here yet: {error}")
+        slots = self.registry.slots(model)
+        switch = Switch(
+            model=model,
+            action=action,
+            from_version=from_version,
+            to_version=desired.live,
+            live_slot=slots.live_slot,
+        )
+        return Applied(desired, switch)

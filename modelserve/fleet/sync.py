@@ -1,0 +1,268 @@
+"""Policy sync: every replica reconciles its slots and routing toward each model's desired document.
+
+    watch (hint) or poll (backstop) -> re-read by revision -> cut exposure at once -> load what is
+    missing -> swap (one reference assignment in the registry) -> install the policy -> publish
+
+A replica publishes what it applied as its snapshot `replicas/<replica id>` (TTL a few heartbeats):
+per model the applied revision, the live version and the READY versions, and the last error. That
+is what `wait_ready` (the promotion barrier) and `wait_applied` read: a replica that stopped
+publishing drops out of the fleet after the TTL instead of blocking everyone for ever.
+
+Routing only ever targets READY versions, so a new candidate or weight is installed before its
+version finished loading: until then its share is served by the live version, and a *reduction* of
+exposure (abort, weight 0, shadow off) never waits for anything. The live version changes only after
+the new one is warm here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import time
+from collections.abc import Iterable
+from typing import Any
+
+import anyio
+
+from modelserve.errors import Conflict, ModelServeError, NotReady
+from modelserve.serving.registry import ModelRegistry
+from modelserve.state.coordinator import Coordinator, CoordinatorUnavailable
+from modelserve.state.desired import POLICY_FIELDS, DesiredModel, DesiredStates
+from modelserve.state.policies import PolicyTable
+from modelserve.state.store import StateStore
+
+log = logging.getLogger("modelserve.fleet")
+
+REPLICAS = "replicas"
+
+
+class PolicySync:
+    """Keeps this replica on every model's desired state (see the module docstring)."""
+
+    def __init__(
+        self,
+        *,
+        coordinator: Coordinator,
+        registry: ModelRegistry,
+        policies: PolicyTable,
+        replica_id: str,
+        poll_s: float = 1.0,
+        heartbeat_s: float = 1.0,
+        replica_ttl_s: float = 5.0,
+    ) -> None:
+        self.coordinator = coordinator
+        self.desired = DesiredStates(coordinator)
+        self.registry = registry
+        self.policies = policies
+        self.replica_id = replica_id
+        self.poll_s = poll_s
+        self.heartbeat_s = heartbeat_s
+        self.replica_ttl_s = replica_ttl_s
+        self.applied: dict[str, DesiredModel] = {}
+        self.errors: dict[str, str] = {}
+        self.backend_error: str | None = None
+        self._locks: dict[str, anyio.Lock] = {}
+
+    # -- startup -----------------------------------------------------------------------------------
+
+    async def prepare(self, models: Iterable[str], local: StateStore) -> dict[str, DesiredModel]:
+        """Before the models load: read (or seed) each model's desired document and put the slots and
+        policy it asks for into `local`, the registry's and policy table's own store, so the first
+        load is already the desired live version. Models that cannot be seeded are left to load as
+        they would alone."""
+        found = {}
+        for model in models:
+            try:
+                desired = await self.desired.get(model) or await self.desired.seed(
+                    model, await self._initial(model)
+                )
+            except (ModelServeError, ValueError) as exc:
+                log.warning("model %s: no desired state: %s", model, exc)
+                continue
+            idle = desired.candidate or desired.previous
+            local.write(
+                f"slots.{model}",
+                {
+                    "live_version": desired.live,
+                    "idle_version": idle if idle != desired.live else None,
+                    "idle_role": "candidate" if desired.candidate else "previous",
+                },
+            )
+            local.write(f"policy.{model}", {k: v for k, v in desired.body().items() if k in POLICY_FIELDS})
+            found[model] = desired
+        return found
+
+    async def _initial(self, model: str) -> dict[str, Any]:
+        """A first desired state from what this model had before (one process's files) and config.toml."""
+        repository = self.registry.repository
+        versions = repository.versions(model)
+        config = repository.config(model)
+        old_slots = await self.coordinator.get(f"slots.{model}")
+        old_policy = await self.coordinator.get(f"policy.{model}")
+        saved = old_slots.body if old_slots is not None else {}
+        routing, shadow = config.routing, config.shadow
+        initial: dict[str, Any] = {
+            "live": str(saved.get("live_version") or config.live or (versions[-1] if versions else "")),
+            "previous": saved.get("idle_version") if saved.get("idle_role") == "previous" else None,
+            "candidate": routing.candidate,
+            "canary_weight": routing.canary_weight,
+            "flag": routing.flag,
+            "allow_version_override": routing.allow_version_override,
+            "targeting_header": routing.targeting_header,
+            "shadow_versions": list(shadow.versions),
+            "shadow_sample_rate": shadow.sample_rate,
+        }
+        if saved.get("idle_role") == "candidate" and saved.get("idle_version"):
+            initial["candidate"] = saved["idle_version"]
+        if old_policy is not None:
+            initial.update({k: v for k, v in old_policy.body.items() if k in POLICY_FIELDS})
+        return initial
+
+    # -- applying ----------------------------------------------------------------------------------
+
+    async def apply(self, model: str, desired: DesiredModel | None = None) -> DesiredModel | None:
+        """Bring this replica to `desired` (default: the stored revision) unless it is there already."""
+        lock = self._locks.setdefault(model, anyio.Lock())
+        async with lock:
+            if desired is None:
+                desired = await self.desired.get(model)
+            if desired is None or model not in self.registry.models:
+                return None
+            applied = self.applied.get(model)
+            if applied is not None and applied.rev >= desired.rev and not self.errors.get(model):
+                return applied
+            try:
+                await self._reconcile(desired)
+            except ModelServeError as exc:
+                self.errors[model] = str(exc)
+                log.warning("model %s: cannot apply desired revision %d yet: %s", model, desired.rev, exc)
+            else:
+                self.errors.pop(model, None)
+                self.applied[model] = desired
+            return desired
+
+    async def _reconcile(self, desired: DesiredModel) -> None:
+        model, registry = desired.model, self.registry
+        slots = registry.slots(model)
+        live = slots.live.version if slots.live is not None else desired.live
+        # 1. Routing now, on the live version we have: cuts of exposure take effect at once.
+        self.policies.install(dataclasses.replace(desired.policy(), live=live))
+        # 2. The live version: swap to it once it is warm here.
+        if live != desired.live:
+            idle = slots.idle
+            if idle is None or idle.version != desired.live:
+                await registry.stage(model, desired.live)
+            if slots.idle_role == "previous":
+                await registry.rollback(model)
+            else:
+                await registry.promote(model)
+        # 3. The candidate (or else the previous version) warm in the idle slot.
+        keep = desired.candidate if desired.candidate not in (None, desired.live) else None
+        idle = slots.idle
+        if keep is not None and (idle is None or idle.version != keep or slots.idle_role != "candidate"):
+            await registry.stage(model, keep)
+        self.policies.install(dataclasses.replace(desired.policy(), live=desired.live))
+
+    async def apply_all(self, models: Iterable[str] | None = None) -> None:
+        for model in sorted(models if models is not None else self.registry.models):
+            try:
+                await self.apply(model)
+            except CoordinatorUnavailable as exc:
+                self.backend_error = str(exc)
+                return
+        self.backend_error = None
+
+    # -- publishing --------------------------------------------------------------------------------
+
+    def report(self) -> dict[str, Any]:
+        """What this replica has applied, per model (its snapshot body)."""
+        models = {}
+        for name, slots in self.registry.models.items():
+            applied = self.applied.get(name)
+            models[name] = {
+                "rev": applied.rev if applied is not None else 0,
+                "live": slots.live.version if slots.live is not None else None,
+                "ready": sorted(slots.ready_versions),
+                "error": self.errors.get(name),
+            }
+        return {"replica": self.replica_id, "time": time.time(), "models": models}
+
+    async def publish(self) -> None:
+        await self.coordinator.put_snapshot(REPLICAS, self.replica_id, self.report(), self.replica_ttl_s)
+
+    async def replicas(self) -> dict[str, dict[str, Any]]:
+        """Every live replica's last report (this one's included, fresh)."""
+        reports = await self.coordinator.snapshots(REPLICAS)
+        reports[self.replica_id] = self.report()
+        return reports
+
+    async def wait_ready(self, model: str, version: str, *, timeout_s: float) -> list[str]:
+        """Wait until every live replica has `version` of `model` READY; the replicas, or NotReady."""
+        lacking: list[str] = []
+        with anyio.move_on_after(timeout_s):
+            while True:
+                reports = await self.replicas()
+                lacking = sorted(
+                    replica
+                    for replica, report in reports.items()
+                    if version not in (report.get("models", {}).get(model) or {}).get("ready", ())
+                )
+                if not lacking:
+                    return sorted(reports)
+                await anyio.sleep(0.05)
+        raise NotReady(
+            f"model {model!r} version {version} is not READY on every replica after {timeout_s:g} s "
+            f"(lacking: {', '.join(lacking)}); stage it and retry"
+        )
+
+    async def wait_applied(self, model: str, rev: int, *, timeout_s: float) -> list[str]:
+        """Wait until every live replica applied revision `rev` (or later) of `model`."""
+        behind: list[str] = []
+        with anyio.move_on_after(timeout_s):
+            while True:
+                reports = await self.replicas()
+                behind = sorted(
+                    replica
+                    for replica, report in reports.items()
+                    if (report.get("models", {}).get(model) or {}).get("rev", 0) < rev
+                )
+                if not behind:
+                    return sorted(reports)
+                await anyio.sleep(0.02)
+        raise Conflict(
+            f"revision {rev} of {model!r} not applied by {', '.join(behind)} within {timeout_s:g} s"
+        )
+
+    # -- the lifespan task -------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Watch, poll and heartbeat until cancelled."""
+        async with anyio.create_task_group() as group:
+            group.start_soon(self._watch_forever)
+            group.start_soon(self._poll_forever)
+
+    async def _watch_forever(self) -> None:
+        while True:
+            try:
+                async for keys in self.coordinator.watch():
+                    models = {k.removeprefix("model.") for k in keys if k.startswith("model.")}
+                    await self.apply_all(models & set(self.registry.models))
+                    with contextlib.suppress(CoordinatorUnavailable):
+                        await self.publish()
+            except CoordinatorUnavailable:
+                pass
+            await anyio.sleep(self.poll_s)  # the watch broke: the poll covers until it is back
+
+    async def _poll_forever(self) -> None:
+        next_poll = 0.0
+        while True:
+            now = time.monotonic()
+            if now >= next_poll:
+                await self.apply_all()
+                next_poll = now + self.poll_s
+            try:
+                await self.publish()
+            except CoordinatorUnavailable as exc:
+                self.backend_error = str(exc)
+            await anyio.sleep(self.heartbeat_s)

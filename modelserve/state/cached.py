@@ -1,0 +1,124 @@
+"""`StateStore` over a `Coordinator`: synchronous reads from memory, writes done behind the caller.
+
+The services that keep small durable documents (rollout state, experiments) call `read`/`write`
+from the event loop. Here a read is a dict lookup in what `preload` fetched (or what was written
+since), and a write updates that memory and queues the document for `run()`, a lifespan task that
+hands it to the coordinator, whose I/O runs off the event loop. Writes of one key coalesce (only the
+newest is written) and keep their order; when the backend is down they wait and are retried, so the
+event loop never blocks on the disk or the network.
+
+`flush()` waits until everything queued is written (graceful shutdown).
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections import OrderedDict
+from typing import Any
+
+import anyio
+import orjson
+
+from modelserve.state.coordinator import Coordinator, CoordinatorUnavailable, check_key
+
+log = logging.getLogger("modelserve.state")
+
+RETRY_S = 0.5
+
+
+def _copy(value: dict[str, Any]) -> dict[str, Any]:
+    result: dict[str, Any] = orjson.loads(orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY))
+    return result
+
+
+class CoordinatorStore:
+    """A write-behind `StateStore` (see the module docstring)."""
+
+    def __init__(self, coordinator: Coordinator, *, max_log: int = 1000) -> None:
+        self.coordinator = coordinator
+        self.max_log = max_log
+        self._docs: dict[str, dict[str, Any] | None] = {}
+        self._logs: dict[str, list[dict[str, Any]]] = {}
+        # key -> ("doc", body) or ("log", [records...]); ordered by first enqueue
+        self._queue: OrderedDict[str, tuple[str, Any]] = OrderedDict()
+        self._wakeup = anyio.Event()
+        self._idle = anyio.Event()
+        self._idle.set()
+
+    async def preload(self, keys: list[str] = [], logs: list[str] = []) -> None:  # noqa: B006
+        """Fetch documents and logs into memory (call before the services read them)."""
+        for key in keys:
+            if key not in self._docs:
+                doc = await self.coordinator.get(check_key(key))
+                self._docs.setdefault(key, None if doc is None else doc.body)
+        for name in logs:
+            if name not in self._logs:
+                self._logs[name] = await self.coordinator.events(check_key(name), self.max_log)
+
+    def read(self, key: str) -> dict[str, Any] | None:
+        value = self._docs.get(check_key(key))
+        return None if value is None else _copy(value)
+
+    def write(self, key: str, value: dict[str, Any]) -> None:
+        body = self._docs[check_key(key)] = _copy(value)
+        self._queue[f"doc:{key}"] = ("doc", (key, body))
+        self._kick()
+
+    def append(self, key: str, record: dict[str, Any]) -> None:
+        record = _copy(record)
+        record.setdefault("event_id", uuid.uuid4().hex)
+        records = self._logs.setdefault(check_key(key), [])
+        records.append(record)
+        del records[: -self.max_log]
+        kind, pending = self._queue.get(f"log:{key}", ("log", (key, [])))
+        pending[1].append(record)
+        self._queue[f"log:{key}"] = (kind, pending)
+        self._kick()
+
+    def read_log(self, key: str) -> list[dict[str, Any]]:
+        return [dict(r) for r in self._logs.get(check_key(key), [])]
+
+    def _kick(self) -> None:
+        self._idle = anyio.Event() if self._idle.is_set() else self._idle
+        self._wakeup.set()
+
+    async def flush(self) -> None:
+        """Wait until every queued write reached the coordinator (needs `run()` running)."""
+        await self._idle.wait()
+
+    async def run(self) -> None:
+        """Write queued documents and log records until cancelled (a lifespan task)."""
+        while True:
+            if not self._queue:
+                self._idle.set()
+                self._wakeup = anyio.Event()
+                await self._wakeup.wait()
+                continue
+            slot, (kind, payload) = self._queue.popitem(last=False)
+            try:
+                if kind == "doc":
+                    key, body = payload
+                    await self.coordinator.put(key, body)
+                else:
+                    key, records = payload
+                    while records:
+                        await self.coordinator.append_event(key, str(records[0]["event_id"]), records[0])
+                        records.pop(0)  # written (appends are idempotent by id: a retry is harmless)
+            except CoordinatorUnavailable as exc:
+                self._requeue(slot, kind, payload)
+                log.warning("state write of %s postponed: %s", slot, exc)
+                await anyio.sleep(RETRY_S)
+            except Exception:
+                log.exception("state write of %s failed; dropped", slot)
+
+    def _requeue(self, slot: str, kind: str, payload: Any) -> None:
+        """Put a write that failed back at the front, unless a newer one of the same document is queued."""
+        newer = self._queue.pop(slot, None)
+        if kind == "doc":
+            self._queue[slot] = newer if newer is not None else (kind, payload)
+        else:
+            key, records = payload
+            later = newer[1][1] if newer is not None else []
+            self._queue[slot] = (kind, (key, records + later))
+        self._queue.move_to_end(slot, last=False)
