@@ -74,6 +74,7 @@ LAYERS: list[set[str]] = [
     {"serving"},
     {"inference"},
     {"telemetry"},
+    {"fleet"},
     {"experiments", "rollout", "monitoring"},
     {"shadow"},
     {"middleware"},

@@ -144,24 +144,21 @@ class PolicySync:
 
     async def _reconcile(self, desired: DesiredModel) -> None:
         model, registry = desired.model, self.registry
-        slots = registry.slots(model)
-        live = slots.live.version if slots.live is not None else desired.live
+        warm = registry.slots(model)
+        live = warm.live_version or desired.live
         # 1. Routing now, on the live version we have: cuts of exposure take effect at once.
         self.policies.install(dataclasses.replace(desired.policy(), live=live))
-        # 2. The live version: swap to it once it is warm here.
+        # 2. The live version: switch to it once it is warm here (loading it first if need be).
         if live != desired.live:
-            idle = slots.idle
-            if idle is None or idle.version != desired.live:
-                await registry.stage(model, desired.live)
-            if slots.idle_role == "previous":
-                await registry.rollback(model)
-            else:
+            if desired.live not in warm.versions or desired.live == warm.candidate:
+                if warm.candidate != desired.live:
+                    await registry.stage(model, desired.live)
                 await registry.promote(model)
-        # 3. The candidate (or else the previous version) warm in the idle slot.
-        keep = desired.candidate if desired.candidate not in (None, desired.live) else None
-        idle = slots.idle
-        if keep is not None and (idle is None or idle.version != keep or slots.idle_role != "candidate"):
-            await registry.stage(model, keep)
+            else:
+                await registry.rollback(model, to=desired.live)
+        # 3. The candidate warm, with its role.
+        if desired.candidate not in (None, desired.live) and warm.candidate != desired.candidate:
+            await registry.stage(model, str(desired.candidate))
         self.policies.install(dataclasses.replace(desired.policy(), live=desired.live))
 
     async def apply_all(self, models: Iterable[str] | None = None) -> None:
