@@ -32,81 +32,40 @@ from collections.abc import Mapping
 from functools import lru_cache
 from typing import Any
 
-_MASK = 0xFFFFFFFF
-_C1 = 0xCC9E2D51
-_C2 = 0x1B873593
+import mmh3
+
 _MAX_NORMALISED = 2**64 - 1
 _MIN_NORMALISED = -(2**63)
-
-_unpackers: dict[int, Any] = {}
-
-
-def _unpacker(nblocks: int) -> Any:
-    unpack = _unpackers.get(nblocks)
-    if unpack is None:
-        unpack = _unpackers[nblocks] = struct.Struct(f"<{nblocks}I").unpack_from
-    return unpack
-
-
-# The body below is murmur3 inlined by hand: at ~0.3 us per 4-byte block it is the hot part of
-# a `fractional` evaluation, so no helper calls and literal constants only.
-def _murmur3(data: bytes, h: int, total_length: int) -> int:
-    length = len(data)
-    nblocks = length >> 2
-    if nblocks:
-        for k in (_unpackers.get(nblocks) or _unpacker(nblocks))(data):
-            k = (k * 0xCC9E2D51) & 0xFFFFFFFF
-            h ^= (((k << 15) | (k >> 17)) * 0x1B873593) & 0xFFFFFFFF
-            h = (((h << 13) | (h >> 19)) * 5 + 0xE6546B64) & 0xFFFFFFFF  # low 32 bits suffice
-    tail = length & 3
-    if tail:
-        k = int.from_bytes(data[length - tail :], "little")
-        k = (k * 0xCC9E2D51) & 0xFFFFFFFF
-        h ^= (((k << 15) | (k >> 17)) * 0x1B873593) & 0xFFFFFFFF
-    h ^= total_length
-    h ^= h >> 16
-    h = (h * 0x85EBCA6B) & 0xFFFFFFFF
-    h ^= h >> 13
-    h = (h * 0xC2B2AE35) & 0xFFFFFFFF
-    return h ^ (h >> 16)
+_murmur3 = mmh3.hash  # (data, seed, signed): the C implementation, ~0.1 µs for a key
 
 
 def murmur3_32(data: bytes, seed: int = 0) -> int:
-    """MurmurHash3 x86 32-bit of `data`, unsigned (equals ``mmh3.hash(data, seed, signed=False)``)."""
-    return _murmur3(data, seed & _MASK, len(data))
+    """MurmurHash3 x86 32-bit of `data`, unsigned (``mmh3.hash(data, seed, signed=False)``)."""
+    return _murmur3(data, seed, False)
 
 
 class PrefixedMurmur3:
-    """murmur3 of ``prefix + suffix`` with the prefix's full blocks hashed once, up front.
+    """murmur3 of ``prefix + suffix`` for a fixed prefix.
 
     The shorthand ``fractional`` hashes ``cbor([flagKey, targetingKey])``: the flag key part is the
-    same for every request, so only the targeting key's bytes are hashed per evaluation.
+    same for every request, so it is encoded once and only the targeting key is encoded per request.
     """
 
-    __slots__ = ("_done", "_h", "_tail")
+    __slots__ = ("_prefix",)
 
     def __init__(self, prefix: bytes) -> None:
-        done = len(prefix) & ~3
-        h = 0
-        for k in struct.unpack_from(f"<{done >> 2}I", prefix):
-            k = (k * _C1) & _MASK
-            h ^= (((k << 15) | (k >> 17)) * _C2) & _MASK
-            h = ((((h << 13) | (h >> 19)) & _MASK) * 5 + 0xE6546B64) & _MASK
-        self._h = h
-        self._done = done
-        self._tail = prefix[done:]
+        self._prefix = prefix
 
     def hash(self, suffix: bytes) -> int:
         """The murmur3 of prefix + `suffix`."""
-        data = self._tail + suffix
-        return _murmur3(data, self._h, self._done + len(data))
+        return _murmur3(self._prefix + suffix, 0, False)
 
     def hash_text(self, text: str) -> int:
         """The murmur3 of prefix + canonical CBOR of `text` (the per-request half of a pair hash)."""
         raw = text.encode("utf-8")
         size = len(raw)
-        data = self._tail + (bytes((0x60 | size,)) if size < 24 else cbor_head(3, size)) + raw
-        return _murmur3(data, self._h, self._done + len(data))
+        head = bytes((0x60 | size,)) if size < 24 else cbor_head(3, size)
+        return _murmur3(self._prefix + head + raw, 0, False)
 
 
 # ---- canonical CBOR -------------------------------------------------------------------------
