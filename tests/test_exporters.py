@@ -10,7 +10,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from modelserve.errors import ConfigError
 from modelserve.telemetry.exporters import build_providers_from_env
 from modelserve.telemetry.metrics import Metrics
-from modelserve.telemetry.prometheus import PrometheusReader
+from modelserve.telemetry.prometheus import MetricsCollector
 
 
 def otlp_installed() -> bool:
@@ -24,16 +24,15 @@ def otlp_installed() -> bool:
 OTLP_INSTALLED = otlp_installed()
 
 
-def test_defaults_trace_nothing_and_give_an_sdk_meter_provider_prometheus_can_attach_to() -> None:
+def test_defaults_trace_nothing_export_no_metrics_and_metrics_still_reach_prometheus() -> None:
     providers = build_providers_from_env({})
     assert isinstance(providers.tracer_provider, trace.NoOpTracerProvider)
     assert isinstance(providers.meter_provider, MeterProvider)
-    reader = PrometheusReader()
-    reader.attach(providers.meter_provider)
-    Metrics(providers.meter_provider).record_request("fraud", "1", "primary", "stable", 0.001, False)
-    body, _ = reader.exposition()
-    assert b'target_info{service_name="modelserve"} 1' in body
-    assert b"modelserve_requests_total" in body
+    assert providers.metric_exporters == ()  # so `modelserve serve` records no OTel metrics
+    metrics = Metrics(providers.meter_provider)
+    metrics.record_request("fraud", "1", "primary", "stable", 0.001, False)
+    (requests, *_) = MetricsCollector(metrics).collect()
+    assert requests.name == "modelserve_requests" and requests.samples[0].value == 1
     providers.shutdown()
 
 

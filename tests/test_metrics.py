@@ -88,18 +88,6 @@ def test_flag_evaluations_are_counted_by_variant_and_reason(
     assert found[(("flag", "fraud-version"), ("reason", "TARGETING_MATCH"), ("variant", "v1"))].value == 1
 
 
-def test_in_flight_rises_inside_the_block_and_returns_to_zero(
-    metrics: Metrics, reader: InMemoryMetricReader
-) -> None:
-    with metrics.in_flight("fraud", "2"):
-        metrics.add_in_flight("fraud", "2", +1)
-        (inside,) = points(reader)[m.IN_FLIGHT]
-        metrics.add_in_flight("fraud", "2", -1)
-    (after,) = points(reader)[m.IN_FLIGHT]
-    assert inside.value == 2 and after.value == 0
-    assert dict(after.attributes) == {"model": "fraud", "version": "2", "role": "primary"}
-
-
 def test_rollout_gauges_read_the_source_at_collection_time(
     metrics: Metrics, reader: InMemoryMetricReader
 ) -> None:
@@ -137,8 +125,6 @@ def test_metrics_on_a_noop_provider_record_nothing_and_raise_nothing() -> None:
     metrics = Metrics(otel_metrics.NoOpMeterProvider())
     metrics.record_request("fraud", "1", "primary", "stable", 0.001, True)
     metrics.record_shadow_comparison("fraud", "2", "1", agree=True)
-    with metrics.in_flight("fraud", "1"):
-        pass
 
 
 def test_label_tuples_past_the_cache_bound_are_still_recorded(

@@ -32,7 +32,6 @@ from modelserve.server.services import Extension, ExtensionFactory, FeatureSet, 
 from modelserve.shadow.runner import ShadowResult
 from modelserve.telemetry import metrics as m
 from modelserve.telemetry import spans
-from modelserve.telemetry.service import meter_setup
 from modelserve.testing import serve
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -458,14 +457,3 @@ async def test_rollout_stage_and_canary_weight_gauges_follow_policy_and_rollout(
         stages = [(a, p.value) for a, p in sinks.points(m.ROLLOUT_STAGE)]
     assert ({"model": "fraud", "candidate": "1"}, 0.25) in weights
     assert stages == [({"model": "fraud", "candidate": "1", "stage": "canary-25"}, 2)]
-
-
-def test_meter_setup_attaches_to_an_sdk_provider_and_skips_others() -> None:
-    from opentelemetry import metrics as otel_metrics
-
-    sdk = MeterProvider()
-    provider, reader = meter_setup(sdk)
-    assert provider is sdk and reader is not None
-    noop, none = meter_setup(otel_metrics.NoOpMeterProvider())
-    assert isinstance(noop, otel_metrics.NoOpMeterProvider) and none is None
-    sdk.shutdown()

@@ -87,10 +87,9 @@ class ModelServe:
         v2 = v2_routes.routes(services)
         routes: list[BaseRoute] = [*v2, *model_routes.routes(services), *routing_routes.routes(services)]
         middleware: list[Middleware] = []
+        routes.append(Route(METRICS_PATH, metrics_app(services.metrics_registry)))
         telemetry = services.telemetry
         if telemetry is not None:
-            if telemetry.prometheus is not None:
-                routes.append(Route(METRICS_PATH, metrics_app(telemetry.prometheus)))
             # Metrics are recorded by the telemetry observer, once per inference: the middleware does spans.
             middleware.append(Middleware(TelemetryMiddleware, tracing=telemetry.tracing, metrics=None))
         if services.shadow is not None:

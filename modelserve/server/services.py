@@ -25,6 +25,7 @@ from functools import partial
 import anyio.to_thread
 from opentelemetry.metrics import MeterProvider
 from opentelemetry.trace import TracerProvider
+from prometheus_client import CollectorRegistry
 from starlette.middleware import Middleware
 from starlette.routing import BaseRoute
 
@@ -95,6 +96,8 @@ class Services:
     router: Router
     inference: InferencePath
     hooks: Hooks
+    #: What `/metrics` exposes; register your own `prometheus_client` collectors here.
+    metrics_registry: CollectorRegistry
     telemetry: TelemetryService | None = None
     shadow: ShadowService | None = None
     experiments: ExperimentService | None = None
@@ -159,10 +162,16 @@ def build_services(
     registry.listeners.append(policies.on_switch)
     windows = SlidingWindows(window_s=WINDOW_S, sub_windows=WINDOW_SLICES)
     hooks = Hooks(observers=[partial(record_in_windows, windows)])
+    metrics_registry = CollectorRegistry(auto_describe=False)
 
     telemetry = None
     if features.telemetry:
-        telemetry = build_telemetry(registry, tracer_provider=tracer_provider, meter_provider=meter_provider)
+        telemetry = build_telemetry(
+            registry,
+            tracer_provider=tracer_provider,
+            meter_provider=meter_provider,
+            metrics_registry=metrics_registry,
+        )
         hooks.observers.append(telemetry.observe)
 
     experiments = None
@@ -223,6 +232,7 @@ def build_services(
     return Services(
         config=config, store=store, registry=registry, policies=policies, windows=windows, flags=flags,
         router=router, inference=InferencePath(registry, hooks.observers), hooks=hooks,
+        metrics_registry=metrics_registry,
         telemetry=telemetry, shadow=shadow, experiments=experiments, rollout=rollout,
     )  # fmt: skip
 

@@ -15,10 +15,10 @@ providers without touching any global. Understood variables:
     OTEL_EXPORTER_OTLP_PROTOCOL            only http/protobuf is supported
     OTEL_METRIC_EXPORT_INTERVAL            push interval in ms (default 60000)
 
-The meter provider is always an SDK `MeterProvider` (unless the SDK is disabled): the telemetry
-feature attaches its `PrometheusReader` to it and serves `/metrics`, whatever `OTEL_METRICS_EXPORTER`
-says; `otlp` and `console` add a periodic push reader beside it. OTLP is imported only when asked
-for; it comes with the `otlp` extra.
+`/metrics` is served by `prometheus_client` whatever `OTEL_METRICS_EXPORTER` says (`prometheus`, the
+default, means just that); `otlp` and `console` add a periodic push reader to the SDK `MeterProvider`,
+which `modelserve serve` then passes to the app (OTel metrics are recorded only when exported).
+OTLP is imported only when asked for; it comes with the `otlp` extra.
 """
 
 from __future__ import annotations

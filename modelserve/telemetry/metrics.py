@@ -1,9 +1,13 @@
-"""OpenTelemetry metrics for modelserve, over an injected MeterProvider.
+"""modelserve's metrics: cheap local tallies, exposed to Prometheus and, when exporting, to OTel.
 
 Every series is labelled by a bounded set of values: model, version, role and route reason for
 requests; model, shadow version and primary version for shadow comparisons; flag, variant and reason
-for flag evaluations. A targeting key or request id is never a label. Attribute dicts are built
-once per label tuple and reused, so recording is a dict lookup plus the SDK's own work.
+for flag evaluations. A targeting key or request id is never a label.
+
+Recording is a locked dict increment (well under 1 µs). `/metrics` reads the tallies through a
+`prometheus_client` collector (`telemetry/prometheus.py`); only when an OTel MeterProvider is passed
+in (an exporter is configured) are OTel instruments registered, reading the same tallies, plus the SDK
+latency histogram (~10 µs a request), since OTel has no observable histogram.
 """
 
 from __future__ import annotations
@@ -11,22 +15,12 @@ from __future__ import annotations
 import bisect
 import logging
 import threading
-import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from opentelemetry import metrics
 from opentelemetry.metrics import CallbackOptions, Observation
-from opentelemetry.sdk.metrics.export import (
-    AggregationTemporality,
-    Histogram,
-    HistogramDataPoint,
-    Metric,
-)
-
-from modelserve.telemetry.spans import ROLE_PRIMARY
 
 _log = logging.getLogger(__name__)
 
@@ -35,7 +29,6 @@ METER_NAME = "modelserve"
 REQUESTS = "modelserve.requests"
 ERRORS = "modelserve.errors"
 REQUEST_DURATION = "modelserve.request.duration"
-IN_FLIGHT = "modelserve.in_flight"
 SHADOW_COMPARISONS = "modelserve.shadow.comparisons"
 SHADOW_AGREEMENTS = "modelserve.shadow.agreements"
 SHADOW_DROPS = "modelserve.shadow.drops"
@@ -75,16 +68,16 @@ class RolloutReading:
 class _LabelCache:
     """Attribute dicts for one label schema, one per distinct value tuple."""
 
-    __slots__ = ("_cache", "_names")
+    __slots__ = ("_cache", "names")
 
     def __init__(self, names: tuple[str, ...]) -> None:
-        self._names = names
+        self.names = names
         self._cache: dict[tuple[str, ...], dict[str, str]] = {}
 
     def get(self, values: tuple[str, ...]) -> dict[str, str]:
         attributes = self._cache.get(values)
         if attributes is None:
-            attributes = dict(zip(self._names, values, strict=True))
+            attributes = dict(zip(self.names, values, strict=True))
             if len(self._cache) < MAX_CACHED_LABEL_SETS:
                 self._cache[values] = attributes
         return attributes
@@ -109,70 +102,76 @@ class _Tally:
         with self._lock:
             self._counts[key] = self._counts.get(key, 0) + amount
 
-    def observe(self, options: CallbackOptions) -> Iterable[Observation]:
+    @property
+    def names(self) -> tuple[str, ...]:
+        return self._labels.names
+
+    def items(self) -> list[tuple[tuple[str, ...], int]]:
+        """A snapshot of `(label values, count)`."""
         with self._lock:
-            items = list(self._counts.items())
-        return [Observation(value, self._labels.get(key)) for key, value in items]
+            return list(self._counts.items())
+
+    def observe(self, options: CallbackOptions) -> Iterable[Observation]:
+        return [Observation(value, self._labels.get(key)) for key, value in self.items()]
+
+
+@dataclass(frozen=True, slots=True)
+class LatencySeries:
+    """One label tuple's latency histogram: counts per bucket (the last one is +Inf), sum, count."""
+
+    labels: tuple[str, ...]
+    bucket_counts: tuple[int, ...]
+    total: float
+    count: int
 
 
 class _LatencyTally:
-    """A cumulative explicit-bucket histogram per label tuple, kept locally.
+    """A cumulative explicit-bucket histogram per label tuple, kept locally (a bisect and two adds)."""
 
-    The SDK's synchronous `Histogram.record` costs ~10 µs per call (attribute cleaning and hashing),
-    a noticeable share of a ~150 µs request; a bisect and three increments cost well under 1 µs. The
-    tally is exported as an OTel `Histogram` metric by the `/metrics` reader (`as_metric`).
-    """
-
-    __slots__ = ("_bounds", "_labels", "_lock", "_series", "_start_ns")
+    __slots__ = ("_lock", "_series", "bounds", "names")
 
     def __init__(self, names: tuple[str, ...], bounds: tuple[float, ...]) -> None:
-        self._labels = _LabelCache(names)
-        self._bounds = bounds
-        self._series: dict[tuple[str, ...], list[Any]] = {}  # key -> [bucket counts, sum, count, min, max]
+        self.names = names
+        self.bounds = bounds
+        self._series: dict[tuple[str, ...], list[Any]] = {}  # key -> [bucket counts, sum]
         self._lock = threading.Lock()
-        self._start_ns = time.time_ns()
 
     def add(self, key: tuple[str, ...], value: float) -> None:
-        index = bisect.bisect_left(self._bounds, value)
+        index = bisect.bisect_left(self.bounds, value)
         with self._lock:
             series = self._series.get(key)
             if series is None:
-                series = self._series[key] = [[0] * (len(self._bounds) + 1), 0.0, 0, value, value]
+                series = self._series[key] = [[0] * (len(self.bounds) + 1), 0.0]
             series[0][index] += 1
             series[1] += value
-            series[2] += 1
-            if value < series[3]:
-                series[3] = value
-            if value > series[4]:
-                series[4] = value
 
-    def as_metric(self, name: str, description: str) -> Metric:
-        now = time.time_ns()
+    def series(self) -> list[LatencySeries]:
+        """A snapshot of every label tuple's histogram."""
         with self._lock:
-            points = [
-                HistogramDataPoint(
-                    attributes=self._labels.get(key),
-                    start_time_unix_nano=self._start_ns,
-                    time_unix_nano=now,
-                    count=count,
-                    sum=total,
-                    bucket_counts=list(buckets),
-                    explicit_bounds=list(self._bounds),
-                    min=low,
-                    max=high,
-                )
-                for key, (buckets, total, count, low, high) in self._series.items()
+            return [
+                LatencySeries(key, tuple(buckets), total, sum(buckets))
+                for key, (buckets, total) in self._series.items()
             ]
-        return Metric(
-            name=name,
-            description=description,
-            unit="s",
-            data=Histogram(data_points=points, aggregation_temporality=AggregationTemporality.CUMULATIVE),
-        )
+
+
+#: Counter families: (OTel name, Prometheus name without `_total`, OTel unit, description).
+COUNTERS: tuple[tuple[str, str, str, str], ...] = (
+    (REQUESTS, "modelserve_requests", "{request}", "Inference requests"),
+    (ERRORS, "modelserve_errors", "{request}", "Inference requests that failed (status >= 500)"),
+    (SHADOW_COMPARISONS, "modelserve_shadow_comparisons", "{comparison}", "Shadow results compared"),
+    (SHADOW_AGREEMENTS, "modelserve_shadow_agreements", "{comparison}", "Shadow results that agreed"),
+    (SHADOW_DROPS, "modelserve_shadow_drops", "{ticket}", "Shadow runs dropped (pool full or shed)"),
+    (SHADOW_TIMEOUTS, "modelserve_shadow_timeouts", "{ticket}", "Shadow runs that timed out"),
+    (SHADOW_ERRORS, "modelserve_shadow_errors", "{ticket}", "Shadow runs that raised"),
+    (FLAG_EVALUATIONS, "modelserve_flag_evaluations", "{evaluation}", "Flag evaluations by variant, reason"),
+)
+DURATION_FAMILY = "modelserve_request_duration_seconds"
+ROLLOUT_STAGE_FAMILY = "modelserve_rollout_stage"
+CANARY_WEIGHT_FAMILY = "modelserve_canary_weight_ratio"
 
 
 class Metrics:
-    """modelserve's instruments on the meter named "modelserve" of the given (or global) provider.
+    """modelserve's tallies, and OTel instruments over them on the meter provider passed in (if any).
 
     `rollouts` is called at each collection to feed the rollout-stage and canary-weight gauges; it
     can also be set later with `set_rollout_source` once the rollout controller exists.
@@ -183,19 +182,13 @@ class Metrics:
         meter_provider: metrics.MeterProvider | None = None,
         *,
         rollouts: Callable[[], Iterable[RolloutReading]] | None = None,
-        sdk_histogram: bool = True,
     ) -> None:
-        meter = metrics.get_meter(METER_NAME, meter_provider=meter_provider)
-        #: False: latency goes to a local tally that only the `/metrics` reader exports (`local_metrics`);
-        #: True: through the SDK histogram, so OTLP / console exporters see it too (at ~10 µs a request).
-        self.sdk_histogram = sdk_histogram
-        self._latency = _LatencyTally(("model", "version", "role", "route_reason"), LATENCY_BUCKETS_S)
-        self._rollouts = rollouts
         request_labels = ("model", "version", "role", "route_reason")
         shadow_labels = ("model", "version", "primary_version")
+        self.latency = _LatencyTally(request_labels, LATENCY_BUCKETS_S)
+        self._rollouts = rollouts
         self._requests = _Tally(request_labels)
         self._errors = _Tally(request_labels)
-        self._in_flight = _Tally(("model", "version", "role"))
         self._shadow_comparisons = _Tally(shadow_labels)
         self._shadow_agreements = _Tally(shadow_labels)
         self._shadow_drops = _Tally(shadow_labels)
@@ -203,31 +196,22 @@ class Metrics:
         self._shadow_errors = _Tally(shadow_labels)
         self._flag_evaluations = _Tally(("flag", "variant", "reason"))
         self._request_labels = _LabelCache(request_labels)
-        counters = (
-            (REQUESTS, self._requests, "{request}", "Inference requests"),
-            (ERRORS, self._errors, "{request}", "Inference requests that failed (status >= 500)"),
-            (SHADOW_COMPARISONS, self._shadow_comparisons, "{comparison}", "Shadow results compared"),
-            (SHADOW_AGREEMENTS, self._shadow_agreements, "{comparison}", "Shadow results that agreed"),
-            (SHADOW_DROPS, self._shadow_drops, "{ticket}", "Shadow runs dropped at admission (pool full)"),
-            (SHADOW_TIMEOUTS, self._shadow_timeouts, "{ticket}", "Shadow runs that timed out"),
-            (SHADOW_ERRORS, self._shadow_errors, "{ticket}", "Shadow runs that raised"),
-            (
-                FLAG_EVALUATIONS,
-                self._flag_evaluations,
-                "{evaluation}",
-                "Flag evaluations by variant and reason",
-            ),
-        )
-        for name, tally, unit, description in counters:
+        tallies = (
+            self._requests, self._errors, self._shadow_comparisons, self._shadow_agreements,
+            self._shadow_drops, self._shadow_timeouts, self._shadow_errors, self._flag_evaluations,
+        )  # fmt: skip
+        #: (Prometheus family name, description, tally) of every counter, for `/metrics`.
+        self.counters = [(prom, doc, t) for (_, prom, _, doc), t in zip(COUNTERS, tallies, strict=True)]
+        self._duration: metrics.Histogram | None = None
+        if meter_provider is not None:
+            self._register_otel(meter_provider, tallies)
+
+    def _register_otel(self, meter_provider: metrics.MeterProvider, tallies: tuple[_Tally, ...]) -> None:
+        meter = metrics.get_meter(METER_NAME, meter_provider=meter_provider)
+        for (name, _, unit, description), tally in zip(COUNTERS, tallies, strict=True):
             meter.create_observable_counter(
                 name, callbacks=[tally.observe], unit=unit, description=description
             )
-        meter.create_observable_up_down_counter(
-            IN_FLIGHT,
-            callbacks=[self._in_flight.observe],
-            unit="{request}",
-            description="Inferences running now",
-        )
         # No observable histogram exists in OTel: latency is the one measurement that goes through the SDK.
         self._duration = meter.create_histogram(
             REQUEST_DURATION,
@@ -257,30 +241,9 @@ class Metrics:
         self._requests.add(key)
         if error:
             self._errors.add(key)
-        if self.sdk_histogram:
+        self.latency.add(key, latency_s)
+        if self._duration is not None:
             self._duration.record(latency_s, self._request_labels.get(key))
-        else:
-            self._latency.add(key, latency_s)
-
-    def local_metrics(self) -> list[Metric]:
-        """Metrics kept outside the SDK, for the `/metrics` reader to export beside the SDK's."""
-        if self.sdk_histogram:
-            return []
-        return [self._latency.as_metric(REQUEST_DURATION, "Request latency")]
-
-    def add_in_flight(self, model: str, version: str, delta: int, role: str = ROLE_PRIMARY) -> None:
-        """Add `delta` (+1 on start, -1 on finish) to the in-flight count of a version."""
-        self._in_flight.add((model, version, role), delta)
-
-    @contextmanager
-    def in_flight(self, model: str, version: str, role: str = ROLE_PRIMARY) -> Iterator[None]:
-        """Count an inference as in flight for the duration of the block."""
-        key = (model, version, role)
-        self._in_flight.add(key, 1)
-        try:
-            yield
-        finally:
-            self._in_flight.add(key, -1)
 
     def record_shadow_comparison(self, model: str, version: str, primary_version: str, agree: bool) -> None:
         """Count a shadow result of `version` compared with the primary's, and whether they agreed."""
@@ -305,7 +268,8 @@ class Metrics:
         """Count a flag evaluation (reason as flagd reports it, e.g. TARGETING_MATCH, SPLIT)."""
         self._flag_evaluations.add((flag, variant, reason))
 
-    def _readings(self) -> list[RolloutReading]:
+    def readings(self) -> list[RolloutReading]:
+        """The rollout gauges' readings now (empty when the source is missing or fails)."""
         if self._rollouts is None:
             return []
         try:
@@ -316,16 +280,17 @@ class Metrics:
 
     def _observe_stage(self, options: CallbackOptions) -> Iterable[Observation]:
         return [
-            Observation(r.stage_index, _gauge_attributes(r, stage=True))
-            for r in self._readings()
+            Observation(r.stage_index, gauge_labels(r, stage=True))
+            for r in self.readings()
             if r.stage is not None
         ]
 
     def _observe_weight(self, options: CallbackOptions) -> Iterable[Observation]:
-        return [Observation(r.canary_weight, _gauge_attributes(r, stage=False)) for r in self._readings()]
+        return [Observation(r.canary_weight, gauge_labels(r, stage=False)) for r in self.readings()]
 
 
-def _gauge_attributes(reading: RolloutReading, *, stage: bool) -> Mapping[str, str]:
+def gauge_labels(reading: RolloutReading, *, stage: bool) -> dict[str, str]:
+    """The labels of a rollout gauge: model and candidate, and the stage for the stage gauge."""
     attributes = {"model": reading.model, "candidate": reading.candidate}
     if stage and reading.stage is not None:
         attributes["stage"] = reading.stage

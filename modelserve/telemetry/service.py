@@ -9,7 +9,8 @@
   linked to the request carrying request id, agreement, detail and slot).
 - `on_flag_evaluation`, `record_shadow_drop`, `record_event` (rollout decisions as span events).
 
-Providers are passed in and never set globally (`meter_setup` picks the provider to record on).
+Providers are passed in and never set globally; OTel metrics only when exporting (see
+`exporting_meter_provider`), `/metrics` always (through `prometheus_client`).
 """
 
 from __future__ import annotations
@@ -23,13 +24,14 @@ from opentelemetry import metrics as otel_metrics
 from opentelemetry.sdk.metrics import MeterProvider as SdkMeterProvider
 from opentelemetry.trace import SpanContext, TracerProvider
 from opentelemetry.util.types import AttributeValue
+from prometheus_client import CollectorRegistry
 
 from modelserve.inference.path import InferenceRecord
 from modelserve.routing.flagd import Evaluation
 from modelserve.serving.registry import ModelRegistry
 from modelserve.state.policies import PolicyTable
 from modelserve.telemetry.metrics import Metrics, RolloutReading
-from modelserve.telemetry.prometheus import PrometheusReader
+from modelserve.telemetry.prometheus import MetricsCollector
 from modelserve.telemetry.spans import ROLE_PRIMARY, SERVED_KEY, SLOT_KEY, Tracing
 
 log = logging.getLogger("modelserve.telemetry")
@@ -98,12 +100,10 @@ class TelemetryService:
         tracing: Tracing,
         metrics: Metrics,
         registry: ModelRegistry,
-        prometheus: PrometheusReader | None = None,
     ) -> None:
         self.tracing = tracing
         self.metrics = metrics
         self.registry = registry
-        self.prometheus = prometheus
 
     # -- request path --------------------------------------------------------------------------
 
@@ -245,24 +245,15 @@ def rollout_readings(
     return readings
 
 
-def meter_setup(
+def exporting_meter_provider(
     meter_provider: otel_metrics.MeterProvider | None,
-) -> tuple[otel_metrics.MeterProvider, PrometheusReader | None]:
-    """The provider to record on and the reader serving `/metrics` (None: no `/metrics`).
-
-    An SDK provider (passed in, else the global one) gets a `PrometheusReader` attached; with
-    neither, a private SDK provider is built around one. Nothing global is set.
-    """
-    provider = meter_provider if meter_provider is not None else otel_metrics.get_meter_provider()
-    if isinstance(provider, SdkMeterProvider):
-        reader = PrometheusReader()
-        reader.attach(provider)
-        return provider, reader
-    if meter_provider is None:
-        reader = PrometheusReader()
-        return SdkMeterProvider(metric_readers=[reader]), reader
-    log.info("meter provider %s is not the OTel SDK's: /metrics not served", type(provider).__name__)
-    return provider, None
+) -> otel_metrics.MeterProvider | None:
+    """The provider to export OTel metrics through: the one passed in, else the global one when an app
+    configured the OTel SDK globally; None (the usual case for `modelserve serve`): no OTel metrics."""
+    if meter_provider is not None:
+        return meter_provider
+    provider = otel_metrics.get_meter_provider()
+    return provider if isinstance(provider, SdkMeterProvider) else None
 
 
 def build_telemetry(
@@ -270,15 +261,9 @@ def build_telemetry(
     *,
     tracer_provider: TracerProvider | None,
     meter_provider: otel_metrics.MeterProvider | None,
+    metrics_registry: CollectorRegistry,
 ) -> TelemetryService:
-    """The telemetry service on the providers passed in (see `meter_setup`)."""
-    provider, reader = meter_setup(meter_provider)
-    tracing = Tracing(tracer_provider)
-    # With only our private provider (no exporter but `/metrics`), latency skips the SDK's costly path.
-    private = (
-        meter_provider is None and reader is not None and provider is not otel_metrics.get_meter_provider()
-    )
-    metrics = Metrics(provider, sdk_histogram=not private)
-    if private and reader is not None:
-        reader.local_metrics = metrics.local_metrics
-    return TelemetryService(tracing=tracing, metrics=metrics, registry=registry, prometheus=reader)
+    """The telemetry service on the providers passed in; its metrics are exposed on `metrics_registry`."""
+    metrics = Metrics(exporting_meter_provider(meter_provider))
+    metrics_registry.register(MetricsCollector(metrics))
+    return TelemetryService(tracing=Tracing(tracer_provider), metrics=metrics, registry=registry)
