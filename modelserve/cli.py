@@ -56,25 +56,93 @@ def print_json(data: Any) -> None:
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from modelserve.config import ServerConfig
     from modelserve.server.app import create_app
 
-    token = args.admin_token or os.environ.get(TOKEN_ENV) or None
-    config = ServerConfig(
-        repository=Path(args.repository),
-        state_dir=Path(args.state_dir),
-        admin_token=token,
-        flags_file=Path(args.flags) if args.flags else None,
-        max_body_bytes=args.max_body_bytes,
-        webhooks=tuple(args.webhook),
-    )
+    config = serve_config(args, os.environ)
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s:     %(name)s: %(message)s")
+    options = {
+        "host": args.host, "port": args.port, "log_level": args.log_level, "access_log": args.access_log,
+    }  # fmt: skip
+    if args.workers > 1:
+        # Each worker process builds its own app from this description (uvicorn's app factory).
+        os.environ[WORKER_CONFIG_ENV] = json.dumps(_config_to_json(config))
+        uvicorn.run(f"{__name__}:worker_app", factory=True, workers=args.workers, **options)
+        return 0
     app = create_app(config, **serve_extras(os.environ))
     # The process is ours: a short GIL switch interval bounds how long the event loop can wait for a
     # shadow worker thread that holds the GIL in Python code (default 5 ms, i.e. a p99 spike).
     sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=args.access_log)
+    uvicorn.run(app, **options)
     return 0
+
+
+#: How `serve --workers N` hands its configuration to the worker processes.
+WORKER_CONFIG_ENV = "MODELSERVE_WORKER_CONFIG"
+#: Set by Kubernetes (downward API): the replica's name in the shared state.
+POD_NAME_ENV = "POD_NAME"
+
+
+def serve_config(args: argparse.Namespace, environ: dict[str, str] | os._Environ[str]) -> Any:
+    """The ServerConfig `serve` runs with; refuses a state dir another process holds."""
+    from modelserve.config import ServerConfig
+    from modelserve.errors import ConfigError
+    from modelserve.state.inprocess import lock_state_dir
+
+    if args.workers < 1:
+        raise ClientError("--workers must be at least 1")
+    state_dir = Path(args.state_dir)
+    coordinator = args.coordinator
+    if coordinator is None and args.workers > 1:
+        coordinator = f"sqlite://{state_dir / 'coordinator.db'}"  # several processes, one machine
+    if coordinator is None:
+        try:  # fail fast with the way out, before loading any model
+            os.close(lock_state_dir(state_dir))
+        except ConfigError as exc:
+            raise ClientError(str(exc)) from None
+    return ServerConfig(
+        repository=Path(args.repository),
+        state_dir=state_dir,
+        admin_token=args.admin_token or environ.get(TOKEN_ENV) or None,
+        flags_file=Path(args.flags) if args.flags else None,
+        max_body_bytes=args.max_body_bytes,
+        webhooks=tuple(args.webhook),
+        coordinator=coordinator,
+        replica_id=environ.get(POD_NAME_ENV) or None,
+    )
+
+
+def _config_to_json(config: Any) -> dict[str, Any]:
+    return {
+        "repository": str(config.repository),
+        "state_dir": str(config.state_dir),
+        "admin_token": config.admin_token,
+        "flags_file": str(config.flags_file) if config.flags_file else None,
+        "max_body_bytes": config.max_body_bytes,
+        "webhooks": list(config.webhooks),
+        "coordinator": config.coordinator,
+        "replica_id": config.replica_id,
+    }
+
+
+def worker_app() -> Any:
+    """The app of one `serve --workers N` worker process (uvicorn calls this factory in each)."""
+    from modelserve.config import ServerConfig
+    from modelserve.server.app import create_app
+
+    raw = json.loads(os.environ[WORKER_CONFIG_ENV])
+    pod = raw.get("replica_id")
+    config = ServerConfig(
+        repository=Path(raw["repository"]),
+        state_dir=Path(raw["state_dir"]),
+        admin_token=raw.get("admin_token"),
+        flags_file=Path(raw["flags_file"]) if raw.get("flags_file") else None,
+        max_body_bytes=int(raw["max_body_bytes"]),
+        webhooks=tuple(raw.get("webhooks") or ()),
+        coordinator=raw["coordinator"],
+        replica_id=f"{pod}:{os.getpid()}" if pod else None,  # several workers share one pod name
+    )
+    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
+    return create_app(config, **serve_extras(os.environ))
 
 
 def serve_extras(environ: dict[str, str] | os._Environ[str]) -> dict[str, Any]:
@@ -261,6 +329,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"]
     )
     serve.add_argument("--access-log", action="store_true", help="log every request")
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="worker processes on this machine, sharing state through SQLite in the state dir (default 1)",
+    )
+    serve.add_argument(
+        "--coordinator",
+        metavar="URL",
+        help="shared state of several processes or machines: redis://HOST:PORT/DB or sqlite:///PATH",
+    )
     serve.set_defaults(run=_serve)
 
     status = client_parser(commands, "status", "live/candidate versions, split and per-version metrics")

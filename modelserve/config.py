@@ -177,6 +177,11 @@ class ServerConfig:
     max_body_bytes: int = 64 * 1024 * 1024
     load_models: tuple[str, ...] | None = None  # None: every model in the repository
     webhooks: tuple[str, ...] = ()  # URLs that receive every rollout event (JSON POST, retried)
+    #: Shared state of several processes: None (this process alone, files in `state_dir`),
+    #: `sqlite:///PATH` (one machine) or `redis://HOST:PORT/DB` (many machines).
+    coordinator: str | None = None
+    #: This process's name among the replicas (default `host:pid`; `POD_NAME` on Kubernetes).
+    replica_id: str | None = None
 
 
 def parse_model_config(data: dict[str, Any], *, where: str) -> ModelConfig:

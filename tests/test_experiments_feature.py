@@ -227,6 +227,9 @@ def test_state_is_saved_periodically_while_serving(config: ServerConfig) -> None
         deadline = time.monotonic() + 10
         assigned = 0
         while assigned == 0 and time.monotonic() < deadline:
+            if not state_file.exists():  # state is written behind the event loop: it may not be there yet
+                time.sleep(0.01)
+                continue
             saved = orjson.loads(state_file.read_bytes())
             assigned = sum(arm["assigned"] for arm in saved["counters"]["arms"].values())
         assert assigned == 1

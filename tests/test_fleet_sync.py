@@ -106,7 +106,7 @@ async def test_every_replica_starts_on_the_one_desired_live_version(fleet: list[
 async def test_stage_then_canary_on_one_replica_applies_on_every_replica(fleet: list[Replica]) -> None:
     a, b, c = fleet
     await a.commands.stage("fraud", "2")
-    await a.commands.update_policy("fraud", {"canary_weight": 30.0})
+    await a.commands.update_policy("fraud", {"candidate": "2", "canary_weight": 30.0})
     for other in (b, c):
         await eventually(lambda o=other: "2" in o.registry.slots("fraud").ready_versions, 10.0)
         await eventually(lambda o=other: o.policies.get("fraud").canary_weight == 30.0)  # type: ignore[union-attr]
@@ -136,7 +136,7 @@ async def test_canary_on_one_replica_and_shadow_on_another_both_survive(fleet: l
     a, b, c = fleet
     await a.commands.stage("fraud", "2")
     async with anyio.create_task_group() as group:
-        group.start_soon(a.commands.update_policy, "fraud", {"canary_weight": 30.0})
+        group.start_soon(a.commands.update_policy, "fraud", {"candidate": "2", "canary_weight": 30.0})
         group.start_soon(b.commands.update_policy, "fraud", {"shadow_versions": ["2"]})
     desired = await c.sync.desired.get("fraud")
     assert desired is not None and desired.canary_weight == 30.0 and desired.shadow_versions == ("2",)

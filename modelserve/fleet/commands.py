@@ -45,7 +45,7 @@ class FleetCommands:
         def change(current: DesiredModel) -> dict[str, Any]:
             if current.live == version:
                 raise Conflict(f"model {model!r} version {version} is already live")
-            return {"candidate": version}
+            return {"staged": version}
 
         await self._write(model, change, expect_rev)
         return loaded
@@ -53,17 +53,18 @@ class FleetCommands:
     async def promote(self, model: str, *, expect_rev: int | None = None) -> Applied:
         """Make the candidate live everywhere, once it is READY on every live replica."""
         current = await self._current(model)
-        candidate = current.candidate
+        candidate = current.staged or current.candidate
         if candidate is None or candidate == current.live:
             raise Conflict(f"model {model!r} has no staged candidate to promote")
         await self.sync.wait_ready(model, candidate, timeout_s=PROMOTE_BARRIER_S)
 
         def change(now: DesiredModel) -> dict[str, Any]:
-            if now.candidate != candidate or now.live != current.live:
+            if (now.staged or now.candidate) != candidate or now.live != current.live:
                 raise Conflict(f"model {model!r} changed while promoting {candidate}; retry")
             return {
                 "live": candidate,
                 "previous": now.live,
+                "staged": None,
                 "candidate": None,
                 "canary_weight": 0.0,
                 "shadow_versions": [v for v in now.shadow_versions if v != candidate],
@@ -84,7 +85,8 @@ class FleetCommands:
             return {
                 "live": previous,
                 "previous": None,
-                "candidate": now.live,
+                "staged": now.live,
+                "candidate": None,
                 "canary_weight": 0.0,
                 "shadow_versions": [v for v in now.shadow_versions if v != previous],
             }

@@ -80,13 +80,14 @@ class PolicySync:
             except (ModelServeError, ValueError) as exc:
                 log.warning("model %s: no desired state: %s", model, exc)
                 continue
-            idle = desired.candidate or desired.previous
+            staged = desired.staged or desired.candidate
+            idle = staged or desired.previous
             local.write(
                 f"slots.{model}",
                 {
                     "live_version": desired.live,
                     "idle_version": idle if idle != desired.live else None,
-                    "idle_role": "candidate" if desired.candidate else "previous",
+                    "idle_role": "candidate" if staged else "previous",
                 },
             )
             local.write(f"policy.{model}", {k: v for k, v in desired.body().items() if k in POLICY_FIELDS})
@@ -114,7 +115,11 @@ class PolicySync:
             "shadow_sample_rate": shadow.sample_rate,
         }
         if saved.get("idle_role") == "candidate" and saved.get("idle_version"):
-            initial["candidate"] = saved["idle_version"]
+            initial["staged"] = saved["idle_version"]
+        elif saved.get("candidate"):  # the warm-set form
+            initial["staged"] = saved["candidate"]
+        if not initial["previous"] and saved.get("history"):
+            initial["previous"] = saved["history"][-1]
         if old_policy is not None:
             initial.update({k: v for k, v in old_policy.body.items() if k in POLICY_FIELDS})
         return initial
@@ -156,9 +161,14 @@ class PolicySync:
                 await registry.promote(model)
             else:
                 await registry.rollback(model, to=desired.live)
-        # 3. The candidate warm, with its role.
-        if desired.candidate not in (None, desired.live) and warm.candidate != desired.candidate:
-            await registry.stage(model, str(desired.candidate))
+        # 3. The staged version (else the routing candidate) warm, with the candidate's role; a
+        #    routing candidate that is not the staged one is loaded too.
+        staged = desired.staged or desired.candidate
+        if staged not in (None, desired.live) and warm.candidate != staged:
+            await registry.stage(model, str(staged))
+        extra = desired.candidate
+        if extra not in (None, desired.live, staged) and extra not in warm.versions:
+            await registry.load_version(model, str(extra))
         self.policies.install(dataclasses.replace(desired.policy(), live=desired.live))
 
     async def apply_all(self, models: Iterable[str] | None = None) -> None:

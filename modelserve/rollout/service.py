@@ -38,13 +38,27 @@ class ShadowEvidence(Protocol):
 EventRecorder = Callable[[str, dict[str, Any]], None]
 
 
+class ServingCommands(Protocol):
+    """Stage and promote as every replica carries them out (`fleet.commands.FleetCommands`)."""
+
+    async def stage(self, model: str, version: str) -> object: ...
+    async def promote(self, model: str) -> object: ...
+
+
 class ServingTarget:
     """`RolloutTarget` over the registry's slots and the routing policies."""
 
-    def __init__(self, registry: ModelRegistry, policies: PolicyTable, shadow: ShadowEvidence | None) -> None:
+    def __init__(
+        self,
+        registry: ModelRegistry,
+        policies: PolicyTable,
+        shadow: ShadowEvidence | None,
+        commands: ServingCommands | None = None,
+    ) -> None:
         self.registry = registry
         self.policies = policies
         self.shadow = shadow
+        self.commands: ServingCommands = commands if commands is not None else registry
 
     async def live_version(self, model: str) -> str | None:
         slots = self.registry.models.get(model)
@@ -55,7 +69,7 @@ class ServingTarget:
         return slots is not None and version in slots.ready_versions
 
     async def set_traffic(self, model: str, candidate: str, weight: int) -> None:
-        self.policies.update(model, candidate=candidate, canary_weight=float(weight))
+        await self.policies.change(model, candidate=candidate, canary_weight=float(weight))
 
     async def set_shadow(self, model: str, candidate: str, on: bool) -> None:
         policy = self.policies.get(model)
@@ -63,7 +77,7 @@ class ServingTarget:
         if on and candidate not in current and self.shadow is not None:
             self.shadow.forget(model, candidate)  # agreement counts from this switch-on
         versions = [v for v in current if v != candidate] + ([candidate] if on else [])
-        self.policies.update(model, shadow_versions=versions)
+        await self.policies.change(model, shadow_versions=versions)
 
     async def promote(self, model: str, version: str) -> None:
         slots = self.registry.slots(model)
@@ -71,12 +85,12 @@ class ServingTarget:
             return  # already live (a retry after a partly failed promote)
         idle = slots.idle
         if idle is None or idle.version != version or slots.idle_role != "candidate":
-            await self.registry.stage(model, version)
-        await self.registry.promote(model)
+            await self.commands.stage(model, version)
+        await self.commands.promote(model)
         # Clear the split only now: until the switch, the candidate keeps its 100 %.
         policy = self.policies.get(model)
         shadows = [v for v in (policy.shadow_versions if policy else ()) if v != version]
-        self.policies.update(model, candidate=None, canary_weight=0.0, shadow_versions=shadows)
+        await self.policies.change(model, candidate=None, canary_weight=0.0, shadow_versions=shadows)
 
 
 class RolloutService:
@@ -93,13 +107,15 @@ class RolloutService:
         experiment: Callable[[str, str], ExperimentEvidence | None] | None = None,
         webhooks: WebhookNotifier | None = None,
         record_event: EventRecorder | None = None,
+        commands: ServingCommands | None = None,
     ) -> None:
         self.registry = registry
+        self.commands: ServingCommands = commands if commands is not None else registry
         self.shadow = shadow
         self.webhooks = webhooks
         self._record_event = record_event
         self.controller = RolloutController(
-            target=ServingTarget(registry, policies, shadow),
+            target=ServingTarget(registry, policies, shadow, commands),
             windows=windows,
             store=store,
             agreement=shadow.agreement if shadow is not None else None,
@@ -126,7 +142,7 @@ class RolloutService:
         idle = slots.idle
         staged = idle is not None and idle.version == version and slots.idle_role == "candidate"
         if version != live and not staged:
-            await self.registry.stage(model, version)
+            await self.commands.stage(model, version)
         return await self.controller.start(model, version, plan)
 
     def status(self, model: str) -> RolloutStatus | None:

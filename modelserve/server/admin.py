@@ -65,6 +65,17 @@ def admin_endpoint(services: Services, handler: Handler) -> Endpoint:
     return endpoint
 
 
+def if_match(request: Request) -> int | None:
+    """The desired-state revision a strict caller sent in `If-Match` (409 when it is stale), or None."""
+    raw = request.headers.get("if-match")
+    if raw is None:
+        return None
+    text = raw.strip().removeprefix("W/").strip('"')
+    if not text.isdigit():
+        raise RequestError(f"If-Match must be a revision number, got {raw!r}")
+    return int(text)
+
+
 def required(body: dict[str, Any], key: str) -> Any:
     if key not in body:
         raise RequestError(f"missing field {key!r}")

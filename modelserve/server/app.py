@@ -111,6 +111,8 @@ class ModelServe:
         """Load every model warm, run the startup hooks and tasks; the shutdown hooks at the end."""
         services = self.services
         hooks = services.hooks
+        for hook in hooks.prepare:
+            await hook()
         for name in services.expected_models():
             try:
                 await services.load_model(name)

@@ -15,13 +15,14 @@ from typing import Any
 from starlette.requests import Request
 from starlette.routing import Route
 
-from modelserve.server.admin import Handler, admin_endpoint, model_status, required
+from modelserve.server.admin import Handler, admin_endpoint, if_match, model_status, required
 from modelserve.server.services import Services
 from modelserve.serving.slots import Switch
 
 
 def routes(services: Services) -> list[Route]:
     registry = services.registry
+    commands = services.replica.commands  # every replica carries these out (shared desired state)
 
     async def list_models(request: Request, body: dict[str, Any]) -> Any:
         return {
@@ -34,16 +35,19 @@ def routes(services: Services) -> list[Route]:
 
     async def stage(request: Request, body: dict[str, Any]) -> Any:
         model = request.path_params["model"]
-        loaded = await registry.stage(model, str(required(body, "version")))
+        version = str(required(body, "version"))
+        loaded = await commands.stage(model, version, expect_rev=if_match(request))
         return {"model": model, "staged": loaded.describe(), "status": model_status(services, model)}
 
     async def promote(request: Request, body: dict[str, Any]) -> Any:
-        switch = await registry.promote(request.path_params["model"])
-        return {"switch": _switch(switch), "status": model_status(services, switch.model)}
+        applied = await commands.promote(request.path_params["model"], expect_rev=if_match(request))
+        assert applied.switch is not None
+        return {"switch": _switch(applied.switch), "status": model_status(services, applied.switch.model)}
 
     async def rollback(request: Request, body: dict[str, Any]) -> Any:
-        switch = await registry.rollback(request.path_params["model"])
-        return {"switch": _switch(switch), "status": model_status(services, switch.model)}
+        applied = await commands.rollback(request.path_params["model"], expect_rev=if_match(request))
+        assert applied.switch is not None
+        return {"switch": _switch(applied.switch), "status": model_status(services, applied.switch.model)}
 
     async def unload(request: Request, body: dict[str, Any]) -> Any:
         model = request.path_params["model"]

@@ -13,12 +13,13 @@ from starlette.requests import Request
 from starlette.routing import BaseRoute, Route
 
 from modelserve.errors import RequestError
-from modelserve.server.admin import admin_endpoint, model_status, required
+from modelserve.server.admin import admin_endpoint, if_match, model_status, required
 from modelserve.server.services import Services
 
 
 def routes(services: Services) -> list[BaseRoute]:
     registry, policies, flags, router = services.registry, services.policies, services.flags, services.router
+    commands = services.replica.commands  # changes go to the shared desired state, applied everywhere
 
     async def canary(request: Request, body: dict[str, Any]) -> Any:
         model = request.path_params["model"]
@@ -39,13 +40,13 @@ def routes(services: Services) -> list[BaseRoute]:
                 raise RequestError(f"candidate {candidate} of model {model!r} is not loaded and ready")
         if candidate is not None:
             changes["candidate"] = str(candidate)
-        policies.update(model, **changes)
+        await commands.update_policy(model, changes, expect_rev=if_match(request))
         return model_status(services, model)
 
     async def policy(request: Request, body: dict[str, Any]) -> Any:
         model = request.path_params["model"]
         registry.slots(model)
-        policies.update(model, **body)
+        await commands.update_policy(model, body, expect_rev=if_match(request))
         return model_status(services, model)
 
     async def flags_status(request: Request, body: dict[str, Any]) -> Any:

@@ -32,6 +32,7 @@ from starlette.routing import BaseRoute
 from modelserve.config import ServerConfig
 from modelserve.errors import AuthError
 from modelserve.experiments.service import ExperimentService
+from modelserve.fleet.replica import Replica
 from modelserve.inference.path import InferencePath, InferenceRecord, Observer
 from modelserve.middleware.routing import ArmDecider, Router
 from modelserve.rollout.service import RolloutService
@@ -40,9 +41,11 @@ from modelserve.serving.registry import ModelRegistry
 from modelserve.serving.repository import ModelRepository
 from modelserve.shadow.service import ShadowService
 from modelserve.shadow.sink import JsonlSink
+from modelserve.state.cached import CoordinatorStore
+from modelserve.state.coordinator import open_coordinator, replica_id
 from modelserve.state.flags import FlagFileSource
 from modelserve.state.policies import PolicyTable
-from modelserve.state.store import FileStateStore, MemoryStateStore, StateStore
+from modelserve.state.store import MemoryStateStore, StateStore
 from modelserve.telemetry.service import TelemetryService, build_telemetry, rollout_readings
 from modelserve.telemetry.windows import SlidingWindows
 
@@ -75,6 +78,8 @@ class Hooks:
     #: Run after every inference (after the response is sent); failures are logged, never raised.
     observers: list[Observer] = field(default_factory=list)
     status_providers: list[StatusProvider] = field(default_factory=list)
+    #: Run before the models load (connect to the shared state, read the desired versions).
+    prepare: list[Hook] = field(default_factory=list)
     #: Run once the models have loaded, before the server takes requests.
     startup: list[Hook] = field(default_factory=list)
     #: Long-running coroutines in the lifespan's task group, cancelled at shutdown.
@@ -98,6 +103,7 @@ class Services:
     hooks: Hooks
     #: What `/metrics` exposes; register your own `prometheus_client` collectors here.
     metrics_registry: CollectorRegistry
+    replica: Replica
     telemetry: TelemetryService | None = None
     shadow: ShadowService | None = None
     experiments: ExperimentService | None = None
@@ -155,14 +161,27 @@ def build_services(
 ) -> Services:
     """Every object of one server, built in dependency order (see the module docstring)."""
     features = features if features is not None else FeatureSet()
+    coordinator = open_coordinator(
+        config.coordinator, state_dir=config.state_dir if store is None else None, replica=""
+    )
+    # The registry's and policies' own store only mirrors the shared desired state (see fleet.replica).
+    local = store if store is not None else MemoryStateStore()
     if store is None:
-        store = FileStateStore(config.state_dir) if config.state_dir is not None else MemoryStateStore()
-    registry = ModelRegistry(ModelRepository(config.repository), store)
-    policies = PolicyTable(store)
+        store = CoordinatorStore(coordinator)
+    registry = ModelRegistry(ModelRepository(config.repository), local)
+    policies = PolicyTable(local)
     registry.listeners.append(policies.on_switch)
     windows = SlidingWindows(window_s=WINDOW_S, sub_windows=WINDOW_SLICES)
     hooks = Hooks(observers=[partial(record_in_windows, windows)])
     metrics_registry = CollectorRegistry(auto_describe=False)
+    replica = Replica(
+        coordinator=coordinator, store=store, local=local, registry=registry, policies=policies,
+        replica_id=config.replica_id or replica_id(), model_names=partial(expected_models, config, registry),
+    )  # fmt: skip
+    hooks.prepare.append(replica.open)
+    hooks.startup.append(replica.start)
+    hooks.tasks.extend(replica.tasks())
+    hooks.status_providers.append(replica.status)
 
     telemetry = None
     if features.telemetry:
@@ -219,6 +238,7 @@ def build_services(
         rollout = RolloutService(
             registry=registry, policies=policies, windows=windows, store=store, shadow=shadow,
             webhooks=webhooks, record_event=telemetry.record_event if telemetry is not None else None,
+            commands=replica.commands,
         )  # fmt: skip
         hooks.status_providers.append(rollout.summary)
         hooks.startup.append(rollout.restore)
@@ -229,9 +249,10 @@ def build_services(
         progress = rollout.status if rollout is not None else None
         telemetry.metrics.set_rollout_source(partial(rollout_readings, registry, policies, progress))
 
+    hooks.shutdown.append(replica.close)  # last: the hooks before it may still write state
     return Services(
         config=config, store=store, registry=registry, policies=policies, windows=windows, flags=flags,
-        router=router, inference=InferencePath(registry, hooks.observers), hooks=hooks,
+        router=router, inference=InferencePath(registry, hooks.observers), hooks=hooks, replica=replica,
         metrics_registry=metrics_registry,
         telemetry=telemetry, shadow=shadow, experiments=experiments, rollout=rollout,
     )  # fmt: skip
@@ -266,6 +287,7 @@ def install_extensions(services: Services, factories: Sequence[ExtensionFactory]
         hooks = extension.hooks
         services.hooks.observers.extend(hooks.observers)
         services.hooks.status_providers.extend(hooks.status_providers)
+        services.hooks.prepare.extend(hooks.prepare)
         services.hooks.startup.extend(hooks.startup)
         services.hooks.tasks.extend(hooks.tasks)
         services.hooks.shutdown.extend(hooks.shutdown)

@@ -30,7 +30,7 @@ def routes(services: Services, shadow: ShadowService) -> list[BaseRoute]:
     async def configure(request: Request, body: dict[str, Any]) -> Any:
         model = request.path_params["model"]
         if body.get("off") is True:
-            shadow.set_shadow(model, ())
+            await shadow.set_shadow(model, ())
         else:
             if "versions" not in body and "version" not in body:
                 raise RequestError('send {"versions": ["2"], "rate": 1.0} or {"off": true}')
@@ -38,7 +38,7 @@ def routes(services: Services, shadow: ShadowService) -> list[BaseRoute]:
             listed = [raw] if isinstance(raw, str | int) and not isinstance(raw, bool) else raw
             if not isinstance(listed, list) or not listed:
                 raise RequestError("versions must be a non-empty list of version names")
-            shadow.set_shadow(model, tuple(str(v) for v in listed), body.get("rate"))
+            await shadow.set_shadow(model, tuple(str(v) for v in listed), body.get("rate"))
         return model_status(services, model)
 
     async def report(request: Request, body: dict[str, Any]) -> Any:

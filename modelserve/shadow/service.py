@@ -111,7 +111,9 @@ class ShadowService:
             if not admitted:
                 self._count_drop(record.model, version, decision.version)
 
-    def set_shadow(self, model: str, versions: tuple[str, ...], rate: float | None = None) -> dict[str, Any]:
+    async def set_shadow(
+        self, model: str, versions: tuple[str, ...], rate: float | None = None
+    ) -> dict[str, Any]:
         """Shadow `versions` of `model` (each loaded and ready, none live) at `rate`; () turns it off."""
         slots = self.registry.slots(model)
         live = slots.live.version if slots.live is not None else None
@@ -128,7 +130,7 @@ class ShadowService:
             if isinstance(rate, bool) or not isinstance(rate, int | float) or not 0.0 <= rate <= 1.0:
                 raise RequestError("rate must be a number within 0..1")
             changes["shadow_sample_rate"] = float(rate)
-        self.policies.update(model, **changes)
+        await self.policies.change(model, **changes)  # on every replica, when state is shared
         return self.status(model)
 
     def report(self, model: str, **thresholds: Any) -> dict[str, Any]:

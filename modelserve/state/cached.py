@@ -13,6 +13,7 @@ event loop never blocks on the disk or the network.
 from __future__ import annotations
 
 import logging
+import threading
 import uuid
 from collections import OrderedDict
 from typing import Any
@@ -25,6 +26,8 @@ from modelserve.state.coordinator import Coordinator, CoordinatorUnavailable, ch
 log = logging.getLogger("modelserve.state")
 
 RETRY_S = 0.5
+#: How soon a write made from a worker thread (which cannot wake the writer) is picked up.
+THREAD_POLL_S = 0.05
 
 
 def _copy(value: dict[str, Any]) -> dict[str, Any]:
@@ -45,6 +48,8 @@ class CoordinatorStore:
         self._wakeup = anyio.Event()
         self._idle = anyio.Event()
         self._idle.set()
+        self._lock = threading.Lock()  # `write` may come from a worker thread
+        self._loop_thread: int | None = None
 
     async def preload(self, keys: list[str] = [], logs: list[str] = []) -> None:  # noqa: B006
         """Fetch documents and logs into memory (call before the services read them)."""
@@ -61,41 +66,58 @@ class CoordinatorStore:
         return None if value is None else _copy(value)
 
     def write(self, key: str, value: dict[str, Any]) -> None:
-        body = self._docs[check_key(key)] = _copy(value)
-        self._queue[f"doc:{key}"] = ("doc", (key, body))
+        body = _copy(value)
+        with self._lock:
+            self._docs[check_key(key)] = body
+            self._queue[f"doc:{key}"] = ("doc", (key, body))
         self._kick()
 
     def append(self, key: str, record: dict[str, Any]) -> None:
         record = _copy(record)
         record.setdefault("event_id", uuid.uuid4().hex)
-        records = self._logs.setdefault(check_key(key), [])
-        records.append(record)
-        del records[: -self.max_log]
-        kind, pending = self._queue.get(f"log:{key}", ("log", (key, [])))
-        pending[1].append(record)
-        self._queue[f"log:{key}"] = (kind, pending)
+        with self._lock:
+            records = self._logs.setdefault(check_key(key), [])
+            records.append(record)
+            del records[: -self.max_log]
+            kind, pending = self._queue.get(f"log:{key}", ("log", (key, [])))
+            pending[1].append(record)
+            self._queue[f"log:{key}"] = (kind, pending)
         self._kick()
 
     def read_log(self, key: str) -> list[dict[str, Any]]:
         return [dict(r) for r in self._logs.get(check_key(key), [])]
 
     def _kick(self) -> None:
-        self._idle = anyio.Event() if self._idle.is_set() else self._idle
-        self._wakeup.set()
+        # anyio events belong to the event loop: from another thread the writer's poll picks it up.
+        if threading.get_ident() == self._loop_thread:
+            self._idle = anyio.Event() if self._idle.is_set() else self._idle
+            self._wakeup.set()
 
     async def flush(self) -> None:
         """Wait until every queued write reached the coordinator (needs `run()` running)."""
-        await self._idle.wait()
+        while self._queue:
+            self._idle = anyio.Event() if self._idle.is_set() else self._idle
+            self._wakeup.set()
+            await self._idle.wait()
+
+    @property
+    def pending(self) -> int:
+        """Documents and logs waiting to be written."""
+        return len(self._queue)
 
     async def run(self) -> None:
         """Write queued documents and log records until cancelled (a lifespan task)."""
+        self._loop_thread = threading.get_ident()
         while True:
-            if not self._queue:
+            with self._lock:
+                item = self._queue.popitem(last=False) if self._queue else None
+            if item is None:
                 self._idle.set()
                 self._wakeup = anyio.Event()
-                await self._wakeup.wait()
+                with anyio.move_on_after(THREAD_POLL_S):
+                    await self._wakeup.wait()
                 continue
-            slot, (kind, payload) = self._queue.popitem(last=False)
+            slot, (kind, payload) = item
             try:
                 if kind == "doc":
                     key, body = payload
@@ -114,11 +136,12 @@ class CoordinatorStore:
 
     def _requeue(self, slot: str, kind: str, payload: Any) -> None:
         """Put a write that failed back at the front, unless a newer one of the same document is queued."""
-        newer = self._queue.pop(slot, None)
-        if kind == "doc":
-            self._queue[slot] = newer if newer is not None else (kind, payload)
-        else:
-            key, records = payload
-            later = newer[1][1] if newer is not None else []
-            self._queue[slot] = (kind, (key, records + later))
-        self._queue.move_to_end(slot, last=False)
+        with self._lock:
+            newer = self._queue.pop(slot, None)
+            if kind == "doc":
+                self._queue[slot] = newer if newer is not None else (kind, payload)
+            else:
+                key, records = payload
+                later = newer[1][1] if newer is not None else []
+                self._queue[slot] = (kind, (key, records + later))
+            self._queue.move_to_end(slot, last=False)

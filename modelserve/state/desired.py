@@ -1,10 +1,11 @@
 """Desired state: one revisioned document per model that every replica reconciles toward.
 
 The document `model.<name>` says which version is live, which one was live before (kept warm for a
-rollback), the candidate and its canary weight, the flag, the shadow versions and rate, the running
-experiment. Admin commands on any replica change it with field-level patches: read, change the named
-fields only, compare-and-set on the revision, retry when another writer won (or, for a strict caller
-that sent `If-Match`, answer 409). Replicas never write each other's whole policy.
+rollback), which one is staged, the routing candidate and its canary weight, the flag, the shadow
+versions and rate, the running experiment. Admin commands on any replica change it with field-level
+patches: read, change the named fields only, compare-and-set on the revision, retry when another
+writer won (or, for a strict caller that sent `If-Match`, answer 409). Replicas never write each
+other's whole policy.
 
 The first replica to start seeds the document from the state it had before (`slots.<name>` and
 `policy.<name>`) and `config.toml`, with create-if-absent; later ones read what it wrote.
@@ -32,7 +33,7 @@ POLICY_FIELDS = (
     "shadow_sample_rate",
 )
 #: Fields only serving commands change (stage, promote, rollback, experiments).
-SERVING_FIELDS = ("live", "previous", "experiment")
+SERVING_FIELDS = ("live", "previous", "staged", "experiment")
 
 
 def key_of(model: str) -> str:
@@ -48,6 +49,8 @@ class DesiredModel:
     rev: int
     live: str
     previous: str | None = None
+    #: Staged with `stage`: held warm as the candidate, with no traffic until a canary or promote.
+    staged: str | None = None
     candidate: str | None = None
     canary_weight: float = 0.0
     flag: str | None = None
@@ -73,7 +76,7 @@ class DesiredModel:
 
     def wanted_versions(self) -> tuple[str, ...]:
         """Versions a replica should hold warm: live, then candidate, then shadows, then previous."""
-        ordered = [self.live, self.candidate, *self.shadow_versions, self.previous]
+        ordered = [self.live, self.staged, self.candidate, *self.shadow_versions, self.previous]
         return tuple(dict.fromkeys(v for v in ordered if v))
 
     def body(self) -> dict[str, Any]:
@@ -107,7 +110,7 @@ def validate(changes: dict[str, Any]) -> dict[str, Any]:
             if isinstance(value, str) or not isinstance(value, list | tuple):
                 raise ConfigError("shadow_versions must be a list of versions")
             value = tuple(str(v) for v in value)
-        elif name in ("candidate", "flag", "live", "previous", "experiment") and value is not None:
+        elif name in ("candidate", "flag", "live", "previous", "staged", "experiment") and value is not None:
             if isinstance(value, bool) or not isinstance(value, str | int):
                 raise ConfigError(f"{name} must be a string")
             value = str(value)

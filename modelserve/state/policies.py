@@ -9,6 +9,7 @@ policy's copy in step the moment a switch happens.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from modelserve.config import ModelConfig
@@ -44,6 +45,9 @@ class PolicyTable:
     def __init__(self, store: StateStore) -> None:
         self.store = store
         self._policies: dict[str, ModelPolicy] = {}
+        #: Where `change` sends runtime changes when replicas share state (the desired document);
+        #: it must install the result here before it returns.
+        self.writer: Callable[[str, dict[str, Any]], Awaitable[object]] | None = None
 
     def get(self, model: str) -> ModelPolicy | None:
         return self._policies.get(model)
@@ -95,6 +99,18 @@ class PolicyTable:
             f"policy.{model}", {name: _jsonable(getattr(policy, name)) for name in MUTABLE_FIELDS}
         )
         return policy
+
+    async def change(self, model: str, **changes: Any) -> ModelPolicy:
+        """Change runtime fields everywhere they apply: through `writer` when set, else `update`."""
+        if self.writer is None:
+            return self.update(model, **changes)
+        if model not in self._policies:
+            raise RequestError(f"model {model!r} has no routing policy (is it loaded?)")
+        unknown = sorted(set(changes) - set(MUTABLE_FIELDS))
+        if unknown:
+            raise RequestError(f"unknown policy field(s): {', '.join(unknown)}")
+        await self.writer(model, changes)
+        return self._policies[model]
 
     def install(self, policy: ModelPolicy) -> None:
         """Swap in a policy decided elsewhere (the shared desired state), without saving it here."""
