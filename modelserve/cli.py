@@ -268,8 +268,9 @@ def _unload(args: argparse.Namespace) -> int:
 
 
 def _inspect(args: argparse.Namespace) -> int:
+    from modelserve.config import RuntimeOptions
     from modelserve.errors import LoadError
-    from modelserve.serving.runtime import RuntimeOptions, load_version
+    from modelserve.serving.runtime import load_version
 
     try:
         loaded = load_version("model", "1", Path(args.path), RuntimeOptions())
@@ -281,7 +282,9 @@ def _inspect(args: argparse.Namespace) -> int:
     return 0
 
 
-def client_parser(parent: argparse._SubParsersAction, name: str, help_text: str) -> argparse.ArgumentParser:
+def client_parser(
+    parent: argparse._SubParsersAction[argparse.ArgumentParser], name: str, help_text: str
+) -> argparse.ArgumentParser:
     parser: argparse.ArgumentParser = parent.add_parser(
         name, help=help_text, description=help_text.replace("%%", "%")
     )

@@ -221,13 +221,15 @@ class EpsilonGreedy(_BanditBase):
 
     def _means(self) -> np.ndarray:
         n = np.maximum(np.asarray(self.n), 1)
-        return np.asarray(self.total) / n
+        result: np.ndarray = np.asarray(self.total) / n
+        return result
 
     def _preference(self) -> np.ndarray:
         means = self._means()
         best = means == means.max()
         k = len(self.arms)
-        return self.epsilon / k + (1 - self.epsilon) * best / best.sum()
+        result: np.ndarray = self.epsilon / k + (1 - self.epsilon) * best / best.sum()
+        return result
 
     def posterior(self, *, level: float = 0.95) -> list[ArmPosterior]:
         """Observed mean per arm with a normal-approximation interval (no prior)."""

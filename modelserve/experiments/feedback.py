@@ -54,7 +54,7 @@ class Outcome:
 _CONSUMED = object()  # marks an id whose outcome was counted, so a repeat is a duplicate
 
 
-class _CountingTTLCache(TTLCache):
+class _CountingTTLCache(TTLCache[str, object]):
     """A TTLCache that counts entries pushed out by the size bound (expired ones are not counted)."""
 
     def __init__(self, maxsize: int, ttl: float, timer: Callable[[], float]) -> None:

@@ -120,7 +120,8 @@ class ExperimentReport:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able dict; NaN and infinities become None."""
-        return _clean(asdict(self))
+        result: dict[str, Any] = _clean(asdict(self))
+        return result
 
     def render_table(self) -> str:
         """A readable text table of the report."""

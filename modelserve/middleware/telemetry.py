@@ -123,7 +123,8 @@ def request_decisions(scope: Scope) -> Mapping[str, RouteDecision] | None:
     """The route decisions of a request: those served (`SERVED_KEY`), else those routing made."""
     served = scope.get(SERVED_KEY)
     if served:
-        return served
+        result: Mapping[str, RouteDecision] | None = served
+        return result
     route = scope.get(ROUTE_KEY)
     if isinstance(route, RouteContext):
         return route.decisions

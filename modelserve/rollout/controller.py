@@ -28,6 +28,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
+from typing import Any
 
 import anyio
 
@@ -40,7 +41,7 @@ from modelserve.rollout.events import (
     RolloutStatus,
     events_from_log,
 )
-from modelserve.rollout.gates import FAIL, evaluate_gates
+from modelserve.rollout.gates import FAIL, GateResult, evaluate_gates
 from modelserve.rollout.plan import RolloutPlan, default_plan
 from modelserve.rollout.state import Rollout, rollout_from_state
 from modelserve.rollout.target import AgreementSource, ExperimentSource, RolloutTarget
@@ -282,7 +283,13 @@ class RolloutController:
             self._emit(rollout, "gates", " ".join(f"{r.gate}={r.verdict}" for r in results), results, data)
             rollout.last_verdicts, rollout.last_gate_event = verdicts, now
 
-    async def _advance(self, rollout: Rollout, now: float, results: tuple, data: dict | None = None) -> None:
+    async def _advance(
+        self,
+        rollout: Rollout,
+        now: float,
+        results: tuple[GateResult, ...],
+        data: dict[str, Any] | None = None,
+    ) -> None:
         passed = rollout.stage
         if rollout.stage_index + 1 >= len(rollout.plan.stages):
             # Shadow off unconditionally: a skip to the end may leave a shadow stage behind.
@@ -383,8 +390,8 @@ class RolloutController:
         rollout: Rollout,
         kind: str,
         message: str,
-        gates: tuple = (),
-        data: dict | None = None,
+        gates: tuple[GateResult, ...] = (),
+        data: dict[str, Any] | None = None,
     ) -> RolloutEvent:
         stage = rollout.stage
         event = RolloutEvent(

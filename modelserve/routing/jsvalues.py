@@ -48,7 +48,8 @@ def truthy(value: Any) -> bool:
     if kind is str or kind is list or kind is int:
         return bool(value)
     if kind is float:
-        return value == value and value != 0.0
+        result: bool = value == value and value != 0.0
+        return result
     return True  # objects
 
 
@@ -56,7 +57,8 @@ def to_number(value: Any) -> int | float:
     """JavaScript's `Number(value)`."""
     kind = type(value)
     if kind is int or kind is float:
-        return value
+        result: int | float = value
+        return result
     if value is None or value is False:
         return 0
     if value is True:
@@ -99,7 +101,8 @@ def to_string(value: Any) -> str:
     """JavaScript's `String(value)` (arrays join with commas, objects are "[object Object]")."""
     kind = type(value)
     if kind is str:
-        return value
+        result: str = value
+        return result
     if value is None:
         return "null"
     if value is True:
@@ -130,7 +133,8 @@ def loose_eq(a: Any, b: Any) -> bool:
     if ta is tb:
         if ta is list or ta is dict:
             return a is b
-        return a == b
+        result: bool = a == b
+        return result
     if a is None or b is None:
         return False
     if ta is bool:
@@ -140,11 +144,14 @@ def loose_eq(a: Any, b: Any) -> bool:
     a_num = ta is int or ta is float
     b_num = tb is int or tb is float
     if a_num and b_num:
-        return a == b
+        result = a == b
+        return result
     if a_num:
-        return a == to_number(_primitive(b))
+        result = a == to_number(_primitive(b))
+        return result
     if b_num:
-        return to_number(_primitive(a)) == b
+        result = to_number(_primitive(a)) == b
+        return result
     if ta is str:
         return isinstance(b, (list, Mapping)) and a == to_string(b)
     if tb is str:
@@ -158,7 +165,8 @@ def strict_eq(a: Any, b: Any) -> bool:
     if ta is tb:
         if ta is list or ta is dict:
             return a is b
-        return a == b
+        result: bool = a == b
+        return result
     return (ta is int or ta is float) and (tb is int or tb is float) and a == b
 
 
@@ -173,17 +181,21 @@ def _compare(a: Any, b: Any) -> tuple[Any, Any]:
 def less(a: Any, b: Any) -> bool:
     ta, tb = type(a), type(b)
     if (ta is tb and ta in (str, int, float)) or (ta in (int, float) and tb in (int, float)):
-        return a < b
+        result: bool = a < b
+        return result
     x, y = _compare(a, b)
-    return x < y
+    result = x < y
+    return result
 
 
 def less_equal(a: Any, b: Any) -> bool:
     ta, tb = type(a), type(b)
     if (ta is tb and ta in (str, int, float)) or (ta in (int, float) and tb in (int, float)):
-        return a <= b
+        result: bool = a <= b
+        return result
     x, y = _compare(a, b)
-    return x <= y
+    result = x <= y
+    return result
 
 
 def op_lt(a: Any = None, b: Any = None, c: Any = None, *_: Any) -> bool:
@@ -256,7 +268,8 @@ def _extreme(pick: Callable[..., Any], empty: float) -> Callable[..., Any]:
             return empty
         if any(n != n for n in numbers):
             return _NAN
-        return pick(numbers)
+        result: int | float = pick(numbers)
+        return result
 
     return extreme
 

@@ -42,7 +42,8 @@ async def read_body(receive: Receive, scope_headers: Iterable[tuple[bytes, bytes
     if not message.get("more_body", False):
         if len(body) > limit:
             raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
-        return body
+        result: bytes = body
+        return result
     chunks = [body]
     size = len(body)
     while message.get("more_body", False):

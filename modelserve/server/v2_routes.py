@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from importlib.metadata import version as distribution_version
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -29,7 +30,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("modelserve.server")
 
-SERVER_VERSION = "0.1.0"
+#: The version `GET /v2` reports: the installed distribution's (pyproject.toml is the one source).
+SERVER_VERSION = distribution_version("modelserve")
 
 
 class InferEndpoint:

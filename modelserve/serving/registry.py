@@ -23,11 +23,12 @@ import anyio
 import anyio.to_thread
 import numpy as np
 
+from modelserve.config import RuntimeOptions
 from modelserve.errors import ConfigError, Conflict, LoadError, ModelServeError, NotFound, NotReady
 from modelserve.serving.faults import FaultyRun, fault_for
 from modelserve.serving.memory import MemoryCost, WarmEntry, check_budget, resident_bytes
 from modelserve.serving.repository import ModelRepository, check_model_name, check_version, version_key
-from modelserve.serving.runtime import LoadedVersion, RuntimeOptions, load_version
+from modelserve.serving.runtime import LoadedVersion, load_version
 from modelserve.serving.slots import Switch
 from modelserve.serving.warmset import WarmSet
 from modelserve.state.store import StateStore

@@ -80,7 +80,8 @@ class LogHistogram:
                 if index == len(self._counts) - 1:  # the last bucket also holds everything above it
                     return self.maximum
                 midpoint = 2.0 ** (self._log_lowest + (index + 0.5) / self._scale)
-                return min(midpoint, self.maximum)
+                result: float | None = min(midpoint, self.maximum)
+                return result
         return self.maximum
 
     def summary(self, scale: float = 1.0) -> dict[str, float | int | None]:
