@@ -146,6 +146,12 @@ def _apply(policy: ModelPolicy, changes: dict[str, Any]) -> ModelPolicy:
             if isinstance(value, bool) or not isinstance(value, int | float):
                 raise ConfigError(f"{name} must be a number")
             value = float(value)
+            if name == "canary_weight" and not 0.0 <= value <= 100.0:
+                raise ConfigError(
+                    f"canary_weight is a percent of targeting keys, 0 to 100 (5 = 5 %), not {value:g}"
+                )
+            if name == "shadow_sample_rate" and not 0.0 <= value <= 1.0:
+                raise ConfigError(f"shadow_sample_rate is a fraction of requests, 0 to 1, not {value:g}")
         elif name == "allow_version_override" and not isinstance(value, bool):
             raise ConfigError("allow_version_override must be true or false")
         elif name == "targeting_header":
