@@ -210,10 +210,13 @@ def verify(path: Path, x: np.ndarray, expected_proba: np.ndarray) -> None:
     np.testing.assert_allclose(proba, expected_proba, atol=1e-4)
 
 
-def v2_request(rows: np.ndarray, request_id: str) -> dict[str, object]:
-    """An Open Inference Protocol request with the rows as flat JSON data."""
+def v2_request(rows: np.ndarray) -> dict[str, object]:
+    """An Open Inference Protocol request with the rows as flat JSON data.
+
+    No `id`: the server gives each request its own (`X-Request-Id`) when an experiment needs one, so
+    sending this file twice gives two ids to post outcomes for, not one.
+    """
     return {
-        "id": request_id,
         "inputs": [
             {"name": "input", "shape": list(rows.shape), "datatype": "FP32", "data": rows.ravel().tolist()}
         ],
@@ -250,7 +253,7 @@ def main() -> None:
 
     # One row the versions agree on and one they disagree on, so comparing versions shows something.
     picks = [int(np.flatnonzero(~disagree)[0]), int(np.flatnonzero(disagree)[0])]
-    request = v2_request(x_test[picks], f"{MODEL_NAME}-example-1")
+    request = v2_request(x_test[picks])
     (EXAMPLES / "req.json").write_text(json.dumps(request, indent=2) + "\n")
     with (EXAMPLES / "labelled_traffic.jsonl").open("w") as handle:
         for row, label in zip(x_test, y_test, strict=True):

@@ -15,7 +15,7 @@ Per model: `models/<name>/config.toml` (all keys optional)::
     versions = ["1", "2", "5"]      # or these versions (both pinned: never unloaded implicitly)
     [routing]
     targeting_header = "x-user-id"
-    flag = "fraud-model"            # a flag whose variants name versions
+    flag = "credit-model"           # a flag whose variants name versions
     candidate = "2"
     canary_weight = 0.0             # percent of targeting keys sent to the candidate
     allow_version_override = false  # honour an X-Model-Version request header
@@ -172,7 +172,10 @@ class ServerConfig:
 
     repository: Path
     state_dir: Path | None = Path(".modelserve")
-    admin_token: str | None = None
+    admin_token: str | None = None  # every scope: changes, reads, feedback (server/auth.py)
+    read_token: str | None = None  # status, reports, history, /ui
+    feedback_token: str | None = None  # POST outcomes, nothing else
+    inference_token: str | None = None  # when set, inference needs it (or the admin token)
     flags_file: Path | None = None
     max_body_bytes: int = 64 * 1024 * 1024
     load_models: tuple[str, ...] | None = None  # None: every model in the repository
@@ -208,7 +211,9 @@ def parse_model_config(data: dict[str, Any], *, where: str) -> ModelConfig:
         raise ConfigError(f"{where} [serving] execution must be auto, inline or thread")
     routing = _section(RoutingConfig, data.get("routing", {}), f"{where} [routing]")
     if not 0.0 <= routing.canary_weight <= 100.0:
-        raise ConfigError(f"{where} [routing] canary_weight must be within 0..100")
+        raise ConfigError(
+            f"{where} [routing] canary_weight is a percent of targeting keys, within 0..100 (5 = 5 %)"
+        )
     shadow_data = dict(data.get("shadow", {}))
     if "versions" in shadow_data:
         if not isinstance(shadow_data["versions"], list):

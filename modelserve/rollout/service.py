@@ -108,12 +108,14 @@ class RolloutService:
         webhooks: WebhookNotifier | None = None,
         record_event: EventRecorder | None = None,
         commands: ServingCommands | None = None,
+        on_change: Callable[[RolloutEvent], None] | None = None,
     ) -> None:
         self.registry = registry
         self.commands: ServingCommands = commands if commands is not None else registry
         self.shadow = shadow
         self.webhooks = webhooks
         self._record_event = record_event
+        self._on_change = on_change  # the audit log
         self.controller = RolloutController(
             target=ServingTarget(registry, policies, shadow, commands),
             windows=windows,
@@ -183,6 +185,8 @@ class RolloutService:
         await self.controller.restore(sorted(self.registry.models))
 
     def _on_event(self, event: RolloutEvent) -> None:
+        if self._on_change is not None:
+            self._on_change(event)
         if self._record_event is not None:  # gates keyed by name flatten to `gates.<name>.observed`...
             attributes = event.to_dict()
             attributes["gates"] = {gate.pop("gate"): gate for gate in attributes["gates"]}

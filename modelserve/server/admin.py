@@ -16,6 +16,8 @@ from starlette.responses import Response
 
 from modelserve.errors import AuthError, ModelServeError, RequestError, http_status
 from modelserve.server import protocol
+from modelserve.server.auth import ADMIN, READ
+from modelserve.state.audit import Actor
 
 if TYPE_CHECKING:
     from modelserve.server.services import Services
@@ -34,12 +36,22 @@ def _respond(data: Any, status: int = 200) -> Response:
     )
 
 
-def admin_endpoint(services: Services, handler: Handler) -> Endpoint:
-    """Authenticate, decode an optional JSON object body, map errors to V2 JSON errors."""
+#: A client's reason for a change, recorded in the audit log (or `"reason"` in the JSON body).
+REASON_HEADER = "x-modelserve-reason"
+
+
+def admin_endpoint(services: Services, handler: Handler, *, scope: str | None = None) -> Endpoint:
+    """Authenticate, decode an optional JSON object body, map errors to V2 JSON errors.
+
+    `scope` is the token scope the route needs (`server/auth.py`): by default `read` for GET and
+    `admin` otherwise. Every successful admin call is recorded in the audit log with the model's
+    state before and after, the token scope that made it and the reason the client gave.
+    """
 
     async def endpoint(request: Request) -> Response:
         try:
-            services.check_admin(request.headers.get("authorization"))
+            needed = scope or (READ if request.method in ("GET", "HEAD") else ADMIN)
+            granted = services.authorize(request.headers.get("authorization"), needed)
             raw = await request.body()
             body: dict[str, Any] = {}
             if raw.strip():
@@ -50,7 +62,19 @@ def admin_endpoint(services: Services, handler: Handler) -> Endpoint:
                 if not isinstance(decoded, dict):
                     raise RequestError("the request body must be a JSON object")
                 body = decoded
-            return _respond(await handler(request, body))
+            if needed != ADMIN:
+                return _respond(await handler(request, body))
+            model = request.path_params.get("model")
+            before = audit_snapshot(services, model)
+            answer = await handler(request, body)
+            services.audit.record(
+                model or "*",
+                action_of(request),
+                actor=Actor(scope=granted, reason=reason_of(request, body)),
+                before=before,
+                after=audit_snapshot(services, model),
+            )
+            return _respond(answer)
         except Exception as exc:
             message = str(exc) if isinstance(exc, ModelServeError) else "internal error"
             response = Response(
@@ -74,6 +98,42 @@ def if_match(request: Request) -> int | None:
     if not text.isdigit():
         raise RequestError(f"If-Match must be a revision number, got {raw!r}")
     return int(text)
+
+
+def action_of(request: Request) -> str:
+    """The audit action of an admin call: its path below the model (`promote`, `rollout/abort`, ...)."""
+    path = request.url.path
+    model = request.path_params.get("model")
+    marker = f"/models/{model}/" if model else "/admin/"
+    _, found, rest = path.partition(marker)
+    return (rest if found else path).strip("/") or "change"
+
+
+def reason_of(request: Request, body: dict[str, Any]) -> str:
+    """The client's reason: the `X-Modelserve-Reason` header, else a string `reason` in the body."""
+    reason = request.headers.get(REASON_HEADER) or body.get("reason")
+    return reason[:500] if isinstance(reason, str) else ""
+
+
+def audit_snapshot(services: Services, model: str | None) -> dict[str, Any]:
+    """What an audit entry keeps of a model's state: versions, split, shadow, flag, rollout."""
+    if model is None:
+        return {}
+    slots = services.registry.models.get(model)
+    if slots is None:
+        return {"loaded": False}
+    policy = services.policies.describe(model)
+    snapshot: dict[str, Any] = {
+        "live": slots.live.version if slots.live is not None else None,
+        "ready_versions": sorted(slots.ready_versions, key=int),
+    }
+    for key in ("candidate", "canary_weight", "shadow_versions", "shadow_sample_rate", "flag"):
+        if key in policy:
+            snapshot[key] = policy[key]
+    rollout = services.rollout.status(model) if services.rollout is not None else None
+    if rollout is not None:
+        snapshot["rollout"] = f"{rollout.candidate}: {rollout.state}, stage {rollout.stage}"
+    return snapshot
 
 
 def required(body: dict[str, Any], key: str) -> Any:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 
 import anyio
 import numpy as np
@@ -18,24 +18,28 @@ from opentelemetry.metrics import MeterProvider
 from opentelemetry.trace import TracerProvider
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
-from starlette.requests import HTTPConnection
+from starlette.requests import HTTPConnection, Request
+from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import Scope
 
 from modelserve.config import ServerConfig
-from modelserve.errors import ModelServeError
+from modelserve.errors import AuthError, ModelServeError, NotReady, http_status
 from modelserve.experiments.service import ExperimentService
 from modelserve.middleware.routing import RoutingMiddleware
 from modelserve.middleware.telemetry import TelemetryMiddleware
 from modelserve.routing.decision import RouteDecision
 from modelserve.server import (
+    audit_routes,
     experiment_routes,
     model_routes,
+    protocol,
     rollout_routes,
     routing_routes,
     shadow_routes,
     v2_routes,
 )
+from modelserve.server.admin import audit_snapshot
 from modelserve.server.services import (
     Extension,
     ExtensionFactory,
@@ -43,12 +47,16 @@ from modelserve.server.services import (
     build_services,
     install_extensions,
 )
+from modelserve.serving.layout import check_repository
+from modelserve.state.audit import SYSTEM, Actor
 from modelserve.state.store import StateStore
 from modelserve.telemetry.prometheus import metrics_app
 
 log = logging.getLogger("modelserve.server")
 
 METRICS_PATH = "/metrics"
+#: A Starlette / FastAPI exception handler.
+ErrorHandler = Callable[[Request, Exception], Awaitable[Response]]
 
 
 class ModelServe:
@@ -86,6 +94,7 @@ class ModelServe:
         self.extensions: list[Extension] = install_extensions(services, extensions)
         v2 = v2_routes.routes(services)
         routes: list[BaseRoute] = [*v2, *model_routes.routes(services), *routing_routes.routes(services)]
+        routes += audit_routes.routes(services)
         middleware: list[Middleware] = []
         routes.append(Route(METRICS_PATH, metrics_app(services.metrics_registry)))
         telemetry = services.telemetry
@@ -111,9 +120,16 @@ class ModelServe:
         """Load every model warm, run the startup hooks and tasks; the shutdown hooks at the end."""
         services = self.services
         hooks = services.hooks
+        layout = check_repository(services.config.repository)  # ConfigError: nothing to serve at all
+        for problem in layout.problems:
+            log.error("model %s: %s", problem.model, problem.message())
+        services.layout_errors = layout.unservable()
         for hook in hooks.prepare:
             await hook()
+        await anyio.to_thread.run_sync(services.audit.load)
         for name in services.expected_models():
+            if name in services.layout_errors:
+                continue
             try:
                 await services.load_model(name)
             except ModelServeError as exc:  # one broken model must not keep the others down
@@ -121,6 +137,11 @@ class ModelServe:
                 log.error("model %s not loaded: %s", name, exc)
         for hook in hooks.startup:
             await hook()
+        for name in sorted(services.registry.models):  # what this start serves, after any restore
+            services.audit.record(
+                name, "restore", actor=Actor(scope=SYSTEM), after=audit_snapshot(services, name),
+                detail="state at startup",
+            )  # fmt: skip
         async with anyio.create_task_group() as tasks:
             for task in hooks.tasks:
                 tasks.start_soon(task)
@@ -156,6 +177,8 @@ class ModelServe:
         RequestError, InferenceError).
         """
         scope = request.scope if isinstance(request, HTTPConnection) else request
+        if not self.services.started:
+            raise NotReady(v2_routes.LIFESPAN_NOT_RUN)
         record = await self.services.inference.infer(scope, model, version, inputs)
         assert record.outputs is not None
         return record.outputs
@@ -164,6 +187,27 @@ class ModelServe:
         """The id to post outcomes for, after `predict` served this request from an experiment."""
         scope = request.scope if isinstance(request, HTTPConnection) else request
         return ExperimentService.request_id(scope)
+
+    @staticmethod
+    async def error_response(request: Request, exc: Exception) -> Response:
+        """A modelserve error as a V2 JSON error response with its HTTP status.
+
+        Install it in one line: `app.add_exception_handler(ModelServeError, ms.error_response)`
+        (Starlette or FastAPI), or pass `exception_handlers=ms.exception_handlers`.
+        """
+        response = Response(
+            protocol.error_body(str(exc)), status_code=http_status(exc), media_type="application/json"
+        )
+        if isinstance(exc, AuthError) and exc.status == 401:
+            response.headers["www-authenticate"] = "Bearer"
+        return response
+
+    @property
+    def exception_handlers(
+        self,
+    ) -> dict[type[Exception], Callable[[Request, Exception], Awaitable[Response]]]:
+        """`{ModelServeError: error_response}`, for `Starlette(exception_handlers=...)` or FastAPI's."""
+        return {ModelServeError: self.error_response}
 
     def app(self) -> Starlette:
         """A Starlette app serving the V2 API, the admin API and every service's routes."""

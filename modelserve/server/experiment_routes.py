@@ -8,9 +8,10 @@ Admin API (bearer token):
     POST /v2/models/{model}/feedback             `{"request_id": "...", "value": 1, "segments": {...},
                                                  "guardrails": {...}}` or `{"outcomes": [...]}`
 
-Feedback takes the admin token too: outcomes move verdicts and, for bandits, where traffic goes,
-so an open endpoint would let any client steer routing or forge a result. Outcomes come from the
-application's backend, which can hold a token; embedded apps call `record_outcome` in-process.
+Feedback takes a token: outcomes move verdicts and, for bandits, where traffic goes, so an open
+endpoint would let any client steer routing or forge a result. The feedback token
+(`--feedback-token`) may post outcomes and nothing else, so the service that posts them never holds
+the admin token; embedded apps call `record_outcome` in-process.
 The answer counts every outcome: `{"accepted": n, "unknown": m, "duplicate": k}` (unknown: never
 decided by an experiment, expired, evicted, or another model's id). A bad value fails the whole
 batch with 400 before anything is counted.
@@ -37,6 +38,7 @@ from starlette.routing import BaseRoute, Route
 from modelserve.errors import RequestError
 from modelserve.experiments.service import ExperimentService
 from modelserve.server.admin import Endpoint, admin_endpoint
+from modelserve.server.auth import FEEDBACK
 from modelserve.server.services import Services
 
 MAX_BATCH = 10_000
@@ -82,7 +84,11 @@ def routes(services: Services, service: ExperimentService) -> list[BaseRoute]:
         Route(base, admin_endpoint(services, start), methods=["POST"]),
         Route(base, as_text(admin_endpoint(services, get_report)), methods=["GET"]),
         Route(base + "/stop", as_text(admin_endpoint(services, stop)), methods=["POST"]),
-        Route("/v2/models/{model}/feedback", admin_endpoint(services, feedback), methods=["POST"]),
+        Route(
+            "/v2/models/{model}/feedback",
+            admin_endpoint(services, feedback, scope=FEEDBACK),
+            methods=["POST"],
+        ),
     ]
 
 

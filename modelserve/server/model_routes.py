@@ -27,7 +27,7 @@ def routes(services: Services) -> list[Route]:
     async def list_models(request: Request, body: dict[str, Any]) -> Any:
         return {
             "models": [model_status(services, name) for name in sorted(registry.models)],
-            "load_errors": services.load_errors,
+            "load_errors": {**services.layout_errors, **services.load_errors},
         }
 
     async def status(request: Request, body: dict[str, Any]) -> Any:

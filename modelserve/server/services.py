@@ -16,7 +16,6 @@ Order (each line uses only what the lines above built)::
 
 from __future__ import annotations
 
-import hmac
 import logging
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
@@ -30,19 +29,21 @@ from starlette.middleware import Middleware
 from starlette.routing import BaseRoute
 
 from modelserve.config import ServerConfig
-from modelserve.errors import AuthError
 from modelserve.experiments.service import ExperimentService
 from modelserve.fleet.replica import Replica
 from modelserve.inference.path import InferencePath, InferenceRecord, Observer
 from modelserve.middleware.routing import ArmDecider, Router
+from modelserve.rollout.events import RolloutEvent
 from modelserve.rollout.service import RolloutService
 from modelserve.rollout.webhooks import WebhookNotifier
+from modelserve.server.auth import ADMIN, Tokens
 from modelserve.serving.registry import ModelRegistry
 from modelserve.serving.repository import ModelRepository
 from modelserve.shadow.service import ShadowService
 from modelserve.shadow.sink import JsonlSink
 from modelserve.state.cached import CoordinatorStore
 from modelserve.state.coordinator import open_coordinator, replica_id
+from modelserve.state.audit import ROLLOUT, Actor, AuditLog
 from modelserve.state.flags import FlagFileSource
 from modelserve.state.policies import PolicyTable
 from modelserve.state.store import MemoryStateStore, StateStore
@@ -108,12 +109,32 @@ class Services:
     shadow: ShadowService | None = None
     experiments: ExperimentService | None = None
     rollout: RolloutService | None = None
+    audit: AuditLog
+    tokens: Tokens
     started: bool = False
+    #: Set when a shutdown began: readiness answers 503 so load balancers stop sending requests.
+    draining: bool = False
     load_errors: dict[str, str] = field(default_factory=dict)
+    #: Model folders that do not follow the layout, with what was expected (`serving/layout.py`).
+    layout_errors: dict[str, str] = field(default_factory=dict)
 
     def expected_models(self) -> list[str]:
-        """The models this server loads at startup."""
-        return expected_models(self.config, self.registry)
+        """The models this server loads at startup (and those whose folder does not fit the layout)."""
+        names = expected_models(self.config, self.registry)
+        return names + sorted(set(self.layout_errors) - set(names))
+
+    def missing_models(self) -> dict[str, str]:
+        """Expected models that cannot serve yet, each with why (readiness lists them)."""
+        ready = set(self.registry.ready_models())
+        missing = {}
+        for name in self.expected_models():
+            if name not in ready:
+                missing[name] = self.layout_errors.get(name) or self.load_errors.get(name) or "not loaded yet"
+        return missing
+
+    def authorize(self, authorization: str | None, scope: str) -> str:
+        """The scope the request's bearer token grants for `scope` (`server/auth.py`), else AuthError."""
+        return self.tokens.authorize(authorization, scope)
 
     def wants_request_id(self, model: str) -> bool:
         """Whether responses of `model` need a generated request id (to post outcomes back to)."""
@@ -121,13 +142,7 @@ class Services:
 
     def check_admin(self, authorization: str | None) -> None:
         """Raise AuthError unless the admin token is configured and presented as a bearer token."""
-        token = self.config.admin_token
-        if not token:
-            raise AuthError("the admin API is disabled: start the server with an admin token", status=403)
-        if not authorization or not authorization.lower().startswith("bearer "):
-            raise AuthError("missing bearer token", status=401)
-        if not hmac.compare_digest(authorization[7:].strip().encode(), token.encode()):
-            raise AuthError("invalid admin token", status=403)
+        self.tokens.authorize(authorization, ADMIN)
 
     async def load_model(self, name: str) -> None:
         """Load a model warm and give it a routing policy."""
@@ -232,19 +247,25 @@ def build_services(
     if shadow is not None:
         hooks.shutdown.append(partial(anyio.to_thread.run_sync, shadow.close))
 
+    # Rollout events and audit entries go to the same webhooks.
+    webhooks = WebhookNotifier(config.webhooks) if config.webhooks else None
+    if webhooks is not None:
+        hooks.tasks.append(webhooks.run)
+    audit = AuditLog(store, notify=webhooks.notify if webhooks is not None else None)
+    hooks.tasks.append(audit.run)
+    hooks.shutdown.append(audit.flush)
+
     rollout = None
     if features.rollout:
-        webhooks = WebhookNotifier(config.webhooks) if config.webhooks else None
         rollout = RolloutService(
             registry=registry, policies=policies, windows=windows, store=store, shadow=shadow,
             webhooks=webhooks, record_event=telemetry.record_event if telemetry is not None else None,
             commands=replica.commands,
+            on_change=partial(audit_rollout_event, audit),
         )  # fmt: skip
         hooks.status_providers.append(rollout.summary)
         hooks.startup.append(rollout.restore)
         hooks.tasks.append(rollout.controller.run)
-        if webhooks is not None:
-            hooks.tasks.append(webhooks.run)
     if telemetry is not None:
         progress = rollout.status if rollout is not None else None
         telemetry.metrics.set_rollout_source(partial(rollout_readings, registry, policies, progress))
@@ -254,7 +275,11 @@ def build_services(
         config=config, store=store, registry=registry, policies=policies, windows=windows, flags=flags,
         router=router, inference=InferencePath(registry, hooks.observers), hooks=hooks, replica=replica,
         metrics_registry=metrics_registry,
-        telemetry=telemetry, shadow=shadow, experiments=experiments, rollout=rollout,
+        telemetry=telemetry, shadow=shadow, experiments=experiments, rollout=rollout, audit=audit,
+        tokens=Tokens(
+            admin=config.admin_token, read=config.read_token, feedback=config.feedback_token,
+            inference=config.inference_token,
+        ),
     )  # fmt: skip
 
 
@@ -263,6 +288,27 @@ def expected_models(config: ServerConfig, registry: ModelRegistry) -> list[str]:
     if config.load_models is not None:
         return list(config.load_models)
     return registry.repository.model_names()
+
+
+#: Rollout events that change nothing (observations, refusals) or echo an operator's call, which is
+#: audited as the call itself; every other kind (advanced, rolled_back, promoted, restored, a guardrail)
+#: is a change the controller made on its own.
+NOT_AUDITED = frozenset(
+    {"gates", "dry_run_failure", "error", "started", "skipped", "paused", "resumed", "aborted"}
+)
+
+
+def audit_rollout_event(audit: AuditLog, event: RolloutEvent) -> None:
+    """Record a rollout decision taken by the controller itself (advance, rollback, promotion, guardrail)."""
+    if event.kind in NOT_AUDITED:
+        return
+    audit.record(
+        event.model,
+        f"rollout.{event.kind}",
+        actor=Actor(scope=ROLLOUT),
+        after={"candidate": event.candidate, "stage": event.stage, "weight_percent": event.weight},
+        detail=event.message,
+    )
 
 
 def record_in_windows(windows: SlidingWindows, record: InferenceRecord) -> None:

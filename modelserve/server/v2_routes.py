@@ -23,7 +23,10 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from modelserve.errors import ModelServeError, NotReady, RequestError, http_status
 from modelserve.inference.path import InferenceRecord
 from modelserve.server import protocol
+from modelserve.server.admin import REASON_HEADER, audit_snapshot
+from modelserve.server.auth import ADMIN, INFERENCE
 from modelserve.server.http import JSON_HEADERS, header, int_header, read_body, send_response
+from modelserve.state.audit import Actor
 
 if TYPE_CHECKING:
     from modelserve.server.services import Services
@@ -32,6 +35,12 @@ log = logging.getLogger("modelserve.server")
 
 #: The version `GET /v2` reports: the installed distribution's (pyproject.toml is the one source).
 SERVER_VERSION = distribution_version("modelserve")
+#: What a request gets when modelserve's lifespan never ran: the usual cause is mounting its app.
+LIFESPAN_NOT_RUN = (
+    "modelserve has not started: its lifespan did not run. A mounted app (Mount, app.mount) gets no "
+    "lifespan events: pass lifespan=ms.lifespan to the outer app, e.g. FastAPI(lifespan=ms.lifespan) or "
+    "Starlette(..., lifespan=ms.lifespan), or enter `async with ms.lifespan():` in your own lifespan"
+)
 
 
 class InferEndpoint:
@@ -49,6 +58,11 @@ class InferEndpoint:
         record: InferenceRecord | None = None
         request_id: str | None = None
         try:
+            if not services.started:
+                raise NotReady(LIFESPAN_NOT_RUN)
+            if services.tokens.inference is not None:
+                raw_auth = header(headers, b"authorization")
+                services.authorize(raw_auth.decode("latin-1") if raw_auth else None, INFERENCE)
             record = path.begin(scope, model, params.get("version"))
             loaded = record.loaded
             assert loaded is not None
@@ -87,6 +101,8 @@ class InferEndpoint:
                 )
             payload = protocol.error_body(str(exc) if isinstance(exc, ModelServeError) else "internal error")
             response_headers = list(JSON_HEADERS)
+            if status == 401:
+                response_headers.append((b"www-authenticate", b"Bearer"))
         if record is not None:
             response_headers.append((b"x-model-version", record.decision.version.encode()))
             response_headers.append((b"x-route-reason", record.decision.reason.encode()))
@@ -168,9 +184,16 @@ def routes(services: Services) -> list[Route]:
         return _json({"live": True})
 
     async def ready(request: Request) -> Response:
-        expected = services.expected_models()
-        ok = services.started and all(name in registry.ready_models() for name in expected)
-        return _json({"ready": ok}, 200 if ok else 503)
+        missing = services.missing_models()
+        ok = services.started and not services.draining and not missing
+        body: dict[str, Any] = {"ready": ok}
+        if not services.started:
+            body["error"] = "draining" if services.draining else LIFESPAN_NOT_RUN
+        elif services.draining:
+            body["error"] = "draining: the server is shutting down"
+        if missing:
+            body["missing"] = missing
+        return _json(body, 200 if ok else 503)
 
     async def model_metadata(request: Request) -> Response:
         params = request.path_params
@@ -228,17 +251,29 @@ def routes(services: Services) -> list[Route]:
 
     async def repository_load(request: Request) -> Response:
         try:
-            services.check_admin(request.headers.get("authorization"))
-            await services.load_model(request.path_params["model"])
+            model = request.path_params["model"]
+            granted = services.authorize(request.headers.get("authorization"), ADMIN)
+            before = audit_snapshot(services, model)
+            await services.load_model(model)
+            actor = Actor(scope=granted, reason=request.headers.get(REASON_HEADER, "")[:500])
+            services.audit.record(
+                model, "load", actor=actor, before=before, after=audit_snapshot(services, model)
+            )
             return _json({})
         except Exception as exc:
             return _error(exc)
 
     async def repository_unload(request: Request) -> Response:
         try:
-            services.check_admin(request.headers.get("authorization"))
-            await registry.unload(request.path_params["model"])
-            services.policies.remove(request.path_params["model"])
+            model = request.path_params["model"]
+            granted = services.authorize(request.headers.get("authorization"), ADMIN)
+            before = audit_snapshot(services, model)
+            await registry.unload(model)
+            services.policies.remove(model)
+            actor = Actor(scope=granted, reason=request.headers.get(REASON_HEADER, "")[:500])
+            services.audit.record(
+                model, "unload", actor=actor, before=before, after=audit_snapshot(services, model)
+            )
             return _json({})
         except Exception as exc:
             return _error(exc)

@@ -1,0 +1,95 @@
+"""Over HTTP: scoped tokens, the audit log of every change, and outcomes posted with a feedback token."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import httpx
+import pytest
+
+from modelserve import testing
+from modelserve.config import ServerConfig
+from modelserve.server.app import create_app
+
+EXAMPLES = Path(__file__).parent.parent / "examples"
+ADMIN, READ, FEEDBACK, INFERENCE = "adm-secret", "read-secret", "fb-secret", "inf-secret"
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"authorization": f"Bearer {token}"}
+
+
+def config(state: Path, **tokens: str) -> ServerConfig:
+    return ServerConfig(repository=EXAMPLES / "models", state_dir=state, **tokens)
+
+
+def test_each_token_does_what_its_scope_allows_and_nothing_else(tmp_path: Path) -> None:
+    app = create_app(config(tmp_path / "state", admin_token=ADMIN, read_token=READ, feedback_token=FEEDBACK))
+    with testing.serve(app) as server, httpx.Client(base_url=server.url, timeout=30) as client:
+        assert client.get("/admin/models/credit", headers=bearer(READ)).status_code == 200
+        assert client.get("/admin/models/credit/history", headers=bearer(READ)).status_code == 200
+        for token in (READ, FEEDBACK):
+            refused = client.post("/admin/models/credit/stage", json={"version": "2"}, headers=bearer(token))
+            assert refused.status_code == 403 and "may not use the admin API" in refused.json()["error"]
+        assert client.get("/admin/models/credit", headers=bearer(FEEDBACK)).status_code == 403
+        assert client.get("/admin/models/credit").status_code == 401
+
+        client.post("/admin/models/credit/stage", json={"version": "2"}, headers=bearer(ADMIN))
+        started = client.post(
+            "/admin/models/credit/experiment",
+            json={"arms": ["1", "2"], "metric": {"name": "approved", "kind": "binary"}},
+            headers=bearer(ADMIN),
+        )
+        assert started.status_code == 200, started.text
+        body = (EXAMPLES / "req.json").read_bytes()
+        ids = [client.post("/v2/models/credit/infer", content=body).headers["x-request-id"] for _ in range(2)]
+        assert ids[0] != ids[1]  # the same file sent twice: two requests, two ids
+        outcomes = {"outcomes": [{"request_id": rid, "value": 1} for rid in ids]}
+        posted = client.post("/v2/models/credit/feedback", json=outcomes, headers=bearer(FEEDBACK))
+        assert posted.status_code == 200 and posted.json()["accepted"] == 2, posted.text
+        as_reader = client.post("/v2/models/credit/feedback", json=outcomes, headers=bearer(READ))
+        assert as_reader.status_code == 403
+
+
+def test_inference_needs_a_token_once_one_is_set(tmp_path: Path) -> None:
+    app = create_app(config(tmp_path / "state", admin_token=ADMIN, inference_token=INFERENCE))
+    body = (EXAMPLES / "req.json").read_bytes()
+    with testing.serve(app) as server, httpx.Client(base_url=server.url, timeout=30) as client:
+        missing = client.post("/v2/models/credit/infer", content=body)
+        assert missing.status_code == 401 and missing.headers["www-authenticate"] == "Bearer"
+        wrong = client.post("/v2/models/credit/infer", content=body, headers=bearer("nope"))
+        assert wrong.status_code == 403
+        right = client.post("/v2/models/credit/infer", content=body, headers=bearer(INFERENCE))
+        assert right.status_code == 200
+        assert client.get("/v2/health/ready").status_code == 200  # probes need no token
+
+
+@pytest.mark.parametrize("restart", [True])
+def test_every_change_is_audited_with_actor_reason_before_and_after_and_survives_a_restart(
+    tmp_path: Path, restart: bool
+) -> None:
+    state = tmp_path / "state"
+    admin = bearer(ADMIN)
+    app = create_app(config(state, admin_token=ADMIN, read_token=READ))
+    with testing.serve(app) as server, httpx.Client(base_url=server.url, timeout=30) as client:
+        client.post("/admin/models/credit/stage", json={"version": "2"}, headers=admin).raise_for_status()
+        reason = {"x-modelserve-reason": "v2 passed the offline eval"}
+        client.post("/admin/models/credit/promote", headers={**admin, **reason}).raise_for_status()
+        client.post(
+            "/admin/models/credit/canary", json={"percent": 10, "candidate": "1"}, headers=admin
+        ).raise_for_status()
+        refused = client.post("/admin/models/credit/canary", json={"percent": 500}, headers=admin)
+        assert refused.status_code == 400  # a refused change changes nothing and is not recorded
+    with testing.serve(create_app(config(state, admin_token=ADMIN, read_token=READ))) as server:
+        answer = httpx.get(f"{server.url}/admin/models/credit/history", headers=bearer(READ), timeout=30)
+    entries = answer.json()["entries"]
+    assert [e["action"] for e in entries] == ["restore", "stage", "promote", "canary", "restore"]
+    promote = entries[2]
+    assert promote["actor"] == "admin" and promote["reason"] == "v2 passed the offline eval"
+    assert promote["before"]["live"] == "1" and promote["after"]["live"] == "2"
+    canary = entries[3]
+    assert canary["before"]["canary_weight"] == 0.0 and canary["after"]["canary_weight"] == 10.0
+    assert entries[-1]["actor"] == "system" and entries[-1]["after"]["live"] == "2"
+    assert all(entries[i]["seq"] < entries[i + 1]["seq"] for i in range(len(entries) - 1))
+    assert json.dumps(entries)  # plain JSON, as webhooks receive it
