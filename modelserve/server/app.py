@@ -49,6 +49,7 @@ from modelserve.server.services import (
 )
 from modelserve.serving.layout import check_repository
 from modelserve.state.audit import SYSTEM, Actor
+from modelserve.state.cached import CoordinatorStore
 from modelserve.state.store import StateStore
 from modelserve.telemetry.prometheus import metrics_app
 
@@ -126,6 +127,8 @@ class ModelServe:
         services.layout_errors = layout.unservable()
         for hook in hooks.prepare:
             await hook()
+        if isinstance(services.store, CoordinatorStore):
+            await services.store.preload(services.audit.keys())
         await anyio.to_thread.run_sync(services.audit.load)
         for name in services.expected_models():
             if name in services.layout_errors:

@@ -41,9 +41,9 @@ from modelserve.serving.registry import ModelRegistry
 from modelserve.serving.repository import ModelRepository
 from modelserve.shadow.service import ShadowService
 from modelserve.shadow.sink import JsonlSink
+from modelserve.state.audit import ROLLOUT, Actor, AuditLog
 from modelserve.state.cached import CoordinatorStore
 from modelserve.state.coordinator import open_coordinator, replica_id
-from modelserve.state.audit import ROLLOUT, Actor, AuditLog
 from modelserve.state.flags import FlagFileSource
 from modelserve.state.policies import PolicyTable
 from modelserve.state.store import MemoryStateStore, StateStore

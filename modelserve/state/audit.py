@@ -122,12 +122,16 @@ class AuditLog:
         """The most entries the log keeps."""
         return self.segments * self.segment_size
 
+    def keys(self) -> list[str]:
+        """The state keys of the log's segments (for a store that must fetch them before `load`)."""
+        return [f"audit.{slot}" for slot in range(self.segments)]
+
     def load(self) -> int:
         """Read the saved entries (blocking: call once at startup, before recording); returns the count."""
         found: dict[int, AuditEntry] = {}
-        for slot in range(self.segments):
+        for slot, key in enumerate(self.keys()):
             try:
-                document = self.store.read(f"audit.{slot}")
+                document = self.store.read(key)
             except Exception:
                 log.exception("audit segment %d is unreadable; its entries are skipped", slot)
                 continue
