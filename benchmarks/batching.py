@@ -4,7 +4,7 @@
 
 One server (pinned to core 0) hosts the same ONNX file twice: `wide` (max_batch_size = 1) and
 `wide_batched` (max_batch_size = 32, max_queue_delay_ms = 1); wrk on core 1 drives each in turn.
-Target (DESIGN section 6): >= 2x unbatched at concurrency 32.
+Target (benchmarks/README.md): >= 2x unbatched at concurrency 32.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ call, beyond its 20 ms timeout under load: it behaves like a hang). A naive Star
 contrast: one handler that awaits the primary and the shadow (each through a thread hop), against
 the same handler without the shadow. Ratios are against shadow-off at the same concurrency
 (naive: against the naive handler without shadow). Prints a table; writes
-benchmarks/out/shadow_overhead.png. Targets (DESIGN section 6): p50 at c=1 <= 1.10x tiny / 1.20x
+benchmarks/out/shadow_overhead.png. Targets (benchmarks/README.md): p50 at c=1 <= 1.10x tiny / 1.20x
 wide; throughput at saturation (c=32) >= 0.75x tiny / 0.65x wide; raising/slow shadow: p99 unchanged
 within noise, 0 primary errors.
 """

@@ -1,7 +1,7 @@
 """Route decisions for every request: which version serves it, which run in shadow, and why.
 
 `RoutingMiddleware` only puts a `RouteContext` in the scope (under `ROUTE_KEY`); the decision for a
-model is made the first time someone asks for it (`context.decide("fraud")`): by the V2 infer route,
+model is made the first time someone asks for it (`context.decide("credit")`): by the V2 infer route,
 which knows the model from the URL, or by `modelserve.predict` in an embedding app's own handler. The
 decision is then cached in the context, so headers, spans, metrics and feedback all see one object.
 

@@ -2,7 +2,7 @@
 
 The file store is the default; a store shared by replicas (Redis) lives in `plugins/`. Every write is
 temp file + fsync + rename, so a killed process leaves either the old or the new document, never a
-torn one. Keys are simple names (`policy.fraud`, `rollout.fraud`); they map to files in one folder.
+torn one. Keys are simple names (`policy.credit`, `rollout.credit`); they map to files in one folder.
 """
 
 from __future__ import annotations
