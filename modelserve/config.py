@@ -42,6 +42,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from modelserve import validation
 from modelserve.errors import ConfigError
 
 
@@ -199,29 +200,23 @@ def parse_model_config(data: dict[str, Any], *, where: str) -> ModelConfig:
     if isinstance(serving_data, dict):
         serving_data = {k: v for k, v in serving_data.items() if k not in ("keep_warm", "latest", "versions")}
     serving = _section(RuntimeOptions, serving_data, f"{where} [serving]")
-    if serving.intra_op_threads < 1:
-        raise ConfigError(f"{where} [serving] intra_op_threads must be >= 1")
-    if serving.max_concurrency < 1:
-        raise ConfigError(f"{where} [serving] max_concurrency must be >= 1")
-    if serving.max_batch_size < 1:
-        raise ConfigError(f"{where} [serving] max_batch_size must be >= 1")
-    if serving.max_queue_delay_ms < 0:
-        raise ConfigError(f"{where} [serving] max_queue_delay_ms must be >= 0")
+    _bounded(serving, f"{where} [serving]", _SERVING_BOUNDS)
     if serving.execution not in ("auto", "inline", "thread"):
         raise ConfigError(f"{where} [serving] execution must be auto, inline or thread")
     routing = _section(RoutingConfig, data.get("routing", {}), f"{where} [routing]")
+    validation.number(routing.canary_weight, f"{where} [routing] canary_weight", error=ConfigError)
     if not 0.0 <= routing.canary_weight <= 100.0:
         raise ConfigError(
             f"{where} [routing] canary_weight is a percent of targeting keys, within 0..100 (5 = 5 %)"
         )
+    validation.text(routing.targeting_header, f"{where} [routing] targeting_header", error=ConfigError)
     shadow_data = dict(data.get("shadow", {}))
     if "versions" in shadow_data:
         if not isinstance(shadow_data["versions"], list):
             raise ConfigError(f"{where} [shadow] versions must be a list")
         shadow_data["versions"] = tuple(str(v) for v in shadow_data["versions"])
     shadow = _section(ShadowConfig, shadow_data, f"{where} [shadow]")
-    if not 0.0 <= shadow.sample_rate <= 1.0:
-        raise ConfigError(f"{where} [shadow] sample_rate must be within 0..1")
+    _bounded(shadow, f"{where} [shadow]", _SHADOW_BOUNDS)
     if shadow.compare not in ("label", "allclose", "topk"):
         raise ConfigError(f"{where} [shadow] compare must be label, allclose or topk")
     testing = data.get("testing", {})
@@ -247,13 +242,39 @@ def _warm_policy(data: object, where: str) -> WarmPolicy:
     return WarmPolicy(keep_warm=keep_warm, latest=latest, versions=tuple(str(v) for v in versions))
 
 
+#: (lowest, highest) of each number in config.toml: finite and sane, so serving can rely on them
+#: (a NaN queue delay failed every request; an infinite one hung requests and shutdown).
+_SERVING_BOUNDS = {
+    "intra_op_threads": (1, 256),
+    "max_concurrency": (1, 4096),
+    "inline_threshold_us": (0.0, 1e6),
+    "warmup_runs": (1, 10_000),
+    "max_batch_size": (1, 1 << 20),
+    "max_queue_delay_ms": (0.0, 10_000.0),
+}
+_SHADOW_BOUNDS = {
+    "sample_rate": (0.0, 1.0),
+    "timeout_ms": (0.001, 600_000.0),
+    "max_in_flight": (1, 100_000),
+}
+
+
+def _bounded(section: object, where: str, bounds: dict[str, tuple[float, float]]) -> None:
+    for key, (low, high) in bounds.items():
+        value = getattr(section, key)
+        integer = isinstance(low, int)
+        validation.number(value, f"{where} {key}", low=low, high=high, integer=integer, error=ConfigError)
+
+
 def load_model_config(path: Path) -> ModelConfig:
-    if not path.is_file():
+    if not path.exists():
         return ModelConfig()
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: {exc}") from exc
+    except OSError as exc:  # unreadable, a directory: this model's problem, reported as such
+        raise ConfigError(f"{path} cannot be read: {exc.strerror or exc}") from exc
     return parse_model_config(data, where=str(path))
 
 

@@ -138,3 +138,12 @@ def test_malformed_state_is_a_config_error() -> None:
         bandit_from_dict({"kind": "thompson", "arms": ["a", "b"]}, rng=np.random.default_rng(0))
     with pytest.raises(ConfigError):
         bandit_from_dict({"kind": "ucb"}, rng=np.random.default_rng(0))
+
+
+@pytest.mark.parametrize("reward", [1e200, float("nan"), float("inf")])
+def test_an_absurd_epsilon_greedy_reward_is_refused_before_anything_counts(reward: float) -> None:
+    policy = EpsilonGreedy(["a", "b"], rng=np.random.default_rng(0), epsilon=0.2)
+    policy.update("a", 2.0)
+    with pytest.raises(RequestError):
+        policy.update("a", reward)
+    assert (policy.n, policy.total, policy.total_sq) == ([1, 0], [2.0, 0.0], [4.0, 0.0])

@@ -114,3 +114,32 @@ def test_malformed_or_foreign_counters_are_config_errors() -> None:
         ExperimentCounters.from_dict(spec, {"arms": {"1": {"metric": {}}}})
     with pytest.raises(ConfigError, match="not an arm"):
         ExperimentCounters.from_dict(spec, {"arms": {"7": ExperimentCounters(spec).arms["1"].to_dict()}})
+
+
+@pytest.mark.parametrize("value", [1e200, -1e200, 1e16])
+def test_an_absurd_outcome_is_refused_and_the_counters_stay_finite_and_saveable(value: float) -> None:
+    counters = ExperimentCounters(_spec(metric={"name": "revenue", "kind": "continuous"}))
+    counters.record_outcome("1", 3.0)
+    with pytest.raises(RequestError, match="revenue"):
+        counters.record_outcome("1", value)
+    with pytest.raises(RequestError, match="latency_ms"):
+        counters.record_outcome("1", 1.0, guardrails={"latency_ms": 1e300})
+    arm = counters.arms["1"]
+    assert (arm.metric.n, arm.metric.total_sq, arm.guardrails) == (1, 9.0, {})
+    saved = json.loads(json.dumps(counters.to_dict(), allow_nan=False))  # no NaN/inf ever reaches a file
+    assert ExperimentCounters.from_dict(counters.spec, saved).arms["1"].metric.n == 1
+
+
+def test_a_metric_counter_refuses_a_value_whose_square_overflows_and_changes_nothing() -> None:
+    from modelserve.experiments.experiment import MetricCounter
+
+    counter = MetricCounter(n=1, total=2.0, total_sq=4.0)
+    with pytest.raises(RequestError, match="overflow"):
+        counter.add(1e200)
+    assert (counter.n, counter.total, counter.total_sq) == (1, 2.0, 4.0)
+
+
+@pytest.mark.parametrize("weight", [1e308, float("inf"), float("nan"), 1e7, True])
+def test_arm_weights_that_are_absurd_are_refused(weight: Any) -> None:
+    with pytest.raises(ConfigError, match="weight"):
+        _spec(arms=[{"version": "1", "weight": weight}, {"version": "2", "weight": weight}])

@@ -169,3 +169,46 @@ def test_outcomes_through_the_join_move_the_report() -> None:
         join.record_outcome(f"r{i}", i % 3 == 0)
     result = report(counters.spec, counters)
     assert [a.n for a in result.arms] == [25, 25] and [a.assigned for a in result.arms] == [25, 25]
+
+
+def test_a_decision_keeps_only_the_segments_its_spec_names_cut_short() -> None:
+    join, counters = FeedbackJoin(), _counters()
+    join.attach(counters)
+    huge = "x" * 1_000_000
+    segments = {"country": huge, **{f"junk{i}": huge for i in range(10)}}
+    assert join.record_decision("r1", _decision("2"), segments=segments)
+    outcome = join.record_outcome("r1", 1)
+    assert outcome is not None and set(outcome.segments) == {"country"}
+    assert len(outcome.segments["country"]) == 128
+
+
+def test_a_reused_request_id_never_moves_an_outcome_nor_reopens_a_counted_id() -> None:
+    join, counters = FeedbackJoin(), _counters()
+    join.attach(counters)
+    assert join.record_decision("victim", _decision("1"))
+    assert not join.record_decision("victim", _decision("2"))  # an attacker's request reusing the id
+    outcome = join.record_outcome("victim", 1)
+    assert outcome is not None and outcome.arm == "1"
+    assert not join.record_decision("victim", _decision("2"))  # reopening a counted id fails too
+    assert join.record_outcome("victim", 1) is None
+    assert (counters.arms["1"].metric.n, counters.arms["2"].metric.n) == (1, 0)
+    assert join.stats()["reused_ids"] == 2 and join.duplicate_outcomes == 1
+
+
+def test_one_targeting_key_repeated_counts_one_assignment_and_cannot_force_srm() -> None:
+    join, counters = FeedbackJoin(), _counters()
+    join.attach(counters)
+    for i in range(5000):  # one client hammering with one user id, always served by arm 2
+        decision = RouteDecision(
+            model="fraud", version="2", reason="experiment", arm="2", targeting_key="bot"
+        )
+        join.record_decision(f"bot-{i}", decision)
+    for i in range(200):  # 200 real users split evenly
+        arm = "1" if i % 2 else "2"
+        decision = RouteDecision(
+            model="fraud", version=arm, reason="experiment", arm=arm, targeting_key=f"u{i}"
+        )
+        join.record_decision(f"user-{i}", decision)
+    assert (counters.arms["1"].assigned, counters.arms["2"].assigned) == (100, 101)
+    srm = report(counters.spec, counters).srm
+    assert srm is not None and not srm.flagged

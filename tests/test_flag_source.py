@@ -63,3 +63,23 @@ def test_watch_reloads_in_the_background(tmp_path: Path) -> None:
 
     anyio.run(main)
     assert source.flagset.evaluate("f").variant == "b"
+
+
+def test_a_reload_that_fails_in_any_way_keeps_the_last_good_flags_and_later_reloads_work(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "flags.json"
+    write(path, "a")
+    source = FlagFileSource(path)
+    rule: object = "a"
+    for _ in range(400):  # deeper than any sane rule: refused, never a RecursionError
+        rule = {"if": [True, rule, "b"]}
+    doc = {"flags": {"f": {"state": "ENABLED", "variants": {"a": "1", "b": "2"}, "defaultVariant": "a",
+                           "targeting": rule}}}  # fmt: skip
+    path.write_text(json.dumps(doc))
+    assert source.poll() is False
+    assert source.last_error is not None and "nests more than" in source.last_error
+    assert source.flagset.evaluate("f").variant == "a"
+    write(path, "b", bump=5)
+    assert source.poll() is True and source.last_error is None
+    assert source.flagset.evaluate("f").variant == "b"

@@ -148,3 +148,55 @@ def test_cache_skips_time_dependent_flags_and_unhashable_contexts(flags) -> None
     cache.evaluate(flags, "clock", {"targetingKey": "u"})
     cache.evaluate(flags, "split", {"targetingKey": "u", "nested": {"a": 1}})
     assert len(cache) == 0
+
+
+def _deep_if(levels: int) -> dict[str, Any]:
+    rule: Any = "a"
+    for _ in range(levels):
+        rule = {"if": [{"==": [{"var": "k"}, "x"]}, rule, "b"]}
+    return rule
+
+
+def _doc(targeting: Any, **extra: Any) -> dict[str, Any]:
+    flag = {
+        "state": "ENABLED",
+        "variants": {"a": "1", "b": "2"},
+        "defaultVariant": "a",
+        "targeting": targeting,
+    }
+    return {"flags": {"deep": flag}, **extra}
+
+
+def test_a_deeply_nested_rule_is_refused_at_load_naming_the_flag() -> None:
+    with pytest.raises(ConfigError, match=r"flag 'deep': targeting nests more than 64 levels"):
+        parse_flagset(_doc(_deep_if(400)), source="flags.json")
+    assert parse_flagset(_doc(_deep_if(20))).evaluate("deep", {"k": "x"}).variant == "a"
+
+
+def test_json_nested_beyond_the_parser_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="nested too deeply"):
+        load_flagset("[" * 200_000 + "]" * 200_000, source="flags.json")
+
+
+def test_exponential_refs_are_refused_without_expanding_them() -> None:
+    evaluators = {f"e{i}": {"or": [{"$ref": f"e{i + 1}"}] * 4} for i in range(25)}
+    evaluators["e25"] = {"==": [{"var": "k"}, "x"]}  # fully expanded: 4^25 nodes, 52 levels deep
+    with pytest.raises(ConfigError, match="more than 5000 values"):
+        parse_flagset(_doc({"if": [{"$ref": "e0"}, "a", "b"]}, **{"$evaluators": evaluators}))
+
+
+def test_a_fractional_with_a_million_buckets_is_refused() -> None:
+    buckets = [["a", 1]] * 1_000_000
+    with pytest.raises(ConfigError, match="more than 5000 values"):
+        parse_flagset(_doc({"fractional": buckets}))
+
+
+def test_contexts_too_large_to_cache_are_evaluated_but_never_kept(flags) -> None:  # type: ignore[no-untyped-def]
+    cache = EvaluationCache(maxsize=100)
+    for i in range(50):
+        context = {"targetingKey": f"u{i}", "note": "x" * 100_000}  # from x-context-* headers
+        assert cache.evaluate(flags, "split", context).variant in ("a", "b")
+    assert len(cache) == 0 and cache.misses == 50
+    small = {"targetingKey": "u1"}
+    assert cache.evaluate(flags, "split", small) is cache.evaluate(flags, "split", small)
+    assert len(cache) == 1

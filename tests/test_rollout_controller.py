@@ -578,3 +578,22 @@ async def test_a_start_the_server_refuses_leaves_no_rollout_behind() -> None:
     with pytest.raises(RuntimeError, match="locked"):
         await h.controller.start(MODEL, CANDIDATE, make_plan(STAGES[1:]))
     assert h.controller.status(MODEL) is None and h.controller.active_models() == []
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("broken", [b"{not json", b'{"format": 1, "plan": [1, 2]}', None])
+async def test_one_broken_saved_rollout_never_stops_the_others_and_is_named(
+    tmp_path: Path, broken: bytes | None
+) -> None:
+    before = Harness(store=FileStateStore(tmp_path))
+    await _run_to_stage(before, "canary-25")
+    path = tmp_path / "rollout.other.json"
+    if broken is None:
+        path.mkdir()
+    else:
+        path.write_bytes(broken)
+    after = Harness(store=FileStateStore(tmp_path))
+    restored = await after.controller.restore(["other", MODEL])
+    assert [(s.model, s.stage) for s in restored] == [(MODEL, "canary-25")]
+    assert set(after.controller.restore_errors) == {"other"}
+    assert "saved rollout not restored" in after.controller.restore_errors["other"]

@@ -138,3 +138,19 @@ def test_plan_name_defaults_to_the_file_stem(tmp_path: Path) -> None:
     path = tmp_path / "cautious.toml"
     path.write_text('[[stages]]\nname = "one"\nweight = 1\n')
     assert load_plan(path).name == "cautious"
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ({"interval_s": 1e-9}, "busy-loops"),
+        ({"interval_s": 1.0, "time_scale": 1e-9}, "busy-loops"),
+        ({"time_scale": 1e308}, "time_scale"),
+        ({"time_scale": float("nan")}, "time_scale"),
+        ({"window_s": float("inf")}, "window_s"),
+        ({"window_s": 1e12}, "at most"),
+    ],
+)
+def test_absurd_plan_timing_is_refused_at_load(extra: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        plan_from_dict(_minimal(**extra))

@@ -151,3 +151,54 @@ def test_concurrent_updates_are_all_counted() -> None:
     assert (snap["samples"], snap["agreeing_rows"], snap["dropped"]) == (8_000, 6_000, 8_000)
     assert snap["primary_latency_ms"]["count"] == 8_000
     assert len(snap["disagreements"]) == 3
+
+
+def test_a_huge_disagreeing_batch_enters_the_reservoir_bounded_and_is_not_retained() -> None:
+    import gc
+    import weakref
+
+    stats = ShadowStats("fraud", "2", reservoir_size=5, seed=1)
+    rows = 100_000  # a client-chosen batch: 800k input values
+    inputs = np.ones((rows, 8), dtype=np.float32)
+    primary = np.tile(np.array([[0.9, 0.1]]), (rows, 1))
+    shadow = np.tile(np.array([[0.2, 0.8]]), (rows, 1))
+    kept = weakref.ref(inputs)
+    comparison = label({"p": primary}, {"p": shadow})
+    for _ in range(8):
+        stats.record_comparison(
+            comparison, primary_latency_s=1e-3, shadow_latency_s=1e-3, inputs={"x": inputs},
+            primary_outputs={"p": primary}, shadow_outputs={"p": shadow},
+        )  # fmt: skip
+    del inputs
+    gc.collect()
+    assert kept() is None  # the reservoir holds a bounded copy, never the client's tensor
+    snap = stats.snapshot()
+    assert len(snap["disagreements"]) == 5
+    example = snap["disagreements"][0]
+    assert example["truncated"] and example["shapes"]["inputs"]["x"] == [rows, 8]
+    assert len(example["inputs"]["x"]) == 256 // 8 and example["inputs"]["x"][0] == [1.0] * 8
+    assert len(json.dumps(snap)) < 200_000  # the whole tensors would be ~100 MB of JSON
+    assert stats.snapshot(examples=False)["disagreements"] == []
+
+
+def test_a_single_huge_row_and_huge_strings_are_cut_short() -> None:
+    stats = ShadowStats("fraud", "2", seed=1)
+    wide = np.zeros((1, 100_000), dtype=np.float32)
+    text = np.array([b"y" * 1_000_000], dtype=object)
+    comparison = label({"p": np.array([[0.9, 0.1]])}, {"p": np.array([[0.1, 0.9]])})
+    stats.record_comparison(
+        comparison, primary_latency_s=1e-3, shadow_latency_s=1e-3, inputs={"x": wide, "t": text},
+        primary_outputs={"p": np.array([[0.9, 0.1]])}, shadow_outputs={"p": np.array([[0.1, 0.9]])},
+    )  # fmt: skip
+    (example,) = stats.snapshot()["disagreements"]
+    assert len(example["inputs"]["x"]) == 256 and example["shapes"]["inputs"]["x"] == [1, 100_000]
+    assert example["inputs"]["t"] == ["y" * 256]
+
+
+def test_clearing_examples_keeps_the_counts() -> None:
+    stats = ShadowStats("fraud", "2", seed=1)
+    for _ in range(3):
+        _record(stats, *DISAGREE)
+    stats.clear_examples()
+    snap = stats.snapshot()
+    assert snap["disagreements"] == [] and snap["disagreements_seen"] == 3 and snap["samples"] == 3

@@ -38,3 +38,28 @@ def test_memory_store_copies_values() -> None:
     store.write("k", value)
     value["a"].append(2)
     assert store.read("k") == {"a": [1]}
+
+
+def test_a_state_file_that_is_a_directory_or_unreadable_is_a_config_error_naming_it(tmp_path: Path) -> None:
+    import os
+
+    store = FileStateStore(tmp_path)
+    (tmp_path / "slots.fraud.json").mkdir()
+    with pytest.raises(ConfigError, match=r"slots\.fraud\.json cannot be read"):
+        store.read("slots.fraud")
+    store.write("policy.fraud", {"canary_weight": 5})
+    if os.geteuid() != 0:  # root reads anything
+        (tmp_path / "policy.fraud.json").chmod(0)
+        with pytest.raises(ConfigError, match=r"policy\.fraud\.json cannot be read"):
+            store.read("policy.fraud")
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), {"deep": [1.0, float("-inf")]}])
+def test_non_finite_numbers_are_never_saved_and_the_last_good_document_stays(
+    tmp_path: Path, bad: object
+) -> None:
+    for store in (FileStateStore(tmp_path), MemoryStateStore()):
+        store.write("experiment.fraud", {"total_sq": 1.0})
+        with pytest.raises(ValueError, match="non-finite"):
+            store.write("experiment.fraud", {"total_sq": bad})
+        assert store.read("experiment.fraud") == {"total_sq": 1.0}

@@ -25,6 +25,7 @@ import numpy as np
 from scipy.stats import beta as beta_dist
 from scipy.stats import norm
 
+from modelserve import validation
 from modelserve.errors import ConfigError, RequestError
 
 
@@ -101,7 +102,7 @@ class _BanditBase:
         return dict(zip(self.arms, self._weights, strict=True))
 
     def _check_reward(self, reward: float) -> float:
-        return float(reward)
+        return validation.number(reward, "a bandit reward")
 
     def update(self, arm: str, reward: float) -> None:
         """Record one reward for `arm`; recomputes weights every `reweight_every` rewards."""
@@ -215,9 +216,9 @@ class EpsilonGreedy(_BanditBase):
         self.total_sq = [0.0] * len(self.arms)
 
     def update(self, arm: str, reward: float) -> None:
-        if arm in self._index:
-            self.total_sq[self._index[arm]] += float(reward) ** 2
-        super().update(arm, reward)
+        value = self._check_reward(reward)  # before anything changes: a refused reward counts nowhere
+        super().update(arm, value)
+        self.total_sq[self._index[arm]] += value**2
 
     def _means(self) -> np.ndarray:
         n = np.maximum(np.asarray(self.n), 1)

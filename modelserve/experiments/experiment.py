@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from modelserve import validation
 from modelserve.errors import ConfigError, RequestError
 
 METRIC_KINDS = ("binary", "continuous")
@@ -98,10 +99,11 @@ def _arms(value: Any) -> tuple[ArmSpec, ...]:
         if isinstance(item, str | int) and not isinstance(item, bool):
             raw.append((str(item), 1.0))
         elif isinstance(item, Mapping) and "version" in item:
-            weight = item.get("weight", 1.0)
-            if isinstance(weight, bool) or not isinstance(weight, int | float) or not weight > 0:
-                raise ConfigError(f"arm {item['version']!r}: weight must be a positive number")
-            raw.append((str(item["version"]), float(weight)))
+            weight = validation.number(
+                item.get("weight", 1.0), f"arm {str(item['version'])[:40]!r}: weight", low=0.0, high=1e6,
+                low_open=True, error=ConfigError,
+            )  # fmt: skip
+            raw.append((str(item["version"]), weight))
         else:
             raise ConfigError(f"each arm must be a version or a table with 'version', got {item!r}")
     names = [name for name, _ in raw]
@@ -143,9 +145,9 @@ def parse_experiment_spec(data: Mapping[str, Any]) -> ExperimentSpec:
     guardrails = data.get("guardrails", [])
     if not isinstance(guardrails, list):
         raise ConfigError("'guardrails' must be a list")
-    mde = data.get("mde", 0.05)
-    if isinstance(mde, bool) or not isinstance(mde, int | float) or not mde > 0:
-        raise ConfigError(f"'mde' (relative) must be a positive number, got {mde!r}")
+    mde = validation.number(
+        data.get("mde", 0.05), "'mde' (relative)", low=0.0, high=1e6, low_open=True, error=ConfigError
+    )
     policy = data.get("policy", "fixed")
     if policy not in POLICIES:
         raise ConfigError(f"'policy' must be one of {POLICIES}, got {policy!r}")
@@ -180,9 +182,12 @@ class MetricCounter:
     total_sq: float = 0.0
 
     def add(self, value: float) -> None:
+        """Count one value; RequestError (nothing changed) if a sum would stop being finite."""
+        total, total_sq = self.total + value, self.total_sq + value * value
+        if not (math.isfinite(total) and math.isfinite(total_sq)):
+            raise RequestError(f"outcome {value!r} would overflow the running sums; nothing was counted")
         self.n += 1
-        self.total += value
-        self.total_sq += value * value
+        self.total, self.total_sq = total, total_sq
 
     @property
     def mean(self) -> float:
@@ -244,8 +249,7 @@ class ArmCounters:
 def _check_value(metric: MetricSpec, value: Any) -> float:
     if isinstance(value, bool):
         value = int(value)
-    if not isinstance(value, int | float) or not math.isfinite(value):
-        raise RequestError(f"outcome for {metric.name!r} must be a finite number, got {value!r}")
+    validation.number(value, f"outcome for {metric.name!r}")  # finite, |value| <= 1e15: sums stay finite
     if metric.kind == "binary" and value not in (0, 1):
         raise RequestError(f"outcome for binary metric {metric.name!r} must be 0 or 1, got {value!r}")
     return float(value)

@@ -5,6 +5,13 @@ itself (model, arm, reason, segment attributes) is kept in a bounded `cachetools
 request id, so an outcome always updates the arm that served it, and for a bandit decision the bandit
 too. The cache is touched only from the event loop (cachetools is not thread-safe); no locks.
 
+Memory is bounded in bytes: a decision keeps only the segment attributes its experiment's spec
+names, each value cut to `MAX_SEGMENT_CHARS`, so headers a client repeats cannot grow the join.
+The join keys are the request ids the server issued (see `experiments_feature`); a decision already
+remembered under an id is never replaced, so reusing an id cannot move an outcome to another arm nor
+reopen an id whose outcome was counted. Assignments are counted once per targeting key (a bounded LRU
+of the keys seen recently), so the SRM check measures users, and one key repeated cannot force it.
+
 Nothing is dropped silently: outcomes for ids that are unknown or whose decision expired or was
 evicted count in `unknown_outcomes`, a second outcome for the same id counts in `duplicate_outcomes`
 and is ignored, and decisions pushed out by the size bound count in `evicted_decisions`.
@@ -12,14 +19,14 @@ and is ignored, and decisions pushed out by the size bound count in `evicted_dec
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from cachetools import TTLCache
+from cachetools import LRUCache, TTLCache
 
+from modelserve import validation
 from modelserve.errors import RequestError
 from modelserve.experiments.bandits import BanditPolicy
 from modelserve.experiments.experiment import ExperimentCounters
@@ -50,6 +57,11 @@ class Outcome:
     value: float
     segments: Mapping[str, str]
 
+
+#: Segment values longer than this are cut (they come from request headers).
+MAX_SEGMENT_CHARS = 128
+#: Targeting keys remembered per join for counting assignments once per key.
+MAX_COUNTED_KEYS = 100_000
 
 _CONSUMED = object()  # marks an id whose outcome was counted, so a repeat is a duplicate
 
@@ -83,6 +95,9 @@ class FeedbackJoin:
     ) -> None:
         self._pending = _CountingTTLCache(maxsize, ttl, timer)
         self._experiments: dict[str, _Attached] = {}
+        # (model, targeting key, arm) -> None: assignments counted; bounded, event loop only.
+        self._counted_keys: LRUCache[tuple[str, str, str], None] = LRUCache(maxsize=MAX_COUNTED_KEYS)
+        self.reused_ids = 0
         self.unknown_outcomes = 0
         self.duplicate_outcomes = 0
 
@@ -119,18 +134,36 @@ class FeedbackJoin:
         ]
         for request_id in stale:
             self._pending.pop(request_id, None)
+        for key in [key for key in self._counted_keys if key[0] == model]:
+            self._counted_keys.pop(key, None)
 
     def record_decision(
         self, request_id: str, decision: RouteDecision, segments: Mapping[str, Any] | None = None
     ) -> bool:
-        """Remember an experiment or bandit decision and count the assignment; False if not one."""
+        """Remember an experiment or bandit decision and count the assignment; False if not one.
+
+        An id already remembered (pending or answered) is left as it is and counts in `reused_ids`.
+        The assignment counts once per targeting key and arm (once per request without a key).
+        """
         attached = self._experiments.get(decision.model)
         arm = decision.arm or decision.version
         if attached is None or decision.reason not in EXPERIMENT_REASONS or arm not in attached.counters.arms:
             return False
-        attached.counters.record_assignment(arm)
+        if request_id in self._pending:
+            self.reused_ids += 1
+            return False
+        key = decision.targeting_key
+        if key is None:
+            attached.counters.record_assignment(arm)
+        elif (decision.model, key, arm) not in self._counted_keys:
+            self._counted_keys[(decision.model, key, arm)] = None
+            attached.counters.record_assignment(arm)
+        else:
+            self._counted_keys[(decision.model, key, arm)]  # refresh its place in the LRU
+        wanted = attached.counters.spec.segments
+        kept = {k: v for k, v in (segments or {}).items() if k in wanted}
         self._pending[request_id] = PendingDecision(
-            model=decision.model, arm=arm, reason=decision.reason, segments=_strings(segments)
+            model=decision.model, arm=arm, reason=decision.reason, segments=_strings(kept)
         )
         return True
 
@@ -203,11 +236,13 @@ class FeedbackJoin:
             "unknown_outcomes": self.unknown_outcomes,
             "duplicate_outcomes": self.duplicate_outcomes,
             "evicted_decisions": self.evicted_decisions,
+            "reused_ids": self.reused_ids,
         }
 
 
 def _strings(segments: Mapping[str, Any] | None) -> dict[str, str]:
-    return {str(k): str(v) for k, v in (segments or {}).items() if v is not None}
+    cut = MAX_SEGMENT_CHARS
+    return {str(k)[:cut]: str(v)[:cut] for k, v in (segments or {}).items() if v is not None}
 
 
 def parse_outcome(item: Any, index: int) -> tuple[str, Any, dict[str, Any] | None, dict[str, Any] | None]:
@@ -227,8 +262,7 @@ def parse_outcome(item: Any, index: int) -> tuple[str, Any, dict[str, Any] | Non
     value = item.get("value")
     if isinstance(value, bool):
         value = int(value)
-    if not isinstance(value, int | float) or not math.isfinite(value):
-        raise RequestError(f"{where}: 'value' must be a finite number, got {item.get('value')!r}")
+    validation.number(value, f"{where}: 'value'")
     extras: list[dict[str, Any] | None] = []
     for key in ("segments", "guardrails"):
         extra = item.get(key)

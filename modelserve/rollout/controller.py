@@ -82,6 +82,8 @@ class RolloutController:
         self._max_events = max_events
         self._gate_event_every_s = gate_event_every_s
         self._rollouts: dict[str, Rollout] = {}  # latest rollout per model, active or finished
+        #: model -> why its saved rollout was not restored (one broken file never stops the others).
+        self.restore_errors: dict[str, str] = {}
         self._events: dict[str, deque[RolloutEvent]] = {}
         self._captured: list[RolloutEvent] | None = None  # events of the evaluation in progress
         self._lock = anyio.Lock()  # one action at a time: evaluations and operator commands interleave
@@ -328,15 +330,21 @@ class RolloutController:
         """
         restored = []
         for model in models:
-            saved = self.store.read(f"rollout.{model}")
+            try:
+                saved = self.store.read(f"rollout.{model}")
+            except ConfigError as exc:  # unreadable or corrupt: this model's rollout only
+                self.restore_errors[model] = f"saved rollout not restored: {exc}"
+                logger.error("rollout of %s: %s", model, self.restore_errors[model])
+                continue
             if saved is None:
                 continue
             async with self._lock:
                 now = self._clock()
                 try:
                     rollout = rollout_from_state(saved, now, self._wall_clock())
-                except ConfigError:
-                    logger.exception("rollout of %s: saved state ignored", model)
+                except ConfigError as exc:
+                    self.restore_errors[model] = f"saved rollout not restored: {exc}"
+                    logger.error("rollout of %s: saved state ignored: %s", model, exc)
                     continue
                 self._rollouts[model] = rollout
                 saved_events = self.store.read_log(f"rollout-events.{model}")[-self._max_events :]

@@ -54,6 +54,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from modelserve import validation
 from modelserve.errors import ConfigError
 
 #: Metrics where a bigger value is worse (checked against an upper limit).
@@ -61,6 +62,10 @@ UPPER_LIMIT_METRICS = ("error_rate", "timeout_rate", "p50", "p95", "p99")
 #: Every metric a gate may check.
 METRICS = (*UPPER_LIMIT_METRICS, "shadow_agreement", "experiment")
 MODES = ("relative", "absolute")
+#: Bounds on a plan's timing (after time_scale): faster evaluation busy-loops a core.
+MIN_INTERVAL_S = 0.01
+MAX_DURATION_S = 30 * 86400.0
+MAX_TIME_SCALE = 1e4
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -225,7 +230,19 @@ def plan_from_dict(data: dict[str, Any], *, default_name: str = "plan", where: s
         time_scale=_positive(data.get("applied_time_scale", 1.0), f"{where}: applied_time_scale"),
     )
     if "time_scale" in data:
-        plan = plan.scaled(_positive(data["time_scale"], f"{where}: time_scale"))
+        factor = validation.number(
+            data["time_scale"], f"{where}: time_scale", low=0.0, high=MAX_TIME_SCALE, low_open=True,
+            error=ConfigError,
+        )  # fmt: skip
+        plan = plan.scaled(factor)
+    if not MIN_INTERVAL_S <= plan.interval_s <= MAX_DURATION_S:
+        raise ConfigError(
+            f"{where}: interval_s (after time_scale) must be within {MIN_INTERVAL_S}..{MAX_DURATION_S:g} s, "
+            f"got {plan.interval_s:g}: a shorter interval busy-loops the controller"
+        )
+    durations = [plan.window_s, *(stage.min_duration_s for stage in plan.stages)]
+    if not all(d <= MAX_DURATION_S for d in durations):
+        raise ConfigError(f"{where}: durations (after time_scale) must be at most {MAX_DURATION_S:g} s")
     return plan
 
 
@@ -312,9 +329,7 @@ def _str(value: Any, where: str) -> str:
 
 
 def _number(value: Any, where: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ConfigError(f"{where}: expected a number, got {value!r}")
-    return float(value)
+    return validation.number(value, where, error=ConfigError)  # finite and not absurd
 
 
 def _positive(value: Any, where: str) -> float:
@@ -332,6 +347,6 @@ def _non_negative(value: Any, where: str) -> float:
 
 
 def _count(value: Any, where: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+    if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= 2**53:
         raise ConfigError(f"{where}: expected an integer >= {minimum}, got {value!r}")
     return value

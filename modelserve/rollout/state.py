@@ -151,5 +151,5 @@ def rollout_from_state(saved: dict[str, Any], now: float, wall: float) -> Rollou
             frozen_baseline=WindowStats(**baseline) if baseline else None,
             skipped=[str(name) for name in saved.get("skipped", ())],
         )
-    except (KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
         raise ConfigError(f"saved rollout state is unreadable: {exc}") from exc

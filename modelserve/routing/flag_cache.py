@@ -2,6 +2,10 @@
 
 **Event-loop only**: `cachetools` caches are not thread-safe, so one `EvaluationCache` is touched
 only from the event loop (the middleware), never from worker threads.
+
+Bounded in bytes, not only in entries: contexts come from request headers, so a context whose
+strings add up to more than `MAX_KEY_CHARS` characters is evaluated without being cached (at most
+`maxsize` x `MAX_KEY_CHARS` characters are ever kept, whatever clients send).
 """
 
 from __future__ import annotations
@@ -12,6 +16,16 @@ from typing import Any
 from cachetools import LRUCache
 
 from modelserve.routing.flagd import Evaluation, FlagSet
+
+#: Contexts larger than this (keys and string values, in characters) are not cached.
+MAX_KEY_CHARS = 512
+
+
+def _key_chars(context: Mapping[str, Any]) -> int:
+    total = 0
+    for name, value in context.items():
+        total += len(name) + (len(value) if isinstance(value, str) else 8)
+    return total
 
 
 class EvaluationCache:
@@ -42,6 +56,9 @@ class EvaluationCache:
         if flagset is not self._flagset:
             self._cache.clear()
             self._flagset = flagset
+        if _key_chars(context) > MAX_KEY_CHARS:  # too big to keep: evaluate, remember nothing
+            self.misses += 1
+            return flagset.evaluate(flag_key, context)
         try:
             key = (flag_key, context.get("targetingKey"), frozenset(context.items()))
             hit = self._cache.get(key)

@@ -6,6 +6,11 @@ targeting rule that cannot be compiled (unknown operator, ``$ref`` to a missing 
 reject the file, as in flagd: the flag evaluates to reason ERROR / PARSE_ERROR and the problem is
 listed in `FlagSet.problems` (``strict=True`` turns it into a `ConfigError`).
 
+Every flag's targeting is bounded in cost at load time: after ``$ref`` expansion it may nest at most
+`MAX_RULE_DEPTH` levels and hold at most `MAX_RULE_NODES` JSON values (a fractional's buckets
+included), else the file is refused with a `ConfigError` naming the flag. Expansion stops as soon as
+the budget is spent, so exponential ``$ref`` chains cost nothing, and evaluation per request is bounded.
+
 `FlagSet.evaluate` never raises. Reasons follow OpenFeature: STATIC (no targeting), TARGETING_MATCH,
 SPLIT (the rule's outermost operator is `fractional`, a pseudorandom split; flagd itself reports
 TARGETING_MATCH there), DEFAULT (the rule returned null), DISABLED and ERROR with an error code.
@@ -38,6 +43,12 @@ FLAG_NOT_FOUND, PARSE_ERROR, TYPE_MISMATCH, GENERAL = (
     "TYPE_MISMATCH",
     "GENERAL",
 )
+
+#: Limits on one flag's targeting rule after `$ref` expansion (nesting levels, JSON values).
+MAX_RULE_DEPTH = 64
+MAX_RULE_NODES = 5_000
+#: Flag files larger than this are refused.
+MAX_FILE_BYTES = 4 * 1024 * 1024
 
 Metadata = Mapping[str, str | int | float | bool]
 _NO_METADATA: Metadata = MappingProxyType({})
@@ -237,10 +248,14 @@ def _error(flag: CompiledFlag, code: str, message: str, default: Any) -> Evaluat
 
 def load_flagset(text: str | bytes, *, source: str = "<flags>", strict: bool = False) -> FlagSet:
     """Parse flagd flag-definition JSON text. Raises `ConfigError` naming `source` on any problem."""
+    if len(text) > MAX_FILE_BYTES:
+        raise ConfigError(f"{source}: {len(text)} bytes; a flags file may hold at most {MAX_FILE_BYTES}")
     try:
         data = json.loads(text)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{source}: not valid JSON: {exc}") from None
+    except RecursionError:
+        raise ConfigError(f"{source}: nested too deeply to parse") from None
     return parse_flagset(data, source=source, strict=strict)
 
 
@@ -260,7 +275,8 @@ def parse_flagset(data: Any, *, source: str = "<flags>", strict: bool = False) -
     for key, spec in raw_flags.items():
         if not isinstance(spec, dict):
             raise ConfigError(f"{source}: flag {key!r} must be an object")
-        spec = dict(spec, targeting=_resolve_refs(spec.get("targeting"), evaluators, ()))
+        budget = _Budget(f"{source}: flag {key!r}")
+        spec = dict(spec, targeting=_resolve_refs(spec.get("targeting"), evaluators, (), budget, 0))
         flag = compile_flag(key, spec, set_metadata=metadata, source=source)
         if flag.rule_error is not None:
             problems.append(f"flag {key!r}: {flag.rule_error}")
@@ -270,11 +286,36 @@ def parse_flagset(data: Any, *, source: str = "<flags>", strict: bool = False) -
     return FlagSet(flags, metadata=metadata, problems=tuple(problems), source=source)
 
 
-def _resolve_refs(node: Any, evaluators: Mapping[str, Any], seen: tuple[str, ...]) -> Any:
-    """Replace every ``{"$ref": name}`` by the named evaluator; unknown names stay (and fail to
-    compile, so the flag reports PARSE_ERROR)."""
+class _Budget:
+    """What one flag's targeting may still hold; `spend` raises ConfigError once it is exceeded."""
+
+    __slots__ = ("left", "where")
+
+    def __init__(self, where: str) -> None:
+        self.where = where
+        self.left = MAX_RULE_NODES
+
+    def spend(self, depth: int) -> None:
+        if depth > MAX_RULE_DEPTH:
+            raise ConfigError(
+                f"{self.where}: targeting nests more than {MAX_RULE_DEPTH} levels deep (after $ref expansion)"
+            )
+        self.left -= 1
+        if self.left < 0:
+            raise ConfigError(
+                f"{self.where}: targeting holds more than {MAX_RULE_NODES} values (after $ref expansion); "
+                "split it or simplify it"
+            )
+
+
+def _resolve_refs(
+    node: Any, evaluators: Mapping[str, Any], seen: tuple[str, ...], budget: _Budget, depth: int
+) -> Any:
+    """Replace every ``{"$ref": name}`` by the named evaluator, within `budget`; unknown names stay
+    (and fail to compile, so the flag reports PARSE_ERROR)."""
+    budget.spend(depth)
     if isinstance(node, list):
-        return [_resolve_refs(item, evaluators, seen) for item in node]
+        return [_resolve_refs(item, evaluators, seen, budget, depth + 1) for item in node]
     if not isinstance(node, dict):
         return node
     if len(node) == 1 and "$ref" in node:
@@ -282,9 +323,9 @@ def _resolve_refs(node: Any, evaluators: Mapping[str, Any], seen: tuple[str, ...
         if isinstance(name, str) and name in evaluators:
             if name in seen:
                 raise ConfigError(f"$evaluators: {name!r} refers to itself through {' -> '.join(seen)}")
-            return _resolve_refs(evaluators[name], evaluators, (*seen, name))
+            return _resolve_refs(evaluators[name], evaluators, (*seen, name), budget, depth)
         return node
-    return {key: _resolve_refs(value, evaluators, seen) for key, value in node.items()}
+    return {key: _resolve_refs(value, evaluators, seen, budget, depth + 1) for key, value in node.items()}
 
 
 def compile_flag(key: str, spec: Mapping[str, Any], *, set_metadata: Metadata, source: str) -> CompiledFlag:

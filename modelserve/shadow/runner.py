@@ -209,12 +209,20 @@ class ShadowRunner:
             self._stats.pop((model, shadow_version), None)
             self._inline_barred.discard((model, shadow_version))
 
-    def snapshot(self, model: str | None = None) -> list[dict[str, Any]]:
-        """Snapshots of every shadow version's stats (of one model, if given), after a timeout sweep."""
+    def snapshot(self, model: str | None = None, *, examples: bool = True) -> list[dict[str, Any]]:
+        """Snapshots of every shadow version's stats (of one model, if given), after a timeout sweep;
+        `examples=False` leaves out the disagreement examples."""
         self._sweep(self._clock())
         with self._lock:
             chosen = [s for (m, _), s in self._stats.items() if model is None or m == model]
-        return [s.snapshot() for s in chosen]
+        return [s.snapshot(examples=examples) for s in chosen]
+
+    def clear_examples(self, model: str, keep: tuple[str, ...] = ()) -> None:
+        """Forget the disagreement examples of `model`'s shadow versions not in `keep` (shadow stopped)."""
+        with self._lock:
+            chosen = [s for (m, v), s in self._stats.items() if m == model and v not in keep]
+        for stats in chosen:
+            stats.clear_examples()
 
     @property
     def in_flight(self) -> int:

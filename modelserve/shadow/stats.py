@@ -3,7 +3,11 @@
 Updates come from shadow worker threads; each takes one short lock. Latencies and differences go into
 log-bucket histograms (fixed size, ~4% relative error), never into a growing list. Disagreeing
 examples are kept in a reservoir (Algorithm R) of fixed size, so every disagreement seen so far is
-equally likely to be in it; they are converted to lists only when a snapshot is taken.
+equally likely to be in it. An example is bounded in bytes, whatever batch a client sends: it is
+converted to JSON types once, when it enters the reservoir (on the shadow's thread), keeping at most
+`EXAMPLE_VALUES` values per tensor (leading rows first) and `EXAMPLE_STRING` characters per string,
+and says so (`truncated`, `shapes`). Nothing holds a client's whole tensors, and a snapshot only copies
+small lists: status, the report and the rollout gate stay cheap under adversarial batches.
 """
 
 from __future__ import annotations
@@ -12,7 +16,6 @@ import math
 import random
 import threading
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -21,6 +24,10 @@ from modelserve.experiments import stats as experiment_stats
 from modelserve.shadow.compare import Comparison
 
 _PERCENTILES = (50.0, 95.0, 99.0)
+#: At most this many values of each tensor are kept in a disagreement example.
+EXAMPLE_VALUES = 256
+#: Strings (BYTES tensors) in an example are cut to this many characters.
+EXAMPLE_STRING = 256
 
 
 def wilson_interval(successes: int, trials: int, confidence: float = 0.95) -> tuple[float, float]:
@@ -94,33 +101,58 @@ class LogHistogram:
         return out
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class _Example:
-    request_id: str | None
-    primary_version: str
-    agreement: float
-    max_abs_diff: float | None
-    inputs: Mapping[str, np.ndarray]
-    primary: Mapping[str, np.ndarray]
-    shadow: Mapping[str, np.ndarray]
+def _bounded(array: Any) -> tuple[Any, bool]:
+    """A tensor as JSON types with at most EXAMPLE_VALUES values: whole leading rows when they fit,
+    else the first values in C order (flat). The bool says whether anything was left out."""
+    value = np.asarray(array)
+    if value.size <= EXAMPLE_VALUES:
+        return _plain(value.tolist()), False
+    row = int(np.prod(value.shape[1:], dtype=np.int64)) if value.ndim > 1 else 1
+    if value.ndim >= 1 and 0 < row <= EXAMPLE_VALUES:
+        return _plain(value[: EXAMPLE_VALUES // row].tolist()), True
+    return _plain(value.flat[:EXAMPLE_VALUES].tolist()), True  # .flat[:n] copies n values, not the tensor
 
 
-def _jsonable(outputs: Mapping[str, Any]) -> dict[str, Any]:
-    def convert(value: Any) -> Any:
-        if isinstance(value, bytes):
-            return value.decode("utf-8", errors="replace")
-        if isinstance(value, list):
-            return [convert(v) for v in value]
-        return value
+def _plain(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return value[: EXAMPLE_STRING * 4].decode("utf-8", errors="replace")[:EXAMPLE_STRING]
+    if isinstance(value, str):
+        return value[:EXAMPLE_STRING]
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
 
-    return {name: convert(np.asarray(array).tolist()) for name, array in outputs.items()}
+
+def _example(
+    *, request_id: str | None, primary_version: str, comparison: Comparison, inputs: Mapping[str, Any],
+    primary: Mapping[str, Any], shadow: Mapping[str, Any],
+) -> dict[str, Any]:  # fmt: skip
+    """One disagreement as small JSON types (see the module docstring for the bound)."""
+    truncated = False
+    shapes: dict[str, dict[str, list[int]]] = {}
+    parts: dict[str, dict[str, Any]] = {}
+    for part, tensors in (("inputs", inputs), ("primary", primary), ("shadow", shadow)):
+        converted: dict[str, Any] = {}
+        for name, array in tensors.items():
+            converted[name], cut = _bounded(array)
+            if cut:
+                truncated = True
+                shapes.setdefault(part, {})[name] = [int(d) for d in np.shape(array)]
+        parts[part] = converted
+    example: dict[str, Any] = {
+        "request_id": request_id, "primary_version": primary_version, "agreement": comparison.agreement,
+        "max_abs_diff": comparison.max_abs_diff, **parts, "truncated": truncated,
+    }  # fmt: skip
+    if truncated:
+        example["shapes"] = shapes  # the original shapes of the tensors cut short
+    return example
 
 
 class ShadowStats:
     """Agreement, differences, latencies, failures and disagreeing examples of one shadow version.
 
     `samples` counts completed comparisons (requests); agreement is counted per row. Arrays handed to
-    `record_comparison` are kept by reference for the reservoir: callers must not mutate them.
+    `record_comparison` are read during the call only (a bounded copy enters the reservoir).
     """
 
     def __init__(
@@ -137,7 +169,7 @@ class ShadowStats:
         self._errors = self._timeouts = self._dropped = 0
         self._last_error: str | None = None
         self._disagreements_seen = 0
-        self._reservoir: list[_Example] = []
+        self._reservoir: list[dict[str, Any]] = []
         self._primary_latency = LogHistogram(1e-6, 1e3)
         self._shadow_latency = LogHistogram(1e-6, 1e3)
         self._max_abs_diff = LogHistogram(1e-12, 1e12)
@@ -170,11 +202,15 @@ class ShadowStats:
                 slot = self._random.randrange(self._disagreements_seen)
                 if slot >= self.reservoir_size:
                     return
-            self._reservoir[slot] = _Example(
-                request_id=request_id, primary_version=primary_version, agreement=comparison.agreement,
-                max_abs_diff=comparison.max_abs_diff, inputs=inputs, primary=primary_outputs,
-                shadow=shadow_outputs,
+            self._reservoir[slot] = _example(
+                request_id=request_id, primary_version=primary_version, comparison=comparison,
+                inputs=inputs, primary=primary_outputs, shadow=shadow_outputs,
             )  # fmt: skip
+
+    def clear_examples(self) -> None:
+        """Forget the disagreement examples (e.g. when the shadow is switched off); counts stay."""
+        with self._lock:
+            self._reservoir = []
 
     def record_error(self, message: str) -> None:
         """Count a shadow run that raised."""
@@ -192,8 +228,9 @@ class ShadowStats:
         with self._lock:
             self._dropped += 1
 
-    def snapshot(self) -> dict[str, Any]:
-        """Every figure as plain JSON types (latencies in milliseconds)."""
+    def snapshot(self, *, examples: bool = True) -> dict[str, Any]:
+        """Every figure as plain JSON types (latencies in milliseconds); `examples=False` leaves out
+        the disagreement examples (status pages and gates need only the figures)."""
         with self._lock:
             samples, rows, agreeing = self._samples, self._rows, self._agreeing_rows
             errors, timeouts, dropped = self._errors, self._timeouts, self._dropped
@@ -203,7 +240,7 @@ class ShadowStats:
                 "max_abs_diff": self._max_abs_diff.summary(),
                 "js_distance": self._js.summary(),
             }
-            examples = list(self._reservoir)
+            kept = list(self._reservoir) if examples else []
             agreeing_samples, last_error, seen = (
                 self._agreeing_samples,
                 self._last_error,
@@ -231,13 +268,5 @@ class ShadowStats:
             "drop_rate": dropped / (runs + dropped) if runs + dropped else None,
             "last_error": last_error,
             "disagreements_seen": seen,
-            "disagreements": [
-                {
-                    "request_id": e.request_id, "primary_version": e.primary_version,
-                    "agreement": e.agreement, "max_abs_diff": e.max_abs_diff,
-                    "inputs": _jsonable(e.inputs), "primary": _jsonable(e.primary),
-                    "shadow": _jsonable(e.shadow),
-                }
-                for e in examples
-            ],
+            "disagreements": kept,  # each example is built once and never mutated: sharing is safe
         }  # fmt: skip

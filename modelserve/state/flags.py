@@ -3,6 +3,7 @@
 `poll()` re-reads the file when its (mtime, size, inode) changed and swaps the whole `FlagSet` in
 one assignment. A file that fails to parse keeps the last good `FlagSet` serving and records the
 message in `last_error` (cleared by the next good load). File I/O lives here; `routing/` stays pure.
+`watch` parses in a worker thread, so a large file never stalls the event loop.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import os
 from pathlib import Path
 
 import anyio
+import anyio.to_thread
 
 from modelserve.errors import ConfigError
 from modelserve.routing.flagd import FlagSet, load_flagset
@@ -59,6 +61,10 @@ class FlagFileSource:
         except ConfigError as exc:
             self.last_error = f"{exc}; keeping the last good flags"
             return False
+        except Exception as exc:  # anything else is a bug, but it must not stop later reloads
+            problem = f"{type(exc).__name__}: {exc}"
+            self.last_error = f"flags file {self.path}: {problem}; keeping the last good flags"
+            return False
         self.flagset = flagset  # one reference swap: readers see the old or the new set, never a mix
         self.last_error = None
         self.reloads += 1
@@ -66,6 +72,7 @@ class FlagFileSource:
 
     async def watch(self, interval_s: float = 1.0) -> None:
         """Poll every `interval_s` seconds until cancelled (run it in the app's task group)."""
+        limiter = anyio.CapacityLimiter(1)  # its own, never the host application's default pool
         while True:
             await anyio.sleep(interval_s)
-            self.poll()
+            await anyio.to_thread.run_sync(self.poll, limiter=limiter)  # bounded, but not free

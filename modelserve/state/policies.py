@@ -9,13 +9,20 @@ policy's copy in step the moment a switch happens.
 from __future__ import annotations
 
 import dataclasses
+import logging
+import re
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
+from modelserve import validation
 from modelserve.config import ModelConfig
 from modelserve.errors import ConfigError, RequestError
 from modelserve.routing.policy import ModelPolicy
 from modelserve.state.store import StateStore
+
+log = logging.getLogger("modelserve.state")
+_HEADER_NAME = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,64}$")
+_VERSION = re.compile(r"^[1-9][0-9]{0,17}$")  # what the repository accepts (serving.repository.check_version)
 
 
 class SlotSwitch(Protocol):
@@ -48,6 +55,8 @@ class PolicyTable:
         #: Where `change` sends runtime changes when replicas share state (the desired document);
         #: it must install the result here before it returns.
         self.writer: Callable[[str, dict[str, Any]], Awaitable[object]] | None = None
+        #: model -> why its saved policy was not applied (a corrupt or unreadable file, an invalid value).
+        self.problems: dict[str, str] = {}
 
     def get(self, model: str) -> ModelPolicy | None:
         return self._policies.get(model)
@@ -74,11 +83,15 @@ class PolicyTable:
             shadow_versions=shadow.versions,
             shadow_sample_rate=shadow.sample_rate,
         )
-        saved = self.store.read(f"policy.{model}") or {}
+        # A saved policy that cannot be read or no longer validates must not keep the model down:
+        # the model serves on its config.toml policy, and status says why.
         try:
-            policy = _apply(base, saved)
-        except (ConfigError, RequestError, TypeError):
-            policy = base  # a saved policy that no longer validates must not keep the model down
+            policy = _apply(base, self.store.read(f"policy.{model}") or {})
+            self.problems.pop(model, None)
+        except (ConfigError, RequestError, TypeError, ValueError) as exc:
+            policy = base
+            self.problems[model] = f"saved policy not applied (using config.toml): {exc}"
+            log.error("model %s: %s", model, self.problems[model])
         self._policies[model] = policy
         return policy
 
@@ -137,29 +150,38 @@ def _apply(policy: ModelPolicy, changes: dict[str, Any]) -> ModelPolicy:
         if name not in MUTABLE_FIELDS:
             continue
         if name == "shadow_versions":
-            if isinstance(value, str) or not isinstance(value, list | tuple):
-                raise ConfigError("shadow_versions must be a list of versions")
-            value = tuple(str(v) for v in value)
-        elif name in ("candidate", "flag") and value is not None:
-            value = str(value)
+            if isinstance(value, str) or not isinstance(value, list | tuple) or len(value) > 16:
+                raise ConfigError("shadow_versions must be a list of at most 16 versions")
+            value = tuple(_version(v, name) for v in value)
+        elif name == "candidate" and value is not None:
+            value = _version(value, name)
+        elif name == "flag" and value is not None:
+            value = validation.text(str(value), "flag", error=ConfigError)
         elif name in ("canary_weight", "shadow_sample_rate"):
-            if isinstance(value, bool) or not isinstance(value, int | float):
-                raise ConfigError(f"{name} must be a number")
-            value = float(value)
+            value = validation.number(value, name, error=ConfigError)  # finite first: NaN passes no range
             if name == "canary_weight" and not 0.0 <= value <= 100.0:
                 raise ConfigError(
                     f"canary_weight is a percent of targeting keys, 0 to 100 (5 = 5 %), not {value:g}"
                 )
             if name == "shadow_sample_rate" and not 0.0 <= value <= 1.0:
                 raise ConfigError(f"shadow_sample_rate is a fraction of requests, 0 to 1, not {value:g}")
-        elif name == "allow_version_override" and not isinstance(value, bool):
-            raise ConfigError("allow_version_override must be true or false")
+        elif name == "allow_version_override":
+            value = validation.flag(value, name, error=ConfigError)
         elif name == "targeting_header":
-            if not isinstance(value, str) or not value:
-                raise ConfigError("targeting_header must be a header name")
+            if not isinstance(value, str) or not _HEADER_NAME.match(value):
+                raise ConfigError(
+                    f"targeting_header must be an HTTP header name (token characters), not {value!r:.60}"
+                )
             value = value.lower()
         clean[name] = value
     return dataclasses.replace(policy, **clean)
+
+
+def _version(value: Any, name: str) -> str:
+    text = str(value) if isinstance(value, int | str) and not isinstance(value, bool) else ""
+    if _VERSION.match(text):
+        return text
+    raise ConfigError(f"{name}: {value!r:.60} is not a version (versions are positive integers)")
 
 
 def _jsonable(value: Any) -> Any:

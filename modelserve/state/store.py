@@ -16,6 +16,7 @@ from typing import Any, Protocol
 import orjson
 
 from modelserve.errors import ConfigError
+from modelserve.validation import all_finite
 
 _KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,199}$")
 
@@ -38,6 +39,12 @@ def _check_key(key: str) -> str:
     return key
 
 
+def _check_finite(key: str, value: dict[str, Any]) -> None:
+    # JSON has no NaN or infinity (orjson would write null): refuse, so the last good document stays.
+    if not all_finite(value):
+        raise ValueError(f"state {key!r} holds a non-finite number; not saved")
+
+
 class FileStateStore:
     """State in a folder: `<key>.json` documents and `<key>.jsonl` logs."""
 
@@ -51,6 +58,8 @@ class FileStateStore:
             data = path.read_bytes()
         except FileNotFoundError:
             return None
+        except OSError as exc:  # a directory, unreadable, ...: this key is broken, not the whole store
+            raise ConfigError(f"state file {path} cannot be read: {exc.strerror or exc}") from exc
         try:
             value = orjson.loads(data)
         except orjson.JSONDecodeError as exc:
@@ -61,6 +70,7 @@ class FileStateStore:
 
     def write(self, key: str, value: dict[str, Any]) -> None:
         path = self.directory / f"{_check_key(key)}.json"
+        _check_finite(key, value)
         fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=f".{key}.", suffix=".tmp")
         try:
             with os.fdopen(fd, "wb") as handle:
@@ -112,6 +122,7 @@ class MemoryStateStore:
         return orjson.loads(orjson.dumps(value)) if value is not None else None
 
     def write(self, key: str, value: dict[str, Any]) -> None:
+        _check_finite(key, value)
         self._docs[_check_key(key)] = orjson.loads(orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY))
 
     def append(self, key: str, record: dict[str, Any]) -> None:
