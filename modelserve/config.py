@@ -42,7 +42,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from modelserve import validation
+import modelserve.validation as validation
 from modelserve.errors import ConfigError
 
 

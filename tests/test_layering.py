@@ -67,7 +67,7 @@ def test_routing_is_pure(forbidden: str) -> None:
 
 #: The layers, bottom first: a package may import its own layer and the layers below, never above.
 LAYERS: list[set[str]] = [
-    {"errors"},
+    {"errors", "validation"},
     {"config", "datatypes"},
     {"routing"},
     {"state"},
@@ -162,9 +162,12 @@ def test_the_checks_catch_a_cycle_and_an_upward_import() -> None:
     assert ("config", "serving") in upward_imports(package_graph(config_imports_ours))
 
 
-def test_errors_import_nothing_of_ours_and_config_only_the_errors() -> None:
+def test_errors_import_nothing_of_ours_and_config_only_the_errors_and_validation() -> None:
     assert {m for m in MODULES["modelserve/errors.py"] if m.startswith("modelserve")} == set()
-    assert {m for m in MODULES["modelserve/config.py"] if m.startswith("modelserve")} == {"modelserve.errors"}
+    validation = {m for m in MODULES["modelserve/validation.py"] if m.startswith("modelserve")}
+    assert validation == {"modelserve.errors"}
+    ours = {m for m in MODULES["modelserve/config.py"] if m.startswith("modelserve")}
+    assert ours == {"modelserve.errors", "modelserve.validation"}
 
 
 def test_the_server_config_loads_without_onnxruntime_or_the_server() -> None:

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from modelserve import validation
+import modelserve.validation as validation
 from modelserve.errors import ConfigError, RequestError
 
 

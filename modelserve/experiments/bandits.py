@@ -25,7 +25,7 @@ import numpy as np
 from scipy.stats import beta as beta_dist
 from scipy.stats import norm
 
-from modelserve import validation
+import modelserve.validation as validation
 from modelserve.errors import ConfigError, RequestError
 
 

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from modelserve import validation
+import modelserve.validation as validation
 from modelserve.errors import ConfigError, RequestError
 
 METRIC_KINDS = ("binary", "continuous")

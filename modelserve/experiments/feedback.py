@@ -26,7 +26,7 @@ from typing import Any
 
 from cachetools import LRUCache, TTLCache
 
-from modelserve import validation
+import modelserve.validation as validation
 from modelserve.errors import RequestError
 from modelserve.experiments.bandits import BanditPolicy
 from modelserve.experiments.experiment import ExperimentCounters

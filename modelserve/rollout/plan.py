@@ -54,7 +54,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from modelserve import validation
+import modelserve.validation as validation
 from modelserve.errors import ConfigError
 
 #: Metrics where a bigger value is worse (checked against an upper limit).

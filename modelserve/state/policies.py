@@ -14,7 +14,7 @@ import re
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
-from modelserve import validation
+import modelserve.validation as validation
 from modelserve.config import ModelConfig
 from modelserve.errors import ConfigError, RequestError
 from modelserve.routing.policy import ModelPolicy
