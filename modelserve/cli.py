@@ -1,7 +1,7 @@
 """`modelserve` command line. The only module that reads environment variables.
 
 Server:  modelserve serve REPO [--host --port --flags FILE --state-dir DIR --admin-token T]
-Client:  modelserve status|stage|promote|rollback|unload ... [--url URL]   (token: MODELSERVE_ADMIN_TOKEN)
+Client:  modelserve status|stage|load|promote|rollback|unload ... [--url URL]  (token: MODELSERVE_ADMIN_TOKEN)
 Local:   modelserve inspect PATH/TO/model.onnx
 """
 
@@ -108,6 +108,7 @@ def serve_config(args: argparse.Namespace, environ: dict[str, str] | os._Environ
         webhooks=tuple(args.webhook),
         coordinator=coordinator,
         replica_id=environ.get(POD_NAME_ENV) or None,
+        memory_budget=_size(args.memory_budget),
     )
 
 
@@ -121,6 +122,7 @@ def _config_to_json(config: Any) -> dict[str, Any]:
         "webhooks": list(config.webhooks),
         "coordinator": config.coordinator,
         "replica_id": config.replica_id,
+        "memory_budget": config.memory_budget,
     }
 
 
@@ -140,6 +142,7 @@ def worker_app() -> Any:
         webhooks=tuple(raw.get("webhooks") or ()),
         coordinator=raw["coordinator"],
         replica_id=f"{pod}:{os.getpid()}" if pod else None,  # several workers share one pod name
+        memory_budget=raw.get("memory_budget"),
     )
     sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
     return create_app(config, **serve_extras(os.environ))
@@ -187,6 +190,18 @@ def _status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _size(text: str | None) -> int | None:
+    from modelserve.errors import ConfigError
+    from modelserve.serving.memory import parse_size
+
+    if text is None:
+        return None
+    try:
+        return parse_size(text)
+    except ConfigError as exc:
+        raise ClientError(f"--memory-budget: {exc}") from None
+
+
 def render_status(status: dict[str, Any]) -> str:
     """A model's status for people: slots, split, per-version metrics, shadow, rollout, experiment."""
     policy = status.get("policy") or {}
@@ -194,13 +209,16 @@ def render_status(status: dict[str, Any]) -> str:
     idle = status.get("candidate") or status.get("previous")
     if idle:
         lines.append(f"  idle slot {status['idle_slot']}: version {idle} ({status['idle_role']}, warm)")
-    for slot in (status.get("slots") or {}).values():
-        if slot:
-            faults = "  FAULTS INJECTED" if slot.get("injected_faults") else ""
-            lines.append(
-                f"  version {slot['version']}: {slot['state']}, {slot['execution']}, "
-                f"warm-up {slot['warmup_latency_us']} µs{faults}"
-            )
+    by_version = {slot["version"]: slot for slot in (status.get("slots") or {}).values() if slot}
+    for row in status.get("warm") or []:
+        slot = by_version.get(row["version"], {})
+        faults = "  FAULTS INJECTED" if slot.get("injected_faults") else ""
+        memory = (row.get("memory") or {}).get("resident", "?")
+        pinned = ", pinned" if row.get("pinned") else ""
+        lines.append(
+            f"  version {row['version']} ({row['role']}, slot {row['slot']}{pinned}): {slot.get('state')}, "
+            f"{slot.get('execution')}, warm-up {slot.get('warmup_latency_us')} µs, memory {memory}{faults}"
+        )
     split = f"  split: canary {policy.get('canary_weight', 0):g}% -> {policy.get('candidate') or '-'}"
     if policy.get("flag"):
         split += f", flag {policy['flag']}"
@@ -251,9 +269,20 @@ def _stage(args: argparse.Namespace) -> int:
     return 0
 
 
+def _load(args: argparse.Namespace) -> int:
+    data = admin_call(args, "POST", f"/admin/models/{args.model}/load", {"version": args.version})
+    loaded = data["loaded"]
+    memory = (loaded.get("memory") or {}).get("resident", "?")
+    warm = ", ".join(f"{row['version']} ({row['role']})" for row in data["status"]["warm"])
+    print(f"{args.model}: version {loaded['version']} warm (memory {memory}), 0% traffic; warm: {warm}")
+    return 0
+
+
 def _switch(action: str) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
-        data = admin_call(args, "POST", f"/admin/models/{args.model}/{action}")
+        to = getattr(args, "to", None)
+        body = {"to": to} if to is not None else None
+        data = admin_call(args, "POST", f"/admin/models/{args.model}/{action}", body)
         switch = data["switch"]
         moved = f"{switch['from_version']} -> {switch['to_version']}"
         print(f"{args.model}: {action} {moved} (live slot {switch['live_slot']})")
@@ -329,6 +358,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="POST every rollout event as JSON to URL (repeatable)",
     )
     serve.add_argument(
+        "--memory-budget",
+        metavar="SIZE",
+        help="refuse loads past this total for all warm versions, e.g. 512M or 2G (default: none)",
+    )
+    serve.add_argument(
         "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"]
     )
     serve.add_argument("--access-log", action="store_true", help="log every request")
@@ -358,13 +392,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     for action, text in (
         ("promote", "make the staged candidate live (instant slot switch)"),
-        ("rollback", "switch back to the previous version, still warm"),
+        ("rollback", "switch back to the previous version, or --to any warm version (instant)"),
     ):
         sub = client_parser(commands, action, text)
         sub.add_argument("model")
+        if action == "rollback":
+            sub.add_argument("--to", metavar="VERSION", help="any warm version (instant: nothing loads)")
         sub.set_defaults(run=_switch(action))
 
-    unload = client_parser(commands, "unload", "unload the idle version, or the whole model")
+    load = client_parser(commands, "load", "add a version to the model's warm set (0%% traffic, kept warm)")
+    load.add_argument("model")
+    load.add_argument("version")
+    load.set_defaults(run=_load)
+
+    unload = client_parser(commands, "unload", "unload a warm version that is not live, or the whole model")
     unload.add_argument("model")
     unload.add_argument("version", nargs="?")
     unload.set_defaults(run=_unload)

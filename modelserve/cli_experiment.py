@@ -21,12 +21,12 @@ def register(commands: Any) -> None:
     """Add the experiment commands to the `modelserve` parser."""
     experiment = commands.add_parser(
         "experiment",
-        help="A/B tests and bandits between the versions in a model's two slots",
+        help="A/B/n tests and bandits over a model's warm versions",
         description="Start, read and stop an experiment; post outcomes by request id.",
     )
     actions = experiment.add_subparsers(dest="action", required=True, metavar="ACTION")
 
-    start = client_parser(actions, "start", "start an experiment (arms must be loaded: live or staged)")
+    start = client_parser(actions, "start", "start an experiment (arms must be warm: live, staged or loaded)")
     start.add_argument("model")
     start.add_argument("--arms", required=True, help="versions, control first, e.g. 1,2")
     start.add_argument("--weights", help="traffic shares per arm, e.g. 50,50 (default: equal)")

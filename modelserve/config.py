@@ -186,6 +186,7 @@ class ServerConfig:
     coordinator: str | None = None
     #: This process's name among the replicas (default `host:pid`; `POD_NAME` on Kubernetes).
     replica_id: str | None = None
+    memory_budget: int | None = None  # bytes all warm versions may cost together (serving/memory.py)
 
 
 def parse_model_config(data: dict[str, Any], *, where: str) -> ModelConfig:

@@ -75,14 +75,12 @@ def arm_counts(document: dict[str, Any]) -> dict[str, tuple[int, int]]:
     return {arm["arm"]: (arm["assigned"], arm["n"]) for arm in document["report"]["arms"]}
 
 
-def test_arms_must_be_in_the_slots_and_a_second_start_conflicts(config: ServerConfig) -> None:
+def test_arms_must_be_warm_and_a_second_start_conflicts(config: ServerConfig) -> None:
     with serve(create_app(config)) as server, httpx.Client(base_url=server.url, headers=AUTH) as client:
         spec = {"arms": ["1", "2"], "metric": BINARY}
         refused = client.post("/admin/models/fraud/experiment", json=spec)
         assert refused.status_code == 400
-        assert (
-            "two slots" in refused.json()["error"] and "modelserve stage fraud 1" in refused.json()["error"]
-        )
+        assert "not warm" in refused.json()["error"] and "modelserve load fraud 1" in refused.json()["error"]
         assert client.post("/admin/models/fraud/stage", json={"version": "1"}).status_code == 200
         bad = client.post("/admin/models/fraud/experiment", json={**spec, "alpha": 2})
         assert bad.status_code == 400 and "alpha" in bad.json()["error"]
@@ -323,7 +321,7 @@ def cli(url: str, *args: str) -> subprocess.CompletedProcess[str]:
 def test_cli_starts_reports_posts_feedback_and_stops(config: ServerConfig) -> None:
     with serve(create_app(config)) as server, httpx.Client(base_url=server.url, headers=AUTH) as client:
         refused = cli(server.url, "start", "fraud", "--arms", "1,2")
-        assert refused.returncode == 1 and "modelserve stage fraud 1" in refused.stderr
+        assert refused.returncode == 1 and "modelserve load fraud 1" in refused.stderr
         assert client.post("/admin/models/fraud/stage", json={"version": "1"}).status_code == 200
         started = cli(server.url, "start", "fraud", "--arms", "1,2", "--weights", "80,20", "--mde", "0.1")
         assert started.returncode == 0, started.stderr

@@ -1,4 +1,4 @@
-"""`ExperimentService`: A/B tests and bandits between the versions held in a model's two slots.
+"""`ExperimentService`: A/B/n tests and bandits over any subset of a model's warm versions.
 
 One experiment runs per model at a time; `decide` is the router's arm decider, `observe` an inference
 observer that remembers each served experiment decision by request id (with the request's
@@ -100,17 +100,14 @@ class ExperimentService:
                 f"(arms {', '.join(current.spec.versions)}): "
                 f"stop it first (`modelserve experiment stop {model}`)"
             )
-        slots = self.registry.slots(model)
-        ready = slots.ready_versions
-        for version in spec.versions:
-            if version not in ready:
-                live = slots.live.version if slots.live else "none"
-                idle = slots.idle.version if slots.idle else "empty"
-                raise RequestError(
-                    f"arm {version} of model {model!r} is not loaded and ready: arms must be the versions "
-                    f"held warm in the model's two slots (live {live}, idle {idle}); "
-                    f"stage it first (`modelserve stage {model} {version}`)"
-                )
+        warm = self.registry.slots(model)
+        missing = [version for version in spec.versions if version not in warm.ready_versions]
+        if missing:
+            held = ", ".join(f"{v} ({warm.role_of(v)})" for v in warm.warm_versions()) or "none"
+            raise RequestError(
+                f"arm {', '.join(missing)} of model {model!r} is not warm: arms must be warm, READY "
+                f"versions (warm now: {held}); load it first (`modelserve load {model} {missing[0]}`)"
+            )
         experiment = RunningExperiment(
             spec, experiment_id=experiment_id or uuid.uuid4().hex[:12], started_at=time.time(), rng=self._rng
         )
@@ -132,6 +129,13 @@ class ExperimentService:
         return experiment
 
     # -- per request -----------------------------------------------------------------------------
+
+    def arms_in_use(self, model: str) -> frozenset[str]:
+        """The arms of the model's running experiment: the registry must not unload them."""
+        experiment = self.experiments.get(model)
+        if experiment is None or not experiment.running:
+            return frozenset()
+        return frozenset(experiment.spec.versions)
 
     def decide(
         self, policy: ModelPolicy, targeting_key: str | None, ready: frozenset[str]

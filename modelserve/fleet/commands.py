@@ -72,23 +72,25 @@ class FleetCommands:
 
         return await self._switch(model, change, expect_rev, "promote", current.live)
 
-    async def rollback(self, model: str, *, expect_rev: int | None = None) -> Applied:
-        """Make the previous version live again everywhere (it is kept warm; no barrier)."""
+    async def rollback(self, model: str, *, to: str | None = None, expect_rev: int | None = None) -> Applied:
+        """Make the previous version (or `to`, any version warm here) live again everywhere; no barrier."""
         current = await self._current(model)
-        previous = current.previous
-        if previous is None:
+        if to is not None:
+            self.registry.slots(model).rollback_target(to)  # Conflict unless `to` is warm and not live
+        target = to if to is not None else current.previous
+        if target is None:
             raise Conflict(f"model {model!r} has no previous version kept warm to roll back to")
 
         def change(now: DesiredModel) -> dict[str, Any]:
-            if now.previous != previous or now.live != current.live:
-                raise Conflict(f"model {model!r} changed while rolling back to {previous}; retry")
+            if (to is None and now.previous != target) or now.live != current.live:
+                raise Conflict(f"model {model!r} changed while rolling back to {target}; retry")
             return {
-                "live": previous,
+                "live": target,
                 "previous": None,
                 "staged": now.live,
                 "candidate": None,
                 "canary_weight": 0.0,
-                "shadow_versions": [v for v in now.shadow_versions if v != previous],
+                "shadow_versions": [v for v in now.shadow_versions if v != target],
             }
 
         return await self._switch(model, change, expect_rev, "rollback", current.live)
@@ -123,11 +125,13 @@ class FleetCommands:
         if error:
             raise Conflict(f"model {model!r}: {action} recorded but not applied here yet: {error}")
         slots = self.registry.slots(model)
+        here = self.registry.last_switch.get(model)  # carries how long the swap took to take effect
         switch = Switch(
             model=model,
             action=action,
             from_version=from_version,
             to_version=desired.live,
             live_slot=slots.live_slot,
+            effect_us=here.effect_us if here is not None and here.to_version == desired.live else None,
         )
         return Applied(desired, switch)

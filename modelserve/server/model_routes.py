@@ -1,11 +1,13 @@
-"""Admin routes for a model's slots: list, status, stage, promote, rollback, unload.
+"""Admin routes for a model's warm set: list, status, stage, load, promote, rollback, unload.
 
-GET  /admin/models                       every loaded model's status, and load errors
-GET  /admin/models/{model}               the model's status (slots, policy, metrics, features)
-POST /admin/models/{model}/stage         {"version": "2"}  load + warm into the idle slot
-POST /admin/models/{model}/promote       switch the live slot to the candidate
-POST /admin/models/{model}/rollback      switch back to the previous version
-POST /admin/models/{model}/unload        {"version": "1"}: the idle version; no body: the whole model
+GET  /admin/models                       every loaded model's status, load errors, memory budget
+GET  /admin/models/{model}               the model's status (warm set, policy, metrics, features)
+POST /admin/models/{model}/stage         {"version": "2"}  load + warm as the candidate (0% traffic)
+POST /admin/models/{model}/load          {"version": "3"}  add a warm version with no role (pinned)
+POST /admin/models/{model}/promote       switch live to the candidate
+POST /admin/models/{model}/rollback      switch back to the previous version; {"to": "1"}: to any
+                                         warm version (instant: nothing loads)
+POST /admin/models/{model}/unload        {"version": "1"}: one warm, non-live version; no body: the model
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ def routes(services: Services) -> list[Route]:
         return {
             "models": [model_status(services, name) for name in sorted(registry.models)],
             "load_errors": {**services.layout_errors, **services.load_errors},
+            "memory": registry.memory(),
         }
 
     async def status(request: Request, body: dict[str, Any]) -> Any:
@@ -39,13 +42,21 @@ def routes(services: Services) -> list[Route]:
         loaded = await commands.stage(model, version, expect_rev=if_match(request))
         return {"model": model, "staged": loaded.describe(), "status": model_status(services, model)}
 
+    async def load(request: Request, body: dict[str, Any]) -> Any:
+        model = request.path_params["model"]
+        loaded = await registry.load_version(model, str(required(body, "version")))
+        return {"model": model, "loaded": loaded.describe(), "status": model_status(services, model)}
+
     async def promote(request: Request, body: dict[str, Any]) -> Any:
         applied = await commands.promote(request.path_params["model"], expect_rev=if_match(request))
         assert applied.switch is not None
         return {"switch": _switch(applied.switch), "status": model_status(services, applied.switch.model)}
 
     async def rollback(request: Request, body: dict[str, Any]) -> Any:
-        applied = await commands.rollback(request.path_params["model"], expect_rev=if_match(request))
+        to = body.get("to")
+        applied = await commands.rollback(
+            request.path_params["model"], to=None if to is None else str(to), expect_rev=if_match(request)
+        )
         assert applied.switch is not None
         return {"switch": _switch(applied.switch), "status": model_status(services, applied.switch.model)}
 
@@ -65,6 +76,7 @@ def routes(services: Services) -> list[Route]:
         get("/admin/models", list_models),
         get("/admin/models/{model}", status),
         post("/admin/models/{model}/stage", stage),
+        post("/admin/models/{model}/load", load),
         post("/admin/models/{model}/promote", promote),
         post("/admin/models/{model}/rollback", rollback),
         post("/admin/models/{model}/unload", unload),
@@ -78,4 +90,5 @@ def _switch(switch: Switch) -> dict[str, Any]:
         "from_version": switch.from_version,
         "to_version": switch.to_version,
         "live_slot": switch.live_slot,
+        "effect_us": switch.effect_us,
     }

@@ -183,7 +183,7 @@ def build_services(
     local = store if store is not None else MemoryStateStore()
     if store is None:
         store = CoordinatorStore(coordinator)
-    registry = ModelRegistry(ModelRepository(config.repository), local)
+    registry = ModelRegistry(ModelRepository(config.repository), local, memory_budget=config.memory_budget)
     policies = PolicyTable(local)
     registry.listeners.append(policies.on_switch)
     windows = SlidingWindows(window_s=WINDOW_S, sub_windows=WINDOW_SLICES)
@@ -215,6 +215,7 @@ def build_services(
             registry=registry, store=store, model_names=partial(expected_models, config, registry)
         )
         arm_deciders.append(experiments.decide)
+        registry.in_use.append(experiments.arms_in_use)
 
     flags = FlagFileSource(config.flags_file) if config.flags_file is not None else None
     router = Router(

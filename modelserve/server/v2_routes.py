@@ -250,11 +250,16 @@ def routes(services: Services) -> list[Route]:
         return _json(index)
 
     async def repository_load(request: Request) -> Response:
+        """Load the model (its live version); `{"parameters": {"version": "3"}}` adds that version warm."""
         try:
             model = request.path_params["model"]
             granted = services.authorize(request.headers.get("authorization"), ADMIN)
+            version = await _version_parameter(request)
             before = audit_snapshot(services, model)
-            await services.load_model(model)
+            if model not in registry.models:
+                await services.load_model(model)
+            if version is not None:
+                await registry.load_version(model, version)
             actor = Actor(scope=granted, reason=request.headers.get(REASON_HEADER, "")[:500])
             services.audit.record(
                 model, "load", actor=actor, before=before, after=audit_snapshot(services, model)
@@ -264,12 +269,15 @@ def routes(services: Services) -> list[Route]:
             return _error(exc)
 
     async def repository_unload(request: Request) -> Response:
+        """Unload the model; `{"parameters": {"version": "3"}}` unloads only that warm, non-live version."""
         try:
             model = request.path_params["model"]
             granted = services.authorize(request.headers.get("authorization"), ADMIN)
+            version = await _version_parameter(request)
             before = audit_snapshot(services, model)
-            await registry.unload(model)
-            services.policies.remove(model)
+            await registry.unload(model, version)
+            if version is None:
+                services.policies.remove(model)
             actor = Actor(scope=granted, reason=request.headers.get(REASON_HEADER, "")[:500])
             services.audit.record(
                 model, "unload", actor=actor, before=before, after=audit_snapshot(services, model)
@@ -295,3 +303,23 @@ def routes(services: Services) -> list[Route]:
         Route("/v2/repository/models/{model}/load", repository_load, methods=["POST"]),
         Route("/v2/repository/models/{model}/unload", repository_unload, methods=["POST"]),
     ]
+
+
+async def _version_parameter(request: Request) -> str | None:
+    """The `parameters.version` of a repository load/unload body (Triton-style), if any."""
+    body = await request.body()
+    if not body.strip():
+        return None
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise RequestError(f"malformed JSON: {exc}") from None
+    parameters = data.get("parameters", {}) if isinstance(data, dict) else None
+    if not isinstance(parameters, dict):
+        raise RequestError('the body must be a JSON object like {"parameters": {"version": "2"}}')
+    version = parameters.get("version")
+    if version is None:
+        return None
+    if isinstance(version, bool) or not isinstance(version, str | int):
+        raise RequestError(f"parameters.version must be a version string, got {version!r}")
+    return str(version)

@@ -5,7 +5,8 @@ and just after a version's session is created and warmed up, in the loading thre
 the session's copy of the weights, onnxruntime's arena as grown by the warm-up (batch 1) and the
 allocator's own slack. It is an estimate, not an accounting: other threads serving at the same time
 allocate too (noise of a few hundred KB), a larger batch grows the arena later, and memory freed by
-an earlier unload and reused by this load does not show up as growth at all. So the cost used for
+an earlier unload and reused by this load does not show up as growth at all, while the first
+version loaded in a process also carries onnxruntime's one-time setup (~9 MB here). So the cost used for
 the budget is the larger of the RSS delta and the ONNX file's size (the initializers are copied into
 the session, so a version never costs less than that); both figures are shown in `status`.
 

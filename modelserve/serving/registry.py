@@ -15,7 +15,9 @@ warm set (only `idle_version` / `idle_role`) are read too.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -62,6 +64,7 @@ class ModelRegistry:
         self.models: dict[str, WarmSet] = {}
         self.listeners: list[SwitchListener] = []
         self.in_use: list[InUse] = []
+        self.last_switch: dict[str, Switch] = {}  # per model, the last promote or rollback made here
         # Loads are CPU-heavy: one at a time so serving keeps the other core (and RSS deltas stay apart).
         self._load_limiter = anyio.CapacityLimiter(1)
         self._budget_lock = anyio.Lock()
@@ -193,22 +196,36 @@ class ModelRegistry:
         return loaded
 
     async def promote(self, model: str) -> Switch:
-        warm = self.slots(model)
-        async with warm.lock:
-            switch = warm.promote()
-            self._persist(warm)
-        self._announce(switch)
-        return switch
+        """Make the candidate live: one reference swap (see `_switch`)."""
+        return await self._switch(model, "promote", None)
 
     async def rollback(self, model: str, to: str | None = None) -> Switch:
         """Switch back to the previous version, or to the warm version `to`; instant, nothing loads."""
-        warm = self.slots(model)
         if to is not None:
             check_version(to)
-        async with warm.lock:
-            switch = warm.rollback(to)
-            self._persist(warm)
+        return await self._switch(model, "rollback", to)
+
+    async def _switch(self, model: str, action: str, to: str | None) -> Switch:
+        """Promote or roll back; the swap happens before the first await.
+
+        Taking `lock` costs a checkpoint (the loop runs other requests first: milliseconds under
+        load), so when no load holds it the switch runs at once, synchronously. A switch has no await
+        between its checks and its assignments, so it cannot interleave with anything on the loop.
+        """
+        started = time.perf_counter()
+        warm = self.slots(model)
+        if warm.lock.locked():  # a load is between its awaits: let it finish first
+            async with warm.lock:
+                switch = self._swap(warm, action, to, started)
+        else:
+            switch = self._swap(warm, action, to, started)
         self._announce(switch)
+        return switch
+
+    def _swap(self, warm: WarmSet, action: str, to: str | None, started: float) -> Switch:
+        switch = warm.promote() if action == "promote" else warm.rollback(to)
+        switch = dataclasses.replace(switch, effect_us=(time.perf_counter() - started) * 1e6)
+        self._persist(warm)
         return switch
 
     async def unload(self, model: str, version: str | None = None) -> None:
@@ -342,6 +359,7 @@ class ModelRegistry:
         )
 
     def _announce(self, switch: Switch) -> None:
+        self.last_switch[switch.model] = switch
         log.info("model %s: %s %s -> %s", switch.model, switch.action, switch.from_version, switch.to_version)
         for listener in self.listeners:
             try:

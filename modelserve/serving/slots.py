@@ -21,3 +21,6 @@ class Switch:
     from_version: str | None
     to_version: str
     live_slot: str
+    #: From the command entering the registry to the swap (lock wait + checks + the assignment), before
+    #: anything is persisted: how long the switch took to take effect for the next request.
+    effect_us: float | None = None

@@ -176,18 +176,22 @@ class WarmSet:
             if target is None:
                 raise Conflict(f"model {self.model!r} has no previous version kept warm to roll back to")
         else:
-            target = to
-            if target == self.live_version:
-                raise Conflict(f"model {self.model!r} version {target} is already live")
-            if target not in self.versions:
-                warm = ", ".join(self.warm_versions()) or "none"
-                raise Conflict(
-                    f"model {self.model!r} version {target} is not warm (warm: {warm}); "
-                    f"load it first (`modelserve load {self.model} {target}`), then roll back"
-                )
-            if target == self.candidate:
-                raise Conflict(f"model {self.model!r} version {target} is the staged candidate: promote it")
+            target = self.rollback_target(to)
         return self._switch("rollback", target)
+
+    def rollback_target(self, to: str) -> str:
+        """`to` if `rollback --to` may switch to it; Conflict naming the reason otherwise."""
+        if to == self.live_version:
+            raise Conflict(f"model {self.model!r} version {to} is already live")
+        if to not in self.versions:
+            warm = ", ".join(self.warm_versions()) or "none"
+            raise Conflict(
+                f"model {self.model!r} version {to} is not warm (warm: {warm}); "
+                f"load it first (`modelserve load {self.model} {to}`), then roll back"
+            )
+        if to == self.candidate:
+            raise Conflict(f"model {self.model!r} version {to} is the staged candidate: promote it")
+        return to
 
     def _switch(self, action: str, version: str) -> Switch:
         target = self.versions[version]
