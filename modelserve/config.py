@@ -27,6 +27,9 @@ Per model: `models/<name>/config.toml` (all keys optional)::
     compare = "label"               # "label" | "allclose" | "topk"
     on_loop = false                 # true: µs models shadow on the event loop, after the response
                                     # (every request compared; the primary pays the shadow's time)
+    [monitoring]                    # prediction distribution, drift, accuracy (docs/monitoring.md)
+    reference = "reference.jsonl"   # drift reference rows (else the first reference_period_s of traffic)
+    threshold = 0.2                 # PSI alarm threshold; min_samples, window_s, bins, sample_every
     [testing.faults."2"]            # OPT-IN FAULT INJECTION for tests and demos (serving/faults.py):
     error_rate = 0.05               # version 2 fails 5% of runs (seeded: `seed = 0`), and/or
     extra_latency_ms = 3.0          # sleeps, `latency_factor = 3.0`, `hang = true`; a warning is logged
@@ -142,6 +145,23 @@ class ShadowConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class MonitoringConfig:
+    """`[monitoring]`: prediction distributions, drift and accuracy by version (see docs/monitoring.md)."""
+
+    enabled: bool = True
+    #: A JSONL file of reference rows (relative to the model's folder); else captured from live traffic.
+    reference: str | None = None
+    reference_period_s: float = 600.0
+    reference_rows: int = 2000
+    window_s: float = 300.0
+    min_samples: int = 500
+    threshold: float = 0.2
+    bins: int = 10
+    sample_every: int = 1
+    label_output: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class WarmPolicy:
     """Which versions a model keeps warm (`[serving] keep_warm`, `latest`, `versions`).
 
@@ -164,6 +184,7 @@ class ModelConfig:
     warm: WarmPolicy = field(default_factory=WarmPolicy)
     routing: RoutingConfig = field(default_factory=RoutingConfig)
     shadow: ShadowConfig = field(default_factory=ShadowConfig)
+    monitoring: MonitoringConfig = field(default_factory=MonitoringConfig)
     testing: dict[str, Any] = field(default_factory=dict)
 
 
@@ -191,7 +212,7 @@ class ServerConfig:
 
 def parse_model_config(data: dict[str, Any], *, where: str) -> ModelConfig:
     """Validate a decoded config.toml; raise ConfigError naming the file and key."""
-    known = {"live", "serving", "routing", "shadow", "testing"}
+    known = {"live", "serving", "routing", "shadow", "monitoring", "testing"}
     _no_unknown(data, known, where)
     live = data.get("live")
     if live is not None:
@@ -220,11 +241,27 @@ def parse_model_config(data: dict[str, Any], *, where: str) -> ModelConfig:
     _bounded(shadow, f"{where} [shadow]", _SHADOW_BOUNDS)
     if shadow.compare not in ("label", "allclose", "topk"):
         raise ConfigError(f"{where} [shadow] compare must be label, allclose or topk")
+    monitoring = _monitoring(data.get("monitoring", {}), f"{where} [monitoring]")
     testing = data.get("testing", {})
     if not isinstance(testing, dict):
         raise ConfigError(f"{where} [testing] must be a table")
     parse_faults(testing, where=where)  # validated here; applied when the registry loads a version
-    return ModelConfig(live=live, serving=serving, warm=warm, routing=routing, shadow=shadow, testing=testing)
+    return ModelConfig(
+        live=live, serving=serving, warm=warm, routing=routing, shadow=shadow, monitoring=monitoring,
+        testing=testing,
+    )  # fmt: skip
+
+
+def _monitoring(data: object, where: str) -> MonitoringConfig:
+    monitoring: MonitoringConfig = _section(MonitoringConfig, data, where)
+    positive = ("reference_period_s", "window_s", "threshold")
+    for key in positive:
+        if getattr(monitoring, key) < 0 or (key != "reference_period_s" and getattr(monitoring, key) == 0):
+            raise ConfigError(f"{where} {key} must be positive")
+    for key, low in (("reference_rows", 10), ("min_samples", 1), ("bins", 2), ("sample_every", 1)):
+        if getattr(monitoring, key) < low:
+            raise ConfigError(f"{where} {key} must be an integer >= {low}")
+    return monitoring
 
 
 def _warm_policy(data: object, where: str) -> WarmPolicy:

@@ -344,6 +344,18 @@ class Monitor:
                 for output, counts in monitor.outputs.classes.items()
             ]
 
+    def windowed_outputs(
+        self, model: str, version: str, *, scores_only: bool = False
+    ) -> dict[str, np.ndarray]:
+        """The version's output bucket counts (output edges) over the drift window, per output column."""
+        with self._lock:
+            monitor = self._lookup(model, version)
+            if monitor is None:
+                return {}
+            found = monitor.outputs.windowed(self.clock())
+            scores = monitor.outputs.histograms
+            return {k: v for k, v in found.items() if k in scores} if scores_only else found
+
     def output_shift(self, model: str, live: str, candidate: str) -> list[ColumnDrift]:
         """PSI of the candidate's current output distribution against the live version's, per column."""
         self.flush()

@@ -222,6 +222,9 @@ def score(kind: str, predicted: np.ndarray, truth: np.ndarray) -> np.ndarray:
     return predicted.astype(np.float64) - truth.astype(np.float64)
 
 
+_MISSING: Any = object()
+
+
 class LabelJoin:
     """Predictions by request id until the truth is posted; scores every version that saw the request.
 
@@ -251,12 +254,15 @@ class LabelJoin:
         if prediction is not None:
             prediction.shadows[version] = values
 
-    def resolve(self, request_id: str, truth: Any) -> JoinResult | None:
-        """Score the request's versions against `truth` (a scalar, or one value per row)."""
-        if request_id not in self._pending:
+    def resolve(self, request_id: str, truth: Any, *, model: str | None = None) -> JoinResult | None:
+        """Score the request's versions against `truth` (a scalar, or one value per row).
+
+        None (and counted) when the id is unknown, expired, of another model than `model`, or labelled.
+        """
+        prediction = self._pending.get(request_id, _MISSING)
+        if prediction is _MISSING or (prediction is not None and model not in (None, prediction.model)):
             self.unknown += 1
             return None
-        prediction = self._pending[request_id]
         if prediction is None:
             self.duplicate += 1
             return None

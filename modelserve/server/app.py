@@ -33,6 +33,7 @@ from modelserve.server import (
     audit_routes,
     experiment_routes,
     model_routes,
+    monitoring_routes,
     protocol,
     rollout_routes,
     routing_routes,
@@ -108,6 +109,8 @@ class ModelServe:
             routes += experiment_routes.routes(services, services.experiments)
         if services.rollout is not None:
             routes += rollout_routes.routes(services, services.rollout)
+        if services.monitoring is not None:
+            routes += monitoring_routes.routes(services, services.monitoring)
         middleware.append(Middleware(RoutingMiddleware, router=services.router))
         for extension in self.extensions:
             routes += extension.routes

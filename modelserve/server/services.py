@@ -20,6 +20,7 @@ import logging
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from functools import partial
+from typing import Any
 
 import anyio.to_thread
 from opentelemetry.metrics import MeterProvider
@@ -33,6 +34,7 @@ from modelserve.experiments.service import ExperimentService
 from modelserve.fleet.replica import Replica
 from modelserve.inference.path import InferencePath, InferenceRecord, Observer
 from modelserve.middleware.routing import ArmDecider, Router
+from modelserve.monitoring.service import MonitoringService
 from modelserve.rollout.events import RolloutEvent
 from modelserve.rollout.service import RolloutService
 from modelserve.rollout.webhooks import WebhookNotifier
@@ -70,6 +72,7 @@ class FeatureSet:
     shadow: bool = True
     experiments: bool = True
     rollout: bool = True
+    monitoring: bool = True
 
 
 @dataclass(slots=True, kw_only=True)
@@ -111,6 +114,7 @@ class Services:
     rollout: RolloutService | None = None
     audit: AuditLog
     tokens: Tokens
+    monitoring: MonitoringService | None = None
     started: bool = False
     #: Set when a shutdown began: readiness answers 503 so load balancers stop sending requests.
     draining: bool = False
@@ -256,11 +260,21 @@ def build_services(
     hooks.tasks.append(audit.run)
     hooks.shutdown.append(audit.flush)
 
+    monitoring = None
+    if features.monitoring:
+        monitoring = MonitoringService(
+            registry=registry, policies=policies, windows=windows,
+            agreement=partial(shadow_agreement, shadow) if shadow is not None else None,
+        )  # fmt: skip
+        hooks.observers.append(monitoring.observe)
+        hooks.status_providers.append(monitoring.status)
+        hooks.tasks.append(monitoring.run)
+
     rollout = None
     if features.rollout:
         rollout = RolloutService(
             registry=registry, policies=policies, windows=windows, store=store, shadow=shadow,
-            webhooks=webhooks, record_event=telemetry.record_event if telemetry is not None else None,
+            webhooks=webhooks, record_event=partial(record_rollout_event, telemetry, monitoring),
             commands=replica.commands,
             on_change=partial(audit_rollout_event, audit),
         )  # fmt: skip
@@ -277,6 +291,7 @@ def build_services(
         router=router, inference=InferencePath(registry, hooks.observers), hooks=hooks, replica=replica,
         metrics_registry=metrics_registry,
         telemetry=telemetry, shadow=shadow, experiments=experiments, rollout=rollout, audit=audit,
+        monitoring=monitoring,
         tokens=Tokens(
             admin=config.admin_token, read=config.read_token, feedback=config.feedback_token,
             inference=config.inference_token,
@@ -320,6 +335,25 @@ def record_in_windows(windows: SlidingWindows, record: InferenceRecord) -> None:
     if record.loaded is not None and (record.status < 400 or record.status >= 500):
         latency = record.inference_s if record.inference_s is not None else record.latency_s
         windows.record(record.model, record.decision.version, "primary", latency, error=record.status >= 500)
+
+
+def shadow_agreement(shadow: ShadowService, model: str, version: str) -> tuple[float | None, int]:
+    """A shadow version's agreement with the primary so far, for the monitoring history."""
+    found = shadow.agreement(model, version)
+    return found.rate, found.samples
+
+
+def record_rollout_event(
+    telemetry: TelemetryService | None,
+    monitoring: MonitoringService | None,
+    name: str,
+    attributes: dict[str, Any],
+) -> None:
+    """A rollout decision as a span event (telemetry) and in the alerting counters (monitoring)."""
+    if telemetry is not None:
+        telemetry.record_event(name, attributes)
+    if monitoring is not None:
+        monitoring.counters.rollout_event(str(attributes.get("model", "")), name.rsplit(".", 1)[-1])
 
 
 def routing_status(router: Router, flags: FlagFileSource | None, model: str) -> dict[str, object]:

@@ -1,0 +1,323 @@
+"""`MonitoringService`: feeds the monitor from inference, joins posted labels, samples history.
+
+- `observe` (an inference observer) hands each successful inference to `Monitor.submit` (references
+  only) and, when the request has an id, remembers the prediction for the label join;
+- `record_labels` joins posted true labels/values to those predictions (accuracy by version);
+- `run` (a lifespan task) flushes the monitor about once a second, loads file references for the
+  versions it sees, and appends one history point per version every `history_interval_s`.
+
+Reads (`status`, `snapshot`) are JSON-ready. Event loop only, except what `Monitor`, `OutcomeTally`
+and `History` document as thread-safe.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import anyio
+import numpy as np
+
+from modelserve.config import MonitoringConfig
+from modelserve.errors import ConfigError, RequestError
+from modelserve.inference.path import InferenceRecord
+from modelserve.monitoring.counters import EventCounters
+from modelserve.monitoring.drift import ColumnDrift, DriftConfig
+from modelserve.monitoring.history import History
+from modelserve.monitoring.monitor import Monitor, MonitorConfig
+from modelserve.monitoring.outcomes import LabelJoin, OutcomeTally, Prediction, predicted_values
+from modelserve.monitoring.reference_file import load_reference
+from modelserve.serving.registry import ModelRegistry
+from modelserve.state.policies import PolicyTable
+from modelserve.telemetry.windows import SlidingWindows
+
+log = logging.getLogger("modelserve.monitoring")
+
+FLUSH_INTERVAL_S = 1.0
+HISTORY_INTERVAL_S = 5.0
+#: Window of the latency quantiles in a history point.
+HISTORY_LATENCY_WINDOW_S = 30.0
+MAX_LABEL_BATCH = 10_000
+#: Agreement of a shadow version with the primary: `(model, version) -> (rate or None, samples)`.
+AgreementSource = Callable[[str, str], tuple[float | None, int]]
+EXPERIMENT_REASONS = ("experiment", "bandit")
+
+
+def monitor_config(config: MonitoringConfig) -> MonitorConfig:
+    """The monitor's options from a model's `[monitoring]` table."""
+    return MonitorConfig(
+        enabled=config.enabled,
+        drift=DriftConfig(
+            bins=config.bins,
+            threshold=config.threshold,
+            min_samples=config.min_samples,
+            window_s=config.window_s,
+            reference_rows=config.reference_rows,
+            reference_period_s=config.reference_period_s,
+        ),
+        sample_every=config.sample_every,
+        label_output=config.label_output,
+    )
+
+
+class MonitoringService:
+    """Monitoring of every model version served by one server."""
+
+    def __init__(
+        self,
+        *,
+        registry: ModelRegistry,
+        policies: PolicyTable,
+        windows: SlidingWindows,
+        agreement: AgreementSource | None = None,
+        history_interval_s: float = HISTORY_INTERVAL_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.registry = registry
+        self.policies = policies
+        self.windows = windows
+        self.agreement = agreement
+        self.history_interval_s = history_interval_s
+        self.monitor = Monitor(config_for=self.config_for, clock=clock)
+        self.tally = OutcomeTally()
+        self.labels = LabelJoin(self.tally)
+        self.counters = EventCounters()
+        self.history = History()
+        self._configs: dict[str, MonitorConfig] = {}
+        self._references: dict[str, dict[str, np.ndarray] | None] = {}
+        self._referenced: set[tuple[str, str]] = set()
+        self._totals: dict[tuple[str, str], tuple[int, int, float]] = {}
+        self.reference_errors: dict[str, str] = {}
+
+    # -- configuration ---------------------------------------------------------------------------
+
+    def config_for(self, model: str) -> MonitorConfig:
+        config = self._configs.get(model)
+        if config is None:
+            slots = self.registry.models.get(model)
+            config = monitor_config(slots.config.monitoring) if slots is not None else MonitorConfig()
+            self._configs[model] = config
+        return config
+
+    # -- request path ----------------------------------------------------------------------------
+
+    def observe(self, record: InferenceRecord) -> None:
+        """Inference observer: queue inputs and outputs; remember the prediction of an identified request."""
+        outputs = record.outputs
+        if outputs is None or record.inputs is None or record.status >= 400:
+            return
+        model, decision = record.model, record.decision
+        config = self._configs.get(model) or self.config_for(model)
+        if not config.enabled:
+            return
+        self.monitor.submit(model, decision.version, record.inputs, outputs)
+        if record.request_id is not None:
+            found = predicted_values(outputs, config.label_output)
+            if found is not None:
+                self.labels.remember(
+                    record.request_id,
+                    Prediction(
+                        model=model,
+                        version=decision.version,
+                        kind=found[0],
+                        values=found[1],
+                        experiment=decision.reason in EXPERIMENT_REASONS,
+                    ),
+                )
+
+    def record_labels(self, model: str, items: list[Mapping[str, Any]]) -> dict[str, int]:
+        """Join posted `{"request_id", "label"}` items (`"value"` for a regression); RequestError if bad."""
+        parsed = []
+        for index, item in enumerate(items):
+            if not isinstance(item, Mapping) or set(item) - {"request_id", "label", "value"}:
+                raise RequestError(f"label {index}: must be an object with request_id and label (or value)")
+            request_id = item.get("request_id")
+            if not isinstance(request_id, str) or not 0 < len(request_id) <= 128:
+                raise RequestError(f"label {index}: 'request_id' must be a string of 1..128 characters")
+            truth = item["label"] if "label" in item else item.get("value")
+            if truth is None or isinstance(truth, dict):
+                raise RequestError(f"label {index}: give the true 'label' (or 'value')")
+            parsed.append((request_id, truth))
+        before = (self.labels.joined, self.labels.unknown, self.labels.duplicate)
+        for index, (request_id, truth) in enumerate(parsed):
+            try:
+                self.labels.resolve(request_id, truth, model=model)
+            except ValueError as exc:
+                raise RequestError(f"label {index}: {exc}") from None
+        return {
+            "accepted": self.labels.joined - before[0],
+            "unknown": self.labels.unknown - before[1],
+            "duplicate": self.labels.duplicate - before[2],
+        }
+
+    # -- background work -------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Flush about every second; file references and history points as they fall due."""
+        next_point = time.monotonic()
+        while True:
+            await anyio.sleep(min(FLUSH_INTERVAL_S, self.history_interval_s))
+            self.monitor.flush()
+            await self.apply_references()
+            if time.monotonic() >= next_point:
+                next_point = time.monotonic() + self.history_interval_s
+                self.sample_history()
+
+    async def apply_references(self) -> None:
+        """Give each version seen a file reference (its outputs: the version run over the inputs)."""
+        for model in self.monitor.models():
+            for version in self.monitor.versions(model):
+                if (model, version) in self._referenced:
+                    continue
+                self._referenced.add((model, version))
+                inputs = self._reference_inputs(model)
+                slots = self.registry.models.get(model)
+                if inputs is None or slots is None or version not in slots.ready_versions:
+                    continue
+                try:
+                    outputs = await slots.get(version).infer(
+                        {k: v.astype(np.float32) for k, v in inputs.items()}
+                    )
+                except Exception as exc:  # a reference the model cannot run: say so, keep serving
+                    self.reference_errors[model] = f"version {version} cannot run the reference: {exc}"
+                    log.warning("%s", self.reference_errors[model])
+                    continue
+                self.monitor.set_reference(model, version, inputs, outputs, source="file")
+
+    def _reference_inputs(self, model: str) -> dict[str, np.ndarray] | None:
+        if model in self._references:
+            return self._references[model]
+        tensors = None
+        slots = self.registry.models.get(model)
+        if slots is not None and slots.config.monitoring.reference:
+            path = Path(self.registry.repository.root) / model / slots.config.monitoring.reference
+            try:
+                names = [spec.name for spec in slots.get().inputs]
+                tensors = load_reference(path, names)
+            except ConfigError as exc:
+                self.reference_errors[model] = str(exc)
+                log.warning("model %s: %s", model, exc)
+        self._references[model] = tensors
+        return tensors
+
+    def sample_history(self, now: float | None = None) -> None:
+        """Append one point per version: rates since the last point, quantiles, agreement, drift, accuracy.
+
+        Versions that served as primary get their serving figures; versions that ran as a shadow get
+        their agreement with the primary (so a shadow-only candidate has a history too).
+        """
+        t = time.time() if now is None else now
+        points: dict[tuple[str, str], dict[str, float | None]] = {}
+        for model, version, role in list(self.windows.keys()):
+            if role == "shadow":
+                if self.agreement is not None:
+                    point = points.setdefault((model, version), {})
+                    point["agreement"] = self.agreement(model, version)[0]
+                continue
+            totals = self.windows.totals(model, version, role)
+            last = self._totals.get((model, version))
+            self._totals[(model, version)] = (totals.requests, totals.errors, t)
+            if last is None:
+                continue
+            snapshot = self.windows.snapshot(model, version, role, HISTORY_LATENCY_WINDOW_S)
+            requests, errors = totals.requests - last[0], totals.errors - last[1]
+            point = points.setdefault((model, version), {})
+            point.update(
+                requests_per_s=requests / max(t - last[2], 1e-9),
+                error_rate=errors / requests if requests else None,
+                p50_ms=None if snapshot.p50 is None else snapshot.p50 * 1e3,
+                p99_ms=None if snapshot.p99 is None else snapshot.p99 * 1e3,
+            )
+            point.update(self._prediction_point(model, version))
+            drift = self.monitor.drift(model, version)
+            for kind in ("inputs", "outputs"):
+                values = [r.psi for r in drift[kind] if r.psi is not None and r.drifted is not None]
+                point[f"drift_{kind}"] = max(values) if values else None
+        for (model, version), point in points.items():
+            point["accuracy"] = self.tally.summary(model, version).accuracy
+            self.history.append(model, version, t, point)
+
+    def _prediction_point(self, model: str, version: str) -> dict[str, float | None]:
+        """Mean of the version's main score column over the drift window (from its bucket centres).
+
+        The main column is `name[1]` of a two-column output (P(class 1) of a binary classifier), else
+        the first score column.
+        """
+        found = self.monitor.windowed_outputs(model, version, scores_only=True)
+        if not found:
+            return {}
+        column = next((name for name in found if name.endswith("[1]")), next(iter(found)))
+        counts = found[column]
+        total = int(counts.sum())
+        if total == 0:
+            return {"prediction_mean": None}
+        edges = np.asarray(self.config_for(model).output_edges)
+        centres = np.concatenate([[edges[0]], (edges[1:] + edges[:-1]) / 2, [edges[-1]]])
+        return {"prediction_mean": float((centres * counts).sum() / total)}
+
+    # -- reads -----------------------------------------------------------------------------------
+
+    def shift_pairs(self) -> list[tuple[str, str, str]]:
+        """`(model, live, candidate)` for models with a candidate taking traffic or shadowing."""
+        pairs = []
+        for model, slots in list(self.registry.models.items()):
+            policy = self.policies.get(model)
+            live = slots.live.version if slots.live is not None else None
+            if policy is None or live is None:
+                continue
+            for candidate in {policy.candidate, *policy.shadow_versions} - {None, live}:
+                pairs.append((model, live, str(candidate)))
+        return pairs
+
+    def versions(self, model: str) -> dict[str, Any]:
+        """Per monitored version: distribution, drift, reference state and accuracy (JSON-ready)."""
+        out: dict[str, Any] = {}
+        for version in sorted(
+            set(self.monitor.versions(model)) | set(self.tally.versions(model)), key=_order
+        ):
+            drift = self.monitor.drift(model, version)
+            out[version] = {
+                "distribution": self.monitor.distribution(model, version),
+                "reference": drift["reference"],
+                "drift": {
+                    "inputs": [r.to_dict() for r in _worst_first(drift["inputs"])],
+                    "outputs": [r.to_dict() for r in _worst_first(drift["outputs"])],
+                },
+                "accuracy": self.tally.summary(model, version).to_dict(),
+                "accuracy_in_experiments": self.tally.summary(model, version, experiment_only=True).to_dict(),
+            }
+        return out
+
+    def status(self, model: str) -> dict[str, Any]:
+        """A short monitoring summary for the model's status: drifted columns and accuracy per version."""
+        versions = {}
+        for version, data in self.versions(model).items():
+            drifted = [
+                d["column"] for kind in ("inputs", "outputs") for d in data["drift"][kind] if d["drifted"]
+            ]
+            versions[version] = {
+                "reference": data["reference"],
+                "drifted": drifted,
+                "accuracy": data["accuracy"]["accuracy"],
+                "labelled": data["accuracy"]["samples"],
+            }
+        return {"monitoring": {"versions": versions, "reference_error": self.reference_errors.get(model)}}
+
+    def output_shift(self, model: str) -> list[dict[str, Any]]:
+        return [
+            {"version": candidate, "baseline": live, **result.to_dict()}
+            for m, live, candidate in self.shift_pairs()
+            if m == model
+            for result in self.monitor.output_shift(model, live, candidate)
+        ]
+
+
+def _order(version: str) -> tuple[int, str]:
+    return (len(version), version)
+
+
+def _worst_first(results: list[ColumnDrift]) -> list[ColumnDrift]:
+    return sorted(results, key=lambda r: -(r.psi or 0.0))

@@ -1,0 +1,142 @@
+"""Monitoring through a real server: labels joined to versions, drift from a file reference, /ui JSON."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from modelserve import testing
+from modelserve.config import ServerConfig
+from modelserve.server.app import ModelServe
+
+EXAMPLES = Path(__file__).parent.parent / "examples"
+TOKEN = "secret"
+AUTH = {"authorization": f"Bearer {TOKEN}"}
+ROWS = [json.loads(line) for line in (EXAMPLES / "labelled_traffic.jsonl").read_text().splitlines()]
+
+
+def credit_repo(tmp_path: Path, monitoring: str) -> Path:
+    repo = tmp_path / "models"
+    shutil.copytree(EXAMPLES / "models", repo)
+    shutil.copy(EXAMPLES / "labelled_traffic.jsonl", repo / "credit" / "reference.jsonl")
+    config = repo / "credit" / "config.toml"
+    config.write_text(config.read_text() + "\n[monitoring]\n" + monitoring)
+    return repo
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[tuple[httpx.Client, ModelServe]]:
+    repo = credit_repo(tmp_path, 'reference = "reference.jsonl"\nmin_samples = 100\nwindow_s = 60.0\n')
+    modelserve = ModelServe(ServerConfig(repository=repo, state_dir=tmp_path / "state", admin_token=TOKEN))
+    assert modelserve.services.monitoring is not None
+    modelserve.services.monitoring.history_interval_s = 0.2
+    with testing.serve(modelserve.app()) as running, httpx.Client(base_url=running.url, timeout=30) as client:
+        yield client, modelserve
+
+
+def infer(client: httpx.Client, row: list[float], request_id: str, version: str | None = None) -> Any:
+    path = "/v2/models/credit/infer" if version is None else f"/v2/models/credit/versions/{version}/infer"
+    body = {
+        "id": request_id,
+        "inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 20], "data": row}],
+    }
+    response = client.post(path, json=body)
+    assert response.status_code == 200, response.text
+    outputs = {o["name"]: o["data"] for o in response.json()["outputs"]}
+    return response.headers["x-model-version"], outputs["label"][0]
+
+
+def snapshot_when(client: httpx.Client, ready: Any, timeout_s: float = 20.0) -> dict[str, Any]:
+    """Poll the page's JSON until `ready(snapshot)` (the monitor works in a background task)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        snapshot = client.get("/ui/api/models/credit").json()
+        if ready(snapshot) or time.monotonic() > deadline:
+            return snapshot
+        time.sleep(0.1)
+
+
+def test_accuracy_by_version_from_posted_labels_matches_a_direct_computation(server: Any) -> None:
+    client, _ = server
+    assert client.post("/admin/models/credit/stage", json={"version": "2"}, headers=AUTH).status_code == 200
+    right = {"1": 0, "2": 0}
+    labelled = {"1": 0, "2": 0}
+    for i, row in enumerate(ROWS[:120]):
+        version, predicted = infer(client, row["input"], f"r{i}", version="1" if i % 2 else "2")
+        right[version] += int(predicted == row["label"])
+        labelled[version] += 1
+    items = [{"request_id": f"r{i}", "label": row["label"]} for i, row in enumerate(ROWS[:120])]
+    answer = client.post("/v2/models/credit/labels", json={"labels": items}, headers=AUTH).json()
+    assert answer == {"accepted": 120, "unknown": 0, "duplicate": 0}
+    again = client.post("/v2/models/credit/labels", json=items[0], headers=AUTH).json()
+    assert again == {"accepted": 0, "unknown": 0, "duplicate": 1}
+    versions = snapshot_when(client, lambda s: len(s["monitoring"]["versions"]) == 2)["monitoring"][
+        "versions"
+    ]
+    for version in ("1", "2"):
+        accuracy = versions[version]["accuracy"]
+        assert accuracy["samples"] == labelled[version] == 60
+        assert accuracy["correct"] == right[version]
+        low, high = accuracy["accuracy_interval"]
+        assert low < right[version] / 60 < high
+
+
+def test_label_errors_are_typed(server: Any) -> None:
+    client, _ = server
+    assert client.post("/v2/models/credit/labels", json={"request_id": "x", "label": 1}).status_code == 401
+    response = client.post("/v2/models/credit/labels", json={"request_id": "x"}, headers=AUTH)
+    assert response.status_code == 400 and "label" in response.json()["error"]
+    unknown = client.post("/v2/models/credit/labels", json={"request_id": "nope", "label": 1}, headers=AUTH)
+    assert unknown.json() == {"accepted": 0, "unknown": 1, "duplicate": 0}
+    infer(client, ROWS[0]["input"], "two-rows-expected")
+    wrong = client.post(
+        "/v2/models/credit/labels", json={"request_id": "two-rows-expected", "label": [0, 1]}, headers=AUTH
+    )
+    assert wrong.status_code == 400 and "one value per row" in wrong.json()["error"]
+    assert (
+        client.post("/v2/models/nope/labels", json={"request_id": "x", "label": 1}, headers=AUTH).status_code
+        == 404
+    )
+
+
+def test_scaling_one_feature_drifts_it_against_the_file_reference(server: Any) -> None:
+    client, _ = server
+    for i, row in enumerate(ROWS[:150]):
+        scaled = list(row["input"])
+        scaled[4] *= 3.0  # the credit amount triples
+        infer(client, scaled, f"d{i}")
+
+    def judged(snapshot: dict[str, Any]) -> bool:
+        version = snapshot["monitoring"]["versions"].get("1")
+        return version is not None and any(d["drifted"] is not None for d in version["drift"]["inputs"])
+
+    version = snapshot_when(client, judged)["monitoring"]["versions"]["1"]
+    assert version["reference"] == {"state": "ready", "source": "file", "rows": 300}
+    drifted = [d["column"] for d in version["drift"]["inputs"] if d["drifted"]]
+    assert drifted == ["input[4]"]
+    status = client.get("/admin/models/credit", headers=AUTH).json()
+    assert "input[4]" in status["monitoring"]["versions"]["1"]["drifted"]
+
+
+def test_the_page_and_its_json_are_served_without_a_token(server: Any) -> None:
+    client, _ = server
+    page = client.get("/ui", follow_redirects=True)
+    assert page.status_code == 200 and "modelserve" in page.text and "uPlot.iife.min.js" in page.text
+    script = client.get("/ui/static/uPlot.iife.min.js")
+    assert script.status_code == 200 and script.headers["content-type"].startswith("text/javascript")
+    assert client.get("/ui/static/../app.py").status_code == 404
+    assert client.get("/ui/api/models").json()["models"] == ["credit"]
+    for i, row in enumerate(ROWS[:20]):
+        infer(client, row["input"], f"h{i}")
+    snapshot = snapshot_when(client, lambda s: bool(s["monitoring"]["history"].get("1", {}).get("t")))
+    assert snapshot["split"]["declared"] == {"1": 100.0}
+    assert snapshot["status"]["live_version"] == "1"
+    assert snapshot["monitoring"]["history"]["1"]["t"]
+    assert client.get("/ui/api/models/nope").status_code == 404
