@@ -3,7 +3,7 @@
 - `observe` (an inference observer) hands each successful inference to `Monitor.submit` (references
   only) and, when the request has an id, remembers the prediction for the label join;
 - `record_labels` joins posted true labels/values to those predictions (accuracy by version);
-- `run` (a lifespan task) flushes the monitor about once a second, loads file references for the
+- `run` (a lifespan task) flushes the monitor twice a second in a worker thread, loads file references for the
   versions it sees, and appends one history point per version every `history_interval_s`.
 
 Reads (`status`, `snapshot`) are JSON-ready. Event loop only, except what `Monitor`, `OutcomeTally`
@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-import anyio
+import anyio.to_thread
 import numpy as np
 
 from modelserve.config import MonitoringConfig
@@ -36,7 +36,7 @@ from modelserve.telemetry.windows import SlidingWindows
 
 log = logging.getLogger("modelserve.monitoring")
 
-FLUSH_INTERVAL_S = 1.0
+FLUSH_INTERVAL_S = 0.5
 HISTORY_INTERVAL_S = 5.0
 #: Window of the latency quantiles in a history point.
 HISTORY_LATENCY_WINDOW_S = 30.0
@@ -156,11 +156,13 @@ class MonitoringService:
     # -- background work -------------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Flush about every second; file references and history points as they fall due."""
+        """Flush twice a second in a worker thread (the numpy work never blocks the event loop in one
+        piece); file references and history points as they fall due."""
+        limiter = anyio.CapacityLimiter(1)  # our own: never anyio's default pool, which is the host app's
         next_point = time.monotonic()
         while True:
             await anyio.sleep(min(FLUSH_INTERVAL_S, self.history_interval_s))
-            self.monitor.flush()
+            await anyio.to_thread.run_sync(self.monitor.flush, limiter=limiter)
             await self.apply_references()
             if time.monotonic() >= next_point:
                 next_point = time.monotonic() + self.history_interval_s
