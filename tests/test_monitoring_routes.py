@@ -140,3 +140,32 @@ def test_the_page_and_its_json_are_served_without_a_token(server: Any) -> None:
     assert snapshot["status"]["live_version"] == "1"
     assert snapshot["monitoring"]["history"]["1"]["t"]
     assert client.get("/ui/api/models/nope").status_code == 404
+
+
+def test_metrics_carry_prediction_distribution_drift_and_rollout_series(server: Any) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    client, _ = server
+    for i, row in enumerate(ROWS[:150]):
+        infer(client, row["input"], f"m{i}")
+    plan = {"stages": [{"name": "canary", "weight": 10, "min_duration_s": 60}]}
+    started = client.post("/admin/models/credit/rollout", json={"version": "2", "plan": plan}, headers=AUTH)
+    assert started.status_code == 200, started.text
+    assert client.post("/admin/models/credit/rollout/abort", headers=AUTH).status_code == 200
+    snapshot_when(
+        client,
+        lambda s: any(d["drifted"] is not None for d in s["monitoring"]["versions"]["1"]["drift"]["inputs"]),
+    )
+    samples: dict[str, list[Any]] = {}
+    for family in text_string_to_metric_families(client.get("/metrics").text):
+        for sample in family.samples:
+            samples.setdefault(sample.name, []).append(sample)
+    buckets = [s for s in samples["modelserve_prediction_value_bucket"] if s.labels["le"] == "+Inf"]
+    assert {(s.labels["version"], s.labels["output"]) for s in buckets} >= {("1", "probabilities[1]")}
+    assert sum(s.value for s in buckets if s.labels["output"] == "probabilities[1]") == 150
+    classes = {s.labels["class"]: s.value for s in samples["modelserve_prediction_class_total"]}
+    assert sum(classes.values()) == 150
+    assert {s.labels["column"] for s in samples["modelserve_drift_psi"]} >= {"input[0]", "input[19]"}
+    rollouts = {s.labels["outcome"]: s.value for s in samples["modelserve_rollouts_total"]}
+    assert rollouts["started"] == 1 and rollouts["aborted"] == 1
+    assert "modelserve_requests_total" in samples  # the registry's other collectors are still there

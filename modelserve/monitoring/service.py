@@ -169,15 +169,18 @@ class MonitoringService:
                 self.sample_history()
 
     async def apply_references(self) -> None:
-        """Give each version seen a file reference (its outputs: the version run over the inputs)."""
-        for model in self.monitor.models():
-            for version in self.monitor.versions(model):
+        """Give each ready version a file reference (its outputs: the version run over the inputs).
+
+        A startup hook (so traffic is compared from the first request) and again on every tick, for
+        versions staged later.
+        """
+        for model, slots in list(self.registry.models.items()):
+            for version in sorted(slots.ready_versions):
                 if (model, version) in self._referenced:
                     continue
                 self._referenced.add((model, version))
                 inputs = self._reference_inputs(model)
-                slots = self.registry.models.get(model)
-                if inputs is None or slots is None or version not in slots.ready_versions:
+                if inputs is None:
                     continue
                 try:
                     outputs = await slots.get(version).infer(

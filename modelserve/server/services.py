@@ -34,6 +34,7 @@ from modelserve.experiments.service import ExperimentService
 from modelserve.fleet.replica import Replica
 from modelserve.inference.path import InferencePath, InferenceRecord, Observer
 from modelserve.middleware.routing import ArmDecider, Router
+from modelserve.monitoring.collector import MonitoringCollector
 from modelserve.monitoring.service import MonitoringService
 from modelserve.rollout.events import RolloutEvent
 from modelserve.rollout.service import RolloutService
@@ -268,7 +269,13 @@ def build_services(
         )  # fmt: skip
         hooks.observers.append(monitoring.observe)
         hooks.status_providers.append(monitoring.status)
+        hooks.startup.append(monitoring.apply_references)
         hooks.tasks.append(monitoring.run)
+        metrics_registry.register(
+            MonitoringCollector(
+                monitoring.monitor, monitoring.tally, monitoring.counters, shift_pairs=monitoring.shift_pairs
+            )
+        )
 
     rollout = None
     if features.rollout:
