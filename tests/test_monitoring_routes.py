@@ -120,7 +120,7 @@ def test_scaling_one_feature_drifts_it_against_the_file_reference(server: Any) -
     version = snapshot_when(client, judged)["monitoring"]["versions"]["1"]
     assert version["reference"] == {"state": "ready", "source": "file", "rows": 300}
     drifted = [d["column"] for d in version["drift"]["inputs"] if d["drifted"]]
-    assert drifted == ["input[4]"]
+    assert drifted == ["input[4]"], (drifted, version["drift"]["inputs"][0])
     status = client.get("/admin/models/credit", headers=AUTH).json()
     assert "input[4]" in status["monitoring"]["versions"]["1"]["drifted"]
 

@@ -136,13 +136,19 @@ class VersionMonitor:
         self._apply_pending_reference()
 
     def _apply_pending_reference(self) -> None:
+        """Hand the pending references to the trackers that exist (each once), until both have theirs."""
         if self.pending_reference is None:
             return
         inputs, outputs, source = self.pending_reference
+        done = True
         for tracker, reference in ((self.input_drift, inputs), (self.output_drift, outputs)):
-            if tracker is not None and reference is not None and tracker.columns == reference.columns:
+            if reference is None or (tracker is not None and tracker.reference is reference):
+                continue
+            if tracker is None:
+                done = False
+            elif tracker.columns == reference.columns:
                 tracker.set_reference(reference, source)
-        if self.input_drift is not None and (outputs is None or self.output_drift is not None):
+        if done:
             self.pending_reference = None
 
 
