@@ -169,3 +169,24 @@ def test_metrics_carry_prediction_distribution_drift_and_rollout_series(server: 
     rollouts = {s.labels["outcome"]: s.value for s in samples["modelserve_rollouts_total"]}
     assert rollouts["started"] == 1 and rollouts["aborted"] == 1
     assert "modelserve_requests_total" in samples  # the registry's other collectors are still there
+
+
+def test_a_read_token_guards_the_json_and_the_feedback_token_may_post_labels(tmp_path: Path) -> None:
+    repo = credit_repo(tmp_path, "min_samples = 100\n")
+    config = ServerConfig(
+        repository=repo, state_dir=tmp_path / "state", admin_token="a", read_token="r", feedback_token="f"
+    )
+    with testing.serve(ModelServe(config).app()) as running, httpx.Client(base_url=running.url) as client:
+        assert client.get("/ui/").status_code == 200  # the static page itself is open
+        assert client.get("/ui/api/models").status_code == 401
+        assert client.get("/ui/api/models", headers={"authorization": "Bearer r"}).status_code == 200
+        infer(client, ROWS[0]["input"], "x1")
+        label = {"request_id": "x1", "label": ROWS[0]["label"]}
+        assert (
+            client.post(
+                "/v2/models/credit/labels", json=label, headers={"authorization": "Bearer r"}
+            ).status_code
+            == 403
+        )
+        answer = client.post("/v2/models/credit/labels", json=label, headers={"authorization": "Bearer f"})
+        assert answer.json()["accepted"] == 1

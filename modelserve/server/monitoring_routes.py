@@ -7,11 +7,12 @@
     GET  /ui/api/models/{model}           everything the page draws for one model (see `model_snapshot`)
     POST /v2/models/{model}/labels        `{"request_id": "...", "label": 1}` (or `"value": 3.2`),
                                           or `{"labels": [...]}`: true labels joined to what each
-                                          version predicted for that request (admin token)
+                                          version predicted for that request (feedback scope)
 
-The page and its JSON are read-only and open (they show no inputs beyond the shadow report's
-capped examples); labels move accuracy figures and gates, so they take the admin token like
-feedback. The page polls its JSON every two seconds.
+The page and its JSON are read-only and open, unless a read token is configured (`--read-token`):
+then the JSON needs the read (or admin) token, which the page sends when opened as
+`/ui/?token=...`. Labels move accuracy figures and gates, so they take the feedback (or admin)
+token, like outcomes. The page polls its JSON every two seconds.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from modelserve.errors import ModelServeError, NotFound, RequestError, http_stat
 from modelserve.monitoring.service import MAX_LABEL_BATCH, MonitoringService
 from modelserve.server import protocol
 from modelserve.server.admin import admin_endpoint, model_status
+from modelserve.server.auth import FEEDBACK, READ
 from modelserve.server.services import Services
 
 UI_FILES = {
@@ -118,12 +120,21 @@ def routes(services: Services, monitoring: MonitoringService) -> list[BaseRoute]
             return _error(NotFound(f"no file {request.path_params['name']!r} in the status page"))
         return Response(found[0], media_type=found[1], headers={"cache-control": "no-cache"})
 
+    def check_read(request: Request) -> None:
+        if services.config.read_token:
+            services.authorize(request.headers.get("authorization"), READ)
+
     async def models(request: Request) -> Response:
+        try:
+            check_read(request)
+        except Exception as exc:
+            return _error(exc)
         names = sorted(set(services.registry.models) | set(services.expected_models()))
         return _json({"service": SERVICE_NAME, "models": names, "load_errors": services.load_errors})
 
     async def one_model(request: Request) -> Response:
         try:
+            check_read(request)
             return _json(model_snapshot(services, monitoring, request.path_params["model"]))
         except Exception as exc:
             return _error(exc)
@@ -149,5 +160,7 @@ def routes(services: Services, monitoring: MonitoringService) -> list[BaseRoute]
         Route("/ui/static/{name}", static, methods=["GET"]),
         Route("/ui/api/models", models, methods=["GET"]),
         Route("/ui/api/models/{model}", one_model, methods=["GET"]),
-        Route("/v2/models/{model}/labels", admin_endpoint(services, labels), methods=["POST"]),
+        Route(
+            "/v2/models/{model}/labels", admin_endpoint(services, labels, scope=FEEDBACK), methods=["POST"]
+        ),
     ]

@@ -29,8 +29,10 @@ function swatch(version) {
 function $(id) {
   return document.getElementById(id);
 }
+const TOKEN = new URLSearchParams(location.search).get("token");
 async function getJSON(url) {
-  const response = await fetch(url, { cache: "no-store" });
+  const headers = TOKEN ? { authorization: "Bearer " + TOKEN } : {};
+  const response = await fetch(url, { cache: "no-store", headers });
   if (!response.ok) throw new Error(`${url}: HTTP ${response.status}`);
   return response.json();
 }
