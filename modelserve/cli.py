@@ -1,13 +1,21 @@
 """`modelserve` command line. The only module that reads environment variables.
 
 Server:  modelserve serve REPO [--host --port --flags FILE --state-dir DIR --admin-token T]
-Client:  modelserve status|stage|load|promote|rollback|unload ... [--url URL]  (token: MODELSERVE_ADMIN_TOKEN)
-Local:   modelserve inspect PATH/TO/model.onnx
+Client:  modelserve status|stage|load|promote|rollback|canary|policy|unload ...
+         modelserve shadow start|stop|report ..., rollout start|status|pause|resume|abort|promote ...,
+         modelserve experiment start|report|stop|feedback ...
+         every client command takes --url (or MODELSERVE_URL), --token (or MODELSERVE_ADMIN_TOKEN),
+         --json (print the server's answer as JSON) and --timeout
+Local:   modelserve inspect PATH/TO/model.onnx, modelserve flags eval ...
+
+Grammar: `modelserve COMMAND [ACTION] MODEL [ARGS] [OPTIONS]`; a misspelled command or action gets a
+"did you mean"; output piped into a command that stops reading (`| head`) ends quietly.
 """
 
 from __future__ import annotations
 
 import argparse
+import difflib
 import importlib
 import json
 import logging
@@ -18,7 +26,10 @@ from pathlib import Path
 from typing import Any
 
 DEFAULT_URL = "http://127.0.0.1:8000"
+URL_ENV = "MODELSERVE_URL"
 TOKEN_ENV = "MODELSERVE_ADMIN_TOKEN"
+#: Exit status after the reader of stdout went away (as a process killed by SIGPIPE).
+EXIT_BROKEN_PIPE = 141
 GIL_SWITCH_INTERVAL_S = 0.0005
 
 
@@ -30,27 +41,53 @@ def admin_call(args: argparse.Namespace, method: str, path: str, body: dict[str,
     """Call the admin API of a running server and return its decoded JSON."""
     import httpx
 
-    token = os.environ.get(TOKEN_ENV)
+    url = args.url or os.environ.get(URL_ENV) or DEFAULT_URL
+    token = args.token or os.environ.get(TOKEN_ENV)
     headers = {"authorization": f"Bearer {token}"} if token else {}
     try:
         response = httpx.request(
-            method, args.url.rstrip("/") + path, json=body, headers=headers, timeout=args.timeout
+            method, url.rstrip("/") + path, json=body, headers=headers, timeout=args.timeout
         )
     except httpx.HTTPError as exc:
-        raise ClientError(f"cannot reach {args.url}: {exc}") from None
+        raise ClientError(f"cannot reach {url}: {exc}") from None
     try:
         data = response.json()
     except ValueError:
         data = {"error": response.text}
     if response.status_code >= 400:
         message = data.get("error", response.text) if isinstance(data, dict) else response.text
-        hint = f" (set {TOKEN_ENV})" if response.status_code in (401, 403) and not token else ""
+        hint = (
+            f" (pass --token or set {TOKEN_ENV})" if response.status_code in (401, 403) and not token else ""
+        )
         raise ClientError(f"{response.status_code}: {message}{hint}")
     return data
 
 
 def print_json(data: Any) -> None:
     print(json.dumps(data, indent=2, sort_keys=False, default=str))
+
+
+def show(args: argparse.Namespace, data: Any, render: Callable[[], str]) -> int:
+    """Print the server's answer: as JSON with `--json`, else `render()`'s text. Returns 0."""
+    if args.json:
+        print_json(data)
+    else:
+        print(render())
+    return 0
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with "did you mean" for a misspelled command, action or choice."""
+
+    def _check_value(self, action: argparse.Action, value: Any) -> None:
+        choices = action.choices
+        if choices is not None and value not in choices:
+            close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
+            if close:
+                raise argparse.ArgumentError(
+                    action, f"invalid choice: {value!r} (did you mean {close[0]!r}?)"
+                )
+        super()._check_value(action, value)
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -179,15 +216,14 @@ def serve_extras(environ: dict[str, str] | os._Environ[str]) -> dict[str, Any]:
 def _status(args: argparse.Namespace) -> int:
     path = f"/admin/models/{args.model}" if args.model else "/admin/models"
     data = admin_call(args, "GET", path)
-    if args.json:
-        print_json(data)
-        return 0
-    models = [data] if args.model else data["models"]
-    for status in models:
-        print(render_status(status))
-    for name, error in ({} if args.model else data.get("load_errors", {})).items():
-        print(f"{name}: NOT LOADED: {error}")
-    return 0
+
+    def render() -> str:
+        lines = [render_status(status) for status in ([data] if args.model else data["models"])]
+        for name, error in ({} if args.model else data.get("load_errors", {})).items():
+            lines.append(f"{name}: NOT LOADED: {error}")
+        return "\n".join(lines)
+
+    return show(args, data, render)
 
 
 def _size(text: str | None) -> int | None:
@@ -262,11 +298,14 @@ def _ms(value: float | None) -> str:
 def _stage(args: argparse.Namespace) -> int:
     data = admin_call(args, "POST", f"/admin/models/{args.model}/stage", {"version": args.version})
     staged = data["staged"]
-    print(
-        f"{args.model}: version {staged['version']} staged warm ({staged['execution']}, "
-        f"warm-up {staged['warmup_latency_us']} µs), 0% traffic"
+    return show(
+        args,
+        data,
+        lambda: (
+            f"{args.model}: version {staged['version']} staged warm ({staged['execution']}, "
+            f"warm-up {staged['warmup_latency_us']} µs), 0% traffic"
+        ),
     )
-    return 0
 
 
 def _load(args: argparse.Namespace) -> int:
@@ -274,8 +313,11 @@ def _load(args: argparse.Namespace) -> int:
     loaded = data["loaded"]
     memory = (loaded.get("memory") or {}).get("resident", "?")
     warm = ", ".join(f"{row['version']} ({row['role']})" for row in data["status"]["warm"])
-    print(f"{args.model}: version {loaded['version']} warm (memory {memory}), 0% traffic; warm: {warm}")
-    return 0
+    return show(
+        args,
+        data,
+        lambda: f"{args.model}: version {loaded['version']} warm (memory {memory}), 0% traffic; warm: {warm}",
+    )
 
 
 def _switch(action: str) -> Callable[[argparse.Namespace], int]:
@@ -285,15 +327,15 @@ def _switch(action: str) -> Callable[[argparse.Namespace], int]:
         data = admin_call(args, "POST", f"/admin/models/{args.model}/{action}", body)
         switch = data["switch"]
         moved = f"{switch['from_version']} -> {switch['to_version']}"
-        print(f"{args.model}: {action} {moved} (live slot {switch['live_slot']})")
-        return 0
+        return show(args, data, lambda: f"{args.model}: {action} {moved} (live slot {switch['live_slot']})")
 
     return run
 
 
 def _unload(args: argparse.Namespace) -> int:
-    print_json(admin_call(args, "POST", f"/admin/models/{args.model}/unload", {"version": args.version}))
-    return 0
+    data = admin_call(args, "POST", f"/admin/models/{args.model}/unload", {"version": args.version})
+    what = "everything" if args.version is None else f"version {args.version}"
+    return show(args, data, lambda: f"{args.model}: unloaded {what}")
 
 
 def _inspect(args: argparse.Namespace) -> int:
@@ -312,12 +354,14 @@ def _inspect(args: argparse.Namespace) -> int:
 
 
 def client_parser(
-    parent: argparse._SubParsersAction[argparse.ArgumentParser], name: str, help_text: str
+    parent: argparse._SubParsersAction[Any], name: str, help_text: str
 ) -> argparse.ArgumentParser:
     parser: argparse.ArgumentParser = parent.add_parser(
         name, help=help_text, description=help_text.replace("%%", "%")
     )
-    parser.add_argument("--url", default=DEFAULT_URL, help=f"server URL (default {DEFAULT_URL})")
+    parser.add_argument("--url", help=f"server URL (default: ${URL_ENV}, else {DEFAULT_URL})")
+    parser.add_argument("--token", help=f"admin bearer token (default: ${TOKEN_ENV})")
+    parser.add_argument("--json", action="store_true", help="print the server's answer as JSON")
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the server")
     return parser
 
@@ -333,7 +377,10 @@ COMMAND_GROUPS: list[str] = [
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="modelserve", description="Safe model updates, in-process.")
+    from modelserve import __version__
+
+    parser = Parser(prog="modelserve", description="Safe model updates, in-process.")
+    parser.add_argument("--version", action="version", version=f"modelserve {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve = commands.add_parser(
@@ -382,7 +429,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     status = client_parser(commands, "status", "live/candidate versions, split and per-version metrics")
     status.add_argument("model", nargs="?")
-    status.add_argument("--json", action="store_true", help="print the raw JSON")
     status.set_defaults(run=_status)
 
     stage = client_parser(commands, "stage", "load and warm a version into the idle slot (0%% traffic)")
@@ -423,15 +469,36 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(old_spellings(list(sys.argv[1:] if argv is None else argv)))
     try:
-        return int(args.run(args) or 0)
+        status = int(args.run(args) or 0)
+        sys.stdout.flush()  # here, so that a closed pipe is handled below, not at interpreter exit
+        return status
     except ClientError as exc:
         print(f"modelserve {args.command}: {exc}", file=sys.stderr)
         return 1
+    except BrokenPipeError:  # `modelserve ... | head`: the reader has gone; stop quietly
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # Python's final flush must not fail again
+        return EXIT_BROKEN_PIPE
     except KeyboardInterrupt:
         return 130
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+def old_spellings(argv: list[str]) -> list[str]:
+    """Accept the shadow grammar before `shadow start|stop|report` (`shadow MODEL VERSION...`,
+    `shadow MODEL --off`); deprecated, kept because it costs these few lines."""
+    actions = ["start", "stop", "report"]
+    if len(argv) < 2 or argv[0] != "shadow" or argv[1] in (*actions, "-h", "--help"):
+        return argv
+    if difflib.get_close_matches(argv[1], actions, n=1, cutoff=0.75):
+        return argv  # a misspelled action: let the parser say "did you mean"
+    if "--off" in argv:
+        return ["shadow", "stop", *[a for a in argv[1:] if a != "--off"]]
+    return ["shadow", "start", *argv[1:]]
+
+
+if __name__ == "__main__":  # `python -m modelserve.cli`: run the imported module's main, whose
+    from modelserve.cli import main as imported_main  # ClientError is the one the commands raise
+
+    sys.exit(imported_main())

@@ -14,7 +14,7 @@ import argparse
 import json
 from typing import Any
 
-from modelserve.cli import ClientError, admin_call, client_parser, print_json
+from modelserve.cli import ClientError, admin_call, client_parser, show
 
 
 def register(commands: Any) -> None:
@@ -42,12 +42,10 @@ def register(commands: Any) -> None:
 
     report = client_parser(actions, "report", "the experiment's statistics as a readable table")
     report.add_argument("model")
-    report.add_argument("--json", action="store_true", help="print the full JSON report")
     report.set_defaults(run=_report)
 
     stop = client_parser(actions, "stop", "stop the experiment and print the final report")
     stop.add_argument("model")
-    stop.add_argument("--json", action="store_true", help="print the full JSON report")
     stop.set_defaults(run=_stop)
 
     feedback = client_parser(actions, "feedback", "post one outcome for a request id")
@@ -92,34 +90,30 @@ def _start(args: argparse.Namespace) -> int:
     data = admin_call(args, "POST", f"/admin/models/{args.model}/experiment", spec_from_args(args))
     experiment = data["experiment"]
     arms = ", ".join(f"{a['version']} {a['weight'] * 100:g}%" for a in experiment["spec"]["arms"])
-    print(f"{args.model}: experiment {experiment['id']} started ({experiment['spec']['policy']}): {arms}")
-    for warning in data.get("warnings", []):
-        print(f"warning: {warning}")
-    return 0
+    lines = [f"{args.model}: experiment {experiment['id']} started ({experiment['spec']['policy']}): {arms}"]
+    lines += [f"warning: {warning}" for warning in data.get("warnings", [])]
+    return show(args, data, lambda: "\n".join(lines))
 
 
-def _print_report(data: dict[str, Any], as_json: bool) -> None:
-    if as_json:
-        print_json(data)
-        return
+def render_report(data: dict[str, Any]) -> str:
+    """The experiment report as text: heading, the statistics table, the feedback counters."""
     experiment = data["experiment"]
     feedback = data["feedback"]
-    print(f"experiment {experiment['id']} ({experiment['state']})")
-    print(data["table"], end="")
-    print(
+    return (
+        f"experiment {experiment['id']} ({experiment['state']})\n{data['table']}"
         f"feedback: {feedback['unknown_outcomes']:,} unknown, {feedback['duplicate_outcomes']:,} duplicate, "
         f"{feedback['pending']:,} pending"
     )
 
 
 def _report(args: argparse.Namespace) -> int:
-    _print_report(admin_call(args, "GET", f"/admin/models/{args.model}/experiment"), args.json)
-    return 0
+    data = admin_call(args, "GET", f"/admin/models/{args.model}/experiment")
+    return show(args, data, lambda: render_report(data))
 
 
 def _stop(args: argparse.Namespace) -> int:
-    _print_report(admin_call(args, "POST", f"/admin/models/{args.model}/experiment/stop"), args.json)
-    return 0
+    data = admin_call(args, "POST", f"/admin/models/{args.model}/experiment/stop")
+    return show(args, data, lambda: render_report(data))
 
 
 def _feedback(args: argparse.Namespace) -> int:
@@ -133,5 +127,5 @@ def _feedback(args: argparse.Namespace) -> int:
             segments[name] = value
         body["segments"] = segments
     data = admin_call(args, "POST", f"/v2/models/{args.model}/feedback", body)
-    print(json.dumps({k: data[k] for k in ("accepted", "unknown", "duplicate")}))
+    show(args, data, lambda: json.dumps({k: data[k] for k in ("accepted", "unknown", "duplicate")}))
     return 0 if data["accepted"] else 1

@@ -13,7 +13,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from modelserve.cli import ClientError, admin_call, client_parser
+from modelserve.cli import ClientError, admin_call, client_parser, show
 from modelserve.rollout.events import events_from_log, format_gate, format_timeline
 from modelserve.rollout.gates import GateResult
 
@@ -76,16 +76,18 @@ def _start(args: argparse.Namespace) -> int:
     if args.time_scale is not None:
         body["time_scale"] = args.time_scale
     data = admin_call(args, "POST", f"/admin/models/{args.model}/rollout", body)
-    print(summary(data))
-    return 0
+    return show(args, data, lambda: summary(data))
 
 
 def _status(args: argparse.Namespace) -> int:
     data = admin_call(args, "GET", f"/admin/models/{args.model}/rollout")
-    print(summary(data, gates=not args.no_gates))
-    print()
-    print(format_timeline(events_from_log(data.get("events", [])), with_gates=not args.no_gates))
-    return 0
+    gates = not args.no_gates
+
+    def render() -> str:
+        timeline = format_timeline(events_from_log(data.get("events", [])), with_gates=gates)
+        return f"{summary(data, gates=gates)}\n\n{timeline}"
+
+    return show(args, data, render)
 
 
 def _command(action: str) -> Any:
@@ -96,8 +98,7 @@ def _command(action: str) -> Any:
         if getattr(args, "all", False):
             body["all"] = True
         data = admin_call(args, "POST", f"/admin/models/{args.model}/rollout/{action}", body)
-        print(summary(data))
-        return 0
+        return show(args, data, lambda: summary(data))
 
     return run
 

@@ -6,7 +6,7 @@ import argparse
 import json
 from typing import Any
 
-from modelserve.cli import ClientError, admin_call, client_parser
+from modelserve.cli import ClientError, admin_call, client_parser, show
 
 
 def register(commands: Any) -> None:
@@ -30,11 +30,14 @@ def _canary(args: argparse.Namespace) -> int:
         body["candidate"] = args.candidate
     status = admin_call(args, "POST", f"/admin/models/{args.model}/canary", body)
     policy = status["policy"]
-    print(
-        f"{args.model}: {policy['canary_weight']:g}% of targeting keys -> version {policy['candidate']} "
-        f"(live {status['live_version']})"
+    return show(
+        args,
+        status,
+        lambda: (
+            f"{args.model}: {policy['canary_weight']:g}% of targeting keys -> version "
+            f"{policy['candidate']} (live {status['live_version']})"
+        ),
     )
-    return 0
 
 
 def _policy(args: argparse.Namespace) -> int:
@@ -48,5 +51,7 @@ def _policy(args: argparse.Namespace) -> int:
         except json.JSONDecodeError:
             changes[key] = raw
     status = admin_call(args, "POST", f"/admin/models/{args.model}/policy", changes)
-    print(json.dumps(status["policy"], indent=2))
-    return 0
+    policy = status["policy"]
+    return show(
+        args, status, lambda: "\n".join(f"{args.model}: {k} = {json.dumps(v)}" for k, v in policy.items())
+    )

@@ -1,12 +1,11 @@
-"""`modelserve shadow ...` commands (admin API clients).
+"""`modelserve shadow start|stop|report MODEL ...` (admin API clients).
 
-    modelserve shadow MODEL VERSION [VERSION ...] [--rate R]   shadow versions (loaded + ready)
-    modelserve shadow MODEL --off                              stop shadowing
-    modelserve shadow report MODEL [--json] [--min-samples N]  stats + promotion recommendation
+    modelserve shadow start MODEL VERSION [VERSION ...] [--rate R]   shadow versions (loaded + ready)
+    modelserve shadow stop MODEL                                     stop shadowing
+    modelserve shadow report MODEL [--min-samples N] [--min-agreement A]   stats + recommendation
 
-One parser takes the words positionally and decides: `report MODEL` (exactly two words, the first
-"report", and neither --rate nor --off) is the report; anything else is MODEL VERSION... A model
-literally named "report" can still be shadowed with `--model report VERSION`.
+(`shadow MODEL VERSION...` and `shadow MODEL --off`, the spellings before, still work: see
+`cli.old_spellings`.)
 """
 
 from __future__ import annotations
@@ -14,72 +13,67 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from modelserve.cli import ClientError, admin_call, client_parser, print_json
+from modelserve.cli import admin_call, client_parser, show
 
 
 def register(commands: Any) -> None:
     """Add the shadow commands to the `modelserve` parser."""
-    shadow = client_parser(
-        commands, "shadow", "run versions in shadow beside the live one, or show the shadow report"
+    shadow = commands.add_parser(
+        "shadow",
+        help="run versions in shadow beside the live one, stop, or show the shadow report",
+        description="Shadow candidate versions on live traffic and compare them with the live one.",
     )
-    shadow.usage = (
-        "modelserve shadow MODEL VERSION [VERSION ...] [--rate R] | shadow MODEL --off | "
-        "shadow report MODEL [--json]"
-    )
-    shadow.add_argument("words", nargs="*", metavar="WORD", help="MODEL VERSION..., MODEL, or report MODEL")
-    shadow.add_argument("--model", help="the model (when it is literally named 'report')")
-    shadow.add_argument("--rate", type=float, help="fraction of requests shadowed, 0..1 (default: keep)")
-    shadow.add_argument("--off", action="store_true", help="stop shadowing MODEL")
-    shadow.add_argument("--json", action="store_true", help="report: print the raw JSON")
-    shadow.add_argument("--min-samples", type=int, help="report: samples needed for a verdict (default 1000)")
-    shadow.add_argument("--min-agreement", type=float, help="report: agreement needed (default 0.85)")
-    shadow.set_defaults(run=_shadow)
+    actions = shadow.add_subparsers(dest="shadow_command", required=True, metavar="ACTION")
+
+    start = client_parser(actions, "start", "shadow VERSION(s) of MODEL (each loaded and ready, none live)")
+    start.add_argument("model")
+    start.add_argument("versions", nargs="+", metavar="VERSION")
+    start.add_argument("--rate", type=float, help="fraction of requests shadowed, 0..1 (default: keep)")
+    start.set_defaults(run=_start)
+
+    stop = client_parser(actions, "stop", "stop shadowing MODEL (its shadow stats stay readable)")
+    stop.add_argument("model")
+    stop.set_defaults(run=_stop)
+
+    report = client_parser(actions, "report", "shadow stats per version with a promotion recommendation")
+    report.add_argument("model")
+    report.add_argument("--min-samples", type=int, help="samples needed for a verdict (default 1000)")
+    report.add_argument("--min-agreement", type=float, help="agreement needed (default 0.85)")
+    report.set_defaults(run=_report)
 
 
-def _shadow(args: argparse.Namespace) -> int:
-    words: list[str] = list(args.words)
-    if args.model is None and len(words) == 2 and words[0] == "report" and args.rate is None and not args.off:
-        return _report(args, words[1])
-    model = args.model if args.model is not None else (words.pop(0) if words else None)
-    if model is None:
-        raise ClientError("name a model: shadow MODEL VERSION | shadow MODEL --off | shadow report MODEL")
-    if args.off:
-        if words:
-            raise ClientError("--off takes no versions")
-        body: dict[str, Any] = {"off": True}
-    else:
-        if not words:
-            raise ClientError(f"name the version(s) to shadow: modelserve shadow {model} VERSION")
-        body = {"versions": words}
-        if args.rate is not None:
-            body["rate"] = args.rate
-    status = admin_call(args, "POST", f"/admin/models/{model}/shadow", body)
+def _start(args: argparse.Namespace) -> int:
+    body: dict[str, Any] = {"versions": args.versions}
+    if args.rate is not None:
+        body["rate"] = args.rate
+    status = admin_call(args, "POST", f"/admin/models/{args.model}/shadow", body)
+    return show(args, status, lambda: _summary(args.model, status))
+
+
+def _stop(args: argparse.Namespace) -> int:
+    status = admin_call(args, "POST", f"/admin/models/{args.model}/shadow", {"off": True})
+    return show(args, status, lambda: _summary(args.model, status))
+
+
+def _summary(model: str, status: dict[str, Any]) -> str:
     summary = status.get("shadow", {})
     versions = summary.get("versions") or []
-    if versions:
-        rate = summary.get("sample_rate")
-        print(
-            f"{model}: shadowing {', '.join(versions)} at {rate:.0%} of requests "
-            f"(live {status.get('live_version')})"
-        )
-    else:
-        print(f"{model}: shadow off")
-    return 0
+    if not versions:
+        return f"{model}: shadow off"
+    rate = summary.get("sample_rate")
+    live = status.get("live_version")
+    return f"{model}: shadowing {', '.join(versions)} at {rate:.0%} of requests (live {live})"
 
 
-def _report(args: argparse.Namespace, model: str) -> int:
+def _report(args: argparse.Namespace) -> int:
     query = []
     if args.min_samples is not None:
         query.append(f"min_samples={args.min_samples}")
     if args.min_agreement is not None:
         query.append(f"min_agreement={args.min_agreement}")
-    path = f"/admin/models/{model}/shadow/report" + ("?" + "&".join(query) if query else "")
+    path = f"/admin/models/{args.model}/shadow/report" + ("?" + "&".join(query) if query else "")
     report = admin_call(args, "GET", path)
-    if args.json:
-        print_json(report)
-        return 0
-    print(render(report))
-    return 0
+    return show(args, report, lambda: render(report))
 
 
 def _num(value: Any, spec: str = ".3f") -> str:

@@ -91,6 +91,8 @@ def package_of(name: str) -> str | None:
         return None
     if len(parts) == 1 or parts[1] == "__init__":
         return "modelserve"
+    if parts[1] == "__main__":
+        return "cli"
     for group in ("cli", "testing"):
         if parts[1].startswith(group):
             return group

@@ -254,7 +254,7 @@ def _cli(running: Any, *argv: str) -> subprocess.CompletedProcess[str]:
 def test_cli_shadows_reports_and_switches_off_against_a_real_server(server: Any) -> None:
     running, client, services = server
     assert client.post("/admin/models/fraud/stage", json={"version": "2"}, headers=AUTH).status_code == 200
-    on = _cli(running, "fraud", "2", "--rate", "0.5")
+    on = _cli(running, "start", "fraud", "2", "--rate", "0.5")
     assert on.returncode == 0, on.stderr
     assert "shadowing 2 at 50%" in on.stdout
     assert services.policies.get("fraud").shadow_versions == ("2",)
@@ -267,10 +267,10 @@ def test_cli_shadows_reports_and_switches_off_against_a_real_server(server: Any)
     assert "shadow version 2" in table.stdout and "verdict: NOT ENOUGH DATA" in table.stdout
     raw = _cli(running, "report", "fraud", "--json", "--min-samples", "1")
     assert json.loads(raw.stdout)["shadows"][0]["recommendation"]["checks"][0]["threshold"] == 1
-    off = _cli(running, "fraud", "--off")
+    off = _cli(running, "stop", "fraud")
     assert off.returncode == 0 and "shadow off" in off.stdout
     assert services.policies.get("fraud").shadow_versions == ()
-    missing = _cli(running, "fraud", "9")
+    missing = _cli(running, "start", "fraud", "9")
     assert missing.returncode == 1 and "not loaded and ready" in missing.stderr
 
 
