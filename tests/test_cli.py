@@ -55,7 +55,7 @@ def run_json(capsys: pytest.CaptureFixture[str], *argv: str) -> Any:
     return json.loads(run(capsys, *argv, "--json"))
 
 
-def test_status_stage_promote_rollback_and_unload(
+def test_status_stage_promote_rollback_unload_and_load(
     server: tuple[str, Services], capsys: pytest.CaptureFixture[str]
 ) -> None:
     _, services = server
@@ -71,6 +71,8 @@ def test_status_stage_promote_rollback_and_unload(
     assert "2" not in services.registry.slots("fraud").ready_versions
     assert run_json(capsys, "stage", "fraud", "3")["staged"]["version"] == "3"
     assert run_json(capsys, "unload", "fraud", "3") == {"model": "fraud", "unloaded": "3"}
+    assert "version 2 warm" in run(capsys, "load", "fraud", "2")
+    assert run_json(capsys, "load", "fraud", "3")["loaded"]["version"] == "3"
 
 
 def test_canary_and_policy(server: tuple[str, Services], capsys: pytest.CaptureFixture[str]) -> None:
