@@ -182,3 +182,15 @@ def test_the_server_config_loads_without_onnxruntime_or_the_server() -> None:
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == ""
+
+
+def documented_layers() -> list[set[str]]:
+    """The layer list of docs/architecture.md (top first there), bottom first like `LAYERS`."""
+    text = (PACKAGE.parent / "docs" / "architecture.md").read_text(encoding="utf-8")
+    block = text.split("<!-- layers", 1)[1].split("<!-- /layers -->", 1)[0]
+    lines = [line.strip() for line in block.split("```")[1].splitlines() if line.strip()]
+    return [{name.strip() for name in line.split(",")} for line in reversed(lines)]
+
+
+def test_the_architecture_document_lists_these_layers() -> None:
+    assert documented_layers() == LAYERS
