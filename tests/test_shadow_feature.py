@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -104,8 +105,25 @@ def repo(tmp_path: Path) -> Path:
 @pytest.fixture
 def server(repo: Path, tmp_path: Path) -> Iterator[tuple[Any, httpx.Client, Any]]:
     app = create_app(ServerConfig(repository=repo, state_dir=tmp_path / "state", admin_token=TOKEN))
+    services = app.state.services
+    # These tests count every shadow run; shedding under loop lag (a busy host) is tested on its own.
+    services.shadow.max_loop_lag_s = math.inf
     with testing.serve(app) as running, httpx.Client(base_url=running.url, timeout=30) as client:
-        yield running, client, app.state.services
+        yield running, client, services
+
+
+def test_shadows_are_shed_and_counted_while_the_event_loop_lags(repo: Path, tmp_path: Path) -> None:
+    app = create_app(ServerConfig(repository=repo, state_dir=tmp_path / "state", admin_token=TOKEN))
+    services = app.state.services
+    with testing.serve(app) as running, httpx.Client(base_url=running.url, timeout=30) as client:
+        assert _shadow(client, "fraud", "2").status_code == 200
+        x = np.random.default_rng(9).normal(size=(1, 16)).astype(np.float32)
+        services.shadow.max_loop_lag_s = -1.0  # any lag at all counts as behind
+        for _ in range(5):
+            assert _infer(client, "fraud", x).status_code == 200
+        assert services.shadow.runner.wait_idle(30)
+        stats = client.get("/admin/models/fraud", headers=AUTH).json()["shadow"]["stats"]["2"]
+        assert (stats["samples"], stats["dropped"]) == (0, 5)
 
 
 def _infer(client: httpx.Client, model: str, x: np.ndarray) -> httpx.Response:
@@ -172,14 +190,11 @@ def test_a_shadow_that_raises_never_causes_a_primary_error_and_is_counted(server
     assert statuses == [200] * 30
     report = _report(client, services, "fails", "?min_samples=30")
     shadow = report["shadows"][0]
-    # On a busy host the service sheds shadows while the event loop lags (by design): every request's
-    # shadow either ran and failed, or was dropped and counted; none succeeded.
-    assert shadow["errors"] > 0
-    assert (shadow["errors"] + shadow["dropped"], shadow["samples"]) == (30, 0)
+    assert (shadow["errors"], shadow["samples"]) == (30, 0)
     assert "fails version 2" in shadow["last_error"]
     assert report["primary"]["error_rate"] == 0.0
     assert shadow["recommendation"]["verdict"] == "do not promote"
-    assert services.windows.totals("fails", "2", "shadow").errors == shadow["errors"]
+    assert services.windows.totals("fails", "2", "shadow").errors == 30
     assert services.windows.totals("fails", "1", "primary").errors == 0
 
 
@@ -187,10 +202,7 @@ def test_report_recommends_promotion_only_with_enough_agreeing_samples(server: A
     _, client, services = server
     assert _shadow(client, "fraud", "3").status_code == 200  # version 3 has version 1's weights
     x = np.random.default_rng(6).normal(size=(ROWS, 16)).astype(np.float32)
-    # One request at a time until 20 shadows ran: on a busy host some are shed while the loop lags.
-    for _ in range(200):
-        if _report(client, services, "fraud")["shadows"][0]["samples"] == 20:
-            break
+    for _ in range(20):
         assert _infer(client, "fraud", x).status_code == 200
     # latency is not under test here (it depends on how busy the machine is): a generous ratio
     enough = _report(client, services, "fraud", "?min_samples=20&max_latency_ratio=1000")["shadows"][0]

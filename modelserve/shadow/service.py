@@ -63,6 +63,8 @@ class ShadowService:
         self.telemetry = telemetry
         self.sink = sink
         self.loop_lag_s = 0.0
+        #: Shadows are shed while the loop lags more than this (inf: never shed, every request compared).
+        self.max_loop_lag_s = MAX_LOOP_LAG_S
         self.skipped_behind = 0
         self.runner = ShadowRunner(
             max_workers=POOL_WORKERS, max_in_flight=MAX_IN_FLIGHT, sink=sink, on_result=self._on_result,
@@ -78,7 +80,7 @@ class ShadowService:
         if slots is None:
             return
         config: ShadowConfig = slots.config.shadow
-        behind = self.loop_lag_s > MAX_LOOP_LAG_S
+        behind = self.loop_lag_s > self.max_loop_lag_s
         telemetry = self.telemetry
         link = (
             telemetry.request_span_context(record)
