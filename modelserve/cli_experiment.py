@@ -3,6 +3,10 @@
 modelserve experiment start MODEL --arms 1,2 [--weights 50,50] [--metric conversion]
     [--kind binary|continuous] [--lower-is-better] [--mde 0.05] [--alpha 0.05] [--power 0.8]
     [--policy fixed|thompson|epsilon_greedy] [--segments country,device]
+    [--auto-stop] [--on-win rollout] [--max-duration SECONDS]
+    [--floor 0.01] [--epsilon 0.1] [--epsilon-decay 0] [--min-outcomes 100] [--reweight-every 100]
+modelserve experiment size MODEL --baseline B --mde M [--arms 2] [--kind binary|continuous] [--sd SD]
+    [--alpha 0.05] [--power 0.8] [--daily-users N]     (N: else the model's traffic now, from the server)
 modelserve experiment report MODEL [--json]
 modelserve experiment stop MODEL [--json]
 modelserve experiment feedback MODEL REQUEST_ID VALUE [--segment name=value ...]
@@ -38,7 +42,36 @@ def register(commands: Any) -> None:
     start.add_argument("--power", type=float, default=0.8)
     start.add_argument("--policy", choices=["fixed", "thompson", "epsilon_greedy"], default="fixed")
     start.add_argument("--segments", help="segment attributes to analyse, e.g. country,device")
+    start.add_argument(
+        "--auto-stop", action="store_true", help="stop when the always-valid test reaches a verdict"
+    )
+    start.add_argument(
+        "--on-win", choices=["rollout"], help="hand a winning treatment arm to the rollout controller"
+    )
+    start.add_argument("--max-duration", type=float, metavar="SECONDS", help="stop after this long")
+    bandit = start.add_argument_group("bandit policies")
+    bandit.add_argument("--floor", type=float, help="traffic share every arm keeps (default 0.01)")
+    bandit.add_argument("--epsilon", type=float, help="epsilon-greedy exploration share (default 0.1)")
+    bandit.add_argument(
+        "--epsilon-decay", type=float, help="epsilon / (1 + decay * outcomes so far) (default 0: none)"
+    )
+    bandit.add_argument("--min-outcomes", type=int, help="outcomes per arm before weights move (100)")
+    bandit.add_argument("--reweight-every", type=int, help="outcomes between two reweights (100)")
     start.set_defaults(run=_start)
+
+    size = client_parser(actions, "size", "users per arm and days needed, before starting (power analysis)")
+    size.add_argument("model")
+    size.add_argument("--baseline", type=float, required=True, help="control rate (binary) or mean")
+    size.add_argument("--mde", type=float, required=True, help="relative minimum detectable effect")
+    size.add_argument("--arms", type=int, default=2, help="arms including the control (default 2)")
+    size.add_argument("--kind", choices=["binary", "continuous"], default="binary")
+    size.add_argument("--sd", type=float, help="standard deviation of a continuous metric")
+    size.add_argument("--alpha", type=float, default=0.05)
+    size.add_argument("--power", type=float, default=0.8)
+    size.add_argument(
+        "--daily-users", type=float, help="traffic a day (default: the model's requests now, from the server)"
+    )
+    size.set_defaults(run=_size)
 
     report = client_parser(actions, "report", "the experiment's statistics as a readable table")
     report.add_argument("model")
@@ -83,6 +116,19 @@ def spec_from_args(args: argparse.Namespace) -> dict[str, Any]:
         spec["arms"] = [{"version": v, "weight": w} for v, w in zip(arms, weights, strict=True)]
     if args.segments:
         spec["segments"] = _split(args.segments)
+    if args.auto_stop:
+        spec["auto_stop"] = True
+    if args.on_win:
+        spec["on_win"] = args.on_win
+    if args.max_duration is not None:
+        spec["max_duration_s"] = args.max_duration
+    options = {
+        key: getattr(args, key)
+        for key in ("floor", "epsilon", "epsilon_decay", "min_outcomes", "reweight_every")
+        if getattr(args, key) is not None
+    }
+    if options:
+        spec["bandit"] = options
     return spec
 
 
@@ -93,6 +139,32 @@ def _start(args: argparse.Namespace) -> int:
     lines = [f"{args.model}: experiment {experiment['id']} started ({experiment['spec']['policy']}): {arms}"]
     lines += [f"warning: {warning}" for warning in data.get("warnings", [])]
     return show(args, data, lambda: "\n".join(lines))
+
+
+def _size(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from modelserve.experiments.sizing import plan
+
+    daily = args.daily_users
+    if daily is None:
+        daily = _daily_requests(admin_call(args, "GET", f"/admin/models/{args.model}"))
+    try:
+        sized = plan(
+            kind=args.kind, baseline=args.baseline, mde_relative=args.mde, alpha=args.alpha,
+            power=args.power, arms=args.arms, sd=args.sd, daily_users=daily,
+        )  # fmt: skip
+    except ValueError as exc:
+        raise ClientError(str(exc)) from None
+    return show(args, asdict(sized), lambda: f"{args.model}: {sized.describe()}")
+
+
+def _daily_requests(status: dict[str, Any]) -> float | None:
+    """Requests a day at the rate of the last status window (primary requests of every version)."""
+    rows = [row for row in status.get("metrics") or [] if row.get("role") == "primary"]
+    requests = sum(row["requests"] for row in rows)
+    window = max((row.get("window_s") or 0 for row in rows), default=0)
+    return requests * 86_400 / window if requests and window else None
 
 
 def render_report(data: dict[str, Any]) -> str:

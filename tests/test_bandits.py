@@ -7,7 +7,12 @@ import pytest
 from scipy.stats import beta
 
 from modelserve.errors import ConfigError, RequestError
-from modelserve.experiments.bandits import EpsilonGreedy, ThompsonSampling, bandit_from_dict
+from modelserve.experiments.bandits import (
+    EpsilonGreedy,
+    GaussianThompsonSampling,
+    ThompsonSampling,
+    bandit_from_dict,
+)
 
 RATES = {"1": 0.10, "2": 0.12, "3": 0.15}
 
@@ -147,3 +152,78 @@ def test_an_absurd_epsilon_greedy_reward_is_refused_before_anything_counts(rewar
     with pytest.raises(RequestError):
         policy.update("a", reward)
     assert (policy.n, policy.total, policy.total_sq) == ([1, 0], [2.0, 0.0], [4.0, 0.0])
+
+
+MEANS = {"1": 10.0, "2": 10.5, "3": 12.0, "4": 9.0, "5": 11.0}
+
+
+def _run_continuous(
+    policy: GaussianThompsonSampling | EpsilonGreedy, steps: int, seed: int
+) -> dict[str, int]:
+    """Serve `steps` requests with N(mean, 3^2) rewards; returns how often each arm was chosen."""
+    rng = np.random.default_rng(seed)
+    noise = rng.normal(0.0, 3.0, size=steps)
+    chosen = dict.fromkeys(policy.arms, 0)
+    for e in noise:
+        arm = policy.choose()
+        chosen[arm] += 1
+        policy.update(arm, MEANS[arm] + float(e))
+    return chosen
+
+
+def test_gaussian_thompson_steers_five_arms_to_the_best_continuous_one() -> None:
+    policy = GaussianThompsonSampling(list(MEANS), rng=np.random.default_rng(3), draws=2_000)
+    chosen = _run_continuous(policy, 20_000, seed=4)
+    assert max(chosen, key=chosen.__getitem__) == "3"
+    assert policy.weights()["3"] > 0.9 and min(policy.weights().values()) >= 0.01 - 1e-12
+
+
+def test_lower_is_better_makes_a_bandit_prefer_the_lowest_mean() -> None:
+    policy = GaussianThompsonSampling(
+        list(MEANS), rng=np.random.default_rng(5), draws=2_000, higher_is_better=False
+    )
+    _run_continuous(policy, 10_000, seed=6)
+    assert max(policy.weights(), key=policy.weights().__getitem__) == "4"
+
+
+def test_epsilon_decays_with_the_rewards_seen_and_the_floor_holds() -> None:
+    policy = EpsilonGreedy(
+        list(MEANS), rng=np.random.default_rng(7), epsilon=0.5, epsilon_decay=0.001, floor=0.02
+    )
+    assert policy.current_epsilon() == 0.5
+    _run_continuous(policy, 10_000, seed=8)
+    assert policy.current_epsilon() == pytest.approx(0.5 / 11)
+    weights = policy.weights()
+    assert max(weights, key=weights.__getitem__) == "3"
+    # Explored share: floor + (1 - 5 * floor) * epsilon / 5 for each arm that is not the best.
+    expected = 0.02 + (1 - 5 * 0.02) * policy.current_epsilon() / 5
+    assert weights["1"] == pytest.approx(expected)
+
+
+def test_a_removed_arm_leaves_the_draw_and_the_floor_applies_among_the_rest() -> None:
+    policy = ThompsonSampling(["1", "2", "3"], rng=np.random.default_rng(9), floor=0.05, min_outcomes=10)
+    assert policy.remove("2", "p95 gate failed")
+    assert policy.weights() == pytest.approx({"1": 0.5, "2": 0.0, "3": 0.5})
+    assert {policy.choose(i / 1000) for i in range(1000)} == {"1", "3"}
+    for _ in range(50):
+        policy.update("1", 0.0)
+        policy.update("3", 1.0)
+    policy.reweight()
+    assert policy.weights()["2"] == 0.0 and policy.weights()["1"] == pytest.approx(0.05)
+    assert not policy.remove("2", "again")
+    restored = bandit_from_dict(policy.to_dict(), rng=np.random.default_rng(0))
+    assert restored.removed == {"2": "p95 gate failed"} and restored.weights() == policy.weights()
+    assert policy.remove("3", "error rate gate failed") and not policy.remove("1", "the last arm stays")
+    assert policy.weights() == {"1": 1.0, "2": 0.0, "3": 0.0}
+
+
+def test_continuous_and_decaying_policies_survive_a_round_trip() -> None:
+    for policy in (
+        GaussianThompsonSampling(["a", "b"], rng=np.random.default_rng(1), min_outcomes=2, reweight_every=2),
+        EpsilonGreedy(["a", "b"], rng=np.random.default_rng(1), epsilon_decay=0.5, higher_is_better=False),
+    ):
+        for value in (1.0, 2.0, 3.0, 5.0):
+            policy.update("a", value)
+            policy.update("b", value * 2)
+        restored = bandit_from_dict(policy.to_dict(), rng=np.random.default_rng(2))
+        assert type(restored) is type(policy) and restored.to_dict() == policy.to_dict()

@@ -52,7 +52,11 @@ def test_shorthands_for_arms_and_metric() -> None:
         ({"policy": "ucb"}, "policy"),
         ({"segments": "country"}, "segments"),
         ({"colour": "red"}, "unknown"),
-        ({"policy": "thompson", "metric": "continuous"}, "binary"),
+        ({"bandit": {"floor": 0.9}}, "floor"),
+        ({"bandit": {"epsilon_decay": -1}}, "epsilon_decay"),
+        ({"on_win": "party"}, "on_win"),
+        ({"max_duration_s": 0}, "max_duration_s"),
+        ({"auto_stop": "yes"}, "auto_stop"),
         ({"guardrails": [{"name": "conversion"}]}, "differ"),
     ],
 )

@@ -1,4 +1,5 @@
-"""Bandit routing policies: Thompson sampling (Beta-Bernoulli) and epsilon-greedy.
+"""Bandit routing policies over any number of arms: Thompson sampling (Beta-Bernoulli for binary
+rewards, Gaussian for continuous ones) and epsilon-greedy (epsilon optionally decaying).
 
 A policy keeps per-arm reward counters and a table of routing weights. `choose()` runs per request
 and only walks a cumulative-weight tuple (no numpy, no allocation); the weights are recomputed every
@@ -8,7 +9,13 @@ Safeguards (after GrowthBook's bandits): weights stay at their initial split unt
 `min_outcomes` rewards (default 100), and every arm keeps at least `floor` of the traffic (default 1%)
 so a bad early streak cannot starve an arm for good. Thompson weights are each arm's posterior
 probability of being best, estimated by Monte Carlo with an injected `numpy.random.Generator`, then
-mixed with the floor: w = floor + (1 - k * floor) * P(best).
+mixed with the floor: w = floor + (1 - k * floor) * P(best). Gaussian Thompson sampling draws each
+arm's mean from N(observed mean, s^2 / n). Epsilon-greedy's epsilon may decay with the rewards seen,
+epsilon_t = epsilon / (1 + decay * t), which explores less as evidence grows (the floor still holds).
+
+`higher_is_better=False` makes a policy prefer the lowest mean (latency, cost). An arm can be taken
+out of the draw (`remove`, e.g. when it fails the health gates): its weight drops to 0 at once, the
+floor then applies among the remaining arms, and its counters stay for the report.
 
 Objects here are not thread-safe; like the rest of the feedback path they live on the event loop.
 """
@@ -45,6 +52,7 @@ class BanditPolicy(Protocol):
     """What routing and the feedback join need from a bandit."""
 
     arms: tuple[str, ...]
+    removed: dict[str, str]
 
     def choose(self, bucket: float | None = None) -> str: ...
 
@@ -69,6 +77,7 @@ class _BanditBase:
         min_outcomes: int = 100,
         reweight_every: int = 100,
         initial_weights: Sequence[float] | None = None,
+        higher_is_better: bool = True,
     ) -> None:
         if len(arms) < 2 or len(set(arms)) != len(arms):
             raise ConfigError("a bandit needs at least two distinct arms")
@@ -78,6 +87,8 @@ class _BanditBase:
         self.floor = floor
         self.min_outcomes = min_outcomes
         self.reweight_every = reweight_every
+        self.higher_is_better = higher_is_better
+        self.removed: dict[str, str] = {}  # arm -> why it left the draw
         self._rng = rng
         self._index = {arm: i for i, arm in enumerate(self.arms)}
         self.n = [0] * len(arms)
@@ -86,7 +97,8 @@ class _BanditBase:
         initial = list(initial_weights) if initial_weights is not None else [1.0] * len(arms)
         if len(initial) != len(arms) or min(initial) < 0 or sum(initial) <= 0:
             raise ConfigError("initial weights must be non-negative, one per arm, with a positive sum")
-        self._set_weights([w / sum(initial) for w in initial])
+        self._initial = [w / sum(initial) for w in initial]
+        self._set_weights(self._initial)
 
     def _set_weights(self, weights: Sequence[float]) -> None:
         self._weights = tuple(float(w) for w in weights)
@@ -118,17 +130,47 @@ class _BanditBase:
             self.reweight()
 
     def ready(self) -> bool:
-        """True once every arm has `min_outcomes` rewards, i.e. reweighting is allowed."""
-        return min(self.n) >= self.min_outcomes
+        """True once every arm still drawn has `min_outcomes` rewards, i.e. reweighting is allowed."""
+        return min(n for arm, n in zip(self.arms, self.n, strict=True) if arm not in self.removed) >= (
+            self.min_outcomes
+        )
 
-    def reweight(self) -> None:
-        """Recompute routing weights from the rewards so far (no-op until `ready()`)."""
+    @property
+    def active(self) -> np.ndarray:
+        """A boolean mask of the arms still in the draw."""
+        return np.array([arm not in self.removed for arm in self.arms])
+
+    def remove(self, arm: str, reason: str) -> bool:
+        """Take `arm` out of the draw (weight 0 from now on); False if it was out already or is the last."""
+        if arm not in self._index:
+            raise RequestError(f"unknown arm {arm!r}")
+        if arm in self.removed or len(self.removed) >= len(self.arms) - 1:
+            return False
+        self.removed[arm] = reason
+        self.reweight(force_initial=not self.ready())
+        return True
+
+    def reweight(self, *, force_initial: bool = False) -> None:
+        """Recompute routing weights from the rewards so far (initial weights until `ready()`)."""
         self._since_reweight = 0
-        if not self.ready():
-            return
-        share = self._preference()
-        k = len(self.arms)
-        self._set_weights([self.floor + (1 - k * self.floor) * float(p) for p in share])
+        active = self.active
+        if force_initial or not self.ready():
+            if not self.removed:
+                return
+            share = np.where(active, self._initial, 0.0)
+        else:
+            share = np.where(active, self._preference(), 0.0)
+        share = share / share.sum() if share.sum() > 0 else active / active.sum()
+        k = int(active.sum())
+        floor = self.floor if self.floor * k <= 1 else 1 / k
+        self._set_weights(
+            [floor + (1 - k * floor) * float(p) if on else 0.0 for p, on in zip(share, active, strict=True)]
+        )
+
+    def _best(self, values: np.ndarray, axis: int | None = None) -> np.ndarray:
+        """Index of the best value (highest, or lowest when lower is better) among the active arms."""
+        masked = np.where(self.active, values, -np.inf if self.higher_is_better else np.inf)
+        return np.asarray(masked.argmax(axis=axis) if self.higher_is_better else masked.argmin(axis=axis))
 
     def _preference(self) -> np.ndarray:
         raise NotImplementedError
@@ -144,6 +186,9 @@ class _BanditBase:
             "n": list(self.n),
             "total": list(self.total),
             "weights": list(self._weights),
+            "initial_weights": list(self._initial),
+            "higher_is_better": self.higher_is_better,
+            "removed": dict(self.removed),
             **self._extra_state(),
         }
 
@@ -175,7 +220,8 @@ class ThompsonSampling(_BanditBase):
     def _preference(self) -> np.ndarray:
         a, b = self._ab()
         samples = self._rng.beta(a, b, size=(self.draws, len(self.arms)))
-        return np.bincount(samples.argmax(axis=1), minlength=len(self.arms)) / self.draws
+        result: np.ndarray = np.bincount(self._best(samples, axis=1), minlength=len(self.arms)) / self.draws
+        return result
 
     def posterior(self, *, level: float = 0.95) -> list[ArmPosterior]:
         """Posterior mean and equal-tailed credible interval of each arm's success rate."""
@@ -198,21 +244,11 @@ class ThompsonSampling(_BanditBase):
         return {"draws": self.draws}
 
 
-class EpsilonGreedy(_BanditBase):
-    """Epsilon-greedy: 1 - epsilon to the best observed mean (ties split), epsilon spread evenly.
+class _MeanBandit(_BanditBase):
+    """A policy over real-valued rewards: keeps sums of squares for variances and intervals."""
 
-    Rewards may be any real number (higher is better); the floor still applies on top.
-    """
-
-    kind = "epsilon_greedy"
-
-    def __init__(
-        self, arms: Sequence[str], *, rng: np.random.Generator, epsilon: float = 0.1, **kwargs: Any
-    ) -> None:
+    def __init__(self, arms: Sequence[str], *, rng: np.random.Generator, **kwargs: Any) -> None:
         super().__init__(arms, rng=rng, **kwargs)
-        if not 0 <= epsilon <= 1:
-            raise ConfigError("epsilon must lie in [0, 1]")
-        self.epsilon = epsilon
         self.total_sq = [0.0] * len(self.arms)
 
     def update(self, arm: str, reward: float) -> None:
@@ -225,11 +261,16 @@ class EpsilonGreedy(_BanditBase):
         result: np.ndarray = np.asarray(self.total) / n
         return result
 
-    def _preference(self) -> np.ndarray:
+    def _variances(self) -> np.ndarray:
+        """Per-arm sample variances; an arm with fewer than 2 rewards borrows the pooled one (or 1)."""
+        n = np.asarray(self.n, dtype=float)
         means = self._means()
-        best = means == means.max()
-        k = len(self.arms)
-        result: np.ndarray = self.epsilon / k + (1 - self.epsilon) * best / best.sum()
+        with np.errstate(divide="ignore", invalid="ignore"):
+            var = (np.asarray(self.total_sq) - n * means**2) / (n - 1)
+        total_n = n.sum()
+        pooled = (sum(self.total_sq) - sum(self.total) ** 2 / total_n) / (total_n - 1) if total_n > 1 else 1.0
+        fallback = pooled if pooled > 0 else 1.0
+        result: np.ndarray = np.where((n > 1) & np.isfinite(var), np.maximum(var, 0.0), fallback)
         return result
 
     def posterior(self, *, level: float = 0.95) -> list[ArmPosterior]:
@@ -249,33 +290,115 @@ class EpsilonGreedy(_BanditBase):
         return out
 
     def _extra_state(self) -> dict[str, Any]:
-        return {"epsilon": self.epsilon, "total_sq": list(self.total_sq)}
+        return {"total_sq": list(self.total_sq)}
 
 
-def bandit_from_dict(
-    data: Mapping[str, Any], *, rng: np.random.Generator
-) -> ThompsonSampling | EpsilonGreedy:
+class GaussianThompsonSampling(_MeanBandit):
+    """Thompson sampling for continuous rewards: each arm's mean drawn from N(mean, s^2 / n)."""
+
+    kind = "thompson_gaussian"
+
+    def __init__(
+        self, arms: Sequence[str], *, rng: np.random.Generator, draws: int = 10_000, **kwargs: Any
+    ) -> None:
+        super().__init__(arms, rng=rng, **kwargs)
+        self.draws = draws
+
+    def _preference(self) -> np.ndarray:
+        n = np.maximum(np.asarray(self.n, dtype=float), 1.0)
+        scale = np.sqrt(self._variances() / n)
+        samples = self._rng.normal(self._means(), scale, size=(self.draws, len(self.arms)))
+        result: np.ndarray = np.bincount(self._best(samples, axis=1), minlength=len(self.arms)) / self.draws
+        return result
+
+    def _extra_state(self) -> dict[str, Any]:
+        return {"draws": self.draws, "total_sq": list(self.total_sq)}
+
+
+class EpsilonGreedy(_MeanBandit):
+    """Epsilon-greedy: 1 - epsilon to the best observed mean (ties split), epsilon spread evenly.
+
+    Rewards may be any real number; the floor still applies on top. With `epsilon_decay` > 0 the
+    exploration share after t rewards is epsilon / (1 + epsilon_decay * t).
+    """
+
+    kind = "epsilon_greedy"
+
+    def __init__(
+        self,
+        arms: Sequence[str],
+        *,
+        rng: np.random.Generator,
+        epsilon: float = 0.1,
+        epsilon_decay: float = 0.0,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(arms, rng=rng, **kwargs)
+        if not 0 <= epsilon <= 1:
+            raise ConfigError("epsilon must lie in [0, 1]")
+        if not epsilon_decay >= 0:
+            raise ConfigError("epsilon_decay must be >= 0")
+        self.epsilon = epsilon
+        self.epsilon_decay = epsilon_decay
+
+    def current_epsilon(self) -> float:
+        """The exploration share now (after the decay of the rewards seen so far)."""
+        return self.epsilon / (1 + self.epsilon_decay * sum(self.n))
+
+    def _preference(self) -> np.ndarray:
+        active = self.active
+        best = np.zeros(len(self.arms), dtype=bool)
+        means = np.where(active, self._means(), -np.inf if self.higher_is_better else np.inf)
+        best[:] = means == (means.max() if self.higher_is_better else means.min())
+        epsilon = self.current_epsilon()
+        result: np.ndarray = epsilon * active / active.sum() + (1 - epsilon) * best / best.sum()
+        return result
+
+    def _extra_state(self) -> dict[str, Any]:
+        return {"epsilon": self.epsilon, "epsilon_decay": self.epsilon_decay, "total_sq": list(self.total_sq)}
+
+
+Bandit = ThompsonSampling | GaussianThompsonSampling | EpsilonGreedy
+
+
+def bandit_from_dict(data: Mapping[str, Any], *, rng: np.random.Generator) -> Bandit:
     """Rebuild a policy saved by `to_dict()`; raises ConfigError on a malformed document."""
     try:
-        common = {
+        common: dict[str, Any] = {
             "floor": float(data["floor"]),
             "min_outcomes": int(data["min_outcomes"]),
             "reweight_every": int(data["reweight_every"]),
-            "initial_weights": [float(w) for w in data["weights"]],
+            "initial_weights": [float(w) for w in data.get("initial_weights", data["weights"])],
+            "higher_is_better": bool(data.get("higher_is_better", True)),
         }
         arms = [str(a) for a in data["arms"]]
-        policy: ThompsonSampling | EpsilonGreedy
+        policy: Bandit
         if data["kind"] == "thompson":
             policy = ThompsonSampling(arms, rng=rng, draws=int(data["draws"]), **common)
+        elif data["kind"] == "thompson_gaussian":
+            policy = GaussianThompsonSampling(arms, rng=rng, draws=int(data["draws"]), **common)
         elif data["kind"] == "epsilon_greedy":
-            policy = EpsilonGreedy(arms, rng=rng, epsilon=float(data["epsilon"]), **common)
-            policy.total_sq = [float(v) for v in data["total_sq"]]
+            policy = EpsilonGreedy(
+                arms,
+                rng=rng,
+                epsilon=float(data["epsilon"]),
+                epsilon_decay=float(data.get("epsilon_decay", 0.0)),
+                **common,
+            )
         else:
             raise ConfigError(f"unknown bandit kind {data['kind']!r}")
-        if len(data["n"]) != len(arms) or len(data["total"]) != len(arms):
+        if isinstance(policy, _MeanBandit):
+            policy.total_sq = [float(v) for v in data["total_sq"]]
+        if (
+            len(data["n"]) != len(arms)
+            or len(data["total"]) != len(arms)
+            or len(data["weights"]) != len(arms)
+        ):
             raise ConfigError("bandit state has counters of the wrong length")
         policy.n = [int(v) for v in data["n"]]
         policy.total = [float(v) for v in data["total"]]
+        policy.removed = {str(arm): str(why) for arm, why in dict(data.get("removed") or {}).items()}
+        policy._set_weights([float(w) for w in data["weights"]])
     except (KeyError, TypeError, ValueError) as exc:
         raise ConfigError(f"malformed bandit state: {exc!r}") from exc
     return policy

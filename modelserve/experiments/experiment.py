@@ -37,6 +37,21 @@ class ArmSpec:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class BanditOptions:
+    """How a bandit explores: the traffic floor every arm keeps, epsilon and its decay (epsilon-greedy),
+    and how many outcomes per arm before weights move and between two reweights."""
+
+    floor: float = 0.01
+    epsilon: float = 0.1
+    epsilon_decay: float = 0.0
+    min_outcomes: int = 100
+    reweight_every: int = 100
+
+
+ON_WIN = ("rollout",)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ExperimentSpec:
     """An A/B(/n) experiment on one model. `mde` is the relative minimum detectable effect."""
 
@@ -49,6 +64,13 @@ class ExperimentSpec:
     power: float = 0.8
     policy: str = "fixed"
     segments: tuple[str, ...] = ()
+    bandit: BanditOptions = field(default_factory=BanditOptions)
+    #: Stop (with an event) once this many seconds have passed since the start; None: never.
+    max_duration_s: float | None = None
+    #: Stop (with an event) as soon as the always-valid test reaches a verdict.
+    auto_stop: bool = False
+    #: "rollout": when a treatment arm wins, hand it to the rollout controller (with an event).
+    on_win: str | None = None
 
     @property
     def control(self) -> str:
@@ -74,6 +96,16 @@ class ExperimentSpec:
             "power": self.power,
             "policy": self.policy,
             "segments": list(self.segments),
+            "bandit": {
+                "floor": self.bandit.floor,
+                "epsilon": self.bandit.epsilon,
+                "epsilon_decay": self.bandit.epsilon_decay,
+                "min_outcomes": self.bandit.min_outcomes,
+                "reweight_every": self.bandit.reweight_every,
+            },
+            "max_duration_s": self.max_duration_s,
+            "auto_stop": self.auto_stop,
+            "on_win": self.on_win,
         }
 
 
@@ -134,6 +166,10 @@ def parse_experiment_spec(data: Mapping[str, Any]) -> ExperimentSpec:
         "power",
         "policy",
         "segments",
+        "bandit",
+        "max_duration_s",
+        "auto_stop",
+        "on_win",
     }
     if unknown:
         raise ConfigError(f"unknown experiment keys: {sorted(unknown)}")
@@ -164,13 +200,64 @@ def parse_experiment_spec(data: Mapping[str, Any]) -> ExperimentSpec:
         power=_fraction(data, "power", 0.8),
         policy=policy,
         segments=tuple(segments),
+        bandit=_bandit_options(data.get("bandit", {})),
+        max_duration_s=_max_duration(data.get("max_duration_s")),
+        auto_stop=_flag(data, "auto_stop"),
+        on_win=_on_win(data.get("on_win")),
     )
-    if spec.policy == "thompson" and spec.metric.kind != "binary":
-        raise ConfigError("Thompson sampling (Beta-Bernoulli) needs a binary metric; use epsilon_greedy")
     names = [spec.metric.name, *(g.name for g in spec.guardrails)]
     if len(set(names)) != len(names):
         raise ConfigError(f"metric and guardrail names must differ: {names}")
     return spec
+
+
+def _bandit_options(value: Any) -> BanditOptions:
+    if not isinstance(value, Mapping):
+        raise ConfigError(
+            "'bandit' must be a table of floor, epsilon, epsilon_decay, min_outcomes, reweight_every"
+        )
+    unknown = set(value) - {"floor", "epsilon", "epsilon_decay", "min_outcomes", "reweight_every"}
+    if unknown:
+        raise ConfigError(f"unknown bandit keys: {sorted(unknown)}")
+    defaults = BanditOptions()
+
+    def number(key: str, low: float, high: float) -> float:
+        return validation.number(
+            value.get(key, getattr(defaults, key)), f"bandit {key}", low=low, high=high, error=ConfigError
+        )
+
+    def count(key: str) -> int:
+        raw = value.get(key, getattr(defaults, key))
+        if isinstance(raw, bool) or not isinstance(raw, int) or not 1 <= raw <= 1_000_000:
+            raise ConfigError(f"bandit {key} must be an integer in 1..1000000, got {raw!r}")
+        return raw
+
+    return BanditOptions(
+        floor=number("floor", 0.0, 0.5),
+        epsilon=number("epsilon", 0.0, 1.0),
+        epsilon_decay=number("epsilon_decay", 0.0, 1e6),
+        min_outcomes=count("min_outcomes"),
+        reweight_every=count("reweight_every"),
+    )
+
+
+def _max_duration(value: Any) -> float | None:
+    if value is None:
+        return None
+    return validation.number(value, "'max_duration_s'", low=0.0, high=1e9, low_open=True, error=ConfigError)
+
+
+def _flag(data: Mapping[str, Any], key: str) -> bool:
+    value = data.get(key, False)
+    if not isinstance(value, bool):
+        raise ConfigError(f"'{key}' must be true or false, got {value!r}")
+    return value
+
+
+def _on_win(value: Any) -> str | None:
+    if value is not None and value not in ON_WIN:
+        raise ConfigError(f"'on_win' must be one of {ON_WIN} or absent, got {value!r}")
+    return value if value is None else str(value)
 
 
 @dataclass(slots=True)

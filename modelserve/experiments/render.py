@@ -157,4 +157,6 @@ def render_report(report: ExperimentReport) -> str:
             for p in report.posterior
         ]
         lines += _table(["arm", "outcomes", "mean", "95% credible", "weight"], rows)
+        for arm, reason in report.removed:
+            lines.append(f"arm {arm} removed from the draw: {reason}")
     return "\n".join(lines) + "\n"

@@ -117,6 +117,8 @@ class ExperimentReport:
     guardrails: tuple[GuardrailComparison, ...] = ()
     segments: tuple[SegmentComparison, ...] = ()
     posterior: tuple[ArmPosterior, ...] = ()
+    #: Bandit arms taken out of the draw (failed health gates), with the reason.
+    removed: tuple[tuple[str, str], ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able dict; NaN and infinities become None."""
@@ -328,4 +330,5 @@ def report(
         guardrails=tuple(guardrails),
         segments=tuple(segments),
         posterior=tuple(bandit.posterior()) if bandit is not None else (),
+        removed=tuple(bandit.removed.items()) if bandit is not None else (),
     )

@@ -22,7 +22,13 @@ from typing import Any
 import numpy as np
 
 from modelserve.errors import ConfigError
-from modelserve.experiments.bandits import EpsilonGreedy, ThompsonSampling, bandit_from_dict
+from modelserve.experiments.bandits import (
+    Bandit,
+    EpsilonGreedy,
+    GaussianThompsonSampling,
+    ThompsonSampling,
+    bandit_from_dict,
+)
 from modelserve.experiments.experiment import ExperimentCounters, ExperimentSpec, parse_experiment_spec
 from modelserve.experiments.report import ExperimentReport, report
 from modelserve.routing.decision import RouteDecision
@@ -31,16 +37,26 @@ from modelserve.routing.hashing import sticky_bucket
 #: Resolution of sticky buckets (weights honoured to 0.01 percentage point), as for canaries.
 BUCKETS = 10_000
 
-Bandit = ThompsonSampling | EpsilonGreedy
-
 
 def new_bandit(spec: ExperimentSpec, rng: np.random.Generator) -> Bandit | None:
     """The bandit for a `thompson` / `epsilon_greedy` spec (starting at the arms' weights), else None."""
-    weights = [arm.weight for arm in spec.arms]
+    options = spec.bandit
+    common: dict[str, Any] = {
+        "rng": rng,
+        "initial_weights": [arm.weight for arm in spec.arms],
+        "floor": options.floor,
+        "min_outcomes": options.min_outcomes,
+        "reweight_every": options.reweight_every,
+        "higher_is_better": spec.metric.higher_is_better,
+    }
+    if spec.policy == "thompson" and spec.metric.kind == "binary":
+        return ThompsonSampling(spec.versions, **common)
     if spec.policy == "thompson":
-        return ThompsonSampling(spec.versions, rng=rng, initial_weights=weights)
+        return GaussianThompsonSampling(spec.versions, **common)
     if spec.policy == "epsilon_greedy":
-        return EpsilonGreedy(spec.versions, rng=rng, initial_weights=weights)
+        return EpsilonGreedy(
+            spec.versions, epsilon=options.epsilon, epsilon_decay=options.epsilon_decay, **common
+        )
     return None
 
 

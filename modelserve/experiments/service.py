@@ -39,6 +39,7 @@ REQUEST_ID_KEY = "modelserve.request_id"
 SEGMENT_PREFIX = b"x-segment-"
 SAVE_INTERVAL_S = 5.0
 MAX_LISTED_IDS = 100
+MAX_EVENTS = 100
 
 
 class ExperimentService:
@@ -66,6 +67,7 @@ class ExperimentService:
         self.save_interval_s = save_interval_s
         self._rng = rng if rng is not None else np.random.default_rng()
         self._dirty: set[str] = set()
+        self.events: dict[str, list[dict[str, Any]]] = {}  # per model, the newest MAX_EVENTS
         self._save_limiter = anyio.CapacityLimiter(1)  # saves off the loop, one at a time, never anyio's
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -260,6 +262,32 @@ class ExperimentService:
                 experiment.describe()["state"],
             )
 
+    def mark_dirty(self, model: str) -> None:
+        """Save the model's experiment at the next periodic save (its state changed)."""
+        self._dirty.add(model)
+
+    async def record_event(self, model: str, kind: str, **detail: Any) -> dict[str, Any]:
+        """Log a lifecycle event (kept in memory for the report; appended to `experiment-events.<model>`)."""
+        experiment = self.experiments.get(model)
+        event = {
+            "time": time.time(),
+            "model": model,
+            "experiment": experiment.experiment_id if experiment is not None else None,
+            "kind": kind,
+            **detail,
+        }
+        recent = self.events.setdefault(model, [])
+        recent.append(event)
+        del recent[:-MAX_EVENTS]
+        log.info("model %s: experiment event %s %s", model, kind, detail)
+        try:
+            await anyio.to_thread.run_sync(
+                self.store.append, f"experiment-events.{model}", event, limiter=self._save_limiter
+            )
+        except Exception:  # the event stays in memory and in the log line
+            log.exception("appending the experiment event of %s failed", model)
+        return event
+
     # -- views -----------------------------------------------------------------------------------
 
     def report_document(self, model: str) -> dict[str, Any]:
@@ -271,6 +299,9 @@ class ExperimentService:
             "report": result.to_dict(),
             "table": result.render_table(),
             "feedback": self.join.stats(),
+            "events": [
+                e for e in self.events.get(model, []) if e.get("experiment") == experiment.experiment_id
+            ],
         }
 
     def status(self, model: str) -> dict[str, Any]:

@@ -30,6 +30,7 @@ from starlette.middleware import Middleware
 from starlette.routing import BaseRoute
 
 from modelserve.config import ServerConfig
+from modelserve.experiments.lifecycle import ExperimentSupervisor
 from modelserve.experiments.service import ExperimentService
 from modelserve.fleet.replica import Replica
 from modelserve.inference.path import InferencePath, InferenceRecord, Observer
@@ -37,6 +38,7 @@ from modelserve.middleware.routing import ArmDecider, Router
 from modelserve.monitoring.collector import MonitoringCollector
 from modelserve.monitoring.service import MonitoringService
 from modelserve.rollout.events import RolloutEvent
+from modelserve.rollout.plan import default_plan
 from modelserve.rollout.service import RolloutService
 from modelserve.rollout.webhooks import WebhookNotifier
 from modelserve.server.auth import ADMIN, Tokens
@@ -288,6 +290,13 @@ def build_services(
         hooks.status_providers.append(rollout.summary)
         hooks.startup.append(rollout.restore)
         hooks.tasks.append(rollout.controller.run)
+    if experiments is not None:
+        supervisor = ExperimentSupervisor(
+            experiments,
+            windows=windows,
+            hand_over=partial(hand_over_to_rollout, rollout) if rollout is not None else None,
+        )
+        hooks.tasks.append(supervisor.run)
     if telemetry is not None:
         progress = rollout.status if rollout is not None else None
         telemetry.metrics.set_rollout_source(partial(rollout_readings, registry, policies, progress))
@@ -304,6 +313,12 @@ def build_services(
             inference=config.inference_token,
         ),
     )  # fmt: skip
+
+
+async def hand_over_to_rollout(rollout: RolloutService, model: str, version: str) -> str:
+    """An experiment's winner goes to the rollout controller with the default plan."""
+    status = await rollout.start(model, version, default_plan())
+    return f"rollout of {version} (plan default): {status.state}, stage {status.stage}"
 
 
 def expected_models(config: ServerConfig, registry: ModelRegistry) -> list[str]:
