@@ -10,7 +10,7 @@ import pytest
 from statsmodels.stats.proportion import proportion_confint
 
 from modelserve.shadow.compare import label
-from modelserve.shadow.stats import LogHistogram, ShadowStats, wilson_interval
+from modelserve.shadow.stats import ShadowStats, wilson_interval
 
 
 def _record(stats: ShadowStats, primary: np.ndarray, shadow: np.ndarray, **kwargs: float) -> None:
@@ -37,31 +37,6 @@ def test_wilson_interval_matches_statsmodels(successes: int, trials: int, confid
 
 def test_wilson_interval_without_trials_is_uninformative() -> None:
     assert wilson_interval(0, 0) == (0.0, 1.0)
-
-
-def test_histogram_quantiles_are_within_five_percent_of_exact_percentiles() -> None:
-    values = np.random.default_rng(1).lognormal(mean=-7, sigma=1.0, size=20_000)
-    histogram = LogHistogram(1e-6, 1e3)
-    for value in values:
-        histogram.add(float(value))
-    for q in (0.5, 0.95, 0.99):
-        assert histogram.quantile(q) == pytest.approx(float(np.quantile(values, q)), rel=0.05)
-    assert histogram.maximum == values.max()
-
-
-def test_histogram_size_is_fixed_and_zeros_and_outliers_are_counted() -> None:
-    histogram = LogHistogram(1e-6, 1.0)
-    size = len(histogram._counts)
-    for value in (0.0, 0.0, 0.0, 1e-9, 5e6, float("nan")):
-        histogram.add(value)
-    assert len(histogram._counts) == size
-    assert (histogram.count, histogram.zeros) == (6, 4)
-    assert histogram.quantile(0.5) == 0.0
-    assert histogram.quantile(1.0) == 5e6
-    assert LogHistogram(1e-6, 1.0).quantile(0.5) is None
-    infinite = LogHistogram(1e-6, 1.0)
-    infinite.add(float("inf"))
-    assert infinite.quantile(0.5) == float("inf")
 
 
 def test_agreement_is_counted_per_row_with_its_interval() -> None:

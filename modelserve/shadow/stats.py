@@ -1,7 +1,7 @@
 """Running statistics of one shadow version of one model, bounded in memory and thread-safe.
 
 Updates come from shadow worker threads; each takes one short lock. Latencies and differences go into
-log-bucket histograms (fixed size, ~4% relative error), never into a growing list. Disagreeing
+log-bucket histograms (`telemetry/histogram.py`, 2 % relative error), never into a growing list. Disagreeing
 examples are kept in a reservoir (Algorithm R) of fixed size, so every disagreement seen so far is
 equally likely to be in it. An example is bounded in bytes, whatever batch a client sends: it is
 converted to JSON types once, when it enters the reservoir (on the shadow's thread), keeping at most
@@ -12,7 +12,6 @@ small lists: status, the report and the rollout gate stay cheap under adversaria
 
 from __future__ import annotations
 
-import math
 import random
 import threading
 from collections.abc import Mapping
@@ -22,8 +21,8 @@ import numpy as np
 
 from modelserve.experiments import stats as experiment_stats
 from modelserve.shadow.compare import Comparison
+from modelserve.telemetry.histogram import LogHistogram
 
-_PERCENTILES = (50.0, 95.0, 99.0)
 #: At most this many values of each tensor are kept in a disagreement example.
 EXAMPLE_VALUES = 256
 #: Strings (BYTES tensors) in an example are cut to this many characters.
@@ -36,69 +35,6 @@ def wilson_interval(successes: int, trials: int, confidence: float = 0.95) -> tu
         return (0.0, 1.0)
     interval = experiment_stats.wilson_interval(successes, trials, alpha=1.0 - confidence)
     return (max(0.0, interval.low), min(1.0, interval.high))
-
-
-class LogHistogram:
-    """Counts of positive values in geometric buckets (`per_doubling` per factor of two); zeros apart.
-
-    Values below `lowest` land in the first bucket, above `highest` in the last; the exact maximum is
-    kept so quantiles never exceed it. Not thread-safe by itself (ShadowStats holds the lock).
-    """
-
-    __slots__ = ("_counts", "_highest", "_log_lowest", "_lowest", "_scale", "count", "maximum", "zeros")
-
-    def __init__(self, lowest: float, highest: float, per_doubling: int = 8) -> None:
-        self._lowest = lowest
-        self._highest = highest
-        self._log_lowest = math.log2(lowest)
-        self._scale = per_doubling
-        self._counts = [0] * (math.ceil(math.log2(highest / lowest) * per_doubling) + 1)
-        self.count = 0
-        self.zeros = 0
-        self.maximum = 0.0
-
-    def add(self, value: float) -> None:
-        self.count += 1
-        if value > self.maximum:
-            self.maximum = value
-        if not value > 0.0:  # also NaN: counted, but has no magnitude
-            self.zeros += 1
-            return
-        last = len(self._counts) - 1
-        if value <= self._lowest:
-            index = 0
-        elif value >= self._highest:  # also +inf, whose log would not fit an int
-            index = last
-        else:
-            index = min(int((math.log2(value) - self._log_lowest) * self._scale), last)
-        self._counts[index] += 1
-
-    def quantile(self, q: float) -> float | None:
-        """The value below which a fraction `q` of the values lie (bucket geometric midpoint)."""
-        if self.count == 0:
-            return None
-        rank = q * self.count
-        seen = self.zeros
-        if rank <= seen:
-            return 0.0
-        for index, n in enumerate(self._counts):
-            seen += n
-            if seen >= rank:
-                if index == len(self._counts) - 1:  # the last bucket also holds everything above it
-                    return self.maximum
-                midpoint = 2.0 ** (self._log_lowest + (index + 0.5) / self._scale)
-                result: float | None = min(midpoint, self.maximum)
-                return result
-        return self.maximum
-
-    def summary(self, scale: float = 1.0) -> dict[str, float | int | None]:
-        """p50/p95/p99/max (multiplied by `scale`) and the count."""
-        out: dict[str, float | int | None] = {"count": self.count}
-        for p in _PERCENTILES:
-            value = self.quantile(p / 100.0)
-            out[f"p{p:g}"] = None if value is None else value * scale
-        out["max"] = self.maximum * scale if self.count else None
-        return out
 
 
 def _bounded(array: Any) -> tuple[Any, bool]:
@@ -170,10 +106,10 @@ class ShadowStats:
         self._last_error: str | None = None
         self._disagreements_seen = 0
         self._reservoir: list[dict[str, Any]] = []
-        self._primary_latency = LogHistogram(1e-6, 1e3)
-        self._shadow_latency = LogHistogram(1e-6, 1e3)
-        self._max_abs_diff = LogHistogram(1e-12, 1e12)
-        self._js = LogHistogram(1e-9, 1.0)
+        self._primary_latency = LogHistogram()
+        self._shadow_latency = LogHistogram()
+        self._max_abs_diff = LogHistogram()
+        self._js = LogHistogram()
 
     def record_comparison(
         self, comparison: Comparison, *, primary_latency_s: float, shadow_latency_s: float,

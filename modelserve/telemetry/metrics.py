@@ -12,15 +12,15 @@ latency histogram (~10 µs a request), since OTel has no observable histogram.
 
 from __future__ import annotations
 
-import bisect
 import logging
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
 
 from opentelemetry import metrics
 from opentelemetry.metrics import CallbackOptions, Observation
+
+from modelserve.telemetry.histogram import LogHistogram
 
 _log = logging.getLogger(__name__)
 
@@ -117,40 +117,38 @@ class _Tally:
 
 @dataclass(frozen=True, slots=True)
 class LatencySeries:
-    """One label tuple's latency histogram: counts per bucket (the last one is +Inf), sum, count."""
+    """One label tuple's latency histogram for Prometheus: cumulative counts at each bound, then +Inf."""
 
     labels: tuple[str, ...]
-    bucket_counts: tuple[int, ...]
+    cumulative_counts: tuple[int, ...]
     total: float
     count: int
 
 
 class _LatencyTally:
-    """A cumulative explicit-bucket histogram per label tuple, kept locally (a bisect and two adds)."""
+    """A `LogHistogram` per label tuple (one log and one dict update a request), read at scrape time."""
 
-    __slots__ = ("_lock", "_series", "bounds", "names")
+    __slots__ = ("_histograms", "_lock", "bounds", "names")
 
     def __init__(self, names: tuple[str, ...], bounds: tuple[float, ...]) -> None:
         self.names = names
-        self.bounds = bounds
-        self._series: dict[tuple[str, ...], list[Any]] = {}  # key -> [bucket counts, sum]
+        self.bounds = bounds  # the Prometheus bucket bounds the histograms are exposed at
+        self._histograms: dict[tuple[str, ...], LogHistogram] = {}
         self._lock = threading.Lock()
 
     def add(self, key: tuple[str, ...], value: float) -> None:
-        index = bisect.bisect_left(self.bounds, value)
         with self._lock:
-            series = self._series.get(key)
-            if series is None:
-                series = self._series[key] = [[0] * (len(self.bounds) + 1), 0.0]
-            series[0][index] += 1
-            series[1] += value
+            histogram = self._histograms.get(key)
+            if histogram is None:
+                histogram = self._histograms[key] = LogHistogram()
+            histogram.add(value)
 
     def series(self) -> list[LatencySeries]:
-        """A snapshot of every label tuple's histogram."""
+        """A snapshot of every label tuple's histogram at the Prometheus bounds."""
         with self._lock:
             return [
-                LatencySeries(key, tuple(buckets), total, sum(buckets))
-                for key, (buckets, total) in self._series.items()
+                LatencySeries(key, tuple(h.cumulative_counts(self.bounds)), h.total, h.count)
+                for key, h in self._histograms.items()
             ]
 
 

@@ -47,10 +47,7 @@ class MetricsCollector:
         histogram = HistogramMetricFamily(DURATION_FAMILY, "Request latency", labels=latency.names)
         edges = [*(repr(float(bound)) for bound in latency.bounds), "+Inf"]
         for series in latency.series():
-            cumulative, buckets = 0, []
-            for edge, count in zip(edges, series.bucket_counts, strict=True):
-                cumulative += count
-                buckets.append((edge, cumulative))
+            buckets = list(zip(edges, series.cumulative_counts, strict=True))
             histogram.add_metric(series.labels, buckets, sum_value=series.total)
         yield histogram
         readings = metrics.readings()

@@ -3,7 +3,7 @@
 One series per `(model, version, role)`, role being `"primary"` (it answered the client) or `"shadow"`
 (it ran beside the primary). A series is a ring of fixed-length sub-windows (default 10 x 6 s = 60 s),
 so memory is bounded however long the server runs; a sub-window is cleared when the clock comes
-round to it again. Latencies go into a mergeable log-bucket histogram (DDSketch-style buckets with a
+round to it again. Latencies go into a `LogHistogram` (`telemetry/histogram.py`: log buckets with a
 relative error of 2 %), never into a list of every value, so windows and sub-windows merge by adding
 bucket counts.
 
@@ -26,61 +26,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from modelserve.telemetry.histogram import RELATIVE_ERROR, LogHistogram
+
+__all__ = ["RELATIVE_ERROR", "ROLES", "LatencyHistogram", "SeriesTotals", "SlidingWindows", "WindowStats"]
+
 ROLES = ("primary", "shadow")
 
-#: Relative error of a latency quantile (values are reported within +-2 % of a true sample value).
-RELATIVE_ERROR = 0.02
-_GAMMA = (1 + RELATIVE_ERROR) / (1 - RELATIVE_ERROR)
-_INV_LOG_GAMMA = 1.0 / math.log(_GAMMA)
-_BUCKET_VALUE_FACTOR = 2.0 / (_GAMMA + 1.0)
-#: Latencies at or below this (1 ns, or negative from a clock step) count in the zero bucket.
-_MIN_LATENCY = 1e-9
-_ZERO_BUCKET = -(2**31)
-
-
-def _bucket_value(index: int) -> float:
-    return 0.0 if index == _ZERO_BUCKET else _BUCKET_VALUE_FACTOR * _GAMMA**index
-
-
-class LatencyHistogram:
-    """A mergeable log-bucket histogram of latencies in seconds (relative error 2 %)."""
-
-    __slots__ = ("buckets", "count")
-
-    def __init__(self) -> None:
-        self.buckets: dict[int, int] = {}
-        self.count = 0
-
-    def add(self, latency_s: float, count: int = 1) -> None:
-        """Count `latency_s` `count` times."""
-        index = math.ceil(math.log(latency_s) * _INV_LOG_GAMMA) if latency_s > _MIN_LATENCY else _ZERO_BUCKET
-        self.buckets[index] = self.buckets.get(index, 0) + count
-        self.count += count
-
-    def merge_counts(self, buckets: dict[int, int]) -> None:
-        """Add another histogram's bucket counts to this one."""
-        mine = self.buckets
-        for index, count in buckets.items():
-            mine[index] = mine.get(index, 0) + count
-            self.count += count
-
-    def merge(self, other: LatencyHistogram) -> None:
-        """Add `other` into this histogram (histograms merge exactly)."""
-        self.merge_counts(other.buckets)
-
-    def quantile(self, q: float) -> float | None:
-        """The `q`-quantile (0..1) in seconds, or None when the histogram is empty."""
-        if not 0.0 <= q <= 1.0:
-            raise ValueError(f"quantile {q} is not within [0, 1]")
-        if self.count == 0:
-            return None
-        rank = q * (self.count - 1)
-        seen = 0
-        for index in sorted(self.buckets):
-            seen += self.buckets[index]
-            if seen > rank:
-                return _bucket_value(index)
-        return _bucket_value(max(self.buckets))  # unreachable unless counts are inconsistent
+#: The histogram of the windows (the one histogram type, `telemetry/histogram.py`).
+LatencyHistogram = LogHistogram
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -125,9 +78,9 @@ class SeriesTotals:
 
 class _Series:
     __slots__ = (
-        "buckets",
         "epochs",
         "errors",
+        "histograms",
         "latency_count",
         "latency_sum",
         "requests",
@@ -140,7 +93,7 @@ class _Series:
         self.requests = [0] * slots
         self.errors = [0] * slots
         self.timeouts = [0] * slots
-        self.buckets: list[dict[int, int]] = [{} for _ in range(slots)]
+        self.histograms = [LogHistogram() for _ in range(slots)]
         self.totals = [0, 0, 0]  # requests, errors, timeouts
         self.latency_sum = 0.0
         self.latency_count = 0
@@ -189,7 +142,7 @@ class SlidingWindows:
             if series.epochs[slot] != epoch:
                 series.epochs[slot] = epoch
                 series.requests[slot] = series.errors[slot] = series.timeouts[slot] = 0
-                series.buckets[slot] = {}
+                series.histograms[slot] = LogHistogram()
             series.requests[slot] += 1
             totals = series.totals
             totals[0] += 1
@@ -200,18 +153,13 @@ class SlidingWindows:
                 series.timeouts[slot] += 1
                 totals[2] += 1
             if latency_s is not None:
-                if latency_s > _MIN_LATENCY:
-                    index = math.ceil(math.log(latency_s) * _INV_LOG_GAMMA)
-                else:
-                    index = _ZERO_BUCKET
-                buckets = series.buckets[slot]
-                buckets[index] = buckets.get(index, 0) + 1
+                series.histograms[slot].add(latency_s)
                 series.latency_sum += latency_s
                 series.latency_count += 1
 
     def histogram(
         self, model: str, version: str, role: str, window_s: float | None = None, now: float | None = None
-    ) -> LatencyHistogram:
+    ) -> LogHistogram:
         """The merged latency histogram of one series over the window."""
         return self._merge((model, version, role), window_s, now)[3]
 
@@ -265,11 +213,11 @@ class SlidingWindows:
 
     def _merge(
         self, key: tuple[str, str, str], window_s: float | None, now: float | None
-    ) -> tuple[int, int, int, LatencyHistogram]:
+    ) -> tuple[int, int, int, LogHistogram]:
         span = self._span(window_s)
         newest = int((self._clock() if now is None else now) // self.sub_window_s)
         oldest = newest - max(1, math.ceil(span / self.sub_window_s - 1e-9))
-        histogram = LatencyHistogram()
+        histogram = LogHistogram()
         requests = errors = timeouts = 0
         with self._lock:
             series = self._series.get(key)
@@ -280,5 +228,5 @@ class SlidingWindows:
                     requests += series.requests[slot]
                     errors += series.errors[slot]
                     timeouts += series.timeouts[slot]
-                    histogram.merge_counts(series.buckets[slot])
+                    histogram.merge(series.histograms[slot])
         return requests, errors, timeouts, histogram
