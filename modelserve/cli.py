@@ -28,6 +28,10 @@ from typing import Any
 DEFAULT_URL = "http://127.0.0.1:8000"
 URL_ENV = "MODELSERVE_URL"
 TOKEN_ENV = "MODELSERVE_ADMIN_TOKEN"
+READ_TOKEN_ENV = "MODELSERVE_READ_TOKEN"
+FEEDBACK_TOKEN_ENV = "MODELSERVE_FEEDBACK_TOKEN"
+INFERENCE_TOKEN_ENV = "MODELSERVE_INFERENCE_TOKEN"
+REASON_HEADER = "x-modelserve-reason"
 #: Exit status after the reader of stdout went away (as a process killed by SIGPIPE).
 EXIT_BROKEN_PIPE = 141
 GIL_SWITCH_INTERVAL_S = 0.0005
@@ -44,6 +48,8 @@ def admin_call(args: argparse.Namespace, method: str, path: str, body: dict[str,
     url = args.url or os.environ.get(URL_ENV) or DEFAULT_URL
     token = args.token or os.environ.get(TOKEN_ENV)
     headers = {"authorization": f"Bearer {token}"} if token else {}
+    if getattr(args, "reason", None):
+        headers[REASON_HEADER] = args.reason
     try:
         response = httpx.request(
             method, url.rstrip("/") + path, json=body, headers=headers, timeout=args.timeout
@@ -93,23 +99,53 @@ class Parser(argparse.ArgumentParser):
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from modelserve.server.app import create_app
+    from modelserve.errors import ConfigError
+    from modelserve.server import runner
+    from modelserve.serving.layout import check_repository
 
-    config = serve_config(args, os.environ)
+    try:  # user mistakes end here, in one line, before a model loads or the state folder is touched
+        check_repository(Path(args.repository))
+        run_options = runner.RunOptions(
+            tls_certfile=Path(args.tls_certfile) if args.tls_certfile else None,
+            tls_keyfile=Path(args.tls_keyfile) if args.tls_keyfile else None,
+            drain_delay_s=args.drain_delay,
+            drain_timeout_s=args.drain_timeout,
+            log_level=args.log_level,
+            access_log=args.access_log,
+        )
+        sock = runner.bind(args.host, args.port) if args.workers <= 1 else None
+    except ConfigError as exc:
+        raise ClientError(str(exc)) from None
+    try:
+        config = serve_config(args, os.environ)
+    except BaseException:
+        if sock is not None:
+            sock.close()
+        raise
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s:     %(name)s: %(message)s")
-    options = {
-        "host": args.host, "port": args.port, "log_level": args.log_level, "access_log": args.access_log,
-    }  # fmt: skip
-    if args.workers > 1:
+    if sock is None:
         # Each worker process builds its own app from this description (uvicorn's app factory).
         os.environ[WORKER_CONFIG_ENV] = json.dumps(_config_to_json(config))
-        uvicorn.run(f"{__name__}:worker_app", factory=True, workers=args.workers, **options)
+        uvicorn.run(
+            f"{__name__}:worker_app", factory=True, workers=args.workers, host=args.host, port=args.port,
+            log_level=args.log_level, access_log=args.access_log, ssl_certfile=args.tls_certfile,
+            ssl_keyfile=args.tls_keyfile, timeout_graceful_shutdown=max(1, int(args.drain_timeout)),
+        )  # fmt: skip
         return 0
-    app = create_app(config, **serve_extras(os.environ))
+    from modelserve.server.app import ModelServe
+
+    ms = ModelServe(config, **serve_extras(os.environ))
     # The process is ours: a short GIL switch interval bounds how long the event loop can wait for a
     # shadow worker thread that holds the GIL in Python code (default 5 ms, i.e. a p99 spike).
     sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
-    uvicorn.run(app, **options)
+
+    def drain() -> None:
+        ms.services.draining = True
+
+    try:
+        runner.run(ms.app(), sock, run_options, on_drain=drain)
+    except ConfigError as exc:
+        raise ClientError(str(exc)) from None
     return 0
 
 
@@ -140,6 +176,9 @@ def serve_config(args: argparse.Namespace, environ: dict[str, str] | os._Environ
         repository=Path(args.repository),
         state_dir=state_dir,
         admin_token=args.admin_token or environ.get(TOKEN_ENV) or None,
+        read_token=args.read_token or environ.get(READ_TOKEN_ENV) or None,
+        feedback_token=args.feedback_token or environ.get(FEEDBACK_TOKEN_ENV) or None,
+        inference_token=args.inference_token or environ.get(INFERENCE_TOKEN_ENV) or None,
         flags_file=Path(args.flags) if args.flags else None,
         max_body_bytes=args.max_body_bytes,
         webhooks=tuple(args.webhook),
@@ -267,7 +306,7 @@ def render_status(status: dict[str, Any]) -> str:
         lines.append("  " + " ".join(f"{h:>8}" for h in header))
         for row in metrics:
             error_rate = "-" if row["error_rate"] is None else f"{row['error_rate']:.2%}"
-            cells = [_ms(row["p50_ms"]), _ms(row["p95_ms"]), _ms(row["p99_ms"])]
+            cells = [_ms(row["p50_s"]), _ms(row["p95_s"]), _ms(row["p99_s"])]
             lines.append(
                 f"  {row['version']:>8} {row['role']:>8} {row['requests']:>8} {error_rate:>8} "
                 + " ".join(f"{c:>8}" for c in cells)
@@ -291,8 +330,9 @@ def render_status(status: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _ms(value: float | None) -> str:
-    return "-" if value is None else f"{value:.3f}"
+def _ms(seconds: float | None) -> str:
+    """Seconds (as the API answers) in milliseconds (as people read latency)."""
+    return "-" if seconds is None else f"{seconds * 1e3:.3f}"
 
 
 def _stage(args: argparse.Namespace) -> int:
@@ -340,15 +380,18 @@ def _unload(args: argparse.Namespace) -> int:
 
 def _inspect(args: argparse.Namespace) -> int:
     from modelserve.config import RuntimeOptions
-    from modelserve.errors import LoadError
+    from modelserve.errors import ConfigError, LoadError
+    from modelserve.serving.layout import model_file
     from modelserve.serving.runtime import load_version
 
     try:
-        loaded = load_version("model", "1", Path(args.path), RuntimeOptions())
-    except LoadError as exc:
+        path = model_file(Path(args.path))
+        loaded = load_version(path.parent.parent.name or "model", path.parent.name, path, RuntimeOptions())
+    except (ConfigError, LoadError) as exc:
         raise ClientError(str(exc)) from None
     info = loaded.describe()
     info.pop("version")
+    info["file"] = str(path)
     print_json(info)
     return 0
 
@@ -363,12 +406,15 @@ def client_parser(
     parser.add_argument("--token", help=f"admin bearer token (default: ${TOKEN_ENV})")
     parser.add_argument("--json", action="store_true", help="print the server's answer as JSON")
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the server")
+    if not any(a.dest == "reason" for a in parser._actions):
+        parser.add_argument("--reason", help="why: recorded with the change in the audit log (history)")
     return parser
 
 
 #: Registration hooks of command groups defined in other modules (flags, shadow, rollout, experiment, ...).
 COMMAND_GROUPS: list[str] = [
     "modelserve.cli_flags",
+    "modelserve.cli_history",
     "modelserve.cli_routing",
     "modelserve.cli_shadow",
     "modelserve.cli_rollout",
@@ -396,6 +442,28 @@ def build_parser() -> argparse.ArgumentParser:
         "--state-dir", default=".modelserve", help="durable state folder (default .modelserve)"
     )
     serve.add_argument("--admin-token", help=f"enable the admin API with this bearer token (or {TOKEN_ENV})")
+    serve.add_argument(
+        "--read-token", help=f"bearer token for status, reports, history (or {READ_TOKEN_ENV})"
+    )
+    serve.add_argument(
+        "--feedback-token",
+        help=f"bearer token that may post outcomes and nothing else (or {FEEDBACK_TOKEN_ENV})",
+    )
+    serve.add_argument(
+        "--inference-token", help=f"require this bearer token for inference (or {INFERENCE_TOKEN_ENV})"
+    )
+    serve.add_argument(
+        "--tls-certfile", metavar="PEM", help="serve HTTPS with this certificate (and --tls-keyfile)"
+    )
+    serve.add_argument("--tls-keyfile", metavar="PEM", help="the certificate's private key")
+    serve.add_argument(
+        "--drain-delay", type=float, default=0.0, metavar="SECONDS",
+        help="on SIGTERM, answer not-ready but keep serving this long before closing (default 0)",
+    )  # fmt: skip
+    serve.add_argument(
+        "--drain-timeout", type=float, default=30.0, metavar="SECONDS",
+        help="on SIGTERM, let requests in flight finish for at most this long (default 30)",
+    )  # fmt: skip
     serve.add_argument("--max-body-bytes", type=int, default=64 * 1024 * 1024)
     serve.add_argument(
         "--webhook",

@@ -1,0 +1,127 @@
+"""Running a server process: claim the port first, then serve (optionally TLS), drain on SIGTERM.
+
+`bind()` takes the listening socket before anything else happens, so a second `serve` on a taken
+port exits with one line before it loads a model or writes state. `run()` serves an app on that
+socket with uvicorn and shuts down gracefully on SIGTERM or Ctrl-C:
+
+1. readiness turns 503 at once (`on_drain`), so a load balancer stops sending new requests;
+2. after `drain_delay_s` (time for endpoints to be removed, e.g. on Kubernetes) the socket closes:
+   no new connections; idle keep-alive connections close;
+3. requests in flight finish, for at most `drain_timeout_s`, then are cancelled;
+4. the app's lifespan shutdown runs once (state saved, exporters flushed) and the process exits 0.
+
+A second signal during the drain skips the wait: it stops at once, as uvicorn does.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import math
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import uvicorn
+
+from modelserve.errors import ConfigError
+
+log = logging.getLogger("modelserve.server")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RunOptions:
+    """How `run()` serves: TLS files, drain timings, uvicorn logging."""
+
+    tls_certfile: Path | None = None
+    tls_keyfile: Path | None = None
+    drain_delay_s: float = 0.0
+    drain_timeout_s: float = 30.0
+    log_level: str = "info"
+    access_log: bool = False
+
+    def __post_init__(self) -> None:
+        if (self.tls_certfile is None) != (self.tls_keyfile is None):
+            raise ConfigError("TLS needs both --tls-certfile and --tls-keyfile")
+        for path in (self.tls_certfile, self.tls_keyfile):
+            if path is not None and not Path(path).is_file():
+                raise ConfigError(f"TLS file {path} does not exist")
+        if self.drain_delay_s < 0 or self.drain_timeout_s <= 0:
+            raise ConfigError("--drain-delay must be >= 0 s and --drain-timeout > 0 s")
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on host:port, or ConfigError in one line when the port is taken."""
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"port {port} is outside 0..65535")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a restart may reuse TIME_WAIT ports
+    try:
+        sock.bind((host, port))
+        sock.listen(2048)
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise ConfigError(
+                f"port {port} on {host} is already in use (another modelserve?): "
+                "stop it or choose another with --port"
+            ) from None
+        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    sock.set_inheritable(True)
+    return sock
+
+
+class DrainingServer(uvicorn.Server):
+    """uvicorn's server with a readiness-first drain (see the module docstring)."""
+
+    def __init__(self, config: uvicorn.Config, *, on_drain: Callable[[], None], drain_delay_s: float) -> None:
+        super().__init__(config)
+        self._on_drain = on_drain
+        self._drain_delay_s = drain_delay_s
+        self._exit_at: float | None = None
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        # Not recorded for re-raising (uvicorn's default): a drained server exits 0, not by the signal.
+        if self._exit_at is None:
+            log.info("signal %d: draining (not ready; closing in %.1f s)", sig, self._drain_delay_s)
+            self._exit_at = time.monotonic() + self._drain_delay_s
+            try:
+                self._on_drain()
+            except Exception:
+                log.exception("drain callback failed")
+            if self._drain_delay_s <= 0:
+                self.should_exit = True
+        elif not self.should_exit:
+            self.should_exit = True
+        else:
+            self.force_exit = True
+
+    async def on_tick(self, counter: int) -> bool:
+        if self._exit_at is not None and time.monotonic() >= self._exit_at:
+            self.should_exit = True
+        return await super().on_tick(counter)
+
+
+def run(app: Any, sock: socket.socket, options: RunOptions, *, on_drain: Callable[[], None]) -> None:
+    """Serve `app` on `sock` until a signal drains it (blocking)."""
+    config = uvicorn.Config(
+        app,
+        log_level=options.log_level,
+        access_log=options.access_log,
+        ssl_certfile=str(options.tls_certfile) if options.tls_certfile else None,
+        ssl_keyfile=str(options.tls_keyfile) if options.tls_keyfile else None,
+        timeout_graceful_shutdown=max(1, math.ceil(options.drain_timeout_s)),
+        lifespan="on",
+    )
+    server = DrainingServer(config, on_drain=on_drain, drain_delay_s=options.drain_delay_s)
+    try:
+        server.run(sockets=[sock])
+    finally:
+        sock.close()
+    if not server.started:
+        raise ConfigError("the server did not start (see the log above)")
