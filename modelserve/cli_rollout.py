@@ -3,6 +3,7 @@
 modelserve rollout start credit 2 --plan default --time-scale 0.1
 modelserve rollout start credit 2 --plan examples/plans/fast.toml
 modelserve rollout status credit          # state, stage, gates and the timeline with their numbers
+modelserve rollout plan --show default    # the default plan as TOML: a template for a plan file
 modelserve rollout pause|resume|abort|promote credit
 """
 
@@ -14,7 +15,13 @@ from pathlib import Path
 from typing import Any
 
 from modelserve.cli import ClientError, admin_call, client_parser, show
-from modelserve.rollout.events import events_from_log, format_gate, format_timeline
+from modelserve.rollout.events import (
+    events_from_log,
+    format_gate,
+    format_history,
+    format_timeline,
+    split_rollouts,
+)
 from modelserve.rollout.gates import GateResult
 
 
@@ -36,6 +43,14 @@ def register(commands: Any) -> None:
     )
     start.set_defaults(run=_start)
 
+    plan = actions.add_parser(
+        "plan",
+        help="print a rollout plan as TOML (the default plan, or a plan file checked and normalised)",
+        description="Print a rollout plan in the TOML plan format: a template for your own plan file.",
+    )
+    plan.add_argument("--show", default="default", metavar="default|FILE", help="the plan to print")
+    plan.set_defaults(run=_plan)
+
     status = client_parser(actions, "status", "the rollout's state, gates and timeline with their numbers")
     status.add_argument("model")
     status.add_argument("--no-gates", action="store_true", help="timeline without each gate's numbers")
@@ -49,11 +64,22 @@ def register(commands: Any) -> None:
     ):
         sub = client_parser(actions, action, text)
         sub.add_argument("model")
-        if action in ("pause", "abort"):
-            sub.add_argument("--reason", help="recorded in the event log")
         if action == "promote":
             sub.add_argument("--all", action="store_true", help="skip every remaining stage: promote now")
         sub.set_defaults(run=_command(action))
+
+
+def _plan(args: argparse.Namespace) -> int:
+    from modelserve.errors import ConfigError
+    from modelserve.rollout.plan import load_plan
+    from modelserve.rollout.plan_toml import plan_to_toml
+
+    try:
+        plan = load_plan(args.show)
+    except ConfigError as exc:
+        raise ClientError(str(exc)) from None
+    print(plan_to_toml(plan), end="")
+    return 0
 
 
 def read_plan(source: str) -> str | dict[str, Any]:
@@ -84,8 +110,11 @@ def _status(args: argparse.Namespace) -> int:
     gates = not args.no_gates
 
     def render() -> str:
-        timeline = format_timeline(events_from_log(data.get("events", [])), with_gates=gates)
-        return f"{summary(data, gates=gates)}\n\n{timeline}"
+        events = events_from_log(data.get("events", []))
+        text = f"{summary(data, gates=gates)}\n\n{format_timeline(events, with_gates=gates)}"
+        if len(split_rollouts(events)) > 1:
+            text += f"\n\nrollouts of {args.model}, newest first:\n{format_history(events)}"
+        return text
 
     return show(args, data, render)
 

@@ -16,7 +16,7 @@ def register(commands: Any) -> None:
     canary.add_argument("--candidate", help="candidate version (default: the staged one)")
     canary.set_defaults(run=_canary)
 
-    policy = client_parser(commands, "policy", "change routing policy fields, e.g. flag=fraud-model")
+    policy = client_parser(commands, "policy", "change routing policy fields, e.g. flag=credit-model")
     policy.add_argument("model")
     policy.add_argument(
         "changes", nargs="+", metavar="KEY=VALUE", help="VALUE is JSON when it parses as JSON"

@@ -156,7 +156,7 @@ STATUS_WINDOW_S = 60.0
 
 
 def version_metrics(services: Services, model: str) -> list[dict[str, Any]]:
-    """Per version and role: the last minute (requests, error rate, p50/p95/p99 of the model run)."""
+    """Per version and role: the last minute (requests, error rate, p50/p95/p99 of the model run, in s)."""
     rows = []
     for name, version, role in sorted(services.windows.keys()):
         if name != model:
@@ -171,9 +171,9 @@ def version_metrics(services: Services, model: str) -> list[dict[str, Any]]:
                 "requests": window.requests,
                 "error_rate": window.error_rate,
                 "timeout_rate": window.timeout_rate,
-                "p50_ms": None if window.p50 is None else window.p50 * 1e3,
-                "p95_ms": None if window.p95 is None else window.p95 * 1e3,
-                "p99_ms": None if window.p99 is None else window.p99 * 1e3,
+                "p50_s": window.p50,
+                "p95_s": window.p95,
+                "p99_s": window.p99,
                 "total_requests": totals.requests,
                 "total_errors": totals.errors,
             }

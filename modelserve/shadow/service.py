@@ -159,7 +159,7 @@ class ShadowService:
                 "version": live,
                 "requests": primary.requests if primary is not None else 0,
                 "error_rate": primary_error_rate,
-                "p95_ms": None if primary is None or primary.p95 is None else primary.p95 * 1e3,
+                "p95_s": None if primary is None else primary.p95,
             },
             "shadows": shadows,
             "sink": None if self.sink is None else {"path": str(self.sink.path), **self.sink.stats()},
