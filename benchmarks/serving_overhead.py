@@ -1,7 +1,7 @@
 """Serving overhead: raw onnxruntime vs in-process predict vs HTTP (modelserve vs naive Starlette).
 
     python benchmarks/serving_overhead.py [--seconds 5] [--connections 8] [--skip-http]
-                                          [--telemetry [--repeats 3]]
+                                          [--telemetry] [--monitoring] [--repeats 3]
 
 In one run, on models built on the spot (tiny 16->8->2 and wide 256->512->512->10 MLPs):
 1. µs per call, batch 1: `session.run`, and modelserve's in-process `predict` (overhead = difference);
@@ -12,6 +12,10 @@ In one run, on models built on the spot (tiny 16->8->2 and wide 256->512->512->1
    (what `modelserve serve` does by default: no-op tracer, SDK meter + /metrics) vs traces + metrics
    (SDK tracer, every request sampled, BatchSpanProcessor into an exporter that drops spans). The
    three servers are measured in turn, `--repeats` times, and the median is reported.
+4. with --monitoring (tiny model, V2 JSON): modelserve with monitoring off vs on (prediction
+   distribution, drift against a reference, label join: what `modelserve serve` does by default),
+   the same way (interleaved, median of `--repeats`). The drift reference is frozen after 1 s so
+   the run measures steady-state windowing, not capture.
 """
 
 from __future__ import annotations
@@ -166,6 +170,8 @@ def serve_for_telemetry(mode: str, repo: str, port: int) -> None:
         config = ServerConfig(repository=Path(repo), state_dir=Path(state))
         if mode == "off":
             app = create_app(config, features=FeatureSet(telemetry=False))
+        elif mode.startswith("monitoring"):
+            app = create_app(config, features=FeatureSet(monitoring=mode == "monitoring on"))
         else:
             providers = build_providers_from_env({})  # as `modelserve serve` with no OTEL_* set
             tracer_provider = providers.tracer_provider
@@ -181,14 +187,54 @@ def serve_for_telemetry(mode: str, repo: str, port: int) -> None:
         uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
 
 
-def telemetry_rows(repo: Path, seconds: float, connections: int, repeats: int) -> list[list[object]]:
+MONITORING_MODES = ("monitoring off", "monitoring on")
+
+
+def monitoring_work_us(requests: int = 20_000) -> tuple[float, float]:
+    """CPU µs per request the monitor costs, tiny-model shapes: `submit` (request path), `flush` (batch).
+
+    Process CPU time, not wall time, so a busy machine does not inflate it.
+    """
+    from modelserve.monitoring.drift import DriftConfig
+    from modelserve.monitoring.monitor import Monitor, MonitorConfig
+
+    config = MonitorConfig(drift=DriftConfig(reference_period_s=0.0, reference_rows=2000, min_samples=500))
+    monitor = Monitor(config_for=lambda model: config, max_pending=requests)
+    rng = np.random.default_rng(0)
+    batch = [
+        ({"input": rng.normal(size=(1, 16)).astype(np.float32)}, {"probabilities": rng.random((1, 2))})
+        for _ in range(1000)
+    ]
+    for inputs, outputs in batch * 3:  # the reference freezes on these; then steady-state windowing
+        monitor.submit("tiny", "1", inputs, outputs)
+    monitor.flush()
+    submit, flush = [], []
+    for _ in range(5):
+        started = time.process_time()
+        for i in range(requests):
+            inputs, outputs = batch[i % 1000]
+            monitor.submit("tiny", "1", inputs, outputs)
+        submit.append((time.process_time() - started) / requests * 1e6)
+        started = time.process_time()
+        for _ in range(requests // 1000):  # twice a second at ~2,000 req/s: ~1,000 requests a flush
+            monitor._pending, rest = monitor._pending[:1000], monitor._pending[1000:]
+            monitor.flush()
+            monitor._pending = rest
+        flush.append((time.process_time() - started) / requests * 1e6)
+    return statistics.median(submit), statistics.median(flush)
+
+
+def telemetry_rows(
+    repo: Path, seconds: float, connections: int, repeats: int, modes: tuple[str, ...] = TELEMETRY_MODES
+) -> list[list[object]]:
+    """req/s of each server mode (the first is the baseline of the ratio), interleaved, median of repeats."""
     json_body, _ = bodies(MODELS["tiny"][0])
     headers = {"Content-Type": "application/json"}
-    runs: dict[str, list[float]] = {mode: [] for mode in TELEMETRY_MODES}
-    p50s: dict[str, list[float]] = {mode: [] for mode in TELEMETRY_MODES}
-    errors = dict.fromkeys(TELEMETRY_MODES, 0)
+    runs: dict[str, list[float]] = {mode: [] for mode in modes}
+    p50s: dict[str, list[float]] = {mode: [] for mode in modes}
+    errors = dict.fromkeys(modes, 0)
     for _ in range(repeats):
-        for mode in TELEMETRY_MODES:  # interleaved, so drift on a noisy machine hits every mode alike
+        for mode in modes:  # interleaved, so drift on a noisy machine hits every mode alike
             port = free_port()
             argv = [sys.executable, __file__, "--serve-telemetry", mode, str(repo), str(port)]
             with server_process(argv, port):
@@ -198,7 +244,7 @@ def telemetry_rows(repo: Path, seconds: float, connections: int, repeats: int) -
             runs[mode].append(result.requests_per_s)
             p50s[mode].append(result.p50_ms)
             errors[mode] += result.errors
-    off = statistics.median(runs["off"])
+    off = statistics.median(runs[modes[0]])
     return [
         [
             mode,
@@ -209,7 +255,7 @@ def telemetry_rows(repo: Path, seconds: float, connections: int, repeats: int) -
             errors[mode],
             statistics.median(runs[mode]) / off,
         ]
-        for mode in TELEMETRY_MODES
+        for mode in modes
     ]
 
 
@@ -221,7 +267,8 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=8)
     parser.add_argument("--skip-http", action="store_true")
     parser.add_argument("--telemetry", action="store_true", help="add the telemetry on/off comparison")
-    parser.add_argument("--repeats", type=int, default=3, help="rounds of the telemetry comparison")
+    parser.add_argument("--monitoring", action="store_true", help="add the monitoring on/off comparison")
+    parser.add_argument("--repeats", type=int, default=3, help="rounds of the on/off comparisons")
     parser.add_argument(
         "--serve-telemetry", nargs=3, metavar=("MODE", "REPO", "PORT"), help=argparse.SUPPRESS
     )
@@ -234,7 +281,9 @@ def main() -> None:
         repo = Path(tmp)
         for name, widths in MODELS.items():
             testing.mlp(repo / name / "1" / "model.onnx", widths, seed=1)
-            (repo / name / "config.toml").write_text("[serving]\nintra_op_threads = 1\n")
+            (repo / name / "config.toml").write_text(
+                "[serving]\nintra_op_threads = 1\n[monitoring]\nreference_period_s = 1.0\n"
+            )
         rows = []
         for name, widths in MODELS.items():
             raw, predict = in_process(repo, name, widths[0])
@@ -248,6 +297,20 @@ def main() -> None:
                 f"median of {args.repeats} (target: metrics on >= 0.90x off)"
             )
             print(table(["telemetry", "req/s", "min", "max", "p50 ms", "errors", "x off"], telemetry))
+        if args.monitoring:  # section 4
+            monitoring = telemetry_rows(repo, args.seconds, args.connections, args.repeats, MONITORING_MODES)
+            print(
+                f"\nMonitoring cost, tiny model, V2 JSON, wrk -c{args.connections}, "
+                f"median of {args.repeats} (target: on >= 0.95x off)"
+            )
+            print(table(["monitoring", "req/s", "min", "max", "p50 ms", "errors", "x off"], monitoring))
+            submit_us, flush_us = monitoring_work_us()
+            off_rps = float(monitoring[0][1])  # type: ignore[arg-type]
+            print(
+                f"monitoring work per request (CPU, in-process): submit {submit_us:.2f} µs on the request "
+                f"path + flush {flush_us:.2f} µs in batches = {(submit_us + flush_us) * off_rps / 1e4:.2f}% "
+                f"of one core at the 'off' rate of {off_rps:.0f} req/s"
+            )
         if args.skip_http:
             return
         http = []

@@ -152,6 +152,9 @@ class VersionMonitor:
             self.pending_reference = None
 
 
+Tensors = Mapping[str, np.ndarray]
+
+
 class Monitor:
     """Prediction distributions and drift for every model version, plus drift alarm counts."""
 
@@ -205,24 +208,28 @@ class Monitor:
             pending, self._pending = self._pending, []
             if not pending:
                 return 0
-            # Requests concatenate per version and tensor layout (names, trailing shapes, dtypes).
-            groups: dict[
-                tuple[Any, ...], list[tuple[Mapping[str, np.ndarray], Mapping[str, np.ndarray]]]
-            ] = {}
+            # Requests concatenate per version and tensor names; a batch whose shapes or dtypes differ
+            # (rare: a client changed its request) is counted request by request instead.
+            groups: dict[tuple[Any, ...], list[tuple[Tensors, Tensors]]] = {}
             stamps: dict[tuple[Any, ...], float] = {}
             for model, version, inputs, outputs, stamp in pending:
-                key = (model, version, _layout(inputs), _layout(outputs))
-                groups.setdefault(key, []).append((inputs, outputs))
+                key = (model, version, *inputs, "", *outputs)
+                group = groups.get(key)
+                if group is None:
+                    group = groups[key] = []
+                group.append((inputs, outputs))
                 stamps[key] = stamp
             for key, items in groups.items():
-                model, version = key[0], key[1]
+                monitor = self._version(key[0], key[1], create=True)
                 try:
-                    inputs = _concatenate([i for i, _ in items])
-                    outputs = _concatenate([o for _, o in items])
-                except (ValueError, KeyError):  # a request with other tensors or shapes than the rest
-                    self.skipped += 1
-                    continue
-                self._version(model, version, create=True).add(inputs, outputs, stamps[key])
+                    batches = [(_concatenate([i for i, _ in items]), _concatenate([o for _, o in items]))]
+                except ValueError:
+                    batches = [(dict(i), dict(o)) for i, o in items]
+                for inputs, outputs in batches:
+                    if _consistent(inputs) and _consistent(outputs):
+                        monitor.add(inputs, outputs, stamps[key])
+                    else:
+                        self.skipped += 1
             self._update_alarms()
             return len(pending)
 
@@ -405,15 +412,17 @@ class Monitor:
                 versions.pop(version, None)
 
 
-def _layout(tensors: Mapping[str, np.ndarray]) -> tuple[tuple[str, tuple[int, ...], str], ...]:
-    return tuple((name, np.shape(array)[1:], np.asarray(array).dtype.str) for name, array in tensors.items())
+def _consistent(tensors: Mapping[str, np.ndarray]) -> bool:
+    """Whether every tensor has the same number of rows (what column extraction needs)."""
+    rows = {np.shape(array)[0] if np.ndim(array) else -1 for array in tensors.values()}
+    return len(rows) <= 1 and -1 not in rows
 
 
 def _concatenate(batches: list[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
     if len(batches) == 1:
         return dict(batches[0])
     names = batches[0].keys()
-    return {name: np.concatenate([np.asarray(batch[name]) for batch in batches]) for name in names}
+    return {name: np.concatenate([batch[name] for batch in batches]) for name in names}
 
 
 def _reference_state(monitor: VersionMonitor) -> dict[str, Any]:
