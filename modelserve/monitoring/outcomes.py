@@ -5,9 +5,11 @@ the accuracy with its Wilson interval (classifiers), or the mean absolute error 
 interval and the RMSE (regressors). Outcomes are counted for every request, and separately for those
 an experiment assigned (`experiment_only=True`), so accuracy is known inside and outside experiments.
 
-`LabelJoin` remembers, by request id, what each version predicted (bounded `cachetools.TTLCache`,
-event loop only) until the truth arrives; a label posted for an unknown, expired or already labelled
-id is counted, never silently dropped.
+`LabelJoin` remembers, by request id, what each version predicted (bounded `cachetools.TTLCache`
+behind a lock: shadow predictions arrive from the shadow pool's threads) until the truth arrives; a
+label posted for an unknown, expired or already labelled id is counted, never silently dropped.
+Where the primary and a shadow version predicted different classes for a labelled row, it counts
+which one was right (`disagreements`): the question a shadow analysis has to answer.
 """
 
 from __future__ import annotations
@@ -225,10 +227,43 @@ def score(kind: str, predicted: np.ndarray, truth: np.ndarray) -> np.ndarray:
 _MISSING: Any = object()
 
 
+@dataclass(slots=True)
+class DisagreementCounts:
+    """Labelled rows where a shadow version predicted another class than the primary, and who was right."""
+
+    rows: int = 0
+    primary_right: int = 0
+    shadow_right: int = 0
+
+    def to_dict(self, model: str, primary: str, shadow: str) -> dict[str, Any]:
+        neither = self.rows - self.primary_right - self.shadow_right
+        return {
+            "model": model,
+            "primary_version": primary,
+            "shadow_version": shadow,
+            "disagreeing_rows": self.rows,
+            "primary_right": self.primary_right,
+            "shadow_right": self.shadow_right,
+            "neither_right": neither,
+            "primary_right_rate": self.primary_right / self.rows if self.rows else None,
+            "shadow_right_rate": self.shadow_right / self.rows if self.rows else None,
+            "primary_right_interval": _interval(self.primary_right, self.rows),
+            "shadow_right_interval": _interval(self.shadow_right, self.rows),
+        }
+
+
+def _interval(successes: int, n: int) -> list[float] | None:
+    if n == 0:
+        return None
+    found = wilson_interval(successes, n)
+    return [found.low, found.high]
+
+
 class LabelJoin:
     """Predictions by request id until the truth is posted; scores every version that saw the request.
 
-    Event loop only (cachetools is not thread-safe).
+    Thread-safe: one lock around the cache (the event loop remembers and resolves, the shadow pool's
+    threads add shadow predictions).
     """
 
     def __init__(
@@ -244,39 +279,53 @@ class LabelJoin:
         self.joined = 0
         self.unknown = 0
         self.duplicate = 0
+        self._lock = threading.Lock()
+        self._disagreements: dict[tuple[str, str, str], DisagreementCounts] = {}
 
     def remember(self, request_id: str, prediction: Prediction) -> None:
-        self._pending[request_id] = prediction
+        with self._lock:
+            self._pending[request_id] = prediction
 
     def add_shadow(self, request_id: str, version: str, values: np.ndarray) -> None:
         """Attach a shadow version's prediction to a remembered request (ignored when unknown)."""
-        prediction = self._pending.get(request_id)
-        if prediction is not None:
-            prediction.shadows[version] = values
+        with self._lock:
+            prediction = self._pending.get(request_id)
+            if prediction is not None:
+                prediction.shadows[version] = values
+
+    def disagreements(self, model: str) -> list[dict[str, Any]]:
+        """Per (primary, shadow) version pair: labelled rows where they disagreed, and who was right."""
+        with self._lock:
+            found = sorted((key, counts) for key, counts in self._disagreements.items() if key[0] == model)
+        return [counts.to_dict(*key) for key, counts in found]
 
     def resolve(self, request_id: str, truth: Any, *, model: str | None = None) -> JoinResult | None:
         """Score the request's versions against `truth` (a scalar, or one value per row).
 
         None (and counted) when the id is unknown, expired, of another model than `model`, or labelled.
         """
-        prediction = self._pending.get(request_id, _MISSING)
-        if prediction is _MISSING or (prediction is not None and model not in (None, prediction.model)):
-            self.unknown += 1
-            return None
-        if prediction is None:
-            self.duplicate += 1
-            return None
-        expected = np.atleast_1d(np.asarray(truth))
-        rows = prediction.values.shape[0]
-        if expected.ndim != 1 or expected.shape[0] != rows:
-            raise ValueError(f"the label must be one value per row: the request had {rows} row(s)")
-        if prediction.kind == ERROR and expected.dtype.kind not in "biuf":
-            raise ValueError("this model predicts numbers: the true value must be a number")
-        self._pending[request_id] = None  # a second label for this id is a duplicate
-        self.joined += 1
+        with self._lock:
+            prediction = self._pending.get(request_id, _MISSING)
+            if prediction is _MISSING or (prediction is not None and model not in (None, prediction.model)):
+                self.unknown += 1
+                return None
+            if prediction is None:
+                self.duplicate += 1
+                return None
+            expected = np.atleast_1d(np.asarray(truth))
+            rows = prediction.values.shape[0]
+            if expected.ndim != 1 or expected.shape[0] != rows:
+                raise ValueError(f"the label must be one value per row: the request had {rows} row(s)")
+            if prediction.kind == ERROR and expected.dtype.kind not in "biuf":
+                raise ValueError("this model predicts numbers: the true value must be a number")
+            self._pending[request_id] = None  # a second label for this id is a duplicate
+            self.joined += 1
+            shadows = dict(prediction.shadows)
         right = {prediction.version: score(prediction.kind, prediction.values, expected)}
-        for version, values in prediction.shadows.items():
+        for version, values in shadows.items():
             right[version] = score(prediction.kind, values, expected)
+            if prediction.kind == ACCURACY and values.shape == prediction.values.shape:
+                self._count_disagreements(prediction, version, values, right)
         for version, per_row in right.items():
             experiment = prediction.experiment and version == prediction.version
             if prediction.kind == ACCURACY:
@@ -286,3 +335,16 @@ class LabelJoin:
             else:
                 self.tally.record_errors(prediction.model, version, per_row, experiment=experiment)
         return JoinResult(request_id=request_id, prediction=prediction, right=right)
+
+    def _count_disagreements(
+        self, prediction: Prediction, version: str, values: np.ndarray, right: Mapping[str, np.ndarray]
+    ) -> None:
+        differ = np.array([a != b for a, b in zip(_labels(prediction.values), _labels(values), strict=True)])
+        if not differ.any():
+            return
+        with self._lock:
+            key = (prediction.model, prediction.version, version)
+            counts = self._disagreements.setdefault(key, DisagreementCounts())
+            counts.rows += int(differ.sum())
+            counts.primary_right += int(right[prediction.version][differ].sum())
+            counts.shadow_right += int(right[version][differ].sum())

@@ -153,6 +153,21 @@ class MonitoringService:
             "duplicate": self.labels.duplicate - before[2],
         }
 
+    def on_shadow_result(self, result: Any) -> None:
+        """A settled shadow run (`ShadowService.result_listeners`; any thread): remember its prediction
+        for the label join, so labels say which version was right where they disagreed."""
+        outputs = getattr(result, "outputs", None)
+        request_id = getattr(result, "request_id", None)
+        if outputs is None or request_id is None:
+            return
+        found = predicted_values(outputs, self.config_for(result.model).label_output)
+        if found is not None:
+            self.labels.add_shadow(request_id, result.shadow_version, found[1])
+
+    def disagreements(self, model: str) -> list[dict[str, Any]]:
+        """Labelled rows where a shadow version disagreed with the primary, and which one was right."""
+        return self.labels.disagreements(model)
+
     # -- background work -------------------------------------------------------------------------
 
     async def run(self) -> None:

@@ -91,6 +91,7 @@ def model_snapshot(services: Services, monitoring: MonitoringService, model: str
         "monitoring": {
             "versions": monitoring.versions(model),
             "output_shift": monitoring.output_shift(model),
+            "disagreements": monitoring.disagreements(model),
             "history": monitoring.history.series(model),
             "history_interval_s": monitoring.history_interval_s,
             "reference_error": monitoring.reference_errors.get(model),

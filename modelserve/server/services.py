@@ -236,6 +236,20 @@ def build_services(
     if flags is not None:
         hooks.tasks.append(partial(flags.watch, FLAG_POLL_INTERVAL_S))
 
+    # Before shadow: its observer remembers a request's prediction before a shadow can answer for it.
+    monitoring = None
+    if features.monitoring:
+        monitoring = MonitoringService(registry=registry, policies=policies, windows=windows)
+        hooks.observers.append(monitoring.observe)
+        hooks.status_providers.append(monitoring.status)
+        hooks.startup.append(monitoring.apply_references)
+        hooks.tasks.append(monitoring.run)
+        metrics_registry.register(
+            MonitoringCollector(
+                monitoring.monitor, monitoring.tally, monitoring.counters, shift_pairs=monitoring.shift_pairs
+            )
+        )
+
     shadow = None
     if features.shadow:
         sink = JsonlSink(config.state_dir / "shadow" / "comparisons.jsonl") if config.state_dir else None
@@ -245,6 +259,9 @@ def build_services(
         hooks.observers.append(shadow.observe)
         hooks.status_providers.append(shadow.status)
         hooks.tasks.append(shadow.watch_loop_lag)
+        if monitoring is not None:
+            monitoring.agreement = partial(shadow_agreement, shadow)
+            shadow.result_listeners.append(monitoring.on_shadow_result)
 
     if experiments is not None:
         hooks.observers.append(experiments.observe)
@@ -262,22 +279,6 @@ def build_services(
     audit = AuditLog(store, notify=webhooks.notify if webhooks is not None else None)
     hooks.tasks.append(audit.run)
     hooks.shutdown.append(audit.flush)
-
-    monitoring = None
-    if features.monitoring:
-        monitoring = MonitoringService(
-            registry=registry, policies=policies, windows=windows,
-            agreement=partial(shadow_agreement, shadow) if shadow is not None else None,
-        )  # fmt: skip
-        hooks.observers.append(monitoring.observe)
-        hooks.status_providers.append(monitoring.status)
-        hooks.startup.append(monitoring.apply_references)
-        hooks.tasks.append(monitoring.run)
-        metrics_registry.register(
-            MonitoringCollector(
-                monitoring.monitor, monitoring.tally, monitoring.counters, shift_pairs=monitoring.shift_pairs
-            )
-        )
 
     rollout = None
     if features.rollout:

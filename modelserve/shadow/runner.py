@@ -61,6 +61,7 @@ class ShadowResult:
     timed_out: bool
     start_time_ns: int | None  # wall clock (time.time_ns) when the shadow started, for spans
     end_time_ns: int  # wall clock when the run settled
+    outputs: Outputs | None = None  # the shadow's outputs when they were compared (for label joins)
 
 
 @dataclass(slots=True, kw_only=True, eq=False)
@@ -374,6 +375,7 @@ class ShadowRunner:
                 shadow_version=ticket.shadow_version, request_id=ticket.request_id, context=ticket.context,
                 comparison=comparison, primary_latency_s=ticket.primary_latency_s, shadow_latency_s=latency,
                 error=error, timed_out=timed_out, start_time_ns=start_ns, end_time_ns=time.time_ns(),
+                outputs=outputs if comparison is not None else None,
             )  # fmt: skip
             try:
                 self._on_result(result)

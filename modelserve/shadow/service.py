@@ -16,6 +16,7 @@ linked to the request) when telemetry is on, and in the JSONL sink (`shadow/sink
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from functools import partial
 from typing import Any
 
@@ -66,6 +67,8 @@ class ShadowService:
         #: Shadows are shed while the loop lags more than this (inf: never shed, every request compared).
         self.max_loop_lag_s = MAX_LOOP_LAG_S
         self.skipped_behind = 0
+        #: Called with every settled shadow run, on the thread that settled it (e.g. the label join).
+        self.result_listeners: list[Callable[[ShadowResult], None]] = []
         self.runner = ShadowRunner(
             max_workers=POOL_WORKERS, max_in_flight=MAX_IN_FLIGHT, sink=sink, on_result=self._on_result,
             nice=POOL_NICE,
@@ -230,3 +233,5 @@ class ShadowService:
         )  # fmt: skip
         if self.telemetry is not None:
             self.telemetry.on_shadow_result(result)
+        for listener in self.result_listeners:
+            listener(result)

@@ -417,8 +417,17 @@ function renderShadow(s) {
         .join("") +
       `</tbody></table>`
     : "";
+  const labelled = (s.monitoring.disagreements || [])
+    .map(
+      (d) =>
+        `<div class="who-right">On <b>${d.disagreeing_rows}</b> labelled rows where v${esc(d.primary_version)} and v${esc(d.shadow_version)} disagreed: ` +
+        `${swatch(d.primary_version)}v${esc(d.primary_version)} right <b>${pct(d.primary_right_rate)}</b> · ` +
+        `${swatch(d.shadow_version)}v${esc(d.shadow_version)} right <b>${pct(d.shadow_right_rate)}</b></div>`,
+    )
+    .join("");
   $("shadow").innerHTML =
     `<table><thead><tr><th>version</th><th>compared</th><th>agreement (CI)</th><th>err/timeout/drop</th><th>recommendation</th></tr></thead><tbody>${rows.join("")}</tbody></table>` +
+    labelled +
     disagreements;
 }
 
