@@ -103,6 +103,7 @@ def _serve(args: argparse.Namespace) -> int:
     from modelserve.server import runner
     from modelserve.serving.layout import check_repository
 
+    _size(args.memory_budget)  # the options first (ClientError), then the repository, then the port
     try:  # user mistakes end here, in one line, before a model loads or the state folder is touched
         check_repository(Path(args.repository))
         run_options = runner.RunOptions(
