@@ -1,5 +1,8 @@
 """Experiment statistics by simulation: peeking false positives, power at the MDE, bandit regret.
 
+Bandits: 3 and 5 arms over 20,000 requests, Thompson (binary and continuous rewards) and
+epsilon-greedy (fixed and decaying), each against a uniform split and the best fixed arm.
+
 Run: /work/venv/bin/python benchmarks/experiments.py [--quick]
 Prints tables and writes benchmarks/out/experiments.png. Seeds are fixed, so figures repeat exactly.
 The A/A and power simulations use a vectorised twin of `msprt_proportions` (same formula; the test
@@ -16,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from scipy.stats import norm
 
-from modelserve.experiments.bandits import EpsilonGreedy, ThompsonSampling
+from modelserve.experiments.bandits import EpsilonGreedy, GaussianThompsonSampling, ThompsonSampling
 from modelserve.experiments.sequential import mixing_tau, sequential_sample_size
 from modelserve.experiments.stats import sample_size_proportions
 
@@ -98,44 +101,64 @@ def power_section(experiments: int) -> dict[str, object]:
     }
 
 
-def run_bandit(policy, rates: dict[str, float], steps: int, seed: int) -> np.ndarray:
+def run_bandit(policy, rates: dict[str, float], steps: int, seed: int, sd: float | None = None) -> np.ndarray:
+    """Cumulative expected regret (shortfall against always serving the best fixed arm).
+
+    Binary rewards are Bernoulli(rate); with `sd`, rewards are continuous: N(rate, sd^2).
+    """
     rng = np.random.default_rng(seed)
     best = max(rates.values())
     regret = np.empty(steps)
-    for i, u in enumerate(rng.random(steps)):
+    noise = rng.random(steps) if sd is None else rng.normal(0.0, sd, size=steps)
+    for i, e in enumerate(noise):
         arm = policy.choose()
         regret[i] = best - rates[arm]
-        policy.update(arm, float(u < rates[arm]))
+        policy.update(arm, float(e < rates[arm]) if sd is None else rates[arm] + float(e))
     return regret.cumsum()
+
+
+BANDIT_ARMS = (
+    {"A": 0.10, "B": 0.12, "C": 0.15},
+    {"A": 0.10, "B": 0.11, "C": 0.12, "D": 0.13, "E": 0.15},
+)
+
+
+def _policy(kind: str, arms: list[str], rng: np.random.Generator):
+    if kind == "thompson":
+        return ThompsonSampling(arms, rng=rng, draws=2_000)
+    if kind == "thompson (continuous)":
+        return GaussianThompsonSampling(arms, rng=rng, draws=2_000)
+    if kind == "epsilon_greedy 0.1":
+        return EpsilonGreedy(arms, rng=rng, epsilon=0.1)
+    return EpsilonGreedy(arms, rng=rng, epsilon=0.5, epsilon_decay=0.001)
 
 
 def bandit_section(steps: int, runs: int) -> dict[str, object]:
     print(
-        f"\nBandit regret (expected, {steps:,} requests, mean of {runs} runs; floor 1%, >=100 outcomes/arm)"
+        f"\nBandit regret (expected, {steps:,} requests, mean of {runs} runs; floor 1%, >=100 outcomes/arm)."
+        "\nRegret is the shortfall against always serving the best fixed arm (whose regret is 0);"
+        "\n'reward kept' is the policy's expected reward as a share of the best fixed arm's."
+        "\nContinuous rows: rewards N(rate, 0.3^2) instead of Bernoulli(rate)."
     )
-    print(f"{'arms (true rates)':<24}{'policy':<22}{'regret':>10}{'vs split':>10}")
+    print(f"{'arms (true rates)':<28}{'policy':<27}{'regret':>9}{'vs uniform':>12}{'reward kept':>13}")
     curves: dict[str, np.ndarray] = {}
-    for rates in ({"A": 0.10, "B": 0.12}, {"A": 0.10, "B": 0.12, "C": 0.15}):
-        split = steps * (max(rates.values()) - np.mean(list(rates.values())))
+    for rates in BANDIT_ARMS:
+        mean_rate, best = float(np.mean(list(rates.values()))), max(rates.values())
+        uniform = steps * (best - mean_rate)
         name = "/".join(f"{v:.2f}" for v in rates.values())
-        label = "50/50 split" if len(rates) == 2 else "uniform split"
-        print(f"{name:<24}{label:<22}{split:>10.1f}{1.0:>10.2f}")
-        for kind in ("thompson", "epsilon_greedy"):
+        print(f"{name:<28}{'uniform split':<27}{uniform:>9.1f}{1.0:>12.2f}{mean_rate / best:>13.1%}")
+        print(f"{'':<28}{'best fixed arm':<27}{0.0:>9.1f}{0.0:>12.2f}{1.0:>13.1%}")
+        for kind in ("thompson", "thompson (continuous)", "epsilon_greedy 0.1", "epsilon_greedy 0.5, decay"):
             totals = []
             for r in range(runs):
-                rng = np.random.default_rng(100 + r)
-                policy = (
-                    ThompsonSampling(list(rates), rng=rng, draws=2_000)
-                    if kind == "thompson"
-                    else EpsilonGreedy(list(rates), rng=rng, epsilon=0.1)
-                )
-                totals.append(run_bandit(policy, rates, steps, seed=200 + r))
+                policy = _policy(kind, list(rates), np.random.default_rng(100 + r))
+                sd = 0.3 if kind == "thompson (continuous)" else None
+                totals.append(run_bandit(policy, rates, steps, seed=200 + r, sd=sd))
             mean_curve = np.mean(totals, axis=0)
-            print(f"{'':<24}{kind:<22}{mean_curve[-1]:>10.1f}{mean_curve[-1] / split:>10.2f}")
+            kept = 1 - mean_curve[-1] / (steps * best)
+            print(f"{'':<28}{kind:<27}{mean_curve[-1]:>9.1f}{mean_curve[-1] / uniform:>12.2f}{kept:>13.1%}")
             curves[f"{name} {kind}"] = mean_curve
-        curves[f"{name} {label}"] = np.arange(1, steps + 1) * (
-            max(rates.values()) - np.mean(list(rates.values()))
-        )
+        curves[f"{name} uniform split"] = np.arange(1, steps + 1) * (best - mean_rate)
     policy = ThompsonSampling(["A", "B", "C"], rng=np.random.default_rng(0))
     calls = 200_000
     start = time.perf_counter()
@@ -175,7 +198,7 @@ def plot(aa: dict, power: dict, curves: dict) -> None:
     ax.legend()
     ax = axes[2]
     for label, curve in curves.items():
-        if label.startswith("0.10/0.12/0.15"):
+        if label.startswith("0.10/0.12/0.15 "):
             ax.plot(np.arange(1, len(curve) + 1), curve, label=label.split(" ", 1)[1])
     ax.set(title="Regret, 3 arms (0.10/0.12/0.15)", xlabel="requests", ylabel="cumulative regret")
     ax.legend()

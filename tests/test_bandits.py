@@ -39,6 +39,20 @@ def test_thompson_regret_is_clearly_below_a_uniform_split() -> None:
     assert max(policy.weights(), key=policy.weights().__getitem__) == "3"
 
 
+def test_thompson_over_five_arms_keeps_its_regret_far_below_a_uniform_split() -> None:
+    rates = {"1": 0.10, "2": 0.11, "3": 0.12, "4": 0.13, "5": 0.15}
+    steps = 20_000
+    policy = ThompsonSampling(list(rates), rng=np.random.default_rng(11), draws=2_000)
+    rng = np.random.default_rng(12)
+    regret = 0.0
+    for u in rng.random(steps):
+        arm = policy.choose()
+        regret += 0.15 - rates[arm]
+        policy.update(arm, float(u < rates[arm]))
+    assert regret < 0.4 * steps * (0.15 - np.mean(list(rates.values())))
+    assert max(policy.weights(), key=policy.weights().__getitem__) == "5"
+
+
 def test_epsilon_greedy_also_beats_a_uniform_split() -> None:
     steps = 20_000
     policy = EpsilonGreedy(list(RATES), rng=np.random.default_rng(3), epsilon=0.1)
