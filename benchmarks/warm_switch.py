@@ -5,7 +5,8 @@ A real `modelserve serve` (pinned to one core) holds the credit model's versions
 copy of 2) warm with `keep_warm = 3`; it promotes 1 -> 2 -> 3, then alternates `rollback --to 1` and
 `promote` (3 is the candidate again after each rollback) while wrk drives inference on the other
 core. "Effect" is the server's own measure of each switch (`effect_us`: from the command entering the
-registry to the reference swap, before the state file is written); "stale" counts inference requests
+registry to the reference swap, before the state file is written; the admin call's round trip, also
+shown, adds HTTP and the desired-state write); "stale" counts inference requests
 sent after a switch answered that were still served by the old version. The table also lists each
 warm version's measured memory (RSS delta at load, see serving/memory.py).
 """
@@ -18,6 +19,7 @@ import shutil
 import statistics
 import tempfile
 import threading
+import time
 from pathlib import Path
 
 import httpx
@@ -51,6 +53,7 @@ def main() -> None:
                     admin.post("/admin/models/credit/stage", json={"version": version}).raise_for_status()
                     admin.post("/admin/models/credit/promote").raise_for_status()
                 effects: list[float] = []
+                round_trips: list[float] = []
                 stale = 0
                 failed_switches = 0
                 result: dict[str, object] = {}
@@ -70,7 +73,9 @@ def main() -> None:
                 for i in range(args.switches):
                     rollback = i % 2 == 0
                     path = "/admin/models/credit/" + ("rollback" if rollback else "promote")
+                    sent = time.perf_counter()
                     response = admin.post(path, json={"to": "1"} if rollback else None)
+                    round_trips.append((time.perf_counter() - sent) * 1e3)
                     if response.status_code != 200:
                         failed_switches += 1
                         continue
@@ -82,6 +87,7 @@ def main() -> None:
                 warm = admin.get("/admin/models/credit").json()["warm"]
         load_result = result["load"]
         effects.sort()
+        round_trips.sort()
         print(f"\n{len(effects)} switches (rollback --to 1 / promote 3) under wrk load, credit model")
         print(
             table(
@@ -90,6 +96,8 @@ def main() -> None:
                     ["switch effect p50 (µs)", statistics.median(effects)],
                     ["switch effect p99 (µs)", effects[int(0.99 * (len(effects) - 1))]],
                     ["switch effect max (µs)", effects[-1]],
+                    ["admin call round trip p50 (ms)", statistics.median(round_trips)],
+                    ["admin call round trip p99 (ms)", round_trips[int(0.99 * (len(round_trips) - 1))]],
                     ["failed switches", failed_switches],
                     ["stale responses after a switch", stale],
                     ["inference req/s during switches", load_result.requests_per_s],  # type: ignore[attr-defined]
