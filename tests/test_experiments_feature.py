@@ -341,3 +341,33 @@ def test_cli_starts_reports_posts_feedback_and_stops(config: ServerConfig) -> No
         assert sum(arm["n"] for arm in as_json["report"]["arms"]) == 1
         stopped = cli(server.url, "stop", "fraud")
         assert stopped.returncode == 0 and "(stopped)" in stopped.stdout
+
+
+@pytest.mark.anyio
+async def test_the_rollout_experiment_gate_reads_the_running_experiment(config: ServerConfig) -> None:
+    """A candidate the running experiment finds significantly worse fails the rollout's experiment gate."""
+    from modelserve.rollout.plan import plan_from_dict
+
+    ms = ModelServe(config)
+    async with ms.lifespan():
+        services = ms.services
+        assert services.experiments is not None and services.rollout is not None
+        await services.registry.stage("fraud", "1")  # v2 live (the control), v1 the candidate
+        service = services.experiments
+        await service.start("fraud", {"arms": ["2", "1"], "metric": "binary"})
+        for arm, rate in (("2", 0.30), ("1", 0.10)):  # the candidate converts a third as often
+            for i in range(2000):
+                rid = f"{arm}-{i}"
+                decision = RouteDecision(model="fraud", version=arm, reason="experiment", arm=arm)
+                assert service.join.record_decision(rid, decision)
+                assert service.record_outcome(rid, int(i < rate * 2000)) == "accepted"
+        gate = {"name": "experiment_not_worse", "metric": "experiment", "min_samples": 100}
+        stage = {"name": "canary-5", "weight": 5, "min_duration_s": 0, "min_samples": 1, "gates": [gate]}
+        plan = plan_from_dict({"stages": [stage], "gates": []}, where="test")
+        await services.rollout.start("fraud", "1", plan)
+        await services.rollout.controller.evaluate_once()
+        status = services.rollout.status("fraud")
+        assert status is not None and status.state == "rolled_back"
+        (result,) = status.gates
+        assert result.gate == "experiment_not_worse" and result.verdict == "fail" and result.samples == 2000
+        assert result.detail.startswith("A better") and "experiment_not_worse" in status.reason

@@ -14,6 +14,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping, MutableMapping
+from dataclasses import dataclass
 from typing import Any
 
 import anyio
@@ -23,6 +24,7 @@ import numpy as np
 from modelserve.errors import ConfigError, Conflict, NotFound, RequestError
 from modelserve.experiments.experiment import parse_experiment_spec
 from modelserve.experiments.feedback import EXPERIMENT_REASONS, FeedbackJoin, parse_outcome
+from modelserve.experiments.report import A_BETTER, INVALID
 from modelserve.experiments.running import RunningExperiment
 from modelserve.inference.path import InferenceRecord
 from modelserve.routing.decision import RouteDecision
@@ -33,6 +35,16 @@ from modelserve.state.store import StateStore
 log = logging.getLogger("modelserve.experiments")
 
 Scope = MutableMapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CandidateVerdict:
+    """A candidate arm against the control: significantly worse or not, on how many outcomes."""
+
+    significantly_worse: bool
+    samples: int
+    detail: str
+
 
 #: Where the observer leaves the request id of an experiment decision (for embedded `predict` callers).
 REQUEST_ID_KEY = "modelserve.request_id"
@@ -289,6 +301,28 @@ class ExperimentService:
         return event
 
     # -- views -----------------------------------------------------------------------------------
+
+    def candidate_verdict(self, model: str, candidate: str) -> CandidateVerdict | None:
+        """How `candidate` fares against the control in the model's running experiment (what the
+        rollout's `experiment` gate reads); None when no running experiment has it as a non-control arm.
+        A sample-ratio mismatch voids the comparison: no outcomes count then."""
+        experiment = self.experiments.get(model)
+        if experiment is None or not experiment.running:
+            return None
+        result = experiment.report()
+        for comparison in result.comparisons:
+            if comparison.arm != candidate:
+                continue
+            if result.verdict == INVALID:
+                return CandidateVerdict(significantly_worse=False, samples=0, detail="invalid (SRM)")
+            detail = (
+                f"{comparison.verdict}: lift {comparison.lift.absolute:+.4g} vs {comparison.control}, "
+                f"p (Holm) {comparison.p_adjusted:.3g}"
+            )
+            return CandidateVerdict(
+                significantly_worse=comparison.verdict == A_BETTER, samples=comparison.n_arm, detail=detail
+            )
+        return None
 
     def report_document(self, model: str) -> dict[str, Any]:
         """`{"experiment": ..., "report": ..., "table": ..., "feedback": ...}` for the admin API."""

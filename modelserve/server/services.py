@@ -38,6 +38,7 @@ from modelserve.middleware.routing import ArmDecider, Router
 from modelserve.monitoring.collector import MonitoringCollector
 from modelserve.monitoring.service import MonitoringService
 from modelserve.rollout.events import RolloutEvent
+from modelserve.rollout.gates import ExperimentEvidence
 from modelserve.rollout.plan import default_plan
 from modelserve.rollout.service import RolloutService
 from modelserve.rollout.webhooks import WebhookNotifier
@@ -285,6 +286,7 @@ def build_services(
         rollout = RolloutService(
             registry=registry, policies=policies, windows=windows, store=store, shadow=shadow,
             webhooks=webhooks, record_event=partial(record_rollout_event, telemetry, monitoring),
+            experiment=partial(experiment_evidence, experiments) if experiments is not None else None,
             commands=replica.commands,
             on_change=partial(audit_rollout_event, audit),
         )  # fmt: skip
@@ -347,6 +349,18 @@ def audit_rollout_event(audit: AuditLog, event: RolloutEvent) -> None:
         actor=Actor(scope=ROLLOUT),
         after={"candidate": event.candidate, "stage": event.stage, "weight_percent": event.weight},
         detail=event.message,
+    )
+
+
+def experiment_evidence(
+    experiments: ExperimentService, model: str, candidate: str
+) -> ExperimentEvidence | None:
+    """The rollout `experiment` gate's input: the candidate's verdict in the model's running experiment."""
+    verdict = experiments.candidate_verdict(model, candidate)
+    if verdict is None:
+        return None
+    return ExperimentEvidence(
+        significantly_worse=verdict.significantly_worse, samples=verdict.samples, detail=verdict.detail
     )
 
 
