@@ -45,8 +45,10 @@ def modelserve_argv(repo: Path | str, port: int, state_dir: Path | str, *extra: 
 @contextlib.contextmanager
 def server_process(
     argv: Sequence[str], port: int, ready_path: str = "/v2/health/live", *, quiet_stderr: bool = False
-) -> Iterator[None]:
+) -> Iterator[subprocess.Popen[bytes]]:
     """Start a server process pinned to the server core; wait until it answers; stop it afterwards.
+
+    Yields the process (taskset execs the server, so its pid is the server's: see `cpu_seconds`).
 
     `quiet_stderr`: discard the server's stderr (a server that logs a lot would otherwise fill the
     unread pipe and block).
@@ -70,13 +72,20 @@ def server_process(
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{argv} did not start")
             time.sleep(0.1)
-        yield
+        yield process
     finally:
         process.terminate()
         try:
             process.wait(timeout=10)
         except subprocess.TimeoutExpired:
             process.kill()
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process (and its threads) used so far, from /proc (Linux)."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,8 @@ In one run, on models built on the spot (tiny 16->8->2 and wide 256->512->512->1
    distribution, drift against a reference, label join: what `modelserve serve` does by default),
    the same way (interleaved, median of `--repeats`). The drift reference is frozen after 1 s so
    the run measures steady-state windowing, not capture.
+Sections 3 and 4 also report the server's CPU time per request (from /proc, during the measured
+wrk run): on a machine shared with other work, req/s swings with scheduling, CPU per request hardly.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ import onnxruntime as ort
 import orjson
 
 sys.path.insert(0, str(Path(__file__).parent))
-from harness import free_port, modelserve_argv, server_process, table, wrk
+from harness import cpu_seconds, free_port, modelserve_argv, server_process, table, wrk
 
 from modelserve import testing
 from modelserve.serving.registry import ModelRegistry
@@ -188,6 +190,8 @@ def serve_for_telemetry(mode: str, repo: str, port: int) -> None:
 
 
 MONITORING_MODES = ("monitoring off", "monitoring on")
+#: "x off (CPU)": the baseline's server CPU per request over this mode's (1.0 = free); robust to load.
+COMPARISON_COLUMNS = ("req/s", "min", "max", "p50 ms", "errors", "x off", "CPU µs/req", "x off (CPU)")
 
 
 def monitoring_work_us(requests: int = 20_000) -> tuple[float, float]:
@@ -232,15 +236,20 @@ def telemetry_rows(
     headers = {"Content-Type": "application/json"}
     runs: dict[str, list[float]] = {mode: [] for mode in modes}
     p50s: dict[str, list[float]] = {mode: [] for mode in modes}
+    cpu_us: dict[str, list[float]] = {mode: [] for mode in modes}
     errors = dict.fromkeys(modes, 0)
     for _ in range(repeats):
         for mode in modes:  # interleaved, so drift on a noisy machine hits every mode alike
             port = free_port()
             argv = [sys.executable, __file__, "--serve-telemetry", mode, str(repo), str(port)]
-            with server_process(argv, port):
+            with server_process(argv, port) as process:
                 url = f"http://127.0.0.1:{port}/v2/models/tiny/infer"
                 wrk(url, json_body, headers, connections=connections, seconds=1)
+                cpu_before = cpu_seconds(process.pid)
                 result = wrk(url, json_body, headers, connections=connections, seconds=seconds)
+                cpu = cpu_seconds(process.pid) - cpu_before
+            # Server CPU per request: what a busy machine's scheduling does not change.
+            cpu_us[mode].append(cpu / max(result.requests_per_s * seconds, 1.0) * 1e6)
             runs[mode].append(result.requests_per_s)
             p50s[mode].append(result.p50_ms)
             errors[mode] += result.errors
@@ -254,6 +263,8 @@ def telemetry_rows(
             statistics.median(p50s[mode]),
             errors[mode],
             statistics.median(runs[mode]) / off,
+            statistics.median(cpu_us[mode]),
+            statistics.median(cpu_us[modes[0]]) / statistics.median(cpu_us[mode]),
         ]
         for mode in modes
     ]
@@ -296,14 +307,14 @@ def main() -> None:
                 f"\nTelemetry cost, tiny model, V2 JSON, wrk -c{args.connections}, "
                 f"median of {args.repeats} (target: metrics on >= 0.90x off)"
             )
-            print(table(["telemetry", "req/s", "min", "max", "p50 ms", "errors", "x off"], telemetry))
+            print(table(["telemetry", *COMPARISON_COLUMNS], telemetry))
         if args.monitoring:  # section 4
             monitoring = telemetry_rows(repo, args.seconds, args.connections, args.repeats, MONITORING_MODES)
             print(
                 f"\nMonitoring cost, tiny model, V2 JSON, wrk -c{args.connections}, "
                 f"median of {args.repeats} (target: on >= 0.95x off)"
             )
-            print(table(["monitoring", "req/s", "min", "max", "p50 ms", "errors", "x off"], monitoring))
+            print(table(["monitoring", *COMPARISON_COLUMNS], monitoring))
             submit_us, flush_us = monitoring_work_us()
             off_rps = float(monitoring[0][1])  # type: ignore[arg-type]
             print(
