@@ -72,6 +72,8 @@ def test_status_page_shows_the_live_version_the_split_and_charts(tmp_path: Path)
                     assert "v1" in chart.inner_text() and "v2" in chart.inner_text(), metric
                 assert page.locator("#distribution-svg rect").count() > 0
                 assert page.locator("#versions tbody tr").count() == 2
+                live_row = page.locator("#versions tbody tr").first.locator("td")
+                assert float(live_row.nth(6).inner_text()) > 0  # p50 ms of v1
                 page.screenshot(path=str(tmp_path / "ui.png"), full_page=True)
             finally:
                 browser.close()

@@ -114,8 +114,10 @@ function renderCards(s) {
   $("candidate-version").innerHTML = candidate ? `${swatch(candidate)}v${esc(candidate)}` : "none";
   const shadows = s.split.shadow.length ? `shadow: ${s.split.shadow.map((v) => "v" + v).join(", ")}` : "";
   const lastRollout = s.rollout && s.rollout.rollout;
-  const rolloutNote = lastRollout && lastRollout.candidate === candidate && !lastRollout.active ? `rollout ${lastRollout.state}` : "";
-  $("candidate-sub").textContent = [rolloutNote, shadows].filter(Boolean).join(" · ") || "staged, no traffic";
+  const rolloutNote = lastRollout && lastRollout.candidate === candidate ? `rollout ${lastRollout.state}` : "";
+  const weight = candidate ? s.split.declared[candidate] : 0;
+  const traffic = weight ? `${num(weight, 0)}% of traffic` : "";
+  $("candidate-sub").textContent = [traffic, shadows, rolloutNote].filter(Boolean).join(" · ") || "staged, no traffic";
 
   const declared = Object.entries(s.split.declared).sort((a, b) => byVersion(a[0], b[0]));
   $("split").innerHTML =
@@ -181,9 +183,15 @@ function renderVersions(s) {
       const role = w.role ? `<span class="pill ${esc(w.role)}">${esc(w.role)}</span>` : "";
       return `<tr><td>${swatch(w.version)}v${esc(w.version)}</td><td>${role}</td><td>${esc(w.slot || "")}</td>
         <td>${esc(described.execution || "")}</td><td>${m.requests ?? 0}</td><td>${pct(m.error_rate, 2)}</td>
-        <td>${num(m.p50_ms, 3)}</td><td>${num(m.p99_ms, 3)}</td><td>${accuracy}</td><td>${esc(ref)}</td></tr>`;
+        <td>${ms(m, "p50")}</td><td>${ms(m, "p99")}</td><td>${accuracy}</td><td>${esc(ref)}</td></tr>`;
     })
     .join("");
+}
+
+function ms(row, quantile) {
+  // Status rows carry seconds (`p50_s`); older servers carried milliseconds (`p50_ms`).
+  const seconds = row[quantile + "_s"];
+  return seconds !== undefined && seconds !== null ? num(seconds * 1000, 3) : num(row[quantile + "_ms"], 3);
 }
 
 function aligned(history, metric) {
@@ -228,7 +236,7 @@ function renderCharts(s) {
       height: 170,
       legend: { show: true, live: false },
       cursor: { drag: { x: false, y: false } },
-      scales: { x: { time: true }, y: { range: (u, min, max) => [Math.min(0, min), max > 0 ? max * 1.1 : 1] } },
+      scales: { x: { time: true }, y: { range: (u, min, max) => [Math.min(0, min), max > 0 ? max * 1.1 : percent ? 0.01 : 1] } },
       axes: [
         { stroke: "#6b7385", grid: { stroke: "#eef1f6" }, size: 30 },
         {
