@@ -206,6 +206,8 @@ def test_an_arm_failing_the_health_gates_leaves_the_bandit_draw(tmp_path: Path) 
         assert "2" not in served
         table = client.get("/admin/models/credit/experiment", params={"format": "text"}).text
         assert "arm 2 removed from the draw: error_rate" in table
+        status = client.get("/admin/models/credit").json()["experiment"]
+        assert "2 (0%: " in status and "removed from the draw" in status
 
 
 def test_experiment_size_uses_the_model_traffic_or_a_given_rate(

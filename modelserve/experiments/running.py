@@ -139,9 +139,15 @@ class RunningExperiment:
 
     def summary(self, ready: frozenset[str]) -> str:
         """One line for status pages: state, arms with assignments and outcomes, verdict."""
+        bandit = self.bandit
+        weights = bandit.weights() if bandit is not None else {a.version: a.weight for a in self.spec.arms}
+        removed = bandit.removed if bandit is not None else {}
         arms = " / ".join(
-            f"{arm.version} ({arm.weight * 100:g}%: {self.counters.arms[arm.version].assigned:,} assigned, "
-            f"{self.counters.arms[arm.version].metric.n:,} outcomes)"
+            f"{arm.version} ({weights[arm.version] * 100:.3g}%: "
+            f"{self.counters.arms[arm.version].assigned:,} assigned, "
+            f"{self.counters.arms[arm.version].metric.n:,} outcomes"
+            + (", removed from the draw" if arm.version in removed else "")
+            + ")"
             for arm in self.spec.arms
         )
         state = "running" if self.running else "stopped"
