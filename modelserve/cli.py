@@ -25,6 +25,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from modelserve.errors import ModelServeError
+
 DEFAULT_URL = "http://127.0.0.1:8000"
 URL_ENV = "MODELSERVE_URL"
 TOKEN_ENV = "MODELSERVE_ADMIN_TOKEN"
@@ -124,13 +126,19 @@ def _serve(args: argparse.Namespace) -> int:
             sock.close()
         raise
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s:     %(name)s: %(message)s")
+    from modelserve.server import connections
+
+    limits = _connection_limits(args)
+    connections.configure(**limits)  # read deadlines and header bound of every connection
+    guarded = connections.uvicorn_options(max_header_bytes=args.max_header_bytes)
     if sock is None:
         # Each worker process builds its own app from this description (uvicorn's app factory).
-        os.environ[WORKER_CONFIG_ENV] = json.dumps(_config_to_json(config))
+        os.environ[WORKER_CONFIG_ENV] = json.dumps({**_config_to_json(config), "connections": limits})
         uvicorn.run(
             f"{__name__}:worker_app", factory=True, workers=args.workers, host=args.host, port=args.port,
             log_level=args.log_level, access_log=args.access_log, ssl_certfile=args.tls_certfile,
             ssl_keyfile=args.tls_keyfile, timeout_graceful_shutdown=max(1, int(args.drain_timeout)),
+            **guarded,
         )  # fmt: skip
         return 0
     from modelserve.server.app import ModelServe
@@ -144,7 +152,7 @@ def _serve(args: argparse.Namespace) -> int:
         ms.services.draining = True
 
     try:
-        runner.run(ms.app(), sock, run_options, on_drain=drain)
+        runner.run(ms.app(), sock, run_options, on_drain=drain, uvicorn_options=guarded)
     except ConfigError as exc:
         raise ClientError(str(exc)) from None
     return 0
@@ -156,6 +164,23 @@ WORKER_CONFIG_ENV = "MODELSERVE_WORKER_CONFIG"
 POD_NAME_ENV = "POD_NAME"
 
 
+def _connection_limits(args: argparse.Namespace) -> dict[str, Any]:
+    """The read deadlines and header bound every connection gets (`server/connections.py`)."""
+    for name in ("header_timeout", "body_timeout"):
+        value = getattr(args, name)
+        if not 0 < value <= 3600:
+            raise ClientError(f"--{name.replace('_', '-')} must be within 0..3600 seconds, got {value}")
+    if not 1024 <= args.max_header_bytes <= 1 << 24:
+        raise ClientError(f"--max-header-bytes must be within 1024..16777216, got {args.max_header_bytes}")
+    if not 0 < args.max_body_bytes <= 1 << 34:
+        raise ClientError(f"--max-body-bytes must be within 1..17179869184, got {args.max_body_bytes}")
+    return {
+        "header_timeout_s": args.header_timeout,
+        "body_timeout_s": args.body_timeout,
+        "max_header_bytes": args.max_header_bytes,
+    }
+
+
 def serve_config(args: argparse.Namespace, environ: dict[str, str] | os._Environ[str]) -> Any:
     """The ServerConfig `serve` runs with; refuses a state dir another process holds."""
     from modelserve.config import ServerConfig
@@ -165,6 +190,8 @@ def serve_config(args: argparse.Namespace, environ: dict[str, str] | os._Environ
     if args.workers < 1:
         raise ClientError("--workers must be at least 1")
     state_dir = Path(args.state_dir)
+    if state_dir.exists() and not state_dir.is_dir():
+        raise ClientError(f"--state-dir {state_dir} exists and is not a directory")
     coordinator = args.coordinator
     if coordinator is None and args.workers > 1:
         coordinator = f"sqlite://{state_dir / 'coordinator.db'}"  # several processes, one machine
@@ -182,6 +209,7 @@ def serve_config(args: argparse.Namespace, environ: dict[str, str] | os._Environ
         inference_token=args.inference_token or environ.get(INFERENCE_TOKEN_ENV) or None,
         flags_file=Path(args.flags) if args.flags else None,
         max_body_bytes=args.max_body_bytes,
+        max_header_bytes=args.max_header_bytes,
         webhooks=tuple(args.webhook),
         coordinator=coordinator,
         replica_id=environ.get(POD_NAME_ENV) or None,
@@ -196,6 +224,7 @@ def _config_to_json(config: Any) -> dict[str, Any]:
         "admin_token": config.admin_token,
         "flags_file": str(config.flags_file) if config.flags_file else None,
         "max_body_bytes": config.max_body_bytes,
+        "max_header_bytes": config.max_header_bytes,
         "webhooks": list(config.webhooks),
         "coordinator": config.coordinator,
         "replica_id": config.replica_id,
@@ -206,9 +235,12 @@ def _config_to_json(config: Any) -> dict[str, Any]:
 def worker_app() -> Any:
     """The app of one `serve --workers N` worker process (uvicorn calls this factory in each)."""
     from modelserve.config import ServerConfig
+    from modelserve.server import connections
     from modelserve.server.app import create_app
 
     raw = json.loads(os.environ[WORKER_CONFIG_ENV])
+    if raw.get("connections"):
+        connections.configure(**raw["connections"])
     pod = raw.get("replica_id")
     config = ServerConfig(
         repository=Path(raw["repository"]),
@@ -216,6 +248,7 @@ def worker_app() -> Any:
         admin_token=raw.get("admin_token"),
         flags_file=Path(raw["flags_file"]) if raw.get("flags_file") else None,
         max_body_bytes=int(raw["max_body_bytes"]),
+        max_header_bytes=int(raw.get("max_header_bytes") or 64 * 1024),
         webhooks=tuple(raw.get("webhooks") or ()),
         coordinator=raw["coordinator"],
         replica_id=f"{pod}:{os.getpid()}" if pod else None,  # several workers share one pod name
@@ -465,7 +498,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--drain-timeout", type=float, default=30.0, metavar="SECONDS",
         help="on SIGTERM, let requests in flight finish for at most this long (default 30)",
     )  # fmt: skip
-    serve.add_argument("--max-body-bytes", type=int, default=64 * 1024 * 1024)
+    serve.add_argument("--max-body-bytes", type=int, default=64 * 1024 * 1024, help="413 above this")
+    serve.add_argument(
+        "--max-header-bytes", type=int, default=64 * 1024, help="431 above this many bytes of headers"
+    )
+    serve.add_argument(
+        "--header-timeout", type=float, default=10.0, metavar="S",
+        help="a request's headers must arrive within S seconds, else 408 and close (default 10)",
+    )  # fmt: skip
+    serve.add_argument(
+        "--body-timeout", type=float, default=30.0, metavar="S",
+        help="close a connection whose request body stalls for S seconds (default 30)",
+    )  # fmt: skip
     serve.add_argument(
         "--webhook",
         action="append",
@@ -550,6 +594,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())  # Python's final flush must not fail again
         return EXIT_BROKEN_PIPE
+    except ModelServeError as exc:  # an operator's mistake (repository, flags, config): no traceback
+        print(f"modelserve {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"modelserve {args.command}: error: {exc.strerror or exc}{where}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         return 130
 

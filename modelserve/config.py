@@ -200,6 +200,7 @@ class ServerConfig:
     inference_token: str | None = None  # when set, inference needs it (or the admin token)
     flags_file: Path | None = None
     max_body_bytes: int = 64 * 1024 * 1024
+    max_header_bytes: int = 64 * 1024  # all header names and values of one request; 431 above
     load_models: tuple[str, ...] | None = None  # None: every model in the repository
     webhooks: tuple[str, ...] = ()  # URLs that receive every rollout event (JSON POST, retried)
     #: Shared state of several processes: None (this process alone, files in `state_dir`),

@@ -3,8 +3,9 @@
 One experiment runs per model at a time; `decide` is the router's arm decider, `observe` an inference
 observer that remembers each served experiment decision by request id (with the request's
 `x-segment-<name>` headers as segment attributes), and `record_outcome(s)` joins the outcomes posted
-back. The assignment unit is the request (sticky per targeting key), and the SRM check counts
-requests. State (spec, counters, bandit) is saved as `experiment.<model>` at most every
+back by the server-issued request id. The assignment unit is the request (sticky per targeting key);
+the SRM check counts assignments once per targeting key, so repeating one key cannot force it.
+State (spec, counters, bandit) is saved as `experiment.<model>` at most every
 `save_interval_s`, on stop and at shutdown, and restored at startup.
 """
 
@@ -166,10 +167,9 @@ class ExperimentService:
         if record.status != 200 or decision.reason not in EXPERIMENT_REASONS:
             return
         scope = record.scope
-        request_id = record.request_id
-        if request_id is None:  # embedded `predict`: the client's id, else one the app can read back
-            raw = _header(scope.get("headers", ()), b"x-request-id")
-            request_id = raw.decode("latin-1")[:128] if raw else uuid.uuid4().hex
+        # The V2 endpoint issued this id itself; an embedded `predict` gets one the app reads back
+        # (`request_id(scope)`). Never a client's id: reusing one would steal its outcome.
+        request_id = record.request_id or uuid.uuid4().hex
         scope[REQUEST_ID_KEY] = request_id
         if self.join.record_decision(request_id, decision, segment_attributes(scope)):
             self._dirty.add(decision.model)
@@ -358,9 +358,3 @@ def segment_attributes(scope: Scope) -> dict[str, str]:
             found[name[len(SEGMENT_PREFIX) :].decode("latin-1")] = value.decode("latin-1")
     return found
 
-
-def _header(headers: Iterable[tuple[bytes, bytes]], name: bytes) -> bytes | None:
-    for key, value in headers:
-        if key == name:
-            return value
-    return None

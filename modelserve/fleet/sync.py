@@ -61,6 +61,8 @@ class PolicySync:
         self.replica_ttl_s = replica_ttl_s
         self.applied: dict[str, DesiredModel] = {}
         self.errors: dict[str, str] = {}
+        #: model -> why its desired state could not be read or seeded at startup (names the file).
+        self.prepare_errors: dict[str, str] = {}
         self.backend_error: str | None = None
         self._locks: dict[str, anyio.Lock] = {}
 
@@ -79,6 +81,7 @@ class PolicySync:
                 )
             except (ModelServeError, ValueError) as exc:
                 log.warning("model %s: no desired state: %s", model, exc)
+                self.prepare_errors[model] = f"saved state not applied: {exc}"
                 continue
             staged = desired.staged or desired.candidate
             idle = staged or desired.previous

@@ -7,6 +7,7 @@ and returns JSON-ready data; errors become V2 JSON errors with their HTTP status
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -14,13 +15,16 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
-from modelserve.errors import AuthError, ModelServeError, RequestError, http_status
+from modelserve.errors import AuthError, ModelServeError, NotReady, RequestError, http_status
 from modelserve.server import protocol
 from modelserve.server.auth import ADMIN, READ
+from modelserve.server.http import read_body
 from modelserve.state.audit import Actor
 
 if TYPE_CHECKING:
     from modelserve.server.services import Services
+
+log = logging.getLogger("modelserve.server")
 
 #: An admin handler: `(request, decoded JSON object body) -> JSON-ready answer`.
 Handler = Callable[[Request, dict[str, Any]], Awaitable[Any]]
@@ -36,6 +40,8 @@ def _respond(data: Any, status: int = 200) -> Response:
     )
 
 
+#: Admin bodies are small JSON documents (the largest: a batch of outcomes); more is refused (413).
+ADMIN_BODY_BYTES = 8 * 1024 * 1024
 #: A client's reason for a change, recorded in the audit log (or `"reason"` in the JSON body).
 REASON_HEADER = "x-modelserve-reason"
 
@@ -52,7 +58,7 @@ def admin_endpoint(services: Services, handler: Handler, *, scope: str | None = 
         try:
             needed = scope or (READ if request.method in ("GET", "HEAD") else ADMIN)
             granted = services.authorize(request.headers.get("authorization"), needed)
-            raw = await request.body()
+            raw = await read_body(request.receive, request.scope["headers"], ADMIN_BODY_BYTES)
             body: dict[str, Any] = {}
             if raw.strip():
                 try:
@@ -77,11 +83,14 @@ def admin_endpoint(services: Services, handler: Handler, *, scope: str | None = 
             return _respond(answer)
         except Exception as exc:
             message = str(exc) if isinstance(exc, ModelServeError) else "internal error"
-            response = Response(
-                protocol.error_body(message),
-                status_code=http_status(exc),
-                media_type="application/json",
-            )
+            status = http_status(exc)
+            if status >= 500 and not isinstance(exc, NotReady):  # a bug or a failure: never silent
+                log.error(
+                    "admin %s %s failed: %s", request.method, request.url.path, exc,
+                    exc_info=not isinstance(exc, ModelServeError),
+                )  # fmt: skip
+            error = protocol.error_body(message)
+            response = Response(error, status_code=status, media_type="application/json")
             if isinstance(exc, AuthError) and exc.status == 401:
                 response.headers["www-authenticate"] = "Bearer"
             return response
@@ -142,9 +151,28 @@ def required(body: dict[str, Any], key: str) -> Any:
     return body[key]
 
 
+def state_errors(services: Services, model: str) -> list[str]:
+    """Why parts of `model`'s saved state were not applied (each names its file); [] when all were."""
+    errors = []
+    prepared = services.replica.sync.prepare_errors.get(model)
+    if prepared:
+        errors.append(prepared)
+    problem = services.policies.problems.get(model)
+    if problem:
+        errors.append(problem)
+    if services.rollout is not None:
+        restore = services.rollout.controller.restore_errors.get(model)
+        if restore:
+            errors.append(restore)
+    return errors
+
+
 def model_status(services: Services, model: str) -> dict[str, Any]:
     slots = services.registry.slots(model)
     status: dict[str, Any] = slots.describe()
+    broken = state_errors(services, model)
+    if broken:
+        status["state_errors"] = broken
     status["policy"] = services.policies.describe(model)
     status["metrics"] = version_metrics(services, model)
     for provider in services.hooks.status_providers:

@@ -26,6 +26,7 @@ from starlette.types import Scope
 from modelserve.config import ServerConfig
 from modelserve.errors import AuthError, ModelServeError, NotReady, http_status
 from modelserve.experiments.service import ExperimentService
+from modelserve.middleware.limits import RequestLimitsMiddleware
 from modelserve.middleware.routing import RoutingMiddleware
 from modelserve.middleware.telemetry import TelemetryMiddleware
 from modelserve.routing.decision import RouteDecision
@@ -97,7 +98,13 @@ class ModelServe:
         v2 = v2_routes.routes(services)
         routes: list[BaseRoute] = [*v2, *model_routes.routes(services), *routing_routes.routes(services)]
         routes += audit_routes.routes(services)
-        middleware: list[Middleware] = []
+        # Outermost: limits apply before anything reads headers or the body.
+        middleware: list[Middleware] = [
+            Middleware(
+                RequestLimitsMiddleware, max_body_bytes=config.max_body_bytes,
+                max_header_bytes=config.max_header_bytes,
+            )
+        ]  # fmt: skip
         routes.append(Route(METRICS_PATH, metrics_app(services.metrics_registry)))
         telemetry = services.telemetry
         if telemetry is not None:
@@ -149,8 +156,8 @@ class ModelServe:
                 detail="state at startup",
             )  # fmt: skip
         async with anyio.create_task_group() as tasks:
-            for task in hooks.tasks:
-                tasks.start_soon(task)
+            for task in hooks.tasks:  # supervised: one failing task never stops the others or serving
+                tasks.start_soon(services.supervisor.run, task_name(task), task)
             services.started = True
             try:
                 yield
@@ -221,6 +228,12 @@ class ModelServe:
         app.state.services = self.services
         app.state.modelserve = self
         return app
+
+
+def task_name(task: object) -> str:
+    """A background task's name for status and logs: its function's qualified name."""
+    function = getattr(task, "func", task)  # functools.partial
+    return str(getattr(function, "__qualname__", None) or repr(function))
 
 
 def create_app(

@@ -31,6 +31,7 @@ def routes(services: Services) -> list[Route]:
             "models": [model_status(services, name) for name in sorted(registry.models)],
             "load_errors": {**services.layout_errors, **services.load_errors},
             "memory": registry.memory(),
+            "tasks": services.supervisor.snapshot(),  # background tasks: restarts and last errors
         }
 
     async def status(request: Request, body: dict[str, Any]) -> Any:

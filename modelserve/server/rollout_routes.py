@@ -18,6 +18,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.routing import BaseRoute, Route
 
+import modelserve.validation as validation
 from modelserve.errors import ConfigError, RequestError
 from modelserve.rollout.plan import RolloutPlan, default_plan, plan_from_dict
 from modelserve.rollout.service import RolloutService
@@ -56,7 +57,9 @@ def routes(services: Services, rollout: RolloutService) -> list[BaseRoute]:
             elif action == "abort":
                 await controller.abort(model, reason or "aborted by operator")
             else:
-                await controller.promote(model, all_stages=bool(body.get("all", False)))
+                # a typed boolean: the string "false" must never mean "skip every stage"
+                every = validation.flag(body.get("all", False), "all")
+                await controller.promote(model, all_stages=every)
             return rollout.describe(model)
 
         return handler

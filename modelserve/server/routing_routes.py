@@ -12,9 +12,11 @@ from typing import Any
 from starlette.requests import Request
 from starlette.routing import BaseRoute, Route
 
+import modelserve.validation as validation
 from modelserve.errors import RequestError
 from modelserve.server.admin import admin_endpoint, if_match, model_status, required
 from modelserve.server.services import Services
+from modelserve.serving.repository import check_version
 
 
 def routes(services: Services) -> list[BaseRoute]:
@@ -24,11 +26,11 @@ def routes(services: Services) -> list[BaseRoute]:
     async def canary(request: Request, body: dict[str, Any]) -> Any:
         model = request.path_params["model"]
         slots = registry.slots(model)
-        percent = required(body, "percent")
-        if isinstance(percent, bool) or not isinstance(percent, int | float) or not 0 <= percent <= 100:
-            raise RequestError("percent must be a number within 0..100")
-        changes: dict[str, Any] = {"canary_weight": float(percent)}
+        percent = validation.number(required(body, "percent"), "percent", low=0.0, high=100.0)
+        changes: dict[str, Any] = {"canary_weight": percent}
         candidate = body.get("candidate")
+        if candidate is not None:  # even at 0 %: a saved candidate must be a version
+            check_version(validation.text(str(candidate), "candidate", max_length=40))
         if candidate is None:
             policy = policies.get(model)
             staged = slots.idle.version if slots.idle is not None and slots.idle_role == "candidate" else None
@@ -40,12 +42,18 @@ def routes(services: Services) -> list[BaseRoute]:
                 raise RequestError(f"candidate {candidate} of model {model!r} is not loaded and ready")
         if candidate is not None:
             changes["candidate"] = str(candidate)
+        policies.check(model, **changes)
         await commands.update_policy(model, changes, expect_rev=if_match(request))
         return model_status(services, model)
 
     async def policy(request: Request, body: dict[str, Any]) -> Any:
         model = request.path_params["model"]
-        registry.slots(model)
+        slots = registry.slots(model)
+        shadows = body.get("shadow_versions")
+        live = slots.live.version if slots.live is not None else None
+        if isinstance(shadows, list) and live is not None and live in [str(v) for v in shadows]:
+            raise RequestError(f"version {live} is the live version of {model!r}; shadow another one")
+        policies.check(model, **body)  # typed, finite, bounded: refused before any replica sees it
         await commands.update_policy(model, body, expect_rev=if_match(request))
         return model_status(services, model)
 

@@ -107,8 +107,12 @@ class DrainingServer(uvicorn.Server):
         return await super().on_tick(counter)
 
 
-def run(app: Any, sock: socket.socket, options: RunOptions, *, on_drain: Callable[[], None]) -> None:
-    """Serve `app` on `sock` until a signal drains it (blocking)."""
+def run(
+    app: Any, sock: socket.socket, options: RunOptions, *, on_drain: Callable[[], None],
+    uvicorn_options: dict[str, Any] | None = None,
+) -> None:  # fmt: skip
+    """Serve `app` on `sock` until a signal drains it (blocking); `uvicorn_options` are passed on
+    (`server/connections.py`: the guarded protocol, keep-alive and concurrency bounds)."""
     config = uvicorn.Config(
         app,
         log_level=options.log_level,
@@ -117,6 +121,7 @@ def run(app: Any, sock: socket.socket, options: RunOptions, *, on_drain: Callabl
         ssl_keyfile=str(options.tls_keyfile) if options.tls_keyfile else None,
         timeout_graceful_shutdown=max(1, math.ceil(options.drain_timeout_s)),
         lifespan="on",
+        **(uvicorn_options or {}),
     )
     server = DrainingServer(config, on_drain=on_drain, drain_delay_s=options.drain_delay_s)
     try:

@@ -43,6 +43,7 @@ from modelserve.rollout.plan import default_plan
 from modelserve.rollout.service import RolloutService
 from modelserve.rollout.webhooks import WebhookNotifier
 from modelserve.server.auth import ADMIN, Tokens
+from modelserve.server.supervisor import TaskSupervisor
 from modelserve.serving.registry import ModelRegistry
 from modelserve.serving.repository import ModelRepository
 from modelserve.shadow.service import ShadowService
@@ -123,6 +124,8 @@ class Services:
     #: Set when a shutdown began: readiness answers 503 so load balancers stop sending requests.
     draining: bool = False
     load_errors: dict[str, str] = field(default_factory=dict)
+    #: Runs `hooks.tasks`: a failing task is logged and restarted with backoff, never fatal.
+    supervisor: TaskSupervisor = field(default_factory=TaskSupervisor)
     #: Model folders that do not follow the layout, with what was expected (`serving/layout.py`).
     layout_errors: dict[str, str] = field(default_factory=dict)
 

@@ -12,17 +12,18 @@ from typing import Any
 from starlette.requests import Request
 from starlette.routing import BaseRoute, Route
 
+import modelserve.validation as validation
 from modelserve.errors import RequestError
 from modelserve.server.admin import admin_endpoint, model_status
 from modelserve.server.services import Services
 from modelserve.shadow.service import ShadowService
 
-#: Thresholds `recommend` accepts from the report's query string.
-THRESHOLDS: dict[str, type[int] | type[float]] = {
-    "min_samples": int,
-    "min_agreement": float,
-    "max_latency_ratio": float,
-    "max_error_ratio": float,
+#: Thresholds `recommend` accepts from the report's query string, with their (lowest, highest).
+THRESHOLDS: dict[str, tuple[float, float]] = {
+    "min_samples": (1, 1e12),
+    "min_agreement": (0.0, 1.0),
+    "max_latency_ratio": (0.0, 1e6),
+    "max_error_ratio": (0.0, 1e6),
 }
 
 
@@ -53,11 +54,14 @@ def routes(services: Services, shadow: ShadowService) -> list[BaseRoute]:
 def thresholds(request: Request) -> dict[str, Any]:
     """The report thresholds named in the query string."""
     chosen: dict[str, Any] = {}
-    for name, kind in THRESHOLDS.items():
+    for name, (low, high) in THRESHOLDS.items():
         raw = request.query_params.get(name)
         if raw is not None:
             try:
-                chosen[name] = kind(raw)
+                number = float(raw)
             except ValueError:
-                raise RequestError(f"{name} must be a number, not {raw!r}") from None
+                raise RequestError(f"{name} must be a number, not {raw[:40]!r}") from None
+            integer = name == "min_samples"
+            value = validation.number(number, name, low=low, high=high, integer=integer)  # NaN, inf: 400
+            chosen[name] = int(value) if integer else value
     return chosen

@@ -64,6 +64,10 @@ class TaskSupervisor:
 
     async def run(self, name: str, factory: TaskFactory) -> None:
         """Run `factory()` until it returns or the caller is cancelled; restart it when it raises."""
+        base, copy = name, 1
+        while name in self.tasks:  # two tasks of one function each get their own entry
+            copy += 1
+            name = f"{base}#{copy}"
         state = self.tasks[name] = TaskState(name)
         backoff = self.initial_backoff_s
         try:

@@ -9,10 +9,14 @@ what the client gets. `InferFastPath` sends infer requests past Starlette's rout
 from __future__ import annotations
 
 import logging
+import re
 import uuid
+from functools import partial
 from importlib.metadata import version as distribution_version
 from typing import TYPE_CHECKING, Any
 
+import anyio
+import anyio.to_thread
 import orjson
 from starlette.middleware import Middleware
 from starlette.requests import Request
@@ -20,7 +24,8 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from modelserve.errors import ModelServeError, NotReady, RequestError, http_status
+import modelserve.validation as validation
+from modelserve.errors import ModelServeError, NotFound, NotReady, RequestError, http_status
 from modelserve.inference.path import InferenceRecord
 from modelserve.server import protocol
 from modelserve.server.admin import REASON_HEADER, audit_snapshot
@@ -43,11 +48,38 @@ LIFESPAN_NOT_RUN = (
 )
 
 
+#: Bodies larger than this are decoded off the event loop, one at a time (a 60 MB JSON body takes
+#: over a second to decode; a few kB take microseconds, cheaper than any thread hop).
+LARGE_BODY_BYTES = 1024 * 1024
+#: Requests whose body is a handful of options (the repository index) may not send more than this.
+SMALL_BODY_BYTES = 64 * 1024
+#: Route reasons whose requests join outcomes posted back by request id (experiments, bandits).
+JOINED_REASONS = frozenset({"experiment", "bandit"})
+_ECHOABLE = re.compile(r"^[\x21-\x7e]{1,128}$")
+
+
+def echoable_id(value: str | None) -> str | None:
+    """A client's request id if it is safe to echo in a header (1-128 visible ASCII characters)."""
+    return value if value is not None and _ECHOABLE.match(value) else None
+
+
 class InferEndpoint:
     """POST /v2/models/{model}[/versions/{version}]/infer."""
 
     def __init__(self, services: Services) -> None:
         self.services = services
+        # Large bodies: one at a time is read and decoded (in a thread of its own), so they neither
+        # stall the event loop nor pile up in memory; small ones take the fast path on the loop.
+        self.large_bodies = anyio.CapacityLimiter(1)
+        self.large_bodies_threads = anyio.CapacityLimiter(1)  # never anyio's default pool
+
+    async def _decode_large(
+        self, receive: Receive, headers: list[tuple[bytes, bytes]], header_length: int | None, inputs: Any
+    ) -> protocol.InferRequest:
+        async with self.large_bodies:
+            body = await read_body(receive, headers, self.services.config.max_body_bytes)
+            decode = partial(protocol.decode_infer_request, body, header_length=header_length, inputs=inputs)
+            return await anyio.to_thread.run_sync(decode, limiter=self.large_bodies_threads)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         services = self.services
@@ -66,18 +98,23 @@ class InferEndpoint:
             record = path.begin(scope, model, params.get("version"))
             loaded = record.loaded
             assert loaded is not None
-            body = await read_body(receive, headers, services.config.max_body_bytes)
-            request = protocol.decode_infer_request(
-                body,
-                header_length=int_header(headers, b"inference-header-content-length"),
-                inputs=loaded.inputs,
-            )
-            request_id = request.id
-            if request_id is None:
+            header_length = int_header(headers, b"inference-header-content-length")
+            declared = int_header(headers, b"content-length")
+            if declared is not None and declared > LARGE_BODY_BYTES:
+                request = await self._decode_large(receive, headers, header_length, loaded.inputs)
+            else:
+                body = await read_body(receive, headers, services.config.max_body_bytes)
+                inputs = loaded.inputs
+                request = protocol.decode_infer_request(body, header_length=header_length, inputs=inputs)
+            wanted = services.wants_request_id(model)
+            if wanted and record.decision.reason in JOINED_REASONS:
+                # Outcomes are joined by this id: the server issues it, so no client can reuse
+                # another request's id to move or reopen its outcome.
+                request_id = uuid.uuid4().hex
+            else:
                 raw_id = header(headers, b"x-request-id")
-                request_id = raw_id.decode("latin-1")[:128] if raw_id else None
-                if request_id is None and services.wants_request_id(model):
-                    request_id = uuid.uuid4().hex  # so outcomes can be posted back (experiments)
+                client_id = echoable_id(raw_id.decode("latin-1")) if raw_id else None
+                request_id = echoable_id(request.id) or client_id or (uuid.uuid4().hex if wanted else None)
             record.request_id = request_id
             names = protocol.requested_output_names(request, loaded.outputs)
             outputs = await path.run(record, request.inputs, names)
@@ -225,16 +262,16 @@ def routes(services: Services) -> list[Route]:
             return _error(exc)
 
     async def repository_index(request: Request) -> Response:
-        try:
-            body = await request.body()
+        try:  # its options are a few bytes: a large body is refused, whatever --max-body-bytes says
+            body = await read_body(request.receive, request.scope["headers"], SMALL_BODY_BYTES)
             options = orjson.loads(body) if body.strip() else {}
             if not isinstance(options, dict):
                 raise RequestError("repository index request must be a JSON object")
+            only_ready = validation.flag(options.get("ready", False), "ready")
         except orjson.JSONDecodeError as exc:
             return _error(RequestError(f"malformed JSON: {exc}"))
         except RequestError as exc:
             return _error(exc)
-        only_ready = bool(options.get("ready", False))
         index = []
         for name in registry.repository.model_names():
             slots = registry.models.get(name)
@@ -274,6 +311,10 @@ def routes(services: Services) -> list[Route]:
             model = request.path_params["model"]
             granted = services.authorize(request.headers.get("authorization"), ADMIN)
             version = await _version_parameter(request)
+            if model not in registry.models:
+                if model not in registry.repository.model_names():
+                    raise NotFound(f"unknown model {model!r}")
+                raise RequestError(f"model {model!r} is not loaded")
             before = audit_snapshot(services, model)
             await registry.unload(model, version)
             if version is None:
@@ -306,8 +347,9 @@ def routes(services: Services) -> list[Route]:
 
 
 async def _version_parameter(request: Request) -> str | None:
-    """The `parameters.version` of a repository load/unload body (Triton-style), if any."""
-    body = await request.body()
+    """The `parameters.version` of a repository load/unload body (Triton-style), if any; any other
+    parameter (such as `config`) is refused, never silently ignored."""
+    body = await read_body(request.receive, request.scope["headers"], SMALL_BODY_BYTES)
     if not body.strip():
         return None
     try:
@@ -317,6 +359,12 @@ async def _version_parameter(request: Request) -> str | None:
     parameters = data.get("parameters", {}) if isinstance(data, dict) else None
     if not isinstance(parameters, dict):
         raise RequestError('the body must be a JSON object like {"parameters": {"version": "2"}}')
+    unsupported = sorted(set(parameters) - {"version", "unload_dependents"})  # no model has dependents
+    if unsupported:
+        raise RequestError(
+            f"parameters {', '.join(unsupported)[:200]} are not supported: a model loads from its folder and "
+            "config.toml in the repository (only parameters.version is used)"
+        )
     version = parameters.get("version")
     if version is None:
         return None

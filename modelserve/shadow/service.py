@@ -22,6 +22,7 @@ from typing import Any
 
 import anyio
 
+import modelserve.validation as validation
 from modelserve.config import ShadowConfig
 from modelserve.errors import ModelServeError, RequestError
 from modelserve.inference.path import InferenceRecord
@@ -132,10 +133,9 @@ class ShadowService:
                 )
         changes: dict[str, Any] = {"shadow_versions": versions}
         if rate is not None:
-            if isinstance(rate, bool) or not isinstance(rate, int | float) or not 0.0 <= rate <= 1.0:
-                raise RequestError("rate must be a number within 0..1")
-            changes["shadow_sample_rate"] = float(rate)
+            changes["shadow_sample_rate"] = validation.number(rate, "rate", low=0.0, high=1.0)
         await self.policies.change(model, **changes)  # on every replica, when state is shared
+        self.runner.clear_examples(model, keep=versions)  # a stopped shadow keeps no client data
         return self.status(model)
 
     def report(self, model: str, **thresholds: Any) -> dict[str, Any]:
@@ -174,7 +174,7 @@ class ShadowService:
         keys = ("samples", "agreement_rate", "agreement_interval", "errors", "timeouts", "dropped")
         versions = {
             snapshot["shadow_version"]: {key: snapshot[key] for key in keys}
-            for snapshot in self.runner.snapshot(model)
+            for snapshot in self.runner.snapshot(model, examples=False)
         }
         return {
             "shadow": {
@@ -188,7 +188,7 @@ class ShadowService:
 
     def agreement(self, model: str, version: str) -> ShadowAgreement:
         """The candidate's agreement with the primary so far (what the rollout's shadow gate reads)."""
-        for entry in self.runner.snapshot(model):
+        for entry in self.runner.snapshot(model, examples=False):  # figures only: cheap, whatever was sent
             if entry.get("shadow_version") == version:
                 return ShadowAgreement(
                     rate=entry.get("agreement_rate"), samples=int(entry.get("samples") or 0)

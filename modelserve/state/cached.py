@@ -21,6 +21,7 @@ from typing import Any
 import anyio
 import orjson
 
+from modelserve.errors import ConfigError
 from modelserve.state.coordinator import Coordinator, CoordinatorUnavailable, check_key
 
 log = logging.getLogger("modelserve.state")
@@ -42,6 +43,7 @@ class CoordinatorStore:
         self.coordinator = coordinator
         self.max_log = max_log
         self._docs: dict[str, dict[str, Any] | None] = {}
+        self._broken: dict[str, str] = {}  # key -> why its document could not be read
         self._logs: dict[str, list[dict[str, Any]]] = {}
         # key -> ("doc", body) or ("log", [records...]); ordered by first enqueue
         self._queue: OrderedDict[str, tuple[str, Any]] = OrderedDict()
@@ -55,19 +57,27 @@ class CoordinatorStore:
         """Fetch documents and logs into memory (call before the services read them)."""
         for key in keys:
             if key not in self._docs:
-                doc = await self.coordinator.get(check_key(key))
+                try:
+                    doc = await self.coordinator.get(check_key(key))
+                except ConfigError as exc:  # one corrupt document: its reader says so, the rest load
+                    self._broken[key] = str(exc)
+                    continue
                 self._docs.setdefault(key, None if doc is None else doc.body)
         for name in logs:
             if name not in self._logs:
                 self._logs[name] = await self.coordinator.events(check_key(name), self.max_log)
 
     def read(self, key: str) -> dict[str, Any] | None:
+        broken = self._broken.get(key)
+        if broken is not None:
+            raise ConfigError(broken)
         value = self._docs.get(check_key(key))
         return None if value is None else _copy(value)
 
     def write(self, key: str, value: dict[str, Any]) -> None:
         body = _copy(value)
         with self._lock:
+            self._broken.pop(key, None)  # a good document replaces the corrupt one
             self._docs[check_key(key)] = body
             self._queue[f"doc:{key}"] = ("doc", (key, body))
         self._kick()

@@ -284,6 +284,8 @@ def _read_bytes(path: Path) -> bytes | None:
         return path.read_bytes()
     except FileNotFoundError:
         return None
+    except OSError as exc:  # a directory, unreadable: this key is broken, not the whole store
+        raise ConfigError(f"state file {path} cannot be read: {exc.strerror or exc}") from exc
 
 
 def write_atomically(path: Path, data: bytes) -> None:

@@ -95,8 +95,8 @@ class PolicyTable:
         self._policies[model] = policy
         return policy
 
-    def update(self, model: str, **changes: Any) -> ModelPolicy:
-        """Change runtime fields, validate, persist, and swap the policy in (one assignment)."""
+    def check(self, model: str, **changes: Any) -> ModelPolicy:
+        """The policy these runtime changes would give; RequestError (nothing changed) if invalid."""
         current = self._policies.get(model)
         if current is None:
             raise RequestError(f"model {model!r} has no routing policy (is it loaded?)")
@@ -104,9 +104,13 @@ class PolicyTable:
         if unknown:
             raise RequestError(f"unknown policy field(s): {', '.join(unknown)}")
         try:
-            policy = _apply(current, changes)
+            return _apply(current, changes)
         except (ConfigError, TypeError, ValueError) as exc:
             raise RequestError(str(exc)) from None
+
+    def update(self, model: str, **changes: Any) -> ModelPolicy:
+        """Change runtime fields, validate, persist, and swap the policy in (one assignment)."""
+        policy = self.check(model, **changes)
         self._policies[model] = policy
         self.store.write(
             f"policy.{model}", {name: _jsonable(getattr(policy, name)) for name in MUTABLE_FIELDS}
@@ -117,11 +121,7 @@ class PolicyTable:
         """Change runtime fields everywhere they apply: through `writer` when set, else `update`."""
         if self.writer is None:
             return self.update(model, **changes)
-        if model not in self._policies:
-            raise RequestError(f"model {model!r} has no routing policy (is it loaded?)")
-        unknown = sorted(set(changes) - set(MUTABLE_FIELDS))
-        if unknown:
-            raise RequestError(f"unknown policy field(s): {', '.join(unknown)}")
+        self.check(model, **changes)  # refused here, before it reaches the shared state
         await self.writer(model, changes)
         return self._policies[model]
 
