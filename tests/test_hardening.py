@@ -77,6 +77,24 @@ def test_adversarial_disagreeing_batches_leave_status_report_and_gate_small(http
     assert after["disagreements"] == [] and after["samples"] >= shadow["samples"]  # counts kept
 
 
+def test_requests_too_large_to_shadow_are_dropped_and_counted(config: ServerConfig) -> None:
+    ms = ModelServe(config)
+    assert ms.services.shadow is not None
+    ms.services.shadow.max_input_bytes = 64 * 16 * 4  # 64 rows
+    with serve(ms.app()) as server, httpx.Client(base_url=server.url, headers=AUTH) as client:
+        assert client.post("/admin/models/fraud/stage", json={"version": "1"}).status_code == 200
+        assert client.post("/admin/models/fraud/shadow", json={"versions": ["1"]}).status_code == 200
+        assert client.post("/v2/models/fraud/infer", content=_body(65)).status_code == 200
+        assert client.post("/v2/models/fraud/infer", content=_body(64)).status_code == 200
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            stats = client.get("/admin/models/fraud").json()["shadow"]["stats"]["1"]
+            if stats["samples"] + stats["errors"] + stats["timeouts"] >= 1:
+                break
+            time.sleep(0.05)
+    assert (stats["dropped"], stats["samples"]) == (1, 1)
+
+
 # -- 2, 4, 21: header and body limits on every route ---------------------------------------------------
 
 

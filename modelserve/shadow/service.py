@@ -40,6 +40,8 @@ from modelserve.telemetry.windows import SlidingWindows
 POOL_WORKERS = 2
 #: Global bound on shadow runs queued or running (each model also has its `[shadow] max_in_flight`).
 MAX_IN_FLIGHT = 64
+#: Requests whose inputs exceed this many bytes are not shadowed (dropped and counted).
+MAX_SHADOW_INPUT_BYTES = 8 * 1024 * 1024
 #: How much the shadow threads lower their priority (nice); 19 is the lowest priority.
 POOL_NICE = 19
 #: Shadows are skipped while the event loop runs this late (it is saturated).
@@ -68,6 +70,7 @@ class ShadowService:
         #: Shadows are shed while the loop lags more than this (inf: never shed, every request compared).
         self.max_loop_lag_s = MAX_LOOP_LAG_S
         self.skipped_behind = 0
+        self.max_input_bytes = MAX_SHADOW_INPUT_BYTES
         #: Called with every settled shadow run, on the thread that settled it (e.g. the label join).
         self.result_listeners: list[Callable[[ShadowResult], None]] = []
         self.runner = ShadowRunner(
@@ -84,7 +87,10 @@ class ShadowService:
         if slots is None:
             return
         config: ShadowConfig = slots.config.shadow
-        behind = self.loop_lag_s > self.max_loop_lag_s
+        # A queued shadow run keeps the request's tensors alive: beyond a size, shed it (counted as
+        # dropped) so a client's huge batches cannot pile up max_in_flight copies in memory.
+        oversized = sum(int(getattr(a, "nbytes", 0)) for a in record.inputs.values()) > self.max_input_bytes
+        behind = oversized or self.loop_lag_s > self.max_loop_lag_s
         telemetry = self.telemetry
         link = (
             telemetry.request_span_context(record)
@@ -93,7 +99,7 @@ class ShadowService:
         )
         for version in decision.shadows:
             if behind:
-                self.skipped_behind += 1
+                self.skipped_behind += not oversized
                 self._dropped(record.model, version, decision.version)
                 continue
             try:
