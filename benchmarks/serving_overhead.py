@@ -4,7 +4,7 @@
                                           [--telemetry] [--monitoring] [--repeats 3]
 
 In one run, on models built on the spot (tiny 16->8->2 and wide 256->512->512->10 MLPs):
-1. µs per call, batch 1: `session.run`, and modelserve's in-process `predict` (overhead = difference);
+1. µs per call, batch 1: `session.run`, and `ModelServe.predict` (embedded; overhead = difference);
 2. HTTP req/s and latency with wrk (server on core 0, wrk on core 1, same uvicorn settings): a naive
    loop-blocking Starlette handler, a naive thread-hopping one, modelserve with V2 JSON and with the
    binary tensor extension. Ratios are against the naive handlers measured in the same run.
@@ -39,9 +39,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from harness import cpu_seconds, free_port, modelserve_argv, server_process, table, wrk
 
 from modelserve import testing
-from modelserve.serving.registry import ModelRegistry
-from modelserve.serving.repository import ModelRepository
-from modelserve.state.store import MemoryStateStore
+from modelserve.config import ServerConfig
+from modelserve.server.app import ModelServe
 
 MODELS = {"tiny": (16, 8, 2), "wide": (256, 512, 512, 10)}
 
@@ -67,15 +66,17 @@ def in_process(repo: Path, name: str, width: int) -> tuple[float, float]:
     raw = time_per_call(lambda: session.run(None, {"input": x}), 2000)
 
     async def predict_loop(calls: int) -> float:
-        registry = ModelRegistry(ModelRepository(repo), MemoryStateStore())
-        await registry.load_model(name)
-        feeds = {"input": x}
-        rounds = []
-        for _ in range(7):
-            started = time.perf_counter()
-            for _ in range(calls):
-                await registry.predict(name, feeds)
-            rounds.append((time.perf_counter() - started) / calls * 1e6)
+        # The embedded entry point, on the one inference path (routing, observers: windows, metrics...).
+        ms = ModelServe(ServerConfig(repository=repo, state_dir=None, load_models=(name,)))
+        async with ms.lifespan():
+            scope: dict[str, object] = {"type": "http", "headers": []}
+            feeds = {"input": x}
+            rounds = []
+            for _ in range(7):
+                started = time.perf_counter()
+                for _ in range(calls):
+                    await ms.predict(scope, name, feeds)
+                rounds.append((time.perf_counter() - started) / calls * 1e6)
         return statistics.median(rounds)
 
     return raw, asyncio.run(predict_loop(2000))

@@ -115,7 +115,7 @@ async def test_registry_applies_faults_to_the_named_version_only_and_warns(
     assert "injected_faults" not in slots.live.describe()  # type: ignore[union-attr]
     with pytest.raises(InferenceError, match="injected fault"):
         await staged.infer(FEEDS)
-    assert (await registry.predict("fraud", FEEDS))["probabilities"].shape == (1, 2)
+    assert (await registry.resolve("fraud").infer(FEEDS))["probabilities"].shape == (1, 2)  # live: clean
 
 
 @pytest.mark.anyio

@@ -23,7 +23,6 @@ from typing import Any
 
 import anyio
 import anyio.to_thread
-import numpy as np
 
 from modelserve.config import RuntimeOptions
 from modelserve.errors import ConfigError, Conflict, LoadError, ModelServeError, NotFound, NotReady
@@ -91,12 +90,6 @@ class ModelRegistry:
             self.slots(model)  # raises the right error
             raise AssertionError("unreachable")
         return warm.get(version)
-
-    async def predict(
-        self, model: str, feeds: Mapping[str, np.ndarray], *, version: str | None = None
-    ) -> dict[str, np.ndarray]:
-        """In-process inference on the live (or named) version; no protocol, no copies."""
-        return await self.resolve(model, version).infer(feeds)
 
     def memory(self) -> dict[str, Any]:
         """The budget, what the warm versions of every model cost, and what is free."""
