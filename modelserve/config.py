@@ -27,6 +27,7 @@ Per model: `models/<name>/config.toml` (all keys optional)::
     compare = "label"               # "label" | "allclose" | "topk"
     on_loop = false                 # true: µs models shadow on the event loop, after the response
                                     # (every request compared; the primary pays the shadow's time)
+    log_inputs_rate = 0.0           # share of requests whose inputs (capped) go into the comparison log
     [monitoring]                    # prediction distribution, drift, accuracy (docs/monitoring.md)
     reference = "reference.jsonl"   # drift reference rows (else the first reference_period_s of traffic)
     threshold = 0.2                 # PSI alarm threshold; min_samples, window_s, bins, sample_every
@@ -142,6 +143,8 @@ class ShadowConfig:
     max_in_flight: int = 4
     compare: str = "label"
     on_loop: bool = False
+    #: Share of shadowed requests whose (capped) inputs go into the comparison log (opt-in: 0 by default).
+    log_inputs_rate: float = 0.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -240,6 +243,8 @@ def parse_model_config(data: dict[str, Any], *, where: str) -> ModelConfig:
         shadow_data["versions"] = tuple(str(v) for v in shadow_data["versions"])
     shadow = _section(ShadowConfig, shadow_data, f"{where} [shadow]")
     _bounded(shadow, f"{where} [shadow]", _SHADOW_BOUNDS)
+    if not 0.0 <= shadow.log_inputs_rate <= 1.0:
+        raise ConfigError(f"{where} [shadow] log_inputs_rate must be within 0..1")
     if shadow.compare not in ("label", "allclose", "topk"):
         raise ConfigError(f"{where} [shadow] compare must be label, allclose or topk")
     monitoring = _monitoring(data.get("monitoring", {}), f"{where} [monitoring]")

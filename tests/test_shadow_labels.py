@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -29,6 +30,8 @@ def predict(version: str, rows: np.ndarray) -> np.ndarray:
 def test_labels_say_which_version_was_right_where_live_and_shadow_disagreed(tmp_path: Path) -> None:
     repo = tmp_path / "models"
     shutil.copytree(EXAMPLES / "models", repo)
+    config = repo / "credit" / "config.toml"
+    config.write_text(config.read_text() + "\n[shadow]\nlog_inputs_rate = 1.0\n")  # opt in to inputs
     data = [json.loads(line) for line in (EXAMPLES / "labelled_traffic.jsonl").read_text().splitlines()]
     modelserve = ModelServe(ServerConfig(repository=repo, state_dir=tmp_path / "state", admin_token="t"))
     services = modelserve.services
@@ -46,7 +49,8 @@ def test_labels_say_which_version_was_right_where_live_and_shadow_disagreed(tmp_
                 "id": f"c{i}",
                 "inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 20], "data": row["input"]}],
             }
-            assert client.post("/v2/models/credit/infer", json=body).status_code == 200
+            response = client.post("/v2/models/credit/infer", json=body, headers={"x-user-id": f"user{i}"})
+            assert response.status_code == 200
             assert services.shadow.runner.wait_idle(30)  # one at a time: the admission bound never drops
         labels = [{"request_id": f"c{i}", "label": row["label"]} for i, row in enumerate(data)]
         answer = client.post("/v2/models/credit/labels", json={"labels": labels}, headers=AUTH).json()
@@ -80,3 +84,24 @@ def test_labels_say_which_version_was_right_where_live_and_shadow_disagreed(tmp_
         }
     ]
     assert found[0]["primary_right_rate"] == (v1 == truth)[differ].mean()
+    # The comparison log carries what an offline analysis needs: a pseudonymous key, both outputs, inputs.
+    by_id = {int(r["request_id"][1:]): r for r in records if r["agree"] is not None}
+    for position, i in enumerate(compared[:20]):
+        record = by_id[i]
+        assert record["key_hash"] == hashlib.sha256(f"user{i}".encode()).hexdigest()[:16]
+        assert record["primary_outputs"]["label"] == [int(v1[position])]
+        assert record["shadow_outputs"]["label"] == [int(v2[position])]
+        assert record["inputs"]["input"] == [list(np.float32(data[i]["input"]).tolist())]
+
+
+def test_inputs_stay_out_of_the_log_unless_opted_in_and_outputs_are_capped() -> None:
+    from modelserve.shadow.runner import ShadowRunner, _Run
+
+    ticket = _Run(
+        id=1, deadline=0.0, inline=False, model="m", primary_version="1", shadow_version="2",
+        run=lambda: {}, inputs={"x": np.zeros((1, 3))}, primary_outputs={"y": np.ones(1000)},
+        primary_latency_s=0.001, request_id="r", compare="label", context=None,
+    )  # fmt: skip
+    record = ShadowRunner._sink_record(ticket, None, "RuntimeError: boom", False, None)
+    assert "inputs" not in record and record["key_hash"] is None and record["shadow_outputs"] is None
+    assert len(record["primary_outputs"]["y"]) == 256  # capped, never the client's whole tensor

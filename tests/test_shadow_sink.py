@@ -18,6 +18,7 @@ from modelserve.shadow.sink import JsonlSink
 RECORD_FIELDS = {
     "ts", "model", "primary_version", "shadow_version", "request_id", "compare", "agree", "agreement", "rows",
     "max_abs_diff", "js_distance", "reason", "primary_latency_ms", "shadow_latency_ms", "error", "timeout",
+    "key_hash", "primary_outputs", "shadow_outputs",  # `inputs` too, only when opted in
 }  # fmt: skip
 
 

@@ -38,8 +38,8 @@ import numpy as np
 
 from modelserve.shadow.compare import Comparator, Comparison, resolve
 from modelserve.shadow.pool import WorkerPool
-from modelserve.shadow.sink import JsonlSink
-from modelserve.shadow.stats import ShadowStats
+from modelserve.shadow.sink import JsonlSink, key_hash
+from modelserve.shadow.stats import ShadowStats, bounded_tensors
 
 Outputs = Mapping[str, np.ndarray]
 StatsKey = tuple[str, str]  # (model, shadow version)
@@ -81,6 +81,8 @@ class _Run:
     request_id: str | None
     compare: str | Comparator
     context: object
+    targeting_key: str | None = None
+    log_inputs: bool = False  # the sink record carries the (capped) inputs: opt-in, sampled by the caller
     started: bool = False
     settled: bool = False
 
@@ -140,7 +142,7 @@ class ShadowRunner:
         self, *, model: str, primary_version: str, shadow_version: str, run: Callable[[], Outputs],
         inputs: Outputs, primary_outputs: Outputs, primary_latency_s: float, request_id: str | None = None,
         compare: str | Comparator = "label", context: object = None, timeout_s: float | None = None,
-        max_in_flight: int | None = None,
+        max_in_flight: int | None = None, targeting_key: str | None = None, log_inputs: bool = False,
     ) -> bool:  # fmt: skip
         """Queue a shadow run on the pool; False when dropped (bound reached or closed). Never blocks.
 
@@ -153,7 +155,7 @@ class ShadowRunner:
             model=model, primary_version=primary_version, shadow_version=shadow_version, run=run,
             inputs=inputs, primary_outputs=primary_outputs, primary_latency_s=primary_latency_s,
             request_id=request_id, compare=compare, context=context, inline=False, timeout_s=timeout_s,
-            limit=max_in_flight,
+            limit=max_in_flight, targeting_key=targeting_key, log_inputs=log_inputs,
         )  # fmt: skip
         if ticket is None:
             return False
@@ -168,7 +170,7 @@ class ShadowRunner:
         self, *, model: str, primary_version: str, shadow_version: str, run: Callable[[], Outputs],
         inputs: Outputs, primary_outputs: Outputs, primary_latency_s: float, request_id: str | None = None,
         compare: str | Comparator = "label", context: object = None, timeout_s: float | None = None,
-        max_in_flight: int | None = None,
+        max_in_flight: int | None = None, targeting_key: str | None = None, log_inputs: bool = False,
     ) -> bool:  # fmt: skip
         """Run the shadow now on the calling thread; False when dropped or barred.
 
@@ -182,7 +184,7 @@ class ShadowRunner:
             model=model, primary_version=primary_version, shadow_version=shadow_version, run=run,
             inputs=inputs, primary_outputs=primary_outputs, primary_latency_s=primary_latency_s,
             request_id=request_id, compare=compare, context=context, inline=True, timeout_s=timeout_s,
-            limit=max_in_flight,
+            limit=max_in_flight, targeting_key=targeting_key, log_inputs=log_inputs,
         )  # fmt: skip
         if ticket is None:
             return False
@@ -368,7 +370,7 @@ class ShadowRunner:
                 with self._lock:
                     self._inline_barred.add((ticket.model, ticket.shadow_version))
         if self.sink is not None:
-            self.sink.offer(self._sink_record(ticket, comparison, error, timed_out, latency))
+            self.sink.offer(self._sink_record(ticket, comparison, error, timed_out, latency, outputs))
         if self._on_result is not None:
             result = ShadowResult(
                 model=ticket.model, primary_version=ticket.primary_version,
@@ -385,9 +387,10 @@ class ShadowRunner:
 
     @staticmethod
     def _sink_record(
-        ticket: _Run, comparison: Comparison | None, error: str | None, timed_out: bool, latency: float | None
-    ) -> dict[str, Any]:
-        return {
+        ticket: _Run, comparison: Comparison | None, error: str | None, timed_out: bool,
+        latency: float | None, outputs: Outputs | None = None,
+    ) -> dict[str, Any]:  # fmt: skip
+        record = {
             "ts": time.time(),
             "model": ticket.model,
             "primary_version": ticket.primary_version,
@@ -404,4 +407,10 @@ class ShadowRunner:
             "shadow_latency_ms": None if latency is None else latency * 1e3,
             "error": error,
             "timeout": timed_out,
+            "key_hash": key_hash(ticket.targeting_key),
+            "primary_outputs": bounded_tensors(ticket.primary_outputs),
+            "shadow_outputs": bounded_tensors(outputs) if outputs is not None else None,
         }
+        if ticket.log_inputs:
+            record["inputs"] = bounded_tensors(ticket.inputs)
+        return record

@@ -15,6 +15,7 @@ linked to the request) when telemetry is on, and in the JSONL sink (`shadow/sink
 
 from __future__ import annotations
 
+import random
 import time
 from collections.abc import Callable
 from functools import partial
@@ -119,6 +120,8 @@ class ShadowService:
                 primary_latency_s=record.inference_s if record.inference_s is not None else record.latency_s,
                 request_id=record.request_id, compare=config.compare, context=link,
                 timeout_s=config.timeout_ms / 1e3, max_in_flight=config.max_in_flight,
+                targeting_key=decision.targeting_key,
+                log_inputs=config.log_inputs_rate > 0 and random.random() < config.log_inputs_rate,
             )  # fmt: skip
             if not admitted:
                 self._count_drop(record.model, version, decision.version)

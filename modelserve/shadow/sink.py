@@ -24,10 +24,15 @@ Record format (one per shadow outcome; one per completed comparison, plus one pe
 | `shadow_latency_ms` | float or null | shadow model run time; null if it never ran or never returned |
 | `error` | str or null | the shadow's exception (`Type: message`), if it raised |
 | `timeout` | bool | the shadow missed its deadline; its result (if any) was not compared |
+| `key_hash` | str or null | 16 hex digits of the targeting key's SHA-256 (joins a user's rows, not who) |
+| `primary_outputs` | object | the primary's outputs, at most 256 values per tensor (leading rows first) |
+| `shadow_outputs` | object or null | the shadow's outputs, cut the same way; null if it did not return |
+| `inputs` | object | only when the model's `[shadow] log_inputs_rate` sampled this request: the inputs, cut |
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import queue
 import threading
@@ -37,6 +42,13 @@ from typing import IO, Any
 import orjson
 
 _STOP = object()
+
+
+def key_hash(targeting_key: str | None) -> str | None:
+    """A stable pseudonym of a targeting key for offline joins (16 hex digits of its SHA-256)."""
+    if not targeting_key:
+        return None
+    return hashlib.sha256(targeting_key.encode("utf-8", "replace")).hexdigest()[:16]
 _BATCH = 256  # records drained per write; bounds the time between flushes
 
 

@@ -49,6 +49,11 @@ def _bounded(array: Any) -> tuple[Any, bool]:
     return _plain(value.flat[:EXAMPLE_VALUES].tolist()), True  # .flat[:n] copies n values, not the tensor
 
 
+def bounded_tensors(tensors: Mapping[str, Any]) -> dict[str, Any]:
+    """Named tensors as JSON types, each cut like an example's (at most EXAMPLE_VALUES values)."""
+    return {name: _bounded(array)[0] for name, array in tensors.items()}
+
+
 def _plain(value: Any) -> Any:
     if isinstance(value, bytes):
         return value[: EXAMPLE_STRING * 4].decode("utf-8", errors="replace")[:EXAMPLE_STRING]
