@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import sys
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -361,6 +362,11 @@ def render_status(status: dict[str, Any]) -> str:
         )
     if status.get("experiment"):
         lines.append(f"  experiment: {status['experiment']}")
+    change = status.get("last_change")
+    if change:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(float(change["time"])))
+        why = f" ({change['reason']})" if change.get("reason") else ""
+        lines.append(f"  last change: {when} UTC, {change['action']} by {change['actor']}{why}")
     return "\n".join(lines)
 
 

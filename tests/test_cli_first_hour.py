@@ -52,3 +52,4 @@ def test_history_shows_who_changed_what_and_why_and_status_reads_latency_in_ms(
     assert "live: 1 -> 2" in "\n".join(lines[promote : promote + 4])
     assert any("canary_weight: 0 -> 10" in line for line in lines)
     assert "p50 ms" in status and "req/60s" in status
+    assert "UTC, canary by admin" in status  # status says when the model last changed, and who did it

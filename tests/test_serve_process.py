@@ -115,6 +115,8 @@ def test_serve_speaks_tls_with_the_given_certificate(tmp_path: Path) -> None:
         body = (ROOT / "examples" / "req.json").read_bytes()
         answer = httpx.post(f"https://127.0.0.1:{port}/v2/models/credit/infer", content=body, verify=context)
         assert answer.status_code == 200
+        metrics = httpx.get(f"https://127.0.0.1:{port}/metrics", verify=context).text
+        assert "modelserve" in metrics and "unknown_service" not in metrics
         with pytest.raises(httpx.TransportError):  # plain HTTP is not served on a TLS port
             httpx.get(f"http://127.0.0.1:{port}/v2/health/ready", timeout=5).raise_for_status()
     finally:

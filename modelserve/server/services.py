@@ -282,6 +282,7 @@ def build_services(
         hooks.tasks.append(webhooks.run)
     audit = AuditLog(store, notify=webhooks.notify if webhooks is not None else None)
     hooks.tasks.append(audit.run)
+    hooks.status_providers.append(audit.status)
     hooks.shutdown.append(audit.flush)
 
     rollout = None

@@ -188,6 +188,21 @@ class AuditLog:
         entries = [e for e in self._entries if model is None or e.model == model]
         return entries[-limit:] if limit > 0 else []
 
+    def status(self, model: str) -> dict[str, Any]:
+        """The model's last recorded change (for its status): when, what, by whom and why."""
+        latest = self.history(model, limit=1)
+        if not latest:
+            return {"last_change": None}
+        entry = latest[0]
+        return {
+            "last_change": {
+                "time": entry.time,
+                "action": entry.action,
+                "actor": entry.actor.scope,
+                "reason": entry.actor.reason,
+            }
+        }
+
     async def flush(self) -> None:
         """Write every segment that changed since the last write (in a worker thread)."""
         async with self._write_lock:
