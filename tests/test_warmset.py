@@ -246,3 +246,31 @@ def test_sizes_parse_with_binary_units() -> None:
     for bad in ("", "-1M", "12Q", "0"):
         with pytest.raises(ConfigError):
             parse_size(bad)
+
+
+def test_a_restart_under_a_smaller_budget_restores_the_live_version_and_skips_the_rest(
+    tmp_path: Path,
+) -> None:
+    # Versions 1 and 2 are 16.8 MB files (a version never costs less than its file); 3 is tiny.
+    repo = tmp_path / "big"
+    for version in ("1", "2"):
+        testing.mlp(repo / "fraud" / version / "model.onnx", (16, 2048, 2048, 2), seed=int(version))
+    testing.mlp(repo / "fraud" / "3" / "model.onnx", seed=3)
+    config = "[serving]\nkeep_warm = 3\n"
+
+    async def first() -> None:
+        registry = registry_for(repo, tmp_path / "state", config=config)
+        await registry.load_model("fraud")
+        for version in ("2", "3"):
+            await registry.stage("fraud", version)
+            await registry.promote("fraud")
+
+    async def second() -> None:
+        registry = registry_for(repo, tmp_path / "state", config=config, budget=14 * 1024**2)
+        warm = await registry.load_model("fraud")
+        assert warm.live_version == "3" and registry.resolve("fraud").version == "3"
+        assert warm.warm_versions() == ["3"]  # the previous versions did not fit: skipped, with a warning
+        assert registry.memory()["used_bytes"] <= 14 * 1024**2
+
+    anyio.run(first)
+    anyio.run(second)
