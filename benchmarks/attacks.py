@@ -70,12 +70,14 @@ def server(tree: Path, repo: Path, state: Path, flags: Path) -> Iterator[tuple[s
     args = [sys.executable, "-m", "modelserve.cli", "serve", str(repo), "--port", str(port),
             "--state-dir", str(state), "--admin-token", TOKEN, "--flags", str(flags),
             "--log-level", "error"]  # fmt: skip
+    # cwd too: `python -m` puts the working directory first on sys.path.
+    env, cwd = {**os.environ, "PYTHONPATH": str(tree)}, str(tree)
     if "--header-timeout" in subprocess.run(
-        [sys.executable, "-m", "modelserve.cli", "serve", "--help"], capture_output=True, text=True,
-        env={**os.environ, "PYTHONPATH": str(tree)},
+        [sys.executable, "-m", "modelserve.cli", "serve", "--help"], capture_output=True, text=True, env=env,
+        cwd=cwd,
     ).stdout:  # fmt: skip
         args += ["--header-timeout", "2"]
-    process = subprocess.Popen(args, env={**os.environ, "PYTHONPATH": str(tree)}, stdout=subprocess.DEVNULL,
+    process = subprocess.Popen(args, env=env, cwd=cwd, stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     try:
