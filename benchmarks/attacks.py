@@ -121,6 +121,8 @@ def measured(url: str, pid: int, attack: Callable[[], str]) -> dict[str, Any]:
     prober.start()
     try:
         outcome = attack()
+    except httpx.HTTPError as exc:  # the attack's own requests got no answer: that is the finding
+        outcome = f"{type(exc).__name__}: the server did not answer"
     finally:
         done.set()
         prober.join()
