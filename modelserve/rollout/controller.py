@@ -1,8 +1,10 @@
 """The rollout controller: runs plans stage by stage, gates each stage, rolls back or promotes.
 
-One rollout per model at a time. Each evaluation reads the candidate's window (role `shadow` in a
-shadow stage, `primary` otherwise) and the baseline (the live version's primary window) from
-`SlidingWindows`, evaluates the stage's gates, then:
+One rollout per model at a time. Each evaluation reads the candidate's sample (role `shadow` in a
+shadow stage, `primary` otherwise) and the baseline's (the live version's primary series) from
+`SlidingWindows` over everything since the stage began (capped at `plan.window_s`), so successive
+looks see growing data as the gates' confidence sequences assume; see `rollout.sample.stage_samples`
+for what the latencies measure. It evaluates the stage's gates (`rollout.gates`), then:
 
 - a non-dry-run gate failed more than its `failure_limit` times in this stage -> roll back at once
   (candidate weight 0, shadow off; the live version is never touched, the candidate stays loaded);
@@ -10,7 +12,9 @@ shadow stage, `primary` otherwise) and the baseline (the live version's primary 
 - otherwise, when running, the stage's minimum duration has passed, the candidate has the stage's
   minimum samples and every non-dry-run gate passed `consecutive_successes` times in a row -> next
   stage, or promote after the last one;
-- anything else (inconclusive: not enough data) -> hold. No data never advances a stage.
+- anything else (inconclusive: not enough data, or a regression not yet beyond doubt) -> hold. No
+  data never advances a stage. A running stage still undecided after `stage.pause_after_s` pauses,
+  with the undecided gates and their numbers as the reason.
 
 The baseline is the live version's window when it has the stage's minimum samples; otherwise the last
 such window is used ("frozen" in the evidence), so a 100 % stage, where the live version gets no
@@ -41,8 +45,9 @@ from modelserve.rollout.events import (
     RolloutStatus,
     events_from_log,
 )
-from modelserve.rollout.gates import FAIL, GateResult, evaluate_gates
+from modelserve.rollout.gates import FAIL, PASS, GateResult, evaluate_gates
 from modelserve.rollout.plan import RolloutPlan, default_plan
+from modelserve.rollout.sample import stage_samples
 from modelserve.rollout.state import Rollout, rollout_from_state
 from modelserve.rollout.target import AgreementSource, ExperimentSource, RolloutTarget
 from modelserve.rollout.webhooks import WebhookNotifier
@@ -108,6 +113,11 @@ class RolloutController:
     async def start(self, model: str, candidate: str, plan: RolloutPlan | None = None) -> RolloutStatus:
         """Start rolling `candidate` out; Conflict if the model already has an active rollout."""
         plan = plan or default_plan()
+        if self._experiment is None and any(g.metric == "experiment" for s in plan.stages for g in s.gates):
+            raise ConfigError(
+                f"plan {plan.name!r} has an experiment gate but no experiment results are connected; "
+                "remove the gate"
+            )
         async with self._lock:
             current = self._rollouts.get(model)
             if current is not None and current.state in ACTIVE_STATES:
@@ -233,13 +243,17 @@ class RolloutController:
 
     async def _evaluate(self, rollout: Rollout, now: float) -> None:
         stage, plan, model = rollout.stage, rollout.plan, rollout.model
-        role = "shadow" if stage.shadow else "primary"
-        candidate = self.windows.snapshot(model, rollout.candidate, role, plan.window_s, now)
-        baseline = self.windows.snapshot(model, rollout.baseline_version, "primary", plan.window_s, now)
+        elapsed = now - rollout.stage_started
+        window = min(plan.window_s, max(elapsed, plan.interval_s))
+        candidate, baseline, measure = stage_samples(
+            self.windows, model, rollout.candidate, rollout.baseline_version, shadow=stage.shadow,
+            window_s=window, now=now,
+        )  # fmt: skip
         baseline_source = "live"
         if baseline.requests >= stage.min_samples:
-            rollout.frozen_baseline = baseline
-        elif rollout.frozen_baseline is not None:
+            if measure == "latency":  # what a canary stage without live traffic compares against
+                rollout.frozen_baseline = baseline
+        elif rollout.frozen_baseline is not None and measure == "latency":
             baseline, baseline_source = rollout.frozen_baseline, "frozen"
         metrics = {g.metric for g in stage.gates}
         agreement = (
@@ -252,13 +266,18 @@ class RolloutController:
             if self._experiment and "experiment" in metrics
             else None
         )
-        results = evaluate_gates(stage, candidate, baseline, agreement=agreement, experiment=experiment)
+        results = evaluate_gates(
+            stage, candidate, baseline, agreement=agreement, experiment=experiment,
+            concurrent=baseline_source == "live",
+        )  # fmt: skip
         rollout.record_results(results)
         data = {
             "candidate_requests": candidate.requests,
             "baseline_requests": baseline.requests,
             "baseline_source": baseline_source,
-            "stage_elapsed_s": round(now - rollout.stage_started, 3),
+            "latency_measure": measure,
+            "window_s": round(window, 3),
+            "stage_elapsed_s": round(elapsed, 3),
         }
 
         breaking = [
@@ -281,6 +300,16 @@ class RolloutController:
             self._emit(rollout, "dry_run_failure", f"dry-run gate(s) failed, not acted on: {names}", results)
         if rollout.state == RUNNING and rollout.stage_complete(now, candidate.requests):
             await self._advance(rollout, now, results, data)  # its event carries these results
+        elif rollout.state == RUNNING and elapsed > stage.pause_after_s:
+            undecided = [
+                r for r, g in zip(results, stage.gates, strict=True) if r.verdict != PASS and not g.dry_run
+            ]
+            why = "; ".join(f"{r.gate}: {r.detail}" for r in undecided) or (
+                f"candidate has {candidate.requests} of {stage.min_samples} samples"
+            )
+            rollout.state = PAUSED
+            rollout.reason = f"stage {stage.name!r} undecided after {elapsed:.0f} s: {why}"
+            self._emit(rollout, "paused", rollout.reason, results, data)
         elif changed or now - rollout.last_gate_event >= self._gate_event_every_s:
             self._emit(rollout, "gates", " ".join(f"{r.gate}={r.verdict}" for r in results), results, data)
             rollout.last_verdicts, rollout.last_gate_event = verdicts, now

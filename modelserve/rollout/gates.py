@@ -1,36 +1,78 @@
-"""Gate evaluation: pure functions from a stage and the metrics seen to a verdict per gate.
+"""Gate evaluation: pure functions from a stage and what each version did to a verdict per gate.
 
-Verdicts are `pass`, `fail` or `inconclusive`. Too few samples (of the candidate, of the baseline for a
-relative gate, of shadow comparisons for agreement, of experiment outcomes) is inconclusive: "no data"
-never passes a gate. Relative gates compare `candidate <= max(threshold * baseline, floor)` and never
-divide, so a baseline of 0 is well defined (the floor is the allowance). Every result carries the
-numbers behind it: observed value, effective limit, baseline value and sample counts.
+This is the one rule engine: the rollout controller, `rollout status`, the shadow report's
+recommendation and the guardrails all decide through `evaluate_gates`.
+
+Verdicts are `pass`, `fail` or `inconclusive`, decided with confidence sequences
+(`modelserve.rollout.confidence`), which stay valid however often a gate is looked at:
+
+| gate | fails when (beyond doubt at the gate's confidence) | passes when (plausibly) |
+|---|---|---|
+| rate, relative | candidate - baseline > margin | excess <= margin |
+| rate, absolute | candidate rate > threshold | rate <= threshold |
+| quantile, relative | candidate quantile > limit(baseline's upper bound) | q <= limit(baseline q) |
+| quantile, absolute | candidate quantile > threshold | q <= threshold |
+| agreement | agreement rate < threshold | rate >= threshold |
+| experiment | the experiment finds the candidate significantly worse | it does not |
+
+with margin = max((threshold - 1) x baseline rate, floor) and limit(b) = max(threshold x b, b + floor).
+
+"Plausibly" means within one standard error of the estimate: a gate passes unless the candidate
+looks worse by more than its noise (one error in 150 requests is not "worse than 0.5 %").
+Anything between (looks worse, not yet beyond doubt) is inconclusive: the stage holds and
+collects more data. So is too little data: fewer samples than the gate needs (`min_samples`,
+else the stage's), a relative gate whose baseline has fewer, or a quantile with fewer than five
+values expected beyond it (100 for p95, 500 for p99). "No data" never passes and never fails.
+Every result carries the numbers: estimate and interval of the candidate, of the baseline and of
+the difference, the effective limit, sample counts and confidence.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, replace
 from typing import Any
 
+from modelserve.rollout.confidence import (
+    Bounds,
+    min_samples_for_quantile,
+    quantile_interval,
+    quantile_one_sigma_low,
+    rate_difference_interval,
+    rate_interval,
+    rate_sd,
+)
 from modelserve.rollout.plan import GateSpec, Stage
-from modelserve.telemetry.windows import WindowStats
+from modelserve.rollout.sample import Sample
 
 PASS = "pass"
 FAIL = "fail"
 INCONCLUSIVE = "inconclusive"
 
+QUANTILES = {"p50": 0.50, "p95": 0.95, "p99": 0.99}
+#: Mixing scale of an agreement sequence: resolves agreement differences of a few points.
+AGREEMENT_TAU = 0.05
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ShadowAgreement:
-    """How often the candidate's shadow result agreed with the primary's, over `samples` comparisons."""
+    """How often the candidate's shadow results agreed with the primary's: `agreeing` of `samples`
+    compared rows (`rate` alone, without `agreeing`, is read as rate x samples)."""
 
     rate: float | None
     samples: int
+    agreeing: int | None = None
+
+    @property
+    def successes(self) -> int:
+        if self.agreeing is not None:
+            return self.agreeing
+        return round((self.rate or 0.0) * self.samples)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ExperimentEvidence:
-    """Input of the "not significantly worse" gate (filled in by the experiments layer)."""
+    """Input of the "not significantly worse" gate (filled in from the running experiment's report)."""
 
     significantly_worse: bool
     samples: int
@@ -52,19 +94,29 @@ class GateResult:
     required_samples: int
     dry_run: bool
     detail: str
+    interval: list[float | None] | None = None
+    baseline_interval: list[float | None] | None = None
+    difference: float | None = None
+    difference_interval: list[float | None] | None = None
+    confidence: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready form, used by events and webhooks."""
+        """JSON-ready form, used by events, webhooks and the admin API."""
         return {
             "gate": self.gate,
             "metric": self.metric,
             "verdict": self.verdict,
             "observed": self.observed,
+            "interval": self.interval,
             "threshold": self.threshold,
             "baseline": self.baseline,
+            "baseline_interval": self.baseline_interval,
+            "difference": self.difference,
+            "difference_interval": self.difference_interval,
             "samples": self.samples,
             "baseline_samples": self.baseline_samples,
             "required_samples": self.required_samples,
+            "confidence": self.confidence,
             "dry_run": self.dry_run,
             "detail": self.detail,
         }
@@ -72,85 +124,183 @@ class GateResult:
 
 def evaluate_gates(
     stage: Stage,
-    candidate: WindowStats,
-    baseline: WindowStats | None,
+    candidate: Sample,
+    baseline: Sample | None,
     *,
     agreement: ShadowAgreement | None = None,
     experiment: ExperimentEvidence | None = None,
+    concurrent: bool = True,
 ) -> tuple[GateResult, ...]:
-    """Evaluate every gate of `stage`; the result order follows `stage.gates`."""
-    return tuple(evaluate_gate(g, stage, candidate, baseline, agreement, experiment) for g in stage.gates)
+    """Evaluate every gate of `stage`; the result order follows `stage.gates`.
+
+    `concurrent=False` says the baseline was measured at another time (a 100 % stage has no live
+    traffic to compare with): relative latency gates then report their numbers and pass, because
+    latency across time measures the host's load as much as the model, and it was compared
+    side by side at every earlier stage. Rate gates still compare.
+    """
+    return tuple(
+        evaluate_gate(g, stage, candidate, baseline, agreement, experiment, concurrent=concurrent)
+        for g in stage.gates
+    )
 
 
 def evaluate_gate(
     gate: GateSpec,
     stage: Stage,
-    candidate: WindowStats,
-    baseline: WindowStats | None,
+    candidate: Sample,
+    baseline: Sample | None,
     agreement: ShadowAgreement | None = None,
     experiment: ExperimentEvidence | None = None,
+    *,
+    concurrent: bool = True,
 ) -> GateResult:
-    """Evaluate one gate (see the module docstring for the rules)."""
+    """Evaluate one gate (see the module docstring and `evaluate_gates` for the rules)."""
     required = gate.min_samples or stage.min_samples
     if gate.metric == "shadow_agreement":
         return _agreement(gate, required, agreement)
     if gate.metric == "experiment":
         return _experiment(gate, required, experiment)
-    observed = getattr(candidate, gate.metric)
-    base_value = getattr(baseline, gate.metric) if baseline is not None else None
-    base_samples = baseline.requests if baseline is not None else None
-
-    def result(verdict: str, threshold: float | None, detail: str) -> GateResult:
+    if gate.metric in QUANTILES:
+        required = max(required, min_samples_for_quantile(QUANTILES[gate.metric]))
+    relative = gate.mode == "relative"
+    base_samples = baseline.requests if baseline is not None else 0
+    common: dict[str, Any] = {
+        "gate": gate.name,
+        "metric": gate.metric,
+        "samples": candidate.requests,
+        "baseline_samples": base_samples if relative else None,
+        "required_samples": required,
+        "dry_run": gate.dry_run,
+        "confidence": gate.confidence,
+    }
+    if candidate.requests < required:
         return GateResult(
-            gate=gate.name,
-            metric=gate.metric,
-            verdict=verdict,
-            observed=observed,
-            threshold=threshold,
-            baseline=base_value if gate.mode == "relative" else None,
-            samples=candidate.requests,
-            baseline_samples=base_samples if gate.mode == "relative" else None,
-            required_samples=required,
-            dry_run=gate.dry_run,
-            detail=detail,
-        )
+            verdict=INCONCLUSIVE, observed=None, threshold=None, baseline=None,
+            detail=f"candidate has {candidate.requests} of {required} samples", **common,
+        )  # fmt: skip
+    if relative and (baseline is None or base_samples < required):
+        return GateResult(
+            verdict=INCONCLUSIVE, observed=None, threshold=None, baseline=None,
+            detail=f"baseline has {base_samples} of {required} samples", **common,
+        )  # fmt: skip
+    alpha = 1.0 - gate.confidence
+    if gate.metric in QUANTILES:
+        result = _quantile(gate, QUANTILES[gate.metric], candidate, baseline, alpha, common)
+        if relative and not concurrent and result.verdict != PASS:
+            return replace(
+                result, verdict=PASS,
+                detail=f"{result.detail}; not acted on: the baseline was measured at another time",
+            )  # fmt: skip
+        return result
+    return _rate(gate, candidate, baseline, alpha, common)
 
-    if candidate.requests < required or observed is None:
-        return result(INCONCLUSIVE, None, f"candidate has {candidate.requests} of {required} samples")
+
+def _rate(
+    gate: GateSpec, candidate: Sample, baseline: Sample | None, alpha: float, common: dict[str, Any]
+) -> GateResult:
+    events, n = candidate.rate(gate.metric)
     if gate.mode == "absolute":
-        limit = gate.threshold
-        how = f"limit {limit:.6g}"
-    else:
-        if baseline is None or base_samples is None or base_samples < required or base_value is None:
-            got = 0 if base_samples is None else base_samples
-            return result(INCONCLUSIVE, None, f"baseline has {got} of {required} samples")
-        limit = max(gate.threshold * base_value, gate.floor)
-        how = f"limit max({gate.threshold:g} x baseline {base_value:.6g}, floor {gate.floor:g}) = {limit:.6g}"
-    verdict = PASS if observed <= limit else FAIL
-    return result(verdict, limit, f"{gate.metric} {observed:.6g} {'<=' if verdict == PASS else '>'} {how}")
+        bounds = rate_interval(events, n, alpha=alpha, tau=_rate_tau(gate.threshold))
+        rate = bounds.estimate or 0.0
+        plausible = rate - rate_sd(events, n)
+        verdict = _decide(fails=(bounds.low or 0.0) > gate.threshold, passes=plausible <= gate.threshold)
+        detail = f"{gate.metric} {rate:.4g} {_interval(bounds)} vs limit {gate.threshold:.4g}"
+        return GateResult(
+            verdict=verdict, observed=rate, interval=bounds.as_list(), threshold=gate.threshold,
+            baseline=None, detail=_explain(verdict, detail), **common,
+        )  # fmt: skip
+    assert baseline is not None
+    base_events, base_n = baseline.rate(gate.metric)
+    base_rate = base_events / base_n
+    margin = max((gate.threshold - 1.0) * base_rate, gate.floor)
+    difference = rate_difference_interval(events, n, base_events, base_n, alpha=alpha, tau=_rate_tau(margin))
+    excess = difference.estimate or 0.0
+    plausible = excess - math.hypot(rate_sd(events, n), rate_sd(base_events, base_n))
+    verdict = _decide(fails=(difference.low or 0.0) > margin, passes=plausible <= margin)
+    limit = base_rate + margin
+    detail = (
+        f"{gate.metric} {events / n:.4g} vs baseline {base_rate:.4g}: excess {excess:+.4g} "
+        f"{_interval(difference)} vs margin {margin:.4g} (max({gate.threshold:g}x-1 of baseline, "
+        f"floor {gate.floor:g}))"
+    )
+    return GateResult(
+        verdict=verdict, observed=events / n,
+        interval=rate_interval(events, n, alpha=alpha, tau=_rate_tau(margin)).as_list(), threshold=limit,
+        baseline=base_rate,
+        baseline_interval=rate_interval(base_events, base_n, alpha=alpha, tau=_rate_tau(margin)).as_list(),
+        difference=excess, difference_interval=difference.as_list(), detail=_explain(verdict, detail),
+        **common,
+    )  # fmt: skip
+
+
+def _quantile(
+    gate: GateSpec,
+    q: float,
+    candidate: Sample,
+    baseline: Sample | None,
+    alpha: float,
+    common: dict[str, Any],
+) -> GateResult:
+    mine = quantile_interval(candidate.latency, q, alpha=alpha)
+    value = mine.estimate
+    if value is None:  # requests that never produced a latency (every one failed)
+        return GateResult(
+            verdict=INCONCLUSIVE, observed=None, threshold=None, baseline=None,
+            detail="the candidate has no latencies yet", **common,
+        )  # fmt: skip
+    if gate.mode == "absolute":
+        plausible = quantile_one_sigma_low(candidate.latency, q) or 0.0
+        verdict = _decide(fails=(mine.low or 0.0) > gate.threshold, passes=plausible <= gate.threshold)
+        detail = f"{gate.metric} {value:.4g} s {_interval(mine)} vs limit {gate.threshold:.4g} s"
+        return GateResult(
+            verdict=verdict, observed=value, interval=mine.as_list(), threshold=gate.threshold,
+            baseline=None, detail=_explain(verdict, detail), **common,
+        )  # fmt: skip
+    assert baseline is not None
+    theirs = quantile_interval(baseline.latency, q, alpha=alpha)
+    if theirs.estimate is None:
+        return GateResult(
+            verdict=INCONCLUSIVE, observed=value, threshold=None, baseline=None,
+            detail="the baseline has no latencies yet", **common,
+        )  # fmt: skip
+
+    def limit(base: float) -> float:
+        return max(gate.threshold * base, base + gate.floor)
+
+    proven = theirs.high is not None and (mine.low or 0.0) > limit(theirs.high)
+    threshold = limit(theirs.estimate)
+    plausible = quantile_one_sigma_low(candidate.latency, q) or 0.0
+    verdict = _decide(fails=proven, passes=plausible <= threshold)
+    detail = (
+        f"{gate.metric} {value:.4g} s {_interval(mine)} vs baseline {theirs.estimate:.4g} s "
+        f"{_interval(theirs)}: limit max({gate.threshold:g}x, +{gate.floor:g} s) = {threshold:.4g} s"
+    )
+    return GateResult(
+        verdict=verdict, observed=value, interval=mine.as_list(), threshold=threshold,
+        baseline=theirs.estimate, baseline_interval=theirs.as_list(), difference=value - theirs.estimate,
+        detail=_explain(verdict, detail), **common,
+    )  # fmt: skip
 
 
 def _agreement(gate: GateSpec, required: int, agreement: ShadowAgreement | None) -> GateResult:
     samples = agreement.samples if agreement is not None else 0
-    rate = agreement.rate if agreement is not None else None
-    if rate is None or samples < required:
-        verdict, detail = INCONCLUSIVE, f"{samples} of {required} shadow comparisons"
-    elif rate >= gate.threshold:
-        verdict, detail = PASS, f"agreement {rate:.4f} >= {gate.threshold:g}"
-    else:
-        verdict, detail = FAIL, f"agreement {rate:.4f} < {gate.threshold:g}"
+    common: dict[str, Any] = {
+        "gate": gate.name, "metric": gate.metric, "threshold": gate.threshold, "baseline": None,
+        "samples": samples, "baseline_samples": None, "required_samples": required,
+        "dry_run": gate.dry_run, "confidence": gate.confidence,
+    }  # fmt: skip
+    if agreement is None or samples < required or samples == 0:
+        return GateResult(
+            verdict=INCONCLUSIVE, observed=None if agreement is None else agreement.rate,
+            detail=f"{samples} of {required} shadow comparisons", **common,
+        )  # fmt: skip
+    bounds = rate_interval(agreement.successes, samples, alpha=1.0 - gate.confidence, tau=AGREEMENT_TAU)
+    rate = bounds.estimate or 0.0
+    plausible = rate + rate_sd(agreement.successes, samples)
+    verdict = _decide(fails=(bounds.high or 1.0) < gate.threshold, passes=plausible >= gate.threshold)
+    detail = f"agreement {rate:.4f} {_interval(bounds)} vs minimum {gate.threshold:g}"
     return GateResult(
-        gate=gate.name,
-        metric=gate.metric,
-        verdict=verdict,
-        observed=rate,
-        threshold=gate.threshold,
-        baseline=None,
-        samples=samples,
-        baseline_samples=None,
-        required_samples=required,
-        dry_run=gate.dry_run,
-        detail=detail,
+        verdict=verdict, observed=rate, interval=bounds.as_list(), detail=_explain(verdict, detail), **common
     )
 
 
@@ -164,15 +314,32 @@ def _experiment(gate: GateSpec, required: int, experiment: ExperimentEvidence | 
             "significantly worse" if verdict == FAIL else "not significantly worse"
         )
     return GateResult(
-        gate=gate.name,
-        metric=gate.metric,
-        verdict=verdict,
-        observed=None,
-        threshold=None,
-        baseline=None,
-        samples=samples,
-        baseline_samples=None,
-        required_samples=required,
-        dry_run=gate.dry_run,
-        detail=detail,
-    )
+        gate=gate.name, metric=gate.metric, verdict=verdict, observed=None, threshold=None, baseline=None,
+        samples=samples, baseline_samples=None, required_samples=required, dry_run=gate.dry_run,
+        detail=detail, confidence=gate.confidence,
+    )  # fmt: skip
+
+
+def _rate_tau(margin: float) -> float:
+    # Tuned to effects a few times the margin (what a regression looks like), not to the margin
+    # itself: a mixture tuned to tiny effects makes early looks needlessly wide.
+    return max(2.0 * margin, 0.01)
+
+
+def _decide(*, fails: bool, passes: bool) -> str:
+    return FAIL if fails else PASS if passes else INCONCLUSIVE
+
+
+def _explain(verdict: str, detail: str) -> str:
+    if verdict == FAIL:
+        return f"{detail}: worse beyond doubt"
+    if verdict == INCONCLUSIVE:
+        return f"{detail}: looks worse, not yet beyond doubt (holding)"
+    return detail
+
+
+def _interval(bounds: Bounds) -> str:
+    def number(value: float | None, missing: str) -> str:
+        return missing if value is None else f"{value:.4g}"
+
+    return f"[{number(bounds.low, '-inf')}, {number(bounds.high, 'inf')}]"

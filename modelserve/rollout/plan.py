@@ -4,7 +4,7 @@ A plan is a TOML file (read with tomllib) or the built-in `default` plan. Format
 
     name = "fast"
     interval_s = 1.0        # how often the controller evaluates the gates
-    window_s = 10.0         # the metrics window each evaluation looks at
+    window_s = 10.0         # the longest window a look takes (it sees everything since its stage began)
     time_scale = 1.0        # optional: multiplies interval_s, window_s and every min_duration_s
 
     # Gates checked in every stage. Leave out every [[gates]] table to get the default gates;
@@ -12,9 +12,10 @@ A plan is a TOML file (read with tomllib) or the built-in `default` plan. Format
     [[gates]]
     name = "error_rate_vs_baseline"
     metric = "error_rate"   # error_rate | timeout_rate | p50 | p95 | p99 | shadow_agreement | experiment
-    mode = "relative"       # relative: candidate <= max(threshold x baseline, floor); absolute: <= threshold
-    threshold = 2.0
-    floor = 0.01            # relative gates only, in the metric's unit (rate, or seconds)
+    mode = "relative"       # relative: worse than the baseline by more than the margin fails (below)
+    threshold = 2.0         # relative: the allowed ratio; absolute: the limit itself
+    floor = 0.005           # relative gates only: the smallest allowed excess, in the metric's unit
+    confidence = 0.95       # of the confidence sequences behind the verdict (valid at every look)
     failure_limit = 0       # failed evaluations tolerated in a stage; one more rolls back
     consecutive_successes = 1   # passes in a row needed before the stage may complete
     min_samples = 0         # 0: the stage's min_samples
@@ -25,6 +26,7 @@ A plan is a TOML file (read with tomllib) or the built-in `default` plan. Format
     shadow = true           # the candidate runs in shadow; its metrics come from role "shadow"
     min_duration_s = 5
     min_samples = 50
+    max_duration_s = 60     # still undecided after this long: pause (0: 10 x min, at least 60 s)
     [[stages.gates]]        # extra gates for this stage; same name as a [[gates]] entry replaces it
     name = "agreement"
     metric = "shadow_agreement"
@@ -41,9 +43,12 @@ Thresholds: rates are fractions (0.01 = 1 %), latencies are seconds, `shadow_agr
 (fraction of shadow results that agreed with the primary), `experiment` fails when the experiment
 says the candidate is significantly worse (it has no threshold).
 
-Relative gates never divide: they compare `candidate <= max(threshold * baseline, floor)`. The floor
-stops a baseline of 0 (no errors yet) from failing a candidate on its first error; the default gates
-use a 1 % floor for error and timeout rates and no floor for latency.
+The practical margin of a relative gate is what "worse" must exceed before it counts, and never
+divides (a baseline of 0 is well defined): for rates the candidate may exceed the baseline by
+`max((threshold - 1) x baseline, floor)`; for latency quantiles the candidate's quantile may reach
+`max(threshold x baseline, baseline + floor)`, so the ratio governs slow (ms) models and the
+absolute floor keeps scheduler noise on µs models from counting. How the statistics decide (pass,
+fail, inconclusive) is in `modelserve.rollout.gates`.
 """
 
 from __future__ import annotations
@@ -81,6 +86,7 @@ class GateSpec:
     consecutive_successes: int = 1
     min_samples: int = 0
     dry_run: bool = False
+    confidence: float = 0.95
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -93,6 +99,13 @@ class Stage:
     min_duration_s: float = 60.0
     min_samples: int = 100
     gates: tuple[GateSpec, ...] = ()
+    max_duration_s: float = 0.0
+
+    @property
+    def pause_after_s(self) -> float:
+        """How long the stage may stay undecided before the rollout pauses (`max_duration_s`, or else
+        10 x `min_duration_s` but at least a minute)."""
+        return self.max_duration_s or max(10.0 * self.min_duration_s, 60.0)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -115,7 +128,10 @@ class RolloutPlan:
             window_s=self.window_s * factor,
             time_scale=self.time_scale * factor,
             stages=tuple(
-                dataclasses.replace(s, min_duration_s=s.min_duration_s * factor) for s in self.stages
+                dataclasses.replace(
+                    s, min_duration_s=s.min_duration_s * factor, max_duration_s=s.max_duration_s * factor
+                )
+                for s in self.stages
             ),
         )
 
@@ -134,6 +150,7 @@ class RolloutPlan:
                     "shadow": s.shadow,
                     "min_duration_s": s.min_duration_s,
                     "min_samples": s.min_samples,
+                    "max_duration_s": s.max_duration_s,
                     "gates": [dataclasses.asdict(g) for g in s.gates],
                 }
                 for s in self.stages
@@ -141,20 +158,31 @@ class RolloutPlan:
         }
 
 
+#: The default practical floor of latency gates: a quarter millisecond more at p95 is noise
+#: (a thread hop, a GC pause), more than that is a regression on µs and ms models alike.
+LATENCY_FLOOR_S = 0.00025
+#: The default practical floor of error and timeout rate gates: half a percentage point.
+RATE_FLOOR = 0.005
+
+
 def default_gates() -> tuple[GateSpec, ...]:
-    """The gates every stage of the default plan checks (agreement applies to shadow stages only)."""
+    """The gates every stage of the default plan checks (agreement applies to shadow stages only).
+
+    No p99 gate by default: a p99 needs at least 500 samples per stage before it says anything.
+    """
     return (
         GateSpec(
-            name="error_rate_vs_baseline", metric="error_rate", mode="relative", threshold=2.0, floor=0.01
+            name="error_rate_vs_baseline", metric="error_rate", mode="relative", threshold=2.0,
+            floor=RATE_FLOOR,
         ),
-        GateSpec(name="p95_vs_baseline", metric="p95", mode="relative", threshold=1.5),
+        GateSpec(name="p95_vs_baseline", metric="p95", mode="relative", threshold=1.5, floor=LATENCY_FLOOR_S),
         GateSpec(
-            name="timeout_rate_vs_baseline", metric="timeout_rate", mode="relative", threshold=2.0, floor=0.01
+            name="timeout_rate_vs_baseline", metric="timeout_rate", mode="relative", threshold=2.0,
+            floor=RATE_FLOOR,
         ),
-        GateSpec(name="p99_absolute", metric="p99", mode="absolute", threshold=0.200),
         GateSpec(name="error_rate_absolute", metric="error_rate", mode="absolute", threshold=0.01),
         GateSpec(name="shadow_agreement", metric="shadow_agreement", mode="absolute", threshold=0.85),
-    )
+    )  # fmt: skip
 
 
 def experiment_gate(*, dry_run: bool = False) -> GateSpec:
@@ -163,12 +191,16 @@ def experiment_gate(*, dry_run: bool = False) -> GateSpec:
 
 
 def default_plan() -> RolloutPlan:
-    """shadow -> 5 % -> 25 % -> 50 % -> 100 %, one minute each at least, gated by `default_gates()`."""
+    """shadow -> 5 % -> 25 % -> 50 % -> 100 %, one minute each at least, gated by `default_gates()`.
+
+    Each look sees everything since its stage began, up to ten minutes; a stage still undecided
+    after ten minutes pauses the rollout.
+    """
     gates = default_gates()
     return RolloutPlan(
         name="default",
         interval_s=5.0,
-        window_s=60.0,
+        window_s=600.0,
         stages=(
             _with_gates(Stage(name="shadow", shadow=True, min_duration_s=60.0, min_samples=200), gates),
             _with_gates(Stage(name="canary-5", weight=5, min_duration_s=60.0, min_samples=100), gates),
@@ -199,7 +231,7 @@ def load_plan(source: str | Path) -> RolloutPlan:
 
 
 _PLAN_KEYS = {"name", "interval_s", "window_s", "time_scale", "applied_time_scale", "gates", "stages"}
-_STAGE_KEYS = {"name", "weight", "shadow", "min_duration_s", "min_samples", "gates"}
+_STAGE_KEYS = {"name", "weight", "shadow", "min_duration_s", "min_samples", "max_duration_s", "gates"}
 _GATE_KEYS = {f.name for f in dataclasses.fields(GateSpec)}
 
 
@@ -269,7 +301,10 @@ def _stage(raw: Any, common: tuple[GateSpec, ...], where: str) -> Stage:
         shadow=shadow,
         min_duration_s=_non_negative(raw.get("min_duration_s", 60.0), f"{where}: min_duration_s"),
         min_samples=_count(raw.get("min_samples", 100), f"{where}: min_samples", minimum=1),
+        max_duration_s=_non_negative(raw.get("max_duration_s", 0.0), f"{where}: max_duration_s"),
     )
+    if stage.max_duration_s and stage.max_duration_s < stage.min_duration_s:
+        raise ConfigError(f"{where}: max_duration_s must be 0 or >= min_duration_s")
     return _with_gates(stage, gates)
 
 
@@ -291,6 +326,9 @@ def _gate(raw: Any, where: str) -> GateSpec:
     dry_run = raw.get("dry_run", False)
     if not isinstance(dry_run, bool):
         raise ConfigError(f"{where}: dry_run must be true or false")
+    confidence = _number(raw.get("confidence", 0.95), f"{where}: confidence")
+    if not 0.5 <= confidence < 1.0:
+        raise ConfigError(f"{where}: confidence must lie in [0.5, 1), got {confidence}")
     return GateSpec(
         name=_str(raw.get("name"), f"{where}: name"),
         metric=metric,
@@ -303,6 +341,7 @@ def _gate(raw: Any, where: str) -> GateSpec:
         ),
         min_samples=_count(raw.get("min_samples", 0), f"{where}: min_samples", minimum=0),
         dry_run=dry_run,
+        confidence=confidence,
     )
 
 

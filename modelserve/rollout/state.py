@@ -8,7 +8,6 @@ survive a process, so the stage clock restarts on restore (see `RolloutControlle
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,7 +16,7 @@ from modelserve.errors import ConfigError
 from modelserve.rollout.events import RUNNING, RolloutStatus
 from modelserve.rollout.gates import FAIL, PASS, GateResult
 from modelserve.rollout.plan import RolloutPlan, Stage, plan_from_dict
-from modelserve.telemetry.windows import WindowStats
+from modelserve.rollout.sample import Sample
 
 STATE_FORMAT = 1
 
@@ -42,10 +41,11 @@ class Rollout:
     last_results: tuple[GateResult, ...] = ()
     last_verdicts: tuple[str, ...] = ()
     last_gate_event: float = -math.inf
-    frozen_baseline: WindowStats | None = None
+    frozen_baseline: Sample | None = None
     last_saved: dict[str, Any] | None = None
     #: Stages an operator skipped (`promote`), in order: named in the final reason, never "passed".
     skipped: list[str] = field(default_factory=list)
+    plan_document: dict[str, Any] | None = None  # `plan.to_dict()`, made once: the plan never changes
 
     @property
     def stage(self) -> Stage:
@@ -104,6 +104,11 @@ class Rollout:
             passes=dict(self.passes),
         )
 
+    def _plan_document(self) -> dict[str, Any]:
+        if self.plan_document is None:
+            self.plan_document = self.plan.to_dict()
+        return self.plan_document
+
     def to_state(self) -> dict[str, Any]:
         """The durable document; equal documents mean nothing worth saving changed."""
         return {
@@ -111,7 +116,7 @@ class Rollout:
             "model": self.model,
             "candidate": self.candidate,
             "baseline_version": self.baseline_version,
-            "plan": self.plan.to_dict(),
+            "plan": self._plan_document(),
             "state": self.state,
             "reason": self.reason,
             "stage_index": self.stage_index,
@@ -120,7 +125,7 @@ class Rollout:
             "stage_started_at": self.stage_started_at,
             "failures": dict(self.failures),
             "passes": dict(self.passes),
-            "frozen_baseline": dataclasses.asdict(self.frozen_baseline) if self.frozen_baseline else None,
+            "frozen_baseline": self.frozen_baseline.to_dict() if self.frozen_baseline else None,
             "skipped": list(self.skipped),
         }
 
@@ -148,7 +153,7 @@ def rollout_from_state(saved: dict[str, Any], now: float, wall: float) -> Rollou
             state=str(saved["state"]),
             reason=str(saved.get("reason", "")),
             failures={str(k): int(v) for k, v in dict(saved.get("failures", {})).items()},
-            frozen_baseline=WindowStats(**baseline) if baseline else None,
+            frozen_baseline=Sample.from_dict(baseline) if baseline else None,
             skipped=[str(name) for name in saved.get("skipped", ())],
         )
     except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:

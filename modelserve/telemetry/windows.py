@@ -78,6 +78,7 @@ class SeriesTotals:
 
 class _Series:
     __slots__ = (
+        "compute",
         "epochs",
         "errors",
         "histograms",
@@ -94,6 +95,7 @@ class _Series:
         self.errors = [0] * slots
         self.timeouts = [0] * slots
         self.histograms = [LogHistogram() for _ in range(slots)]
+        self.compute = [LogHistogram() for _ in range(slots)]
         self.totals = [0, 0, 0]  # requests, errors, timeouts
         self.latency_sum = 0.0
         self.latency_count = 0
@@ -128,8 +130,13 @@ class SlidingWindows:
         *,
         error: bool = False,
         timeout: bool = False,
+        compute_s: float | None = None,
     ) -> None:
-        """Count one request; `latency_s=None` counts it without a latency (e.g. it never ran)."""
+        """Count one request; `latency_s=None` counts it without a latency (e.g. it never ran).
+
+        `compute_s` is the model run's thread CPU time, kept in a histogram of its own: it compares a
+        shadow run with a primary run on equal terms, whichever thread and priority each ran on.
+        """
         epoch = int(self._clock() // self.sub_window_s)
         key = (model, version, role)
         with self._lock:
@@ -143,6 +150,7 @@ class SlidingWindows:
                 series.epochs[slot] = epoch
                 series.requests[slot] = series.errors[slot] = series.timeouts[slot] = 0
                 series.histograms[slot] = LogHistogram()
+                series.compute[slot] = LogHistogram()
             series.requests[slot] += 1
             totals = series.totals
             totals[0] += 1
@@ -156,12 +164,20 @@ class SlidingWindows:
                 series.histograms[slot].add(latency_s)
                 series.latency_sum += latency_s
                 series.latency_count += 1
+            if compute_s is not None:
+                series.compute[slot].add(compute_s)
 
     def histogram(
         self, model: str, version: str, role: str, window_s: float | None = None, now: float | None = None
     ) -> LogHistogram:
         """The merged latency histogram of one series over the window."""
         return self._merge((model, version, role), window_s, now)[3]
+
+    def compute_histogram(
+        self, model: str, version: str, role: str, window_s: float | None = None, now: float | None = None
+    ) -> LogHistogram:
+        """The merged histogram of model-run thread CPU times (`compute_s`) of one series."""
+        return self._merge((model, version, role), window_s, now, compute=True)[3]
 
     def snapshot(
         self, model: str, version: str, role: str, window_s: float | None = None, now: float | None = None
@@ -212,7 +228,7 @@ class SlidingWindows:
         return min(window_s, self.window_s)
 
     def _merge(
-        self, key: tuple[str, str, str], window_s: float | None, now: float | None
+        self, key: tuple[str, str, str], window_s: float | None, now: float | None, *, compute: bool = False
     ) -> tuple[int, int, int, LogHistogram]:
         span = self._span(window_s)
         newest = int((self._clock() if now is None else now) // self.sub_window_s)
@@ -228,5 +244,5 @@ class SlidingWindows:
                     requests += series.requests[slot]
                     errors += series.errors[slot]
                     timeouts += series.timeouts[slot]
-                    histogram.merge(series.histograms[slot])
+                    histogram.merge(series.compute[slot] if compute else series.histograms[slot])
         return requests, errors, timeouts, histogram
