@@ -112,12 +112,9 @@ def render(report: dict[str, Any]) -> str:
         lines.append(f"\nshadow version {shadow['shadow_version']}{state}")
         lines += [f"  {name.ljust(width)}  {value}" for name, value in rows]
         verdict = shadow["recommendation"]
-        lines.append(f"  verdict: {verdict['verdict'].upper()}")
+        measure = verdict.get("latency_measure", "compute")
+        lines.append(f"  verdict: {verdict['verdict'].upper()}  (rollout gates; latency as {measure})")
         for check in verdict["checks"]:
-            mark = "pass" if check["passed"] else "FAIL"
-            observed = _num(check["observed"], ".4g")
-            detail = f"  ({check['detail']})" if check["detail"] else ""
-            lines.append(
-                f"    [{mark}] {check['name']}: {observed} {check['rule']} {check['threshold']:.4g}{detail}"
-            )
+            mark = {"pass": "pass", "fail": "FAIL"}.get(check.get("verdict", ""), "hold")
+            lines.append(f"    [{mark}] {check['name']}: {check['detail']}")
     return "\n".join(lines)

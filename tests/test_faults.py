@@ -86,6 +86,13 @@ def test_latency_fault_adds_the_extra_time_and_multiplies_the_run() -> None:
     assert time.perf_counter() - started >= 0.002 * 3 + 0.005
 
 
+def test_extra_latency_is_spent_computing_so_the_threads_cpu_time_sees_it() -> None:
+    run = FaultyRun(lambda *a: "ok", FaultSpec(extra_latency_ms=5.0))
+    started = time.thread_time()
+    assert run() == "ok"
+    assert time.thread_time() - started >= 0.005  # a sleep would add wall time only
+
+
 def test_hang_blocks_for_hang_s_then_fails() -> None:
     run = FaultyRun(lambda *a: "ok", FaultSpec(hang=True, hang_s=0.01))
     with pytest.raises(InjectedFault, match="hang"):
@@ -137,6 +144,16 @@ async def test_a_slowed_version_runs_in_worker_threads_never_on_the_event_loop(t
         await staged.infer(FEEDS)
         group.cancel_scope.cancel()
     assert ticks > 2  # the loop kept running while the version slept
+
+
+@pytest.mark.anyio
+async def test_a_run_reports_its_thread_cpu_time_on_a_worker_thread(tmp_path: Path) -> None:
+    registry = _repo(tmp_path / "models", '[testing.faults."2"]\nextra_latency_ms = 5.0')
+    await registry.load_model("fraud")
+    staged = await registry.stage("fraud", "2")
+    outputs, compute_s = await staged.infer_measured(FEEDS)
+    assert set(outputs) == set(staged.output_names)
+    assert compute_s is not None and compute_s >= 0.005  # measured on the thread that ran it
 
 
 @pytest.mark.anyio

@@ -1,98 +1,162 @@
-"""The promotion recommendation follows its thresholds and shows the numbers behind it."""
+"""The shadow report decides through the rollout gates: same data, same verdicts, numbers shown."""
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
+import anyio
 import numpy as np
 import pytest
 
-from modelserve.shadow.compare import label
-from modelserve.shadow.report import DO_NOT_PROMOTE, NOT_ENOUGH_DATA, PROMOTE, recommend
-from modelserve.shadow.stats import ShadowStats
+from modelserve.rollout.controller import RolloutController
+from modelserve.rollout.gates import FAIL, INCONCLUSIVE, PASS, ShadowAgreement
+from modelserve.rollout.plan import default_plan
+from modelserve.rollout.sample import Sample, stage_samples
+from modelserve.shadow.report import DO_NOT_PROMOTE, NOT_ENOUGH_DATA, PROMOTE, recommend, report_stage
+from modelserve.state.store import MemoryStateStore
+from modelserve.telemetry.windows import LatencyHistogram, SlidingWindows
 
-AGREE = ({"p": np.array([[0.9, 0.1]])}, {"p": np.array([[0.8, 0.2]])})
-DISAGREE = ({"p": np.array([[0.9, 0.1]])}, {"p": np.array([[0.2, 0.8]])})
-
-
-def _snapshot(
-    *, agree: int, disagree: int = 0, errors: int = 0, timeouts: int = 0, shadow_latency_s: float = 1e-3
-) -> dict[str, Any]:
-    stats = ShadowStats("fraud", "2")
-    for i in range(agree + disagree):
-        primary, shadow = AGREE if i < agree else DISAGREE
-        stats.record_comparison(
-            label(primary, shadow), primary_latency_s=1e-3, shadow_latency_s=shadow_latency_s,
-            inputs={}, primary_outputs=primary, shadow_outputs=shadow,
-        )  # fmt: skip
-    for _ in range(errors):
-        stats.record_error("RuntimeError: boom")
-    for _ in range(timeouts):
-        stats.record_timeout()
-    return stats.snapshot()
+MODEL = "credit"
 
 
-def _check(recommendation: Any, name: str) -> Any:
-    return next(c for c in recommendation.checks if c.name == name)
+class Clock:
+    now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
 
 
-def test_a_healthy_shadow_with_enough_samples_is_promoted() -> None:
-    result = recommend(_snapshot(agree=950, disagree=50), primary_error_rate=0.0)
-    assert result.verdict == PROMOTE
-    assert all(c.passed for c in result.checks)
-    agreement = _check(result, "agreement")
-    assert (agreement.observed, agreement.threshold, agreement.rule) == (0.95, 0.85, ">=")
-    assert "950 of 1000 rows" in agreement.detail
-    assert _check(result, "latency_p95_ratio").observed == pytest.approx(1.0)
+class Target:
+    """Only what starting a rollout needs: version 1 live, everything ready."""
+
+    async def live_version(self, model: str) -> str | None:
+        return "1"
+
+    async def is_ready(self, model: str, version: str) -> bool:
+        return True
+
+    async def set_traffic(self, model: str, candidate: str, weight: int) -> None:
+        pass
+
+    async def set_shadow(self, model: str, candidate: str, on: bool) -> None:
+        pass
+
+    async def promote(self, model: str, version: str) -> None:
+        pass
 
 
-def test_too_few_samples_is_not_enough_data_never_a_pass() -> None:
-    result = recommend(_snapshot(agree=999), primary_error_rate=0.0)
-    assert result.verdict == NOT_ENOUGH_DATA
-    assert _check(result, "samples").observed == 999 and not _check(result, "samples").passed
-    assert recommend(_snapshot(agree=0), primary_error_rate=0.0).verdict == NOT_ENOUGH_DATA
+def shadowed_traffic(
+    windows: SlidingWindows, clock: Clock, seconds: int, *, rps: int = 20, shadow_errors: float = 0.0,
+    slowdown: float = 1.0, seed: int = 0,
+) -> None:  # fmt: skip
+    """`rps` requests a second, each run by the live version and shadowed by the candidate."""
+    rng = np.random.default_rng(seed)
+    for _ in range(seconds * rps):
+        clock.now += 1.0 / rps
+        compute = float(0.002 * np.exp(0.3 * rng.standard_normal()))
+        windows.record(MODEL, "1", "primary", compute * 3, compute_s=compute)
+        shadow_compute = float(0.002 * slowdown * np.exp(0.3 * rng.standard_normal()))
+        failed = bool(rng.random() < shadow_errors)
+        windows.record(MODEL, "2", "shadow", shadow_compute * 5, error=failed, compute_s=shadow_compute)
 
 
-def test_low_agreement_is_do_not_promote_with_the_observed_rate() -> None:
-    result = recommend(_snapshot(agree=800, disagree=200), primary_error_rate=0.0)
-    assert result.verdict == DO_NOT_PROMOTE
-    assert _check(result, "agreement").observed == 0.8 and not _check(result, "agreement").passed
-    assert (
-        recommend(_snapshot(agree=800, disagree=200), primary_error_rate=0.0, min_agreement=0.8).verdict
-        == PROMOTE
+def both_verdicts(
+    seconds: int, agreement: ShadowAgreement, **traffic: Any
+) -> tuple[dict[str, str], dict[str, str], str]:
+    """(rollout gate verdicts, report check verdicts, report verdict) after `seconds` of shadow."""
+    clock = Clock()
+    windows = SlidingWindows(window_s=600, sub_windows=120, clock=clock)
+    controller = RolloutController(
+        target=Target(), windows=windows, store=MemoryStateStore(), agreement=lambda m, v: agreement,
+        clock=clock, wall_clock=clock,
+    )  # fmt: skip
+    started = clock.now
+    anyio.run(controller.start, MODEL, "2", default_plan())
+    shadowed_traffic(windows, clock, seconds, **traffic)
+    anyio.run(controller.evaluate_once, clock.now)
+    status = controller.status(MODEL)
+    assert status is not None and status.stage == "shadow"
+    rollout = {g.gate: g.verdict for g in status.gates}
+    # The report, as ShadowService.report builds it: both series since the shadow began.
+    candidate, baseline, measure = stage_samples(
+        windows, MODEL, "2", "1", shadow=True, window_s=clock.now - started, now=clock.now
     )
+    assert measure == "compute"
+    report = recommend(
+        model=MODEL, shadow_version="2", stage=report_stage(), candidate=candidate, baseline=baseline,
+        agreement=agreement,
+    )  # fmt: skip
+    return rollout, {c.name: c.verdict for c in report.checks}, report.verdict
 
 
-def test_slow_shadow_fails_the_p95_latency_ratio() -> None:
-    result = recommend(_snapshot(agree=1000, shadow_latency_s=2e-3), primary_error_rate=0.0)
-    ratio = _check(result, "latency_p95_ratio")
-    assert result.verdict == DO_NOT_PROMOTE
-    assert ratio.observed == pytest.approx(2.0, rel=0.05) and ratio.threshold == 1.5 and not ratio.passed
+@pytest.mark.parametrize(
+    ("case", "agreement", "traffic", "verdict"),
+    [
+        ("healthy", ShadowAgreement(rate=0.95, samples=1200, agreeing=1140), {}, PROMOTE),
+        ("agreement 0.70", ShadowAgreement(rate=0.7, samples=1200, agreeing=840), {}, DO_NOT_PROMOTE),
+        (
+            "5% errors",
+            ShadowAgreement(rate=0.95, samples=1200, agreeing=1140),
+            {"shadow_errors": 0.05},
+            DO_NOT_PROMOTE,
+        ),
+        (
+            "3x slower",
+            ShadowAgreement(rate=0.95, samples=1200, agreeing=1140),
+            {"slowdown": 3.0},
+            DO_NOT_PROMOTE,
+        ),
+        ("too few", ShadowAgreement(rate=0.95, samples=100, agreeing=95), {"rps": 2}, NOT_ENOUGH_DATA),
+        # The agreement that once rolled back a rollout while the report said promote: it holds.
+        (
+            "0.8294 of 170",
+            ShadowAgreement(rate=0.8294, samples=170, agreeing=141),
+            {"rps": 3},
+            NOT_ENOUGH_DATA,
+        ),
+    ],
+)
+def test_report_and_rollout_gates_give_the_same_verdict_on_the_same_data(
+    case: str, agreement: ShadowAgreement, traffic: dict[str, Any], verdict: str
+) -> None:
+    rollout, report, recommendation = both_verdicts(60, agreement, **traffic)
+    assert report == rollout
+    assert recommendation == verdict
 
 
-def test_error_rate_is_compared_with_twice_the_primary_rate() -> None:
-    snapshot = _snapshot(agree=1000, errors=15, timeouts=5)  # 20 failures of 1,020 runs
-    assert recommend(snapshot, primary_error_rate=0.01).verdict == PROMOTE
-    strict = recommend(snapshot, primary_error_rate=0.005)
-    errors = _check(strict, "error_rate")
-    assert strict.verdict == DO_NOT_PROMOTE
-    assert errors.observed == pytest.approx(20 / 1020) and errors.threshold == pytest.approx(0.01)
+def test_credit_v2_agreeing_86_percent_passes_a_bar_of_85() -> None:
+    rollout, report, recommendation = both_verdicts(
+        60, ShadowAgreement(rate=0.8567, samples=1200, agreeing=1028)
+    )
+    assert report == rollout and report["shadow_agreement"] == PASS and recommendation == PROMOTE
 
 
-def test_a_version_that_always_fails_is_do_not_promote_without_comparisons() -> None:
-    assert recommend(_snapshot(agree=0, errors=1000), primary_error_rate=0.0).verdict == DO_NOT_PROMOTE
-    assert recommend(_snapshot(agree=0, timeouts=2000), primary_error_rate=0.0).verdict == DO_NOT_PROMOTE
-    assert recommend(_snapshot(agree=0, errors=10), primary_error_rate=0.0).verdict == NOT_ENOUGH_DATA
+def test_every_check_shows_estimate_interval_limit_and_samples() -> None:
+    histogram = LatencyHistogram()
+    for value in np.linspace(0.001, 0.003, 500):
+        histogram.add(float(value))
+    sample = Sample(requests=500, errors=1, latency=histogram)
+    result = recommend(
+        model=MODEL, shadow_version="2", stage=report_stage(), candidate=sample, baseline=sample,
+        agreement=ShadowAgreement(rate=0.9, samples=500, agreeing=450),
+    )  # fmt: skip
+    assert result.verdict == PROMOTE
+    for check in result.checks:
+        assert check.verdict == PASS and check.passed and check.samples == 500
+        assert check.observed is not None and check.threshold is not None and check.interval is not None
+    agreement = next(c for c in result.checks if c.name == "shadow_agreement")
+    assert (agreement.observed, agreement.threshold, agreement.rule) == (0.9, 0.85, ">=")
+    assert "vs minimum 0.85" in agreement.detail
 
 
-def test_recommendation_is_json_ready_and_names_model_and_version() -> None:
-    result = recommend(_snapshot(agree=10), primary_error_rate=0.0, min_samples=5)
-    document = json.loads(json.dumps(result.as_dict()))
-    assert (document["model"], document["shadow_version"], document["verdict"]) == ("fraud", "2", PROMOTE)
-    assert [c["name"] for c in document["checks"]] == [
-        "samples",
-        "agreement",
-        "latency_p95_ratio",
-        "error_rate",
-    ]
+def test_report_thresholds_override_the_gates() -> None:
+    stage = report_stage(min_agreement=0.95, max_latency_ratio=2.0, max_error_ratio=3.0, min_samples=50)
+    gates = {g.name: g for g in stage.gates}
+    assert gates["shadow_agreement"].threshold == 0.95 and gates["p95_vs_baseline"].threshold == 2.0
+    assert gates["error_rate_vs_baseline"].threshold == 3.0 and gates["error_rate_absolute"].threshold == 0.01
+    assert stage.min_samples == 50
+    sample = Sample(requests=0)
+    verdicts = {c.verdict for c in recommend(
+        model=MODEL, shadow_version="2", stage=stage, candidate=sample, baseline=sample, agreement=None
+    ).checks}  # fmt: skip
+    assert verdicts == {INCONCLUSIVE} and FAIL not in verdicts

@@ -129,3 +129,14 @@ def test_forget_drops_a_versions_series() -> None:
     windows.record("fraud", "1", "shadow", 0.01)
     windows.forget("fraud", "1")
     assert windows.keys() == []
+
+
+def test_compute_times_go_into_a_histogram_of_their_own() -> None:
+    windows = SlidingWindows(clock=Clock())
+    for _ in range(10):
+        windows.record("fraud", "2", "shadow", 0.050, compute_s=0.002)  # a preempted shadow thread
+    windows.record("fraud", "2", "shadow", 0.050)  # no CPU time measured: counted, not in compute
+    assert windows.histogram("fraud", "2", "shadow").count == 11
+    compute = windows.compute_histogram("fraud", "2", "shadow")
+    assert compute.count == 10 and compute.quantile(0.95) == pytest.approx(0.002, rel=RELATIVE_ERROR)
+    assert windows.histogram("fraud", "2", "shadow").quantile(0.5) == pytest.approx(0.05, rel=RELATIVE_ERROR)

@@ -49,7 +49,8 @@ class InferenceRecord:
     status: int = 200  # HTTP status of the answer
     error: str | None = None
     request_id: str | None = None
-    inference_s: float | None = None  # the model run alone: what rollout gates and shadow compare
+    inference_s: float | None = None  # the model run alone (wall): what canary stages compare
+    compute_s: float | None = None  # the model run's thread CPU time: what shadow stages compare
 
     def fail(self, exc: BaseException) -> None:
         """Record that the call failed with `exc` (status from the error tree)."""
@@ -112,7 +113,7 @@ class InferencePath:
         record.inputs = inputs
         try:
             run_started = time.perf_counter()
-            outputs = await record.loaded.infer(inputs, output_names)
+            outputs, record.compute_s = await record.loaded.infer_measured(inputs, output_names)
         except Exception as exc:
             record.fail(exc)
             raise

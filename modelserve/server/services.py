@@ -371,11 +371,15 @@ def experiment_evidence(
 def record_in_windows(windows: SlidingWindows, record: InferenceRecord) -> None:
     """Per-version sliding windows (rollout gates, status): server errors count, client errors don't.
 
-    Latency is the model run alone, so a shadow run (timed the same way) compares like with like.
+    Latency is the model run alone (canary stages compare it between two primaries); the run's thread
+    CPU time goes beside it, measured as a shadow run's is (shadow stages compare those).
     """
     if record.loaded is not None and (record.status < 400 or record.status >= 500):
         latency = record.inference_s if record.inference_s is not None else record.latency_s
-        windows.record(record.model, record.decision.version, "primary", latency, error=record.status >= 500)
+        windows.record(
+            record.model, record.decision.version, "primary", latency, error=record.status >= 500,
+            compute_s=record.compute_s,
+        )  # fmt: skip
 
 
 def shadow_agreement(shadow: ShadowService, model: str, version: str) -> tuple[float | None, int]:

@@ -4,21 +4,24 @@ Off unless a model's `config.toml` asks for it in its `[testing]` table::
 
     [testing.faults."2"]            # version 2 of this model misbehaves
     error_rate = 0.05               # fraction of runs that raise (HTTP 500, a real InferenceError)
-    extra_latency_ms = 3.0          # sleep added to every run that does not fail
-    latency_factor = 3.0            # the run takes this many times as long as the model did
+    extra_latency_ms = 3.0          # compute added to every run that does not fail
+    latency_factor = 3.0            # the run computes this many times as long as the model did
     hang = false                    # true: every run blocks for hang_s, then fails
     hang_s = 30.0
     seed = 0                        # the error draws come from random.Random(seed): reproducible
 
 (or inline: `faults = { "2" = { error_rate = 0.05 } }`). The faults wrap the version's onnxruntime
 call, so real requests through the real server (primary, canary and shadow runs alike) see them, while
-the warm-up before READY runs clean. A version with latency or hang faults always runs in worker
-threads: a sleep must never block the event loop. Loading a faulty version logs a warning, and its
+the warm-up before READY runs clean. Extra latency is spent computing on the calling thread (hashing,
+which releases the GIL as onnxruntime does), as a slower model would: it shows in wall time and in
+the thread CPU time shadow stages compare. A version with latency or hang faults always runs in worker
+threads: neither may block the event loop. Loading a faulty version logs a warning, and its
 `describe()` (admin status) shows the faults, so they are never active by accident.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import random
 import threading
@@ -65,8 +68,19 @@ class FaultyRun:
         result = self._run(*args, **kwargs)
         pause = spec.extra_latency_ms / 1e3 + (time.perf_counter() - started) * (spec.latency_factor - 1.0)
         if pause > 0:
-            time.sleep(pause)
+            compute(pause)
         return result
+
+
+_BLOCK = bytes(16384)
+
+
+def compute(seconds: float) -> None:
+    """Burn `seconds` of this thread's CPU time without holding the GIL (bounded in wall time)."""
+    done = time.thread_time() + seconds
+    give_up = time.perf_counter() + 50 * seconds + 1.0  # a starved thread must still return
+    while time.thread_time() < done and time.perf_counter() < give_up:
+        hashlib.blake2b(_BLOCK)
 
 
 def fault_for(testing: Mapping[str, Any], version: str, *, where: str = "config.toml") -> FaultSpec | None:

@@ -144,6 +144,16 @@ class LoadedVersion:
         except Exception as exc:
             raise InferenceError(f"{self.model} version {self.version} failed: {_first_line(exc)}") from exc
 
+    def run_measured(
+        self, feeds: Mapping[str, np.ndarray], output_names: Sequence[str] | None = None
+    ) -> tuple[Outputs, float]:
+        """`run`, and the thread CPU time it took: the model's compute, whatever thread or priority
+        ran it and however busy the host was (onnxruntime with one intra-op thread computes in the
+        calling thread)."""
+        started = time.thread_time()
+        outputs = self.run(feeds, output_names)
+        return outputs, time.thread_time() - started
+
     async def infer(
         self, feeds: Mapping[str, np.ndarray], output_names: Sequence[str] | None = None
     ) -> Outputs:
@@ -153,6 +163,16 @@ class LoadedVersion:
         if self.batcher is not None:
             return await self.batcher.infer(feeds, output_names)
         return await anyio.to_thread.run_sync(self.run, feeds, output_names, limiter=self.limiter)
+
+    async def infer_measured(
+        self, feeds: Mapping[str, np.ndarray], output_names: Sequence[str] | None = None
+    ) -> tuple[Outputs, float | None]:
+        """`infer` with the run's thread CPU time (None for a batched run: the batch shares it)."""
+        if self.inline:
+            return self.run_measured(feeds, output_names)
+        if self.batcher is not None:
+            return await self.batcher.infer(feeds, output_names), None
+        return await anyio.to_thread.run_sync(self.run_measured, feeds, output_names, limiter=self.limiter)
 
     def describe(self) -> dict[str, object]:
         info: dict[str, object] = {

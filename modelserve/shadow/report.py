@@ -1,41 +1,55 @@
-"""The promotion recommendation for a shadow version, with the evidence behind it.
+"""The promotion recommendation for a shadow version: the rollout gates' verdict, with their evidence.
 
-`recommend` reads a `ShadowStats.snapshot()` and applies four checks:
+There is one rule engine. `recommend` evaluates the gates of the default plan's shadow stage
+(`report_stage`, thresholds overridable) with `modelserve.rollout.gates.evaluate_gates` on the same
+samples a rollout's shadow stage reads (`rollout.sample.stage_samples`: the shadow's and the live
+version's series since the shadow started, compared on the thread CPU time of their model runs) and
+the shadow's agreement. So `shadow report` and a rollout looking at the same data agree:
 
-| check | observed | passes when |
-|---|---|---|
-| `samples` | completed comparisons | >= `min_samples` |
-| `agreement` | row agreement rate (Wilson interval in `detail`) | >= `min_agreement` |
-| `latency_p95_ratio` | shadow p95 / primary p95 (model run time) | <= `max_latency_ratio` |
-| `error_rate` | (errors + timeouts) / runs | <= `max_error_ratio` x `primary_error_rate` |
+| gates | recommendation |
+|---|---|
+| any acting gate fails (worse beyond doubt) | do not promote |
+| every gate passes | promote |
+| otherwise (too few samples, or worse but not yet beyond doubt) | not enough data |
 
-Too few samples, or a figure that cannot be computed yet, gives "not enough data" — never a pass —
-except that a failing error-rate check over at least `min_samples` runs is "do not promote" on its own
-(a version that raises or hangs on every call never completes a comparison). Otherwise every check
-passing gives "promote", any failing "do not promote".
+Each check is one gate's result: estimate, interval, limit, samples and the rule, in `detail`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import dataclasses
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
+
+from modelserve.rollout.gates import FAIL, PASS, GateResult, ShadowAgreement, evaluate_gates
+from modelserve.rollout.plan import Stage, default_plan
+from modelserve.rollout.sample import Sample
 
 Verdict = Literal["promote", "do not promote", "not enough data"]
 PROMOTE: Verdict = "promote"
 DO_NOT_PROMOTE: Verdict = "do not promote"
 NOT_ENOUGH_DATA: Verdict = "not enough data"
 
+#: Report query thresholds -> the gate metric whose threshold they override.
+_OVERRIDES = {
+    "min_agreement": "shadow_agreement",
+    "max_latency_ratio": "p95",
+    "max_error_ratio": "error_rate",
+}
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Check:
-    """One piece of evidence: `observed` compared with `threshold` by `rule` (">=" or "<=")."""
+    """One gate's result: `observed` compared with `threshold` by `rule` (">=" or "<=")."""
 
     name: str
-    observed: float | None  # None: could not be measured yet (counts as not passed)
-    threshold: float
+    verdict: str
+    observed: float | None
+    threshold: float | None
     rule: str
     passed: bool
+    interval: list[float | None] | None
+    samples: int
     detail: str = ""
 
 
@@ -47,64 +61,78 @@ class Recommendation:
     shadow_version: str
     verdict: Verdict
     checks: tuple[Check, ...]
+    latency_measure: str = "compute"
 
     def as_dict(self) -> dict[str, Any]:
         """Plain JSON types, for the admin API and the CLI."""
         return asdict(self)
 
 
-def _check(name: str, observed: float | None, threshold: float, rule: str, detail: str = "") -> Check:
-    passed = observed is not None and (observed >= threshold if rule == ">=" else observed <= threshold)
-    return Check(name=name, observed=observed, threshold=threshold, rule=rule, passed=passed, detail=detail)
+def report_stage(
+    *,
+    min_samples: int | None = None,
+    min_agreement: float | None = None,
+    max_latency_ratio: float | None = None,
+    max_error_ratio: float | None = None,
+) -> Stage:
+    """The default plan's shadow stage, with any of the report's thresholds overridden."""
+    stage = next(s for s in default_plan().stages if s.shadow)
+    given = {"min_agreement": min_agreement, "max_latency_ratio": max_latency_ratio,
+             "max_error_ratio": max_error_ratio}  # fmt: skip
+    gates = list(stage.gates)
+    for key, value in given.items():
+        if value is None:
+            continue
+        metric = _OVERRIDES[key]
+        # The relative error gate only: the absolute one is a fixed limit, not a ratio.
+        gates = [
+            dataclasses.replace(g, threshold=float(value))
+            if g.metric == metric and (metric != "error_rate" or g.mode == "relative")
+            else g
+            for g in gates
+        ]
+    if min_samples is not None:
+        stage = dataclasses.replace(stage, min_samples=int(min_samples))
+    return dataclasses.replace(stage, gates=tuple(gates))
 
 
 def recommend(
-    snapshot: Mapping[str, Any],
     *,
-    primary_error_rate: float,
-    min_agreement: float = 0.85,
-    max_latency_ratio: float = 1.5,
-    max_error_ratio: float = 2.0,
-    min_samples: int = 1000,
+    model: str,
+    shadow_version: str,
+    stage: Stage,
+    candidate: Sample,
+    baseline: Sample,
+    agreement: ShadowAgreement | None,
+    latency_measure: str = "compute",
 ) -> Recommendation:
-    """Promote, do not promote, or not enough data, from a shadow stats snapshot.
-
-    `primary_error_rate` is the live version's error rate over the same period (from its telemetry).
-    """
-    samples = int(snapshot.get("samples") or 0)
-    low, high = snapshot.get("agreement_interval") or (None, None)
-    primary_p95 = (snapshot.get("primary_latency_ms") or {}).get("p95")
-    shadow_p95 = (snapshot.get("shadow_latency_ms") or {}).get("p95")
-    ratio = shadow_p95 / primary_p95 if shadow_p95 is not None and primary_p95 else None
-    runs = int(snapshot.get("runs") or 0)
-    failures = int(snapshot.get("errors") or 0) + int(snapshot.get("timeouts") or 0)
-    error_rate = failures / runs if runs else None
-    checks = (
-        _check("samples", float(samples), float(min_samples), ">="),
-        _check(
-            "agreement", snapshot.get("agreement_rate"), min_agreement, ">=",
-            f"{snapshot.get('agreeing_rows', 0)} of {snapshot.get('rows', 0)} rows agree; "
-            f"{snapshot.get('confidence', 0.95):.0%} Wilson interval [{low}, {high}]",
-        ),
-        _check(
-            "latency_p95_ratio", ratio, max_latency_ratio, "<=",
-            f"shadow p95 {shadow_p95} ms / primary p95 {primary_p95} ms",
-        ),
-        _check(
-            "error_rate", error_rate, max_error_ratio * primary_error_rate, "<=",
-            f"{failures} errors+timeouts of {runs} runs; primary error rate {primary_error_rate}"
-            f" x {max_error_ratio}",
-        ),
-    )  # fmt: skip
-    if runs >= min_samples and not checks[3].passed:
-        verdict = DO_NOT_PROMOTE  # a version that fails or hangs never reaches min_samples comparisons
-    elif samples < min_samples or any(c.observed is None for c in checks):
-        verdict = NOT_ENOUGH_DATA
+    """Promote, do not promote, or not enough data: the stage's gates on the shadow's samples."""
+    results = evaluate_gates(stage, candidate, baseline, agreement=agreement)
+    acting = [r for r in results if not r.dry_run]
+    if any(r.verdict == FAIL for r in acting):
+        verdict = DO_NOT_PROMOTE
+    elif all(r.verdict == PASS for r in acting):
+        verdict = PROMOTE
     else:
-        verdict = PROMOTE if all(c.passed for c in checks) else DO_NOT_PROMOTE
+        verdict = NOT_ENOUGH_DATA
     return Recommendation(
-        model=str(snapshot.get("model", "")),
-        shadow_version=str(snapshot.get("shadow_version", "")),
+        model=model,
+        shadow_version=shadow_version,
         verdict=verdict,
-        checks=checks,
+        checks=tuple(_check(r) for r in results),
+        latency_measure=latency_measure,
+    )
+
+
+def _check(result: GateResult) -> Check:
+    return Check(
+        name=result.gate,
+        verdict=result.verdict,
+        observed=result.observed,
+        threshold=result.threshold,
+        rule=">=" if result.metric == "shadow_agreement" else "<=",
+        passed=result.verdict == PASS,
+        interval=result.interval,
+        samples=result.samples,
+        detail=result.detail,
     )

@@ -62,6 +62,7 @@ class ShadowResult:
     start_time_ns: int | None  # wall clock (time.time_ns) when the shadow started, for spans
     end_time_ns: int  # wall clock when the run settled
     outputs: Outputs | None = None  # the shadow's outputs when they were compared (for label joins)
+    compute_s: float | None = None  # the run's thread CPU time (the model's compute), when it returned
 
 
 @dataclass(slots=True, kw_only=True, eq=False)
@@ -325,6 +326,7 @@ class ShadowRunner:
                     self._record(ticket, timed_out=True)
                 return
             start_ns = time.time_ns()
+            cpu_started = time.thread_time()
             try:
                 outputs = ticket.run()
             except Exception as exc:
@@ -333,6 +335,7 @@ class ShadowRunner:
                                  latency=self._clock() - start, start_ns=start_ns)  # fmt: skip
                 return
             latency = self._clock() - start
+            compute = time.thread_time() - cpu_started
             if not self._claim(ticket):  # already counted as a timeout by a sweep
                 return
             if start + latency >= ticket.deadline:
@@ -343,14 +346,17 @@ class ShadowRunner:
             except Exception as exc:  # a custom comparator failed, or an unknown comparison name
                 self._record(ticket, error=f"{type(exc).__name__}: {exc}", latency=latency, start_ns=start_ns)
                 return
-            self._record(ticket, comparison=comparison, outputs=outputs, latency=latency, start_ns=start_ns)
+            self._record(
+                ticket, comparison=comparison, outputs=outputs, latency=latency, start_ns=start_ns,
+                compute=compute,
+            )  # fmt: skip
         finally:
             self._release(ticket)
 
     def _record(
         self, ticket: _Run, *, comparison: Comparison | None = None, outputs: Outputs | None = None,
         error: str | None = None, timed_out: bool = False, latency: float | None = None,
-        start_ns: int | None = None,
+        start_ns: int | None = None, compute: float | None = None,
     ) -> None:  # fmt: skip
         stats = self.stats(ticket.model, ticket.shadow_version)
         if comparison is not None and outputs is not None and latency is not None:
@@ -378,6 +384,7 @@ class ShadowRunner:
                 comparison=comparison, primary_latency_s=ticket.primary_latency_s, shadow_latency_s=latency,
                 error=error, timed_out=timed_out, start_time_ns=start_ns, end_time_ns=time.time_ns(),
                 outputs=outputs if comparison is not None else None,
+                compute_s=compute,
             )  # fmt: skip
             try:
                 self._on_result(result)

@@ -28,9 +28,10 @@ from modelserve.config import ShadowConfig
 from modelserve.errors import ModelServeError, RequestError
 from modelserve.inference.path import InferenceRecord
 from modelserve.rollout.gates import ShadowAgreement
+from modelserve.rollout.sample import stage_samples
 from modelserve.serving.registry import ModelRegistry
 from modelserve.serving.runtime import LoadedVersion
-from modelserve.shadow.report import recommend
+from modelserve.shadow.report import recommend, report_stage
 from modelserve.shadow.runner import ShadowResult, ShadowRunner
 from modelserve.shadow.sink import JsonlSink
 from modelserve.state.policies import PolicyTable
@@ -157,10 +158,20 @@ class ShadowService:
             self.runner.stats(model, version)  # a configured version is reported even before its first run
         primary = self.windows.snapshot(model, live, "primary") if live else None
         primary_error_rate = (primary.error_rate or 0.0) if primary is not None and primary.requests else 0.0
+        stage = report_stage(**thresholds)
         shadows = []
         for snapshot in sorted(self.runner.snapshot(model), key=lambda s: s["shadow_version"]):
-            verdict = recommend(snapshot, primary_error_rate=primary_error_rate, **thresholds)
-            shadows.append({**snapshot, "active": snapshot["shadow_version"] in configured,
+            version = snapshot["shadow_version"]
+            # The rollout gates' view of the same data: both series since this shadow began.
+            candidate, baseline, measure = stage_samples(
+                self.windows, model, version, live or "", shadow=True,
+                window_s=max(snapshot["age_s"], 1e-3),
+            )  # fmt: skip
+            verdict = recommend(
+                model=model, shadow_version=version, stage=stage, candidate=candidate, baseline=baseline,
+                agreement=self.agreement(model, version), latency_measure=measure,
+            )  # fmt: skip
+            shadows.append({**snapshot, "active": version in configured,
                             "recommendation": verdict.as_dict()})  # fmt: skip
         return {
             "model": model,
@@ -200,8 +211,9 @@ class ShadowService:
         for entry in self.runner.snapshot(model, examples=False):  # figures only: cheap, whatever was sent
             if entry.get("shadow_version") == version:
                 return ShadowAgreement(
-                    rate=entry.get("agreement_rate"), samples=int(entry.get("samples") or 0)
-                )
+                    rate=entry.get("agreement_rate"), samples=int(entry.get("rows") or 0),
+                    agreeing=int(entry.get("agreeing_rows") or 0),
+                )  # fmt: skip
         return ShadowAgreement(rate=None, samples=0)
 
     def forget(self, model: str, version: str) -> None:
@@ -238,7 +250,7 @@ class ShadowService:
         """Runs on the thread that settled the run: windows, then telemetry (metrics and linked span)."""
         self.windows.record(
             result.model, result.shadow_version, "shadow", result.shadow_latency_s,
-            error=result.error is not None, timeout=result.timed_out,
+            error=result.error is not None, timeout=result.timed_out, compute_s=result.compute_s,
         )  # fmt: skip
         if self.telemetry is not None:
             self.telemetry.on_shadow_result(result)

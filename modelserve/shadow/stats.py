@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import random
 import threading
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -104,6 +105,8 @@ class ShadowStats:
         self.shadow_version = shadow_version
         self.reservoir_size = reservoir_size
         self.confidence = confidence
+        #: Monotonic time these stats began: the shadow report looks at the windows since then.
+        self.started = time.monotonic()
         self._lock = threading.Lock()
         self._random = random.Random(seed)
         self._samples = self._rows = self._agreeing_rows = self._agreeing_samples = 0
@@ -193,6 +196,7 @@ class ShadowStats:
             "model": self.model,
             "shadow_version": self.shadow_version,
             "samples": samples,
+            "age_s": time.monotonic() - self.started,
             "agreeing_samples": agreeing_samples,
             "rows": rows,
             "agreeing_rows": agreeing,
