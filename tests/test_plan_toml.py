@@ -16,7 +16,7 @@ PLANS = Path(__file__).parent.parent / "examples" / "plans"
 def test_the_default_plan_printed_as_toml_reads_back_equal() -> None:
     text = plan_to_toml(default_plan())
     assert plan_from_dict(tomllib.loads(text)) == default_plan()
-    assert "weight = 5  # percent of traffic" in text and "threshold = 0.2  # seconds" in text
+    assert "weight = 5  # percent of traffic" in text and "floor = 0.00025" in text
 
 
 def test_a_plan_whose_stages_differ_writes_gates_per_stage_and_reads_back_equal() -> None:

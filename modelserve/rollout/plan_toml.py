@@ -29,10 +29,11 @@ def plan_to_toml(plan: RolloutPlan) -> str:
     lines = [
         f"# Rollout plan {plan.name!r}: {' -> '.join(_stage_label(s) for s in plan.stages)}.",
         "# Weights are percent of traffic, durations seconds; a gate's threshold is in its metric's unit",
-        "# (rates are fractions: 0.01 = 1 %; latencies are seconds: 0.2 = 200 ms) or a ratio when relative.",
+        "# (rates are fractions: 0.01 = 1 %; latencies are seconds: 0.2 = 200 ms) or a ratio when relative;",
+        "# a relative gate's floor is the smallest excess over the live version that counts.",
         f"name = {_value(plan.name)}",
         f"interval_s = {_value(plan.interval_s)}  # how often the gates are evaluated",
-        f"window_s = {_value(plan.window_s)}  # the metrics window each evaluation looks at",
+        f"window_s = {_value(plan.window_s)}  # the longest window a look takes (all since its stage began)",
     ]
     shared = _shared_gates(plan)
     if shared is None:
@@ -47,6 +48,8 @@ def plan_to_toml(plan: RolloutPlan) -> str:
             lines.append(f"weight = {stage.weight}  # percent of traffic")
         lines.append(f"min_duration_s = {_value(stage.min_duration_s)}")
         lines.append(f"min_samples = {stage.min_samples}")
+        if stage.max_duration_s:
+            lines.append(f"max_duration_s = {_value(stage.max_duration_s)}  # undecided this long: pause")
         if shared is None:
             for gate in stage.gates:
                 lines += ["", "[[stages.gates]]", *_gate_lines(gate)]
