@@ -98,7 +98,8 @@ def test_shadow_start_report_stop_and_the_old_spellings(
     assert services.shadow is not None and services.shadow.runner.wait_idle(30)
     assert "verdict: NOT ENOUGH DATA" in run(capsys, "shadow", "report", "fraud")
     report = run_json(capsys, "shadow", "report", "fraud", "--min-samples", "1")
-    assert report["shadows"][0]["recommendation"]["checks"][0]["threshold"] == 1
+    checks = {c["name"]: c for c in report["shadows"][0]["recommendation"]["checks"]}
+    assert "of 200" not in checks["shadow_agreement"]["detail"]  # the minimum is 1 comparison now
     assert run(capsys, "shadow", "stop", "fraud").strip() == "fraud: shadow off"
     assert "shadowing 2" in run(capsys, "shadow", "fraud", "2")  # before `start` existed
     assert run_json(capsys, "shadow", "fraud", "--off")["shadow"]["versions"] == []
