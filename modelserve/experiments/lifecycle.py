@@ -26,6 +26,7 @@ import anyio
 from modelserve.experiments.report import A_BETTER, B_BETTER, EQUIVALENT
 from modelserve.rollout.gates import FAIL, evaluate_gates
 from modelserve.rollout.plan import Stage, default_gates
+from modelserve.rollout.sample import Sample
 from modelserve.telemetry.windows import SlidingWindows
 
 if TYPE_CHECKING:
@@ -118,11 +119,11 @@ class ExperimentSupervisor:
         bandit = experiment.bandit
         assert bandit is not None and self.windows is not None
         control = experiment.spec.control
-        baseline = self.windows.snapshot(model, control, "primary", HEALTH_WINDOW_S)
+        baseline = Sample.from_windows(self.windows, model, control, "primary", HEALTH_WINDOW_S)
         for arm in bandit.arms:
             if arm in bandit.removed:
                 continue
-            window = self.windows.snapshot(model, arm, "primary", HEALTH_WINDOW_S)
+            window = Sample.from_windows(self.windows, model, arm, "primary", HEALTH_WINDOW_S)
             results = evaluate_gates(self.health, window, None if arm == control else baseline)
             failed = [r for r in results if r.verdict == FAIL and not r.dry_run]
             if not failed:
