@@ -88,3 +88,11 @@ def test_rate_sequences_stay_valid_under_continuous_peeking() -> None:
 def test_no_samples_give_no_estimate_and_no_bounds() -> None:
     assert rate_interval(0, 0, alpha=0.05, tau=0.01).estimate is None
     assert quantile_interval(LatencyHistogram(), 0.95, alpha=0.05).low is None
+
+
+@pytest.mark.parametrize(("variance", "tau", "alpha"), [(1e-4, 0.01, 0.05), (0.02, 0.5, 0.01), (3, 0.1, 0.1)])
+def test_the_half_width_is_the_experiments_sequence(variance: float, tau: float, alpha: float) -> None:
+    from modelserve.experiments.sequential import confidence_half_width as theirs
+    from modelserve.rollout.confidence import confidence_half_width as ours
+
+    assert ours(variance, tau, alpha) == pytest.approx(theirs(variance, tau, alpha))
