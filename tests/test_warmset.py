@@ -101,6 +101,11 @@ def test_load_adds_pinned_versions_that_keep_warm_never_evicts(tmp_path: Path, r
         with pytest.raises(NotFound):
             await registry.unload("fraud", "4")
         assert warm.warm_versions() == ["2", "3", "5"]
+        await registry.stage("fraud", "2")  # 2 -> candidate, then unloaded: no candidate, no previous
+        await registry.unload("fraud", "2")
+        await registry.unload("fraud", "3")
+        described = warm.describe()
+        assert described["idle_role"] is None and described["idle_slot"] in described["slots"]  # type: ignore[operator]
 
     anyio.run(main)
 

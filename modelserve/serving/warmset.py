@@ -122,6 +122,7 @@ class WarmSet:
         by_label: dict[str, LoadedVersion | None] = {name: None for name in SLOT_NAMES}
         for version, label in sorted(self.labels.items(), key=lambda item: _label_order(item[1])):
             by_label[label] = self.versions[version]
+        by_label.setdefault(self.idle_slot, None)  # an empty idle slot is listed too
         return by_label
 
     def _free_label(self) -> str:
