@@ -90,6 +90,7 @@ class MonitoringService:
         self._references: dict[str, dict[str, np.ndarray] | None] = {}
         self._referenced: set[tuple[str, str]] = set()
         self._totals: dict[tuple[str, str], tuple[int, int, float]] = {}
+        self._agreements: dict[tuple[str, str], tuple[float, int]] = {}
         self.reference_errors: dict[str, str] = {}
 
     # -- configuration ---------------------------------------------------------------------------
@@ -235,7 +236,7 @@ class MonitoringService:
             if role == "shadow":
                 if self.agreement is not None:
                     point = points.setdefault((model, version), {})
-                    point["agreement"] = self.agreement(model, version)[0]
+                    point.update(self._agreement_point(model, version))
                 continue
             totals = self.windows.totals(model, version, role)
             last = self._totals.get((model, version))
@@ -259,6 +260,20 @@ class MonitoringService:
         for (model, version), point in points.items():
             point["accuracy"] = self.tally.summary(model, version).accuracy
             self.history.append(model, version, t, point)
+
+    def _agreement_point(self, model: str, version: str) -> dict[str, float | None]:
+        """Shadow agreement since the last point (a time window), and since the shadow started."""
+        assert self.agreement is not None
+        rate, samples = self.agreement(model, version)
+        agreeing = (rate or 0.0) * samples
+        last = self._agreements.get((model, version))
+        self._agreements[(model, version)] = (agreeing, samples)
+        window: float | None = None
+        if last is not None and samples > last[1]:
+            window = (agreeing - last[0]) / (samples - last[1])
+        elif last is not None and samples < last[1]:  # stats were reset (a new shadow period)
+            window = rate
+        return {"agreement": window, "agreement_cumulative": rate, "shadow_compared": float(samples)}
 
     def _prediction_point(self, model: str, version: str) -> dict[str, float | None]:
         """Mean of the version's main score column over the drift window (from its bucket centres).
