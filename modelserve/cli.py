@@ -295,9 +295,24 @@ def _status(args: argparse.Namespace) -> int:
         lines = [render_status(status) for status in ([data] if args.model else data["models"])]
         for name, error in ({} if args.model else data.get("load_errors", {})).items():
             lines.append(f"{name}: NOT LOADED: {error}")
+        if not args.model and data.get("memory"):
+            lines.append(render_memory(data["memory"]))
         return "\n".join(lines)
 
     return show(args, data, render)
+
+
+def render_memory(memory: dict[str, Any]) -> str:
+    """The memory line of `status`: what the warm versions cost, against the budget if there is one."""
+    from modelserve.serving.memory import format_size
+
+    used = f"memory: warm versions use {format_size(memory['used_bytes'])}"
+    if memory.get("budget_bytes") is None:
+        return used + " (no --memory-budget)"
+    return (
+        f"{used} of the {format_size(memory['budget_bytes'])} budget "
+        f"({format_size(memory['free_bytes'])} free)"
+    )
 
 
 def _size(text: str | None) -> int | None:

@@ -129,6 +129,9 @@ def test_cli_load_rollback_to_unload_and_status_show_the_warm_set(
     back = cli(server, "rollback", "credit", "--to", "3")
     assert back.returncode == 0, back.stderr
     assert "rollback 2 -> 3" in back.stdout
+    everything = cli(server, "status")
+    assert everything.returncode == 0 and "memory: warm versions use " in everything.stdout
+    assert "(no --memory-budget)" in everything.stdout
     status = cli(server, "status", "credit")
     assert status.returncode == 0, status.stderr
     assert "version 3 (live, slot green, pinned): READY" in status.stdout
@@ -171,6 +174,8 @@ def test_a_load_past_the_memory_budget_is_refused_and_status_shows_memory(tmp_pa
         listing = client.get("/admin/models").json()
         memory = listing["memory"]
         assert memory["budget_bytes"] == 1024**3 and memory["used_bytes"] > 0
+        shown = cli(server, "status")
+        assert shown.returncode == 0 and "of the 1.0 GiB budget (" in shown.stdout
         row = listing["models"][0]["warm"][0]
         assert row["version"] == "1" and row["memory"]["resident_bytes"] >= row["memory"]["file_bytes"] > 0
         post(client, "/admin/models/credit/stage", {"version": "2"})
