@@ -8,6 +8,7 @@ what the client gets. `InferFastPath` sends infer requests past Starlette's rout
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import re
 import uuid
@@ -63,6 +64,22 @@ def echoable_id(value: str | None) -> str | None:
     return value if value is not None and _ECHOABLE.match(value) else None
 
 
+def _malloc_trim() -> Any:
+    try:
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc: nothing to trim
+        return None
+
+
+_TRIM = _malloc_trim()
+
+
+def release_memory() -> None:
+    """Return freed heap memory to the OS (glibc `malloc_trim`); a no-op elsewhere."""
+    if _TRIM is not None:
+        _TRIM(0)
+
+
 class InferEndpoint:
     """POST /v2/models/{model}[/versions/{version}]/infer."""
 
@@ -89,6 +106,7 @@ class InferEndpoint:
         headers = scope["headers"]
         record: InferenceRecord | None = None
         request_id: str | None = None
+        large = False
         try:
             if not services.started:
                 raise NotReady(LIFESPAN_NOT_RUN)
@@ -100,7 +118,8 @@ class InferEndpoint:
             assert loaded is not None
             header_length = int_header(headers, b"inference-header-content-length")
             declared = int_header(headers, b"content-length")
-            if declared is not None and declared > LARGE_BODY_BYTES:
+            large = declared is not None and declared > LARGE_BODY_BYTES
+            if large:
                 request = await self._decode_large(receive, headers, header_length, loaded.inputs)
             else:
                 body = await read_body(receive, headers, services.config.max_body_bytes)
@@ -148,6 +167,9 @@ class InferEndpoint:
         await send_response(send, status, payload, response_headers)
         if record is not None:
             path.finish(record)
+        if large:  # give the freed buffers of a large body back to the OS (glibc keeps them otherwise)
+            del payload, record
+            await anyio.to_thread.run_sync(release_memory, limiter=self.large_bodies_threads)
 
 
 class InferFastPath:
