@@ -154,6 +154,31 @@ def test_runs_queued_behind_a_hung_one_expire_without_running(runners: list[Shad
     assert runner.stats("fraud", "2").snapshot()["timeouts"] == 3
 
 
+def test_timeouts_say_whether_the_model_ran_and_how_much_it_computed(runners: list[ShadowRunner]) -> None:
+    # The gates count a shadow timeout against the model only when it ran and used its budget:
+    # a run that waited in the queue, or one a busy host starved of CPU, is the host's doing.
+    clock, release = ManualClock(), threading.Event()
+    results: list[ShadowResult] = []
+    runner = _runner(max_workers=1, max_in_flight=3, timeout_s=0.5, clock=clock, on_result=results.append)
+    runners.append(runner)
+    started = threading.Event()
+
+    def waits() -> Outputs:  # blocked, computing nothing: what a starved thread looks like
+        started.set()
+        release.wait()
+        return {"scores": np.array([[0.9, 0.1]], dtype=np.float32)}
+
+    assert _submit(runner, waits) and started.wait(10)
+    assert _submit(runner, waits)  # queued behind it
+    clock.now += 1.0
+    release.set()
+    assert runner.wait_idle(timeout=30)
+    by_ran = {r.ran: r for r in results}
+    assert all(r.timed_out for r in results) and set(by_ran) == {True, False}
+    late = by_ran[True]
+    assert late.budget_s == 0.5 and late.compute_s is not None and late.compute_s < late.budget_s
+
+
 def test_measured_agreement_matches_the_designed_disagreement(
     tmp_path: Path, runners: list[ShadowRunner]
 ) -> None:

@@ -63,6 +63,8 @@ class ShadowResult:
     end_time_ns: int  # wall clock when the run settled
     outputs: Outputs | None = None  # the shadow's outputs when they were compared (for label joins)
     compute_s: float | None = None  # the run's thread CPU time (the model's compute), when it returned
+    ran: bool = True  # False: it expired waiting for a worker (the host was busy, the model never ran)
+    budget_s: float = 0.0  # the run's timeout: a late run that computed less was starved, not slow
 
 
 @dataclass(slots=True, kw_only=True, eq=False)
@@ -84,7 +86,9 @@ class _Run:
     context: object
     targeting_key: str | None = None
     log_inputs: bool = False  # the sink record carries the (capped) inputs: opt-in, sampled by the caller
+    budget_s: float = 0.0
     started: bool = False
+    running: bool = False  # the model run began (a sweep may settle it while it still runs)
     settled: bool = False
 
 
@@ -274,7 +278,7 @@ class ShadowRunner:
                 deadline = now + (self.timeout_s if timeout_s is None else timeout_s)
                 ticket = _Run(
                     id=self._next_id, deadline=deadline, inline=inline, model=model,
-                    shadow_version=shadow_version, **fields,
+                    shadow_version=shadow_version, budget_s=deadline - now, **fields,
                 )  # fmt: skip
                 self._next_id += 1
                 self._in_flight[ticket.id] = ticket
@@ -327,6 +331,7 @@ class ShadowRunner:
                 return
             start_ns = time.time_ns()
             cpu_started = time.thread_time()
+            ticket.running = True
             try:
                 outputs = ticket.run()
             except Exception as exc:
@@ -339,7 +344,7 @@ class ShadowRunner:
             if not self._claim(ticket):  # already counted as a timeout by a sweep
                 return
             if start + latency >= ticket.deadline:
-                self._record(ticket, timed_out=True, latency=latency, start_ns=start_ns)
+                self._record(ticket, timed_out=True, latency=latency, start_ns=start_ns, compute=compute)
                 return
             try:
                 comparison = resolve(ticket.compare)(ticket.primary_outputs, outputs)
@@ -384,7 +389,7 @@ class ShadowRunner:
                 comparison=comparison, primary_latency_s=ticket.primary_latency_s, shadow_latency_s=latency,
                 error=error, timed_out=timed_out, start_time_ns=start_ns, end_time_ns=time.time_ns(),
                 outputs=outputs if comparison is not None else None,
-                compute_s=compute,
+                compute_s=compute, ran=ticket.running, budget_s=ticket.budget_s,
             )  # fmt: skip
             try:
                 self._on_result(result)

@@ -248,10 +248,16 @@ class ShadowService:
 
     def _on_result(self, result: ShadowResult) -> None:
         """Runs on the thread that settled the run: windows, then telemetry (metrics and linked span)."""
-        self.windows.record(
-            result.model, result.shadow_version, "shadow", result.shadow_latency_s,
-            error=result.error is not None, timeout=result.timed_out, compute_s=result.compute_s,
-        )  # fmt: skip
+        # What the gates see is the model's doing, not the host's: a run that expired in the queue
+        # never ran (a drop), and one that finished late having computed less than its budget was
+        # starved by a busy host (its nice-19 thread), not slow. A run that never returned counts.
+        starved = result.compute_s is not None and result.compute_s < result.budget_s
+        if result.ran:
+            self.windows.record(
+                result.model, result.shadow_version, "shadow", result.shadow_latency_s,
+                error=result.error is not None, timeout=result.timed_out and not starved,
+                compute_s=result.compute_s,
+            )  # fmt: skip
         if self.telemetry is not None:
             self.telemetry.on_shadow_result(result)
         for listener in self.result_listeners:
