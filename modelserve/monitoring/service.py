@@ -92,6 +92,7 @@ class MonitoringService:
         self._totals: dict[tuple[str, str], tuple[int, int, float]] = {}
         self._agreements: dict[tuple[str, str], tuple[float, int]] = {}
         self.reference_errors: dict[str, str] = {}
+        self._flush_limiter: anyio.CapacityLimiter | None = None
 
     # -- configuration ---------------------------------------------------------------------------
 
@@ -174,15 +175,20 @@ class MonitoringService:
     async def run(self) -> None:
         """Flush twice a second in a worker thread (the numpy work never blocks the event loop in one
         piece); file references and history points as they fall due."""
-        limiter = anyio.CapacityLimiter(1)  # our own: never anyio's default pool, which is the host app's
         next_point = time.monotonic()
         while True:
             await anyio.sleep(min(FLUSH_INTERVAL_S, self.history_interval_s))
-            await anyio.to_thread.run_sync(self.monitor.flush, limiter=limiter)
+            await self.flush()
             await self.apply_references()
             if time.monotonic() >= next_point:
                 next_point = time.monotonic() + self.history_interval_s
                 self.sample_history()
+
+    async def flush(self) -> None:
+        """Count what is pending, in a worker thread (our own limiter: never anyio's default pool)."""
+        if self._flush_limiter is None:
+            self._flush_limiter = anyio.CapacityLimiter(1)
+        await anyio.to_thread.run_sync(self.monitor.flush, limiter=self._flush_limiter)
 
     async def apply_references(self) -> None:
         """Give each ready version a file reference (its outputs: the version run over the inputs).

@@ -78,7 +78,6 @@ def traffic_split(status: dict[str, Any]) -> dict[str, Any]:
 
 def model_snapshot(services: Services, monitoring: MonitoringService, model: str) -> dict[str, Any]:
     """What the page shows for `model`: status, split, rollout timeline, shadow, experiment, monitoring."""
-    monitoring.monitor.flush()
     status = model_status(services, model)
     snapshot: dict[str, Any] = {
         "model": model,
@@ -136,6 +135,7 @@ def routes(services: Services, monitoring: MonitoringService) -> list[BaseRoute]
     async def one_model(request: Request) -> Response:
         try:
             check_read(request)
+            await monitoring.flush()  # the batch work off the event loop; the reads below find little left
             return _json(model_snapshot(services, monitoring, request.path_params["model"]))
         except Exception as exc:
             return _error(exc)
