@@ -27,6 +27,10 @@ from modelserve.telemetry.windows import SlidingWindows
 log = logging.getLogger("modelserve.rollout")
 
 
+#: The fields of a rollout's status that a model's status shows.
+SUMMARY_KEYS = ("candidate", "state", "stage", "stage_index", "stage_count", "weight", "shadow", "reason")
+
+
 class ShadowEvidence(Protocol):
     """What rollouts need of the shadow service: agreement for the gate, and a fresh start."""
 
@@ -167,18 +171,8 @@ class RolloutService:
         current = self.controller.status(model)
         if current is None:
             return {"rollout": None}
-        return {
-            "rollout": {
-                "candidate": current.candidate,
-                "state": current.state,
-                "stage": current.stage,
-                "stage_index": current.stage_index,
-                "stage_count": current.stage_count,
-                "weight": current.weight,
-                "shadow": current.shadow,
-                "reason": current.reason,
-            }
-        }
+        full = status_dict(current)
+        return {"rollout": {key: full[key] for key in SUMMARY_KEYS}}
 
     async def restore(self) -> None:
         """Resume (or safely pause) the rollouts saved in the state store, for the loaded models."""
@@ -194,22 +188,11 @@ class RolloutService:
 
 
 def status_dict(status: RolloutStatus) -> dict[str, Any]:
-    """A RolloutStatus as JSON-ready data."""
-    return {
-        "model": status.model,
-        "candidate": status.candidate,
-        "baseline_version": status.baseline_version,
-        "plan": status.plan,
-        "state": status.state,
-        "active": status.active,
-        "reason": status.reason,
-        "stage": status.stage,
-        "stage_index": status.stage_index,
-        "stage_count": status.stage_count,
-        "weight": status.weight,
-        "shadow": status.shadow,
-        "stage_elapsed_s": round(status.stage_elapsed_s, 3),
-        "gates": [g.to_dict() for g in status.gates],
-        "failures": status.failures,
-        "passes": status.passes,
-    }
+    """A RolloutStatus as JSON-ready data (with `active`, the gates as dicts, the time rounded)."""
+    data = dataclasses.asdict(status)
+    data.update(
+        active=status.active,
+        stage_elapsed_s=round(status.stage_elapsed_s, 3),
+        gates=[gate.to_dict() for gate in status.gates],
+    )
+    return data

@@ -12,6 +12,7 @@ POST /admin/models/{model}/unload        {"version": "1"}: one warm, non-live ve
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from starlette.requests import Request
@@ -85,11 +86,4 @@ def routes(services: Services) -> list[Route]:
 
 
 def _switch(switch: Switch) -> dict[str, Any]:
-    return {
-        "model": switch.model,
-        "action": switch.action,
-        "from_version": switch.from_version,
-        "to_version": switch.to_version,
-        "live_slot": switch.live_slot,
-        "effect_us": switch.effect_us,
-    }
+    return dataclasses.asdict(switch)
