@@ -390,7 +390,7 @@ def test_shadow_span_from_the_shadow_service_links_the_request_and_carries_its_e
         assert shadow.status_code == 200
         response = client.post("/v2/models/fraud/infer", content=BODY, headers={"x-request-id": "req-7"})
         assert response.status_code == 200 and response.headers["x-model-version"] == "2"
-        assert services.shadow is not None and services.shadow.runner.wait_idle(30)
+        assert services.shadow.runner.wait_idle(30)
         sinks.waiter.wait_for(3)
     (server_span,) = [
         s for s in sinks.server_spans() if attributes(s)["url.path"] == "/v2/models/fraud/infer"
