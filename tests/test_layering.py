@@ -194,3 +194,14 @@ def documented_layers() -> list[set[str]]:
 
 def test_the_architecture_document_lists_these_layers() -> None:
     assert documented_layers() == LAYERS
+
+
+def test_the_composition_root_declares_every_collaborator_with_a_concrete_type() -> None:
+    """No `Any` in what `build_services` builds and the hooks it declares."""
+    import dataclasses
+
+    from modelserve.server import services
+
+    for holder in (services.Services, services.Hooks, services.FeatureSet, services.Extension):
+        for field in dataclasses.fields(holder):
+            assert "Any" not in str(field.type), (holder, field.name)
