@@ -15,6 +15,7 @@ Grammar: `modelserve COMMAND [ACTION] MODEL [ARGS] [OPTIONS]`; a misspelled comm
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import difflib
 import importlib
 import json
@@ -134,7 +135,7 @@ def _serve(args: argparse.Namespace) -> int:
     guarded = connections.uvicorn_options(max_header_bytes=args.max_header_bytes)
     if sock is None:
         # Each worker process builds its own app from this description (uvicorn's app factory).
-        os.environ[WORKER_CONFIG_ENV] = json.dumps({**_config_to_json(config), "connections": limits})
+        os.environ[WORKER_CONFIG_ENV] = json.dumps({"config": config.to_json(), "connections": limits})
         uvicorn.run(
             f"{__name__}:worker_app", factory=True, workers=args.workers, host=args.host, port=args.port,
             log_level=args.log_level, access_log=args.access_log, ssl_certfile=args.tls_certfile,
@@ -218,21 +219,6 @@ def serve_config(args: argparse.Namespace, environ: dict[str, str] | os._Environ
     )
 
 
-def _config_to_json(config: Any) -> dict[str, Any]:
-    return {
-        "repository": str(config.repository),
-        "state_dir": str(config.state_dir),
-        "admin_token": config.admin_token,
-        "flags_file": str(config.flags_file) if config.flags_file else None,
-        "max_body_bytes": config.max_body_bytes,
-        "max_header_bytes": config.max_header_bytes,
-        "webhooks": list(config.webhooks),
-        "coordinator": config.coordinator,
-        "replica_id": config.replica_id,
-        "memory_budget": config.memory_budget,
-    }
-
-
 def worker_app() -> Any:
     """The app of one `serve --workers N` worker process (uvicorn calls this factory in each)."""
     from modelserve.config import ServerConfig
@@ -242,19 +228,9 @@ def worker_app() -> Any:
     raw = json.loads(os.environ[WORKER_CONFIG_ENV])
     if raw.get("connections"):
         connections.configure(**raw["connections"])
-    pod = raw.get("replica_id")
-    config = ServerConfig(
-        repository=Path(raw["repository"]),
-        state_dir=Path(raw["state_dir"]),
-        admin_token=raw.get("admin_token"),
-        flags_file=Path(raw["flags_file"]) if raw.get("flags_file") else None,
-        max_body_bytes=int(raw["max_body_bytes"]),
-        max_header_bytes=int(raw.get("max_header_bytes") or 64 * 1024),
-        webhooks=tuple(raw.get("webhooks") or ()),
-        coordinator=raw["coordinator"],
-        replica_id=f"{pod}:{os.getpid()}" if pod else None,  # several workers share one pod name
-        memory_budget=raw.get("memory_budget"),
-    )
+    config = ServerConfig.from_json(raw["config"])
+    if config.replica_id:  # several workers share one pod name
+        config = dataclasses.replace(config, replica_id=f"{config.replica_id}:{os.getpid()}")
     sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
     return create_app(config, **serve_extras(os.environ))
 

@@ -213,6 +213,34 @@ class ServerConfig:
     replica_id: str | None = None
     memory_budget: int | None = None  # bytes all warm versions may cost together (serving/memory.py)
 
+    def to_json(self) -> dict[str, Any]:
+        """Every field as JSON values (how `serve --workers N` hands its configuration to each worker)."""
+        encoded: dict[str, Any] = {}
+        for item in fields(self):
+            value = getattr(self, item.name)
+            if isinstance(value, Path):
+                value = str(value)
+            elif isinstance(value, tuple):
+                value = list(value)
+            encoded[item.name] = value
+        return encoded
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> ServerConfig:
+        """The inverse of `to_json`; unknown keys are an error, so no field is ever dropped silently."""
+        known = {item.name: str(item.type) for item in fields(cls)}
+        unknown = set(data) - set(known)
+        if unknown:
+            raise ConfigError(f"unknown server configuration keys: {sorted(unknown)}")
+        decoded: dict[str, Any] = {}
+        for name, value in data.items():
+            if value is not None and known[name].startswith("Path"):
+                value = Path(value)
+            elif value is not None and known[name].startswith("tuple"):
+                value = tuple(value)
+            decoded[name] = value
+        return cls(**decoded)
+
 
 def parse_model_config(data: dict[str, Any], *, where: str) -> ModelConfig:
     """Validate a decoded config.toml; raise ConfigError naming the file and key."""

@@ -112,11 +112,14 @@ class GuardedH11Protocol(_Deadlines, H11Protocol):
         super().on_response_complete()
 
 
-def _httptools_protocol() -> type[asyncio.Protocol] | None:
-    try:
-        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
-    except ImportError:  # the `fast` extra is not installed: h11 serves
-        return None
+# Module-level classes, so `serve --workers N` can hand them to its spawned worker processes (pickled
+# by name).
+try:
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+except ImportError:  # the `fast` extra is not installed: h11 serves
+    HAVE_HTTPTOOLS = False
+else:
+    HAVE_HTTPTOOLS = True
 
     class GuardedHttpToolsProtocol(_Deadlines, HttpToolsProtocol):
         """uvicorn's httptools protocol with both deadlines and the header size bound."""
@@ -187,11 +190,11 @@ def _httptools_protocol() -> type[asyncio.Protocol] | None:
             self._disarm()
             super().on_response_complete()
 
-    return GuardedHttpToolsProtocol
-
 
 #: The protocol `serve` uses: httptools when installed (the `fast` extra), else h11.
-GuardedHttpProtocol: type[asyncio.Protocol] = _httptools_protocol() or GuardedH11Protocol
+GuardedHttpProtocol: type[asyncio.Protocol] = (
+    GuardedHttpToolsProtocol if HAVE_HTTPTOOLS else GuardedH11Protocol
+)
 
 
 def configure(*, header_timeout_s: float, body_timeout_s: float, max_header_bytes: int) -> None:
