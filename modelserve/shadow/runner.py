@@ -28,6 +28,7 @@ Two ways to run a shadow:
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -89,7 +90,27 @@ class _Run:
     budget_s: float = 0.0
     started: bool = False
     running: bool = False  # the model run began (a sweep may settle it while it still runs)
+    native_id: int = 0  # the worker thread running it, and its CPU clock when the run began
+    cpu_started: float = 0.0
     settled: bool = False
+
+
+def _starved_compute(ticket: _Run) -> float | None:
+    """For an overdue run still running on a thread that is runnable (waiting for a CPU, not blocked
+    or hung): the CPU time it got so far, so a busy host's starvation is not the model's timeout.
+    None otherwise, or where Linux's per-thread /proc state and CPU clocks are not available."""
+    if not ticket.running or not ticket.native_id:
+        return None
+    try:
+        with open(f"/proc/self/task/{ticket.native_id}/stat", "rb") as stat:
+            fields = stat.read().rsplit(b")", 1)[1].split()
+        if fields[0] != b"R":
+            return None
+        ticks = os.sysconf("SC_CLK_TCK")
+        cpu = (int(fields[11]) + int(fields[12])) / ticks  # utime + stime of that thread
+    except (OSError, ValueError, IndexError):
+        return None
+    return max(0.0, cpu - ticket.cpu_started)
 
 
 def _comparator_name(compare: str | Comparator) -> str:
@@ -309,7 +330,7 @@ class ShadowRunner:
             pending = [t.deadline for t in self._in_flight.values() if not t.settled]
             self._next_sweep = min(pending, default=float("inf"))
         for ticket in overdue:
-            self._record(ticket, timed_out=True)
+            self._record(ticket, timed_out=True, compute=_starved_compute(ticket))
 
     def _claim(self, ticket: _Run) -> bool:
         with self._lock:
@@ -331,6 +352,7 @@ class ShadowRunner:
                 return
             start_ns = time.time_ns()
             cpu_started = time.thread_time()
+            ticket.native_id, ticket.cpu_started = threading.get_native_id(), cpu_started
             ticket.running = True
             try:
                 outputs = ticket.run()
