@@ -216,6 +216,7 @@ def serve_config(args: argparse.Namespace, environ: dict[str, str] | os._Environ
         coordinator=coordinator,
         replica_id=environ.get(POD_NAME_ENV) or None,
         memory_budget=_size(args.memory_budget),
+        leader_lease_s=args.leader_lease,
     )
 
 
@@ -534,6 +535,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--coordinator",
         metavar="URL",
         help="shared state of several processes or machines: redis://HOST:PORT/DB or sqlite:///PATH",
+    )
+    serve.add_argument(
+        "--leader-lease",
+        type=float,
+        default=10.0,
+        metavar="S",
+        help="shared state: seconds of the rollout leader's lease (failover takes about this long)",
     )
     serve.set_defaults(run=_serve)
 

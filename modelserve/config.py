@@ -212,6 +212,8 @@ class ServerConfig:
     #: This process's name among the replicas (default `host:pid`; `POD_NAME` on Kubernetes).
     replica_id: str | None = None
     memory_budget: int | None = None  # bytes all warm versions may cost together (serving/memory.py)
+    #: Shared state only: the rollout leader's lease; a new leader takes over within about this.
+    leader_lease_s: float = 10.0
 
     def to_json(self) -> dict[str, Any]:
         """Every field as JSON values (how `serve --workers N` hands its configuration to each worker)."""

@@ -17,6 +17,7 @@ from modelserve.fleet.sync import PolicySync
 from modelserve.serving.registry import ModelRegistry
 from modelserve.serving.runtime import LoadedVersion
 from modelserve.serving.slots import Switch
+from modelserve.state.coordinator import current_fence
 from modelserve.state.desired import POLICY_FIELDS, DesiredModel
 
 #: How long `promote` waits for the candidate to be READY on every replica.
@@ -113,7 +114,9 @@ class FleetCommands:
 
     async def _write(self, model: str, changes: Any, expect_rev: int | None) -> DesiredModel:
         self.registry.slots(model)
-        desired = await self.sync.desired.patch(model, changes, expect_rev=expect_rev)
+        # Under the leader's fence when the rollout controller writes: a deposed leader's write fails.
+        fence = current_fence.get()
+        desired = await self.sync.desired.patch(model, changes, expect_rev=expect_rev, fence=fence)
         await self.sync.apply(model, desired)
         return desired
 

@@ -348,7 +348,7 @@ class RolloutController:
 
     # -- durability --------------------------------------------------------------------------------
 
-    async def restore(self, models: Iterable[str]) -> list[RolloutStatus]:
+    async def restore(self, models: Iterable[str], *, keep_clock: bool = False) -> list[RolloutStatus]:
         """Pick up the saved rollouts of `models` after a restart.
 
         A rollout resumes at its saved stage (and keeps a saved pause), with the stage's clock and
@@ -356,30 +356,17 @@ class RolloutController:
         windows restarted empty. Failure counts are kept. When it cannot safely resume (the live
         version differs from the one it started against, or the candidate is not ready) it is
         paused with the reason; a non-ready candidate also gets no traffic or shadow.
+
+        `keep_clock`: a leader taking over from another replica keeps the stage's clock (see
+        `rollout_from_state`).
         """
         restored = []
         for model in models:
-            try:
-                saved = self.store.read(f"rollout.{model}")
-            except ConfigError as exc:  # unreadable or corrupt: this model's rollout only
-                self.restore_errors[model] = f"saved rollout not restored: {exc}"
-                logger.error("rollout of %s: %s", model, self.restore_errors[model])
-                continue
-            if saved is None:
-                continue
             async with self._lock:
+                rollout = self._load(model, keep_clock=keep_clock)
+                if rollout is None or rollout.state not in ACTIVE_STATES:
+                    continue
                 now = self._clock()
-                try:
-                    rollout = rollout_from_state(saved, now, self._wall_clock())
-                except ConfigError as exc:
-                    self.restore_errors[model] = f"saved rollout not restored: {exc}"
-                    logger.error("rollout of %s: saved state ignored: %s", model, exc)
-                    continue
-                self._rollouts[model] = rollout
-                saved_events = self.store.read_log(f"rollout-events.{model}")[-self._max_events :]
-                self._events[model] = deque(events_from_log(saved_events), maxlen=self._max_events)
-                if rollout.state not in ACTIVE_STATES:
-                    continue
                 problem = await self._unsafe_reason(rollout)
                 if problem:
                     if not await self.target.is_ready(model, rollout.candidate):
@@ -388,14 +375,54 @@ class RolloutController:
                     self._emit(rollout, "paused", rollout.reason)
                 else:
                     await self._apply_stage(rollout, previous_shadow=rollout.stage.shadow)
+                    clock = (
+                        "stage clock kept"
+                        if keep_clock
+                        else "stage clock restarted, its minimum duration is observed again"
+                    )
                     self._emit(
                         rollout,
                         "restored",
-                        f"restored at stage {rollout.stage.name!r} ({rollout.state}); "
-                        "stage clock restarted, its minimum duration is observed again",
+                        f"restored at stage {rollout.stage.name!r} ({rollout.state}); {clock}",
                     )
                 restored.append(rollout.status(now))
         return restored
+
+    def _load(self, model: str, *, keep_clock: bool) -> Rollout | None:
+        """The saved rollout of `model` (and its events) into memory, nothing applied."""
+        try:
+            saved = self.store.read(f"rollout.{model}")
+            if saved is None:
+                return None
+            rollout = rollout_from_state(saved, self._clock(), self._wall_clock(), keep_clock=keep_clock)
+        except ConfigError as exc:  # unreadable or corrupt: this model's rollout only
+            self.restore_errors[model] = f"saved rollout not restored: {exc}"
+            logger.error("rollout of %s: %s", model, self.restore_errors[model])
+            return None
+        rollout.last_saved = saved
+        self._rollouts[model] = rollout
+        saved_events = self.store.read_log(f"rollout-events.{model}")[-self._max_events :]
+        self._events[model] = deque(events_from_log(saved_events), maxlen=self._max_events)
+        return rollout
+
+    async def adopt(self, model: str) -> Rollout | None:
+        """Load the saved rollout of `model` as it is, to act on it or show it (another replica leads)."""
+        async with self._lock:
+            return self._load(model, keep_clock=True)
+
+    def forget(self, model: str | None = None) -> None:
+        """Drop the in-memory rollout of `model` (None: of every model), e.g. when stepping down."""
+        if model is None:
+            self._rollouts.clear()
+            self._events.clear()
+        else:
+            self._rollouts.pop(model, None)
+            self._events.pop(model, None)
+
+    def saved_seq(self, model: str) -> int:
+        """The event count of the in-memory rollout of `model` (-1 without one)."""
+        rollout = self._rollouts.get(model)
+        return -1 if rollout is None else rollout.event_seq
 
     async def _unsafe_reason(self, rollout: Rollout) -> str:
         live = await self.target.live_version(rollout.model)
@@ -442,6 +469,7 @@ class RolloutController:
             message=message,
             gates=tuple(gates),
             data=dict(data or {}),
+            event_id=rollout.next_event_id(kind),
         )
         self._events.setdefault(rollout.model, deque(maxlen=self._max_events)).append(event)
         if self._captured is not None:

@@ -60,6 +60,8 @@ class RolloutEvent:
     message: str
     gates: tuple[GateResult, ...] = ()
     data: dict[str, Any] = field(default_factory=dict)
+    #: `model:rollout start ms:sequence:kind`: unique fleet-wide; logs and webhooks dedupe by it.
+    event_id: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form: what the event log stores and webhooks receive."""
@@ -74,6 +76,7 @@ class RolloutEvent:
             "message": self.message,
             "gates": [g.to_dict() for g in self.gates],
             "data": self.data,
+            "event_id": self.event_id,
         }
 
     @classmethod
@@ -90,6 +93,7 @@ class RolloutEvent:
             message=str(raw.get("message", "")),
             gates=tuple(GateResult(**g) for g in raw.get("gates", ())),
             data=dict(raw.get("data", {})),
+            event_id=str(raw.get("event_id", "")),
         )
 
 

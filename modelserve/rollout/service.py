@@ -8,12 +8,15 @@ restart, rollouts saved in the state store are restored once the models have loa
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
-from collections.abc import Callable
-from typing import Any, Protocol
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol, TypeVar
 
-from modelserve.errors import Conflict
+import anyio
+
+from modelserve.errors import Conflict, ModelServeError
 from modelserve.rollout.controller import RolloutController
 from modelserve.rollout.events import RolloutEvent, RolloutStatus
 from modelserve.rollout.gates import ExperimentEvidence, ShadowAgreement
@@ -40,6 +43,27 @@ class ShadowEvidence(Protocol):
 
 #: `(event name, attributes)`: where rollout decisions go as span events (telemetry's `record_event`).
 EventRecorder = Callable[[str, dict[str, Any]], None]
+
+
+class Leadership(Protocol):
+    """Whether this replica leads (`fleet.leader.LeaderLease`)."""
+
+    @property
+    def is_leader(self) -> bool: ...
+
+
+class SharedRolloutState(Protocol):
+    """The rollout documents other replicas write too (`state.cached.CoordinatorStore`)."""
+
+    async def reload(self, keys: list[str] = ..., logs: list[str] = ...) -> None: ...
+    def writing(self, key: str) -> bool: ...
+    async def flush(self) -> None: ...
+
+
+#: How often the leader looks for rollouts started or changed on other replicas.
+ADOPT_INTERVAL_S = 0.5
+
+T = TypeVar("T")
 
 
 class ServingCommands(Protocol):
@@ -116,6 +140,10 @@ class RolloutService:
     ) -> None:
         self.registry = registry
         self.commands: ServingCommands = commands if commands is not None else registry
+        self._store = store
+        self.leader: Leadership | None = None
+        self.shared: SharedRolloutState | None = None
+        self._notified: set[str] = set()
         self.shadow = shadow
         self.webhooks = webhooks
         self._record_event = record_event
@@ -177,6 +205,83 @@ class RolloutService:
     async def restore(self) -> None:
         """Resume (or safely pause) the rollouts saved in the state store, for the loaded models."""
         await self.controller.restore(sorted(self.registry.models))
+
+    # -- many replicas: one leader runs the controller; commands work on any replica -------------
+
+    def share(self, leader: Leadership, shared: SharedRolloutState) -> None:
+        """Run in a fleet: the controller acts only while `leader` leads; state is `shared`."""
+        self.leader, self.shared = leader, shared
+
+    def _keys(self, models: list[str]) -> tuple[list[str], list[str]]:
+        return [f"rollout.{m}" for m in models], [f"rollout-events.{m}" for m in models]
+
+    async def lead(self) -> None:
+        """The leader's term: take the rollouts over where the shared state says they are, run them,
+        and adopt the ones other replicas start or change; forget them all when the term ends."""
+        assert self.shared is not None
+        models = sorted(self.registry.models)
+        await self.shared.reload(*self._keys(models))
+        self._notified = {
+            str(e.get("event_id")) for m in models for e in self._store.read_log(f"rollout-events.{m}")
+        }
+        try:
+            await self.controller.restore(models, keep_clock=True)
+            async with anyio.create_task_group() as group:
+                group.start_soon(self.controller.run)
+                group.start_soon(self._adopt_forever, models)
+        finally:
+            self.controller.forget()
+
+    async def _adopt_forever(self, models: list[str]) -> None:
+        assert self.shared is not None
+        while True:
+            await anyio.sleep(ADOPT_INTERVAL_S)
+            with contextlib.suppress(ModelServeError):
+                await self.shared.reload(*self._keys(models))
+            for model in models:
+                saved = self._store.read(f"rollout.{model}")
+                if saved is None or self.shared.writing(f"rollout.{model}"):
+                    continue
+                if int(saved.get("event_seq", 0)) > self.controller.saved_seq(model):
+                    await self.controller.restore([model], keep_clock=True)
+                self._notify_missed(model)
+
+    def _notify_missed(self, model: str) -> None:
+        """Webhooks for events another replica logged (a command it took); each id once."""
+        if self.webhooks is None:
+            return
+        for event in self._store.read_log(f"rollout-events.{model}"):
+            event_id = str(event.get("event_id"))
+            if event_id not in self._notified:
+                self._notified.add(event_id)
+                self.webhooks.notify(event)
+
+    async def act(self, model: str, action: Callable[[], Awaitable[T]]) -> T:
+        """Run an operator command: on the leader directly; elsewhere on the shared state as it is
+        now (the leader adopts the result within `ADOPT_INTERVAL_S`), sending no webhooks (the
+        leader does)."""
+        if self.leader is None or self.shared is None or self.leader.is_leader:
+            return await action()
+        await self.shared.reload(*self._keys([model]))
+        await self.controller.adopt(model)
+        webhooks, self.controller.webhooks = self.controller.webhooks, None
+        try:
+            return await action()
+        finally:
+            self.controller.webhooks = webhooks
+            await self.shared.flush()
+            self.controller.forget(model)
+
+    async def current(self, model: str) -> dict[str, Any]:
+        """`describe` from the shared state when another replica leads."""
+        if self.leader is None or self.shared is None or self.leader.is_leader:
+            return self.describe(model)
+        await self.shared.reload(*self._keys([model]))
+        await self.controller.adopt(model)
+        try:
+            return self.describe(model)
+        finally:
+            self.controller.forget(model)
 
     def _on_event(self, event: RolloutEvent) -> None:
         if self._on_change is not None:

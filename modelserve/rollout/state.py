@@ -43,6 +43,15 @@ class Rollout:
     last_gate_event: float = -math.inf
     frozen_baseline: Sample | None = None
     last_saved: dict[str, Any] | None = None
+    #: Events emitted so far: the next event's sequence number (part of its id).
+    event_seq: int = 0
+
+    def next_event_id(self, kind: str) -> str:
+        """A fleet-unique, deterministic id for the next event: `model:rollout start ms:seq:kind`."""
+        event_id = f"{self.model}:{int(self.started_at * 1000)}:{self.event_seq}:{kind}"
+        self.event_seq += 1
+        return event_id
+
     #: Stages an operator skipped (`promote`), in order: named in the final reason, never "passed".
     skipped: list[str] = field(default_factory=list)
     plan_document: dict[str, Any] | None = None  # `plan.to_dict()`, made once: the plan never changes
@@ -127,11 +136,18 @@ class Rollout:
             "passes": dict(self.passes),
             "frozen_baseline": self.frozen_baseline.to_dict() if self.frozen_baseline else None,
             "skipped": list(self.skipped),
+            "event_seq": self.event_seq,
         }
 
 
-def rollout_from_state(saved: dict[str, Any], now: float, wall: float) -> Rollout:
-    """Rebuild a rollout from `to_state()`; the stage clock and pass streaks restart at `now`."""
+def rollout_from_state(
+    saved: dict[str, Any], now: float, wall: float, *, keep_clock: bool = False
+) -> Rollout:
+    """Rebuild a rollout from `to_state()`; the stage clock and pass streaks restart at `now`.
+
+    With `keep_clock` (a new leader taking over, whose gate data spans the whole fleet) the stage
+    keeps the time it already ran, from the saved wall-clock start of the stage.
+    """
     try:
         if saved.get("format") != STATE_FORMAT:
             raise ValueError(f"unknown state format {saved.get('format')!r}")
@@ -146,8 +162,8 @@ def rollout_from_state(saved: dict[str, Any], now: float, wall: float) -> Rollou
             baseline_version=str(saved["baseline_version"]),
             plan=plan,
             started_at=float(saved["started_at"]),
-            stage_started=now,
-            stage_started_at=wall,
+            stage_started=now - (max(0.0, wall - float(saved["stage_started_at"])) if keep_clock else 0.0),
+            stage_started_at=float(saved["stage_started_at"]) if keep_clock else wall,
             next_due=now,
             stage_index=index,
             state=str(saved["state"]),
@@ -155,6 +171,7 @@ def rollout_from_state(saved: dict[str, Any], now: float, wall: float) -> Rollou
             failures={str(k): int(v) for k, v in dict(saved.get("failures", {})).items()},
             frozen_baseline=Sample.from_dict(baseline) if baseline else None,
             skipped=[str(name) for name in saved.get("skipped", ())],
+            event_seq=int(saved.get("event_seq", 0)),
         )
     except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
         raise ConfigError(f"saved rollout state is unreadable: {exc}") from exc

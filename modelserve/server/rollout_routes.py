@@ -36,13 +36,15 @@ def routes(services: Services, rollout: RolloutService) -> list[BaseRoute]:
         version = required(body, "version")
         if isinstance(version, bool) or not isinstance(version, str | int):
             raise RequestError("version must be a version name")
-        await rollout.start(model, str(version), plan_from_body(body))
-        return rollout.describe(model)
+        plan = plan_from_body(body)
+        # Any replica takes commands; the leader runs the rollout (see RolloutService.act).
+        await rollout.act(model, lambda: rollout.start(model, str(version), plan))
+        return await rollout.current(model)
 
     async def show(request: Request, body: dict[str, Any]) -> Any:
         model = request.path_params["model"]
         services.registry.slots(model)  # 404 for an unknown model
-        return rollout.describe(model)
+        return await rollout.current(model)
 
     def command(action: str) -> Handler:
         async def handler(request: Request, body: dict[str, Any]) -> Any:
@@ -51,16 +53,16 @@ def routes(services: Services, rollout: RolloutService) -> list[BaseRoute]:
             if reason is not None and not isinstance(reason, str):
                 raise RequestError("reason must be a string")
             if action == "pause":
-                await controller.pause(model, reason or "paused by operator")
+                await rollout.act(model, lambda: controller.pause(model, reason or "paused by operator"))
             elif action == "resume":
-                await controller.resume(model)
+                await rollout.act(model, lambda: controller.resume(model))
             elif action == "abort":
-                await controller.abort(model, reason or "aborted by operator")
+                await rollout.act(model, lambda: controller.abort(model, reason or "aborted by operator"))
             else:
                 # a typed boolean: the string "false" must never mean "skip every stage"
                 every = validation.flag(body.get("all", False), "all")
-                await controller.promote(model, all_stages=every)
-            return rollout.describe(model)
+                await rollout.act(model, lambda: controller.promote(model, all_stages=every))
+            return await rollout.current(model)
 
         return handler
 

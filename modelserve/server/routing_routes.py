@@ -43,8 +43,8 @@ def routes(services: Services) -> list[BaseRoute]:
         if candidate is not None:
             changes["candidate"] = str(candidate)
         policies.check(model, **changes)
-        await commands.update_policy(model, changes, expect_rev=if_match(request))
-        return model_status(services, model)
+        desired = await commands.update_policy(model, changes, expect_rev=if_match(request))
+        return {**model_status(services, model), "revision": desired.rev}
 
     async def policy(request: Request, body: dict[str, Any]) -> Any:
         model = request.path_params["model"]
@@ -54,8 +54,8 @@ def routes(services: Services) -> list[BaseRoute]:
         if isinstance(shadows, list) and live is not None and live in [str(v) for v in shadows]:
             raise RequestError(f"version {live} is the live version of {model!r}; shadow another one")
         policies.check(model, **body)  # typed, finite, bounded: refused before any replica sees it
-        await commands.update_policy(model, body, expect_rev=if_match(request))
-        return model_status(services, model)
+        desired = await commands.update_policy(model, body, expect_rev=if_match(request))
+        return {**model_status(services, model), "revision": desired.rev}
 
     async def flags_status(request: Request, body: dict[str, Any]) -> Any:
         if flags is None:

@@ -32,6 +32,7 @@ from starlette.routing import BaseRoute
 from modelserve.config import ServerConfig
 from modelserve.experiments.lifecycle import ExperimentSupervisor
 from modelserve.experiments.service import ExperimentService
+from modelserve.fleet.leader import LeaderLease
 from modelserve.fleet.replica import Replica
 from modelserve.inference.path import InferencePath, InferenceRecord, Observer
 from modelserve.middleware.routing import ArmDecider, Router
@@ -295,8 +296,17 @@ def build_services(
             on_change=partial(audit_rollout_event, audit),
         )  # fmt: skip
         hooks.status_providers.append(rollout.summary)
-        hooks.startup.append(rollout.restore)
-        hooks.tasks.append(rollout.controller.run)
+        if replica.shared and isinstance(store, CoordinatorStore):  # one leader among the replicas
+            lease = LeaderLease(
+                coordinator, replica.replica_id, name="rollout", ttl_s=config.leader_lease_s,
+                renew_s=config.leader_lease_s / 5,
+            )  # fmt: skip
+            rollout.share(lease, store)
+            hooks.tasks.append(partial(lease.run, rollout.lead))
+            hooks.status_providers.append(partial(leader_status, lease))
+        else:
+            hooks.startup.append(rollout.restore)
+            hooks.tasks.append(rollout.controller.run)
     if experiments is not None:
         supervisor = ExperimentSupervisor(
             experiments,
@@ -399,6 +409,11 @@ def record_rollout_event(
         telemetry.record_event(name, attributes)
     if monitoring is not None:
         monitoring.counters.rollout_event(str(attributes.get("model", "")), name.rsplit(".", 1)[-1])
+
+
+def leader_status(lease: LeaderLease, model: str) -> dict[str, object]:
+    """Whether this replica runs the rollouts, for the model's status."""
+    return {"rollout_leader": lease.is_leader}
 
 
 def routing_status(router: Router, flags: FlagFileSource | None, model: str) -> dict[str, object]:

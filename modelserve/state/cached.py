@@ -7,7 +7,9 @@ hands it to the coordinator, whose I/O runs off the event loop. Writes of one ke
 newest is written) and keep their order; when the backend is down they wait and are retried, so the
 event loop never blocks on the disk or the network.
 
-`flush()` waits until everything queued is written (graceful shutdown).
+`flush()` waits until everything queued is written (graceful shutdown). A write made under a
+leader's fence (`current_fence`) carries it: once the lease moved on, the backend rejects it and it is
+dropped, never retried.
 """
 
 from __future__ import annotations
@@ -22,7 +24,13 @@ import anyio
 import orjson
 
 from modelserve.errors import ConfigError
-from modelserve.state.coordinator import Coordinator, CoordinatorUnavailable, check_key
+from modelserve.state.coordinator import (
+    Coordinator,
+    CoordinatorUnavailable,
+    FenceRejected,
+    check_key,
+    current_fence,
+)
 
 log = logging.getLogger("modelserve.state")
 
@@ -67,6 +75,23 @@ class CoordinatorStore:
             if name not in self._logs:
                 self._logs[name] = await self.coordinator.events(check_key(name), self.max_log)
 
+    async def reload(self, keys: list[str] = [], logs: list[str] = []) -> None:  # noqa: B006
+        """Re-fetch documents and logs other replicas may have changed (not those with a write queued)."""
+        for key in keys:
+            if f"doc:{key}" not in self._queue:
+                doc = await self.coordinator.get(check_key(key))
+                if f"doc:{key}" not in self._queue:
+                    self._docs[key] = None if doc is None else doc.body
+        for name in logs:
+            if f"log:{name}" not in self._queue:
+                records = await self.coordinator.events(check_key(name), self.max_log)
+                if f"log:{name}" not in self._queue:
+                    self._logs[name] = records
+
+    def writing(self, key: str) -> bool:
+        """Whether a write of document `key` is still queued."""
+        return f"doc:{key}" in self._queue
+
     def read(self, key: str) -> dict[str, Any] | None:
         broken = self._broken.get(key)
         if broken is not None:
@@ -79,7 +104,7 @@ class CoordinatorStore:
         with self._lock:
             self._broken.pop(key, None)  # a good document replaces the corrupt one
             self._docs[check_key(key)] = body
-            self._queue[f"doc:{key}"] = ("doc", (key, body))
+            self._queue[f"doc:{key}"] = ("doc", (key, body, current_fence.get()))
         self._kick()
 
     def append(self, key: str, record: dict[str, Any]) -> None:
@@ -90,7 +115,7 @@ class CoordinatorStore:
             records.append(record)
             del records[: -self.max_log]
             kind, pending = self._queue.get(f"log:{key}", ("log", (key, [])))
-            pending[1].append(record)
+            pending[1].append((record, current_fence.get()))
             self._queue[f"log:{key}"] = (kind, pending)
         self._kick()
 
@@ -130,17 +155,20 @@ class CoordinatorStore:
             slot, (kind, payload) = item
             try:
                 if kind == "doc":
-                    key, body = payload
-                    await self.coordinator.put(key, body)
+                    key, body, fence = payload
+                    await self.coordinator.put(key, body, fence=fence)
                 else:
                     key, records = payload
                     while records:
-                        await self.coordinator.append_event(key, str(records[0]["event_id"]), records[0])
+                        record, fence = records[0]
+                        await self.coordinator.append_event(key, str(record["event_id"]), record, fence=fence)
                         records.pop(0)  # written (appends are idempotent by id: a retry is harmless)
             except CoordinatorUnavailable as exc:
                 self._requeue(slot, kind, payload)
                 log.warning("state write of %s postponed: %s", slot, exc)
                 await anyio.sleep(RETRY_S)
+            except FenceRejected as exc:  # written by a leader that was deposed meanwhile: never lands
+                log.warning("state write of %s rejected: %s", slot, exc)
             except Exception:
                 log.exception("state write of %s failed; dropped", slot)
 

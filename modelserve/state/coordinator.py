@@ -32,12 +32,16 @@ Errors (all `ModelServeError`):
 from __future__ import annotations
 
 import os
+import random
 import re
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol
+
+import anyio
 
 from modelserve.errors import ConfigError, Conflict, NotReady
 
@@ -89,6 +93,11 @@ class Fence:
 
     lease: str
     token: int
+
+
+#: The fence of the leader task running in this context: writes made under it carry it, so the
+#: backend rejects them once another replica took the lease over (set by `fleet.leader`).
+current_fence: ContextVar[Fence | None] = ContextVar("modelserve_current_fence", default=None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,14 +194,16 @@ async def cas_update(
     key: str,
     change: Callable[[dict[str, Any]], dict[str, Any] | Awaitable[dict[str, Any]]],
     *,
-    attempts: int = 50,
+    attempts: int = 200,
     fence: Fence | None = None,
 ) -> Document:
     """Read, apply `change` to a copy of the body, compare-and-set; retry when another writer won.
 
     `change` gets `{}` for an absent document and returns the new body (or raises to give up).
     """
-    for _ in range(attempts):
+    for attempt in range(attempts):
+        if attempt:  # lost a race: back off a little, with jitter, so the writers spread out
+            await anyio.sleep(random.uniform(0, 0.001 * min(attempt, 20)))
         current = await coordinator.get(key)
         body = dict(current.body) if current is not None else {}
         new = change(body)

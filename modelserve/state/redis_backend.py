@@ -95,7 +95,7 @@ class RedisCoordinator:
     backend = "redis"
     shared = True
 
-    def __init__(self, url: str, *, prefix: str = "modelserve:", timeout_s: float = 2.0) -> None:
+    def __init__(self, url: str, *, prefix: str = "modelserve:", timeout_s: float = 5.0) -> None:
         self.url = url
         self.prefix = prefix
         self.timeout_s = timeout_s
@@ -128,6 +128,11 @@ class RedisCoordinator:
     async def _call(self, awaitable: Awaitable[T]) -> T:
         import redis.exceptions
 
+        if self._client is None:  # closed: nothing reaches Redis any more
+            close = getattr(awaitable, "close", None)
+            if close is not None:
+                close()
+            raise CoordinatorUnavailable(f"the Redis coordinator for {self.url} is closed")
         try:
             return await awaitable
         except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as exc:

@@ -1,0 +1,274 @@
+"""Three real `modelserve serve` processes per shared backend (SQLite, real Redis).
+
+What one process alone cannot show: a promote on A served by B and C within a second, changes made
+on different replicas that all survive, no lost update under 600 concurrent admin patches, one
+version per key fleet-wide, and a rollout leader killed with SIGKILL whose work another replica
+takes over. Every process is stopped by its PID; every loop is bounded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from modelserve import testing
+from modelserve.testing_processes import ServeProcess
+
+TOKEN = "fleet-secret"
+AUTH = {"authorization": f"Bearer {TOKEN}"}
+BODY = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 16], "data": [0.5] * 16}]}
+
+
+@contextlib.contextmanager
+def fleet(
+    tmp: Path, coordinator: str, *, count: int = 3, lease_s: float = 10.0
+) -> Iterator[list[ServeProcess]]:
+    repo = testing.repository(tmp / "models", {"fraud": {"1": 1, "2": 2}})
+    (repo / "fraud" / "config.toml").write_text('live = "1"\n')
+    processes = [
+        ServeProcess(
+            [
+                str(repo),
+                "--state-dir",
+                str(tmp / f"state-{i}"),
+                "--coordinator",
+                coordinator,
+                "--admin-token",
+                TOKEN,
+                "--leader-lease",
+                str(lease_s),
+            ],
+            env={"POD_NAME": f"replica-{i}"},
+            log_path=tmp / f"serve-{i}.log",
+        )
+        for i in range(count)
+    ]
+    try:
+        for process in processes:
+            process.start()
+        for process in processes:
+            process.wait_ready()
+        yield processes
+    finally:
+        for process in processes:
+            process.stop()
+
+
+def admin(
+    base: str, method: str, path: str, body: dict[str, Any] | None = None, *, if_match: int | None = None
+) -> Any:
+    headers = AUTH if if_match is None else {**AUTH, "if-match": str(if_match)}
+    response = httpx.request(method, f"{base}{path}", json=body, headers=headers, timeout=60)
+    assert response.status_code < 400, response.text
+    return response.json()
+
+
+def version_for(base: str, key: str) -> str:
+    response = httpx.post(f"{base}/v2/models/fraud/infer", json=BODY, headers={"x-user-id": key}, timeout=30)
+    assert response.status_code == 200, response.text
+    return response.headers["x-model-version"]
+
+
+def wait_until(check: Any, timeout_s: float, what: str) -> float:
+    """Poll `check()` until true (bounded); the seconds it took."""
+    started = time.monotonic()
+    while not check():
+        assert time.monotonic() - started < timeout_s, f"not within {timeout_s} s: {what}"
+        time.sleep(0.01)
+    return time.monotonic() - started
+
+
+@pytest.fixture(scope="module", params=["sqlite", "redis"])
+def three(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[list[ServeProcess]]:
+    tmp = tmp_path_factory.mktemp(f"fleet-{request.param}")
+    if request.param == "sqlite":
+        coordinator = f"sqlite://{tmp / 'coordinator.db'}"
+    else:
+        coordinator = request.getfixturevalue("redis_url").removesuffix("/0") + "/1"
+        import redis
+
+        redis.Redis.from_url(coordinator).flushdb()
+    with fleet(tmp, coordinator) as processes:
+        yield processes
+
+
+def test_changes_on_different_replicas_all_apply_everywhere(three: list[ServeProcess]) -> None:
+    a, b, c = (p.url for p in three)
+    admin(a, "POST", "/admin/models/fraud/stage", {"version": "2"})
+    wait_until(lambda: all(_ready(u, "2") for u in (b, c)), 30, "version 2 warm on B and C")
+    admin(a, "POST", "/admin/models/fraud/canary", {"percent": 30, "candidate": "2"})
+    admin(b, "POST", "/admin/models/fraud/shadow", {"versions": ["2"]})
+    for base in (a, b, c):  # both changes, on every replica, within the 1 s bound
+        wait_until(lambda u=base: _both(_policy(u)), 1.0, f"canary and shadow on {base}")
+    # One version per key on every replica (the hash is deterministic, the policy shared).
+    keys = [f"user-{i}" for i in range(120)]
+    answers = {base: [version_for(base, k) for k in keys] for base in (a, b, c)}
+    assert answers[a] == answers[b] == answers[c]
+    assert 0.15 < answers[a].count("2") / len(keys) < 0.45
+
+
+def test_promote_on_one_replica_is_served_by_the_others_within_a_second(three: list[ServeProcess]) -> None:
+    a, b, c = (p.url for p in three)
+    current = admin(a, "GET", "/admin/models/fraud")["live_version"]
+    target = "2" if current == "1" else "1"
+    admin(b, "POST", "/admin/models/fraud/stage", {"version": target})
+    admin(a, "POST", "/admin/models/fraud/canary", {"percent": 0})
+    admin(a, "POST", "/admin/models/fraud/promote")  # waits until every replica has it READY
+    promoted_at = time.monotonic()
+    for base in (b, c):
+        wait_until(lambda u=base: version_for(u, "someone") == target, 1.0, f"{target} served by {base}")
+    assert time.monotonic() - promoted_at < 1.0 + 0.5  # both checks together, HTTP included
+
+
+def test_600_concurrent_patches_from_three_replicas_lose_nothing(three: list[ServeProcess]) -> None:
+    bases = [p.url for p in three]
+    fields = {
+        "flag": lambda i: f"flag-{i}",
+        "shadow_sample_rate": lambda i: round((i % 100) / 100, 2),
+        "targeting_header": lambda i: f"x-key-{i}",
+    }
+    names = list(fields)
+    start = admin(bases[0], "POST", "/admin/models/fraud/policy", {})["revision"]
+
+    def patch(i: int) -> tuple[str, Any, int]:
+        name = names[i % len(names)]
+        value = fields[name](i)
+        reply = admin(bases[i % 3], "POST", "/admin/models/fraud/policy", {name: value})
+        return name, value, reply["revision"]
+
+    with ThreadPoolExecutor(max_workers=12) as pool:
+        results = list(pool.map(patch, range(600)))
+    revisions = [rev for _, _, rev in results]
+    assert len(set(revisions)) == 600  # every patch its own revision: none overwrote another silently
+    assert min(revisions) > start and max(revisions) == start + 600
+    final = admin(bases[1], "POST", "/admin/models/fraud/policy", {})
+    for name in names:  # per field, the value of the patch that landed last is what stands
+        last = max((rev, value) for field, value, rev in results if field == name)[1]
+        assert final["policy"][name] == last
+    for base in bases:  # and every replica applied it
+        wait_until(
+            lambda u=base: _policy(u)["flag"] == final["policy"]["flag"], 1.0, f"final policy on {base}"
+        )
+    admin(bases[0], "POST", "/admin/models/fraud/policy",
+          {"flag": None, "shadow_sample_rate": 1.0, "targeting_header": "x-user-id"})  # fmt: skip
+
+
+def test_if_match_with_a_stale_revision_is_409(three: list[ServeProcess]) -> None:
+    a, b, _ = (p.url for p in three)
+    rev = admin(a, "POST", "/admin/models/fraud/policy", {})["revision"]
+    admin(
+        b,
+        "POST",
+        "/admin/models/fraud/policy",
+        {"flag": "moved"},
+    )
+    stale = httpx.post(
+        f"{a}/admin/models/fraud/policy",
+        json={"flag": "mine"},
+        headers={**AUTH, "if-match": str(rev)},
+        timeout=30,
+    )
+    assert stale.status_code == 409 and "revision" in stale.json()["error"]
+    fresh = admin(a, "POST", "/admin/models/fraud/policy", {"flag": None}, if_match=rev + 1)
+    assert fresh["revision"] == rev + 2
+
+
+def _both(policy: dict[str, Any]) -> bool:
+    return bool(policy["canary_weight"] == 30 and policy["shadow_versions"] == ["2"])
+
+
+def _policy(base: str) -> dict[str, Any]:
+    policy: dict[str, Any] = admin(base, "GET", "/admin/models/fraud")["policy"]
+    return policy
+
+
+def _ready(base: str, version: str) -> bool:
+    return httpx.get(f"{base}/v2/models/fraud/versions/{version}/ready", timeout=30).status_code == 200
+
+
+PLAN = {
+    "name": "fleet",
+    "interval_s": 0.2,
+    "window_s": 60.0,
+    "gates": [{"name": "error_rate_absolute", "metric": "error_rate", "mode": "absolute", "threshold": 0.05}],
+    "stages": [
+        {"name": "canary-10", "weight": 10, "min_duration_s": 2.0, "min_samples": 5},
+        {"name": "canary-50", "weight": 50, "min_duration_s": 2.0, "min_samples": 5},
+        {"name": "full", "weight": 100, "min_duration_s": 1.0, "min_samples": 5},
+    ],
+}
+LEASE_S = 2.0
+
+
+def test_kill_9_of_the_rollout_leader_hands_the_rollout_to_another_replica(tmp_path: Path) -> None:
+    with fleet(tmp_path, f"sqlite://{tmp_path / 'coordinator.db'}", lease_s=LEASE_S) as processes:
+        bases = [p.url for p in processes]
+        admin(bases[1], "POST", "/admin/models/fraud/rollout", {"version": "2", "plan": PLAN})
+        leader = _leader(processes)
+        traffic = _Traffic(bases)
+        # Mid-rollout: past the first stage, before the last.
+        wait_until(
+            lambda: traffic.step() and _rollout(bases[0])["rollout"]["stage_index"] >= 1, 60, "stage 2"
+        )
+        leader.kill()  # SIGKILL: no shutdown, the lease stays until it expires
+        killed_at = time.monotonic()
+        survivors = [p for p in processes if p is not leader]
+        traffic.bases = [p.url for p in survivors]
+        took = wait_until(
+            lambda: traffic.step() and _leader_or_none(survivors) is not None, 30, "a new leader"
+        )
+        assert took <= LEASE_S + LEASE_S / 5 + 2.0  # TTL + one renewal, plus slack for a busy machine
+        wait_until(lambda: traffic.step() and _rollout(survivors[0].url)["rollout"]["state"] == "promoted",
+                   90, "the rollout completes")  # fmt: skip
+        events = _rollout(survivors[0].url)["events"]
+        assert time.monotonic() - killed_at < 120
+    ids = [e["event_id"] for e in events]
+    assert len(ids) == len(set(ids)), ids  # no event twice
+    advanced = [e["stage_index"] for e in events if e["kind"] == "advanced"]
+    assert advanced == [1, 2]  # each stage entered once: none skipped, none repeated
+    assert [e["kind"] for e in events].count("promoted") == 1
+    assert any(e["kind"] == "restored" and "stage clock kept" in e["message"] for e in events)
+
+
+class _Traffic:
+    """A few requests per step to every replica, so every replica's windows see the candidate."""
+
+    def __init__(self, bases: list[str]) -> None:
+        self.bases = bases
+        self.n = 0
+
+    def step(self) -> bool:
+        for base in self.bases:
+            for _ in range(4):
+                self.n += 1
+                version_for(base, f"user-{self.n}")
+        return True
+
+
+def _rollout(base: str) -> dict[str, Any]:
+    return admin(base, "GET", "/admin/models/fraud/rollout")  # type: ignore[no-any-return]
+
+
+def _leader_or_none(processes: list[ServeProcess]) -> ServeProcess | None:
+    for process in processes:
+        with contextlib.suppress(httpx.HTTPError):
+            if admin(process.url, "GET", "/admin/models/fraud").get("rollout_leader"):
+                return process
+    return None
+
+
+def _leader(processes: list[ServeProcess]) -> ServeProcess:
+    deadline = time.monotonic() + 30
+    while (leader := _leader_or_none(processes)) is None:
+        assert time.monotonic() < deadline, "no rollout leader"
+        time.sleep(0.05)
+    return leader
