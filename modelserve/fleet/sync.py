@@ -65,6 +65,7 @@ class PolicySync:
         self.prepare_errors: dict[str, str] = {}
         self.backend_error: str | None = None
         self._locks: dict[str, anyio.Lock] = {}
+        self._published: dict[str, Any] = {}
 
     # -- startup -----------------------------------------------------------------------------------
 
@@ -199,7 +200,16 @@ class PolicySync:
         return {"replica": self.replica_id, "time": time.time(), "models": models}
 
     async def publish(self) -> None:
-        await self.coordinator.put_snapshot(REPLICAS, self.replica_id, self.report(), self.replica_ttl_s)
+        report = self.report()
+        self._published = self._serving(report)
+        await self.coordinator.put_snapshot(REPLICAS, self.replica_id, report, self.replica_ttl_s)
+
+    @staticmethod
+    def _serving(report: dict[str, Any]) -> dict[str, Any]:
+        return {m: (r["live"], r["ready"], r["error"]) for m, r in report["models"].items()}
+
+    def _serving_changed(self) -> bool:
+        return self._serving(self.report()) != self._published
 
     async def replicas(self) -> dict[str, dict[str, Any]]:
         """Every live replica's last report (this one's included, fresh)."""
@@ -258,8 +268,9 @@ class PolicySync:
                 async for keys in self.coordinator.watch():
                     models = {k.removeprefix("model.") for k in keys if k.startswith("model.")}
                     await self.apply_all(models & set(self.registry.models))
-                    with contextlib.suppress(CoordinatorUnavailable):
-                        await self.publish()
+                    if self._serving_changed():  # what the promote barrier reads; else the heartbeat
+                        with contextlib.suppress(CoordinatorUnavailable):
+                            await self.publish()
             except CoordinatorUnavailable:
                 pass
             await anyio.sleep(self.poll_s)  # the watch broke: the poll covers until it is back
