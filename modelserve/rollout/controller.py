@@ -32,7 +32,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, Protocol
 
 import anyio
 
@@ -52,9 +52,17 @@ from modelserve.rollout.state import Rollout, rollout_from_state
 from modelserve.rollout.target import AgreementSource, ExperimentSource, RolloutTarget
 from modelserve.rollout.webhooks import WebhookNotifier
 from modelserve.state.store import StateStore
-from modelserve.telemetry.windows import SlidingWindows
+from modelserve.telemetry.windows import WindowStats
 
 logger = logging.getLogger("modelserve.rollout")
+
+
+class WindowSource(Protocol):
+    """Where gate data comes from: this process's `SlidingWindows`, or every replica's (fleet)."""
+
+    def snapshot(
+        self, model: str, version: str, role: str, window_s: float | None = None, now: float | None = None
+    ) -> WindowStats: ...
 
 
 class RolloutController:
@@ -64,7 +72,7 @@ class RolloutController:
         self,
         *,
         target: RolloutTarget,
-        windows: SlidingWindows,
+        windows: WindowSource,
         store: StateStore,
         agreement: AgreementSource | None = None,
         experiment: ExperimentSource | None = None,

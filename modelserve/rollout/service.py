@@ -25,7 +25,7 @@ from modelserve.rollout.webhooks import WebhookNotifier
 from modelserve.serving.registry import ModelRegistry
 from modelserve.state.policies import PolicyTable
 from modelserve.state.store import StateStore
-from modelserve.telemetry.windows import SlidingWindows
+from modelserve.telemetry.windows import SlidingWindows, WindowStats
 
 log = logging.getLogger("modelserve.rollout")
 
@@ -58,6 +58,15 @@ class SharedRolloutState(Protocol):
     async def reload(self, keys: list[str] = ..., logs: list[str] = ...) -> None: ...
     def writing(self, key: str) -> bool: ...
     async def flush(self) -> None: ...
+
+
+class FleetGateData(Protocol):
+    """Every replica's windows (`fleet.windows.FleetWindows`)."""
+
+    def snapshot(
+        self, model: str, version: str, role: str, window_s: float | None = None, now: float | None = None
+    ) -> WindowStats: ...
+    async def refresh(self) -> None: ...
 
 
 #: How often the leader looks for rollouts started or changed on other replicas.
@@ -143,6 +152,7 @@ class RolloutService:
         self._store = store
         self.leader: Leadership | None = None
         self.shared: SharedRolloutState | None = None
+        self.fleet_windows: FleetGateData | None = None
         self._notified: set[str] = set()
         self.shadow = shadow
         self.webhooks = webhooks
@@ -208,9 +218,14 @@ class RolloutService:
 
     # -- many replicas: one leader runs the controller; commands work on any replica -------------
 
-    def share(self, leader: Leadership, shared: SharedRolloutState) -> None:
-        """Run in a fleet: the controller acts only while `leader` leads; state is `shared`."""
-        self.leader, self.shared = leader, shared
+    def share(
+        self, leader: Leadership, shared: SharedRolloutState, windows: FleetGateData | None = None
+    ) -> None:
+        """Run in a fleet: the controller acts only while `leader` leads; state is `shared`; gates
+        read `windows` (every replica's), refreshed before each round."""
+        self.leader, self.shared, self.fleet_windows = leader, shared, windows
+        if windows is not None:
+            self.controller.windows = windows
 
     def _keys(self, models: list[str]) -> tuple[list[str], list[str]]:
         return [f"rollout.{m}" for m in models], [f"rollout-events.{m}" for m in models]
@@ -238,6 +253,8 @@ class RolloutService:
             await anyio.sleep(ADOPT_INTERVAL_S)
             with contextlib.suppress(ModelServeError):
                 await self.shared.reload(*self._keys(models))
+                if self.fleet_windows is not None:
+                    await self.fleet_windows.refresh()
             for model in models:
                 saved = self._store.read(f"rollout.{model}")
                 if saved is None or self.shared.writing(f"rollout.{model}"):

@@ -34,6 +34,7 @@ from modelserve.experiments.lifecycle import ExperimentSupervisor
 from modelserve.experiments.service import ExperimentService
 from modelserve.fleet.leader import LeaderLease
 from modelserve.fleet.replica import Replica
+from modelserve.fleet.windows import FleetWindows
 from modelserve.inference.path import InferencePath, InferenceRecord, Observer
 from modelserve.middleware.routing import ArmDecider, Router
 from modelserve.monitoring.collector import MonitoringCollector
@@ -301,7 +302,11 @@ def build_services(
                 coordinator, replica.replica_id, name="rollout", ttl_s=config.leader_lease_s,
                 renew_s=config.leader_lease_s / 5,
             )  # fmt: skip
-            rollout.share(lease, store)
+            fleet_windows = FleetWindows(
+                coordinator=coordinator, windows=windows, replica_id=replica.replica_id
+            )
+            hooks.tasks.append(fleet_windows.run)
+            rollout.share(lease, store, fleet_windows)
             hooks.tasks.append(partial(lease.run, rollout.lead))
             hooks.status_providers.append(partial(leader_status, lease))
         else:

@@ -199,6 +199,23 @@ class SlidingWindows:
             window_s=span,
         )
 
+    def slices(self, model: str, version: str, role: str) -> list[tuple[float, int, int, int, LogHistogram]]:
+        """The series' sub-windows still in the ring that saw requests: (start on this window's clock,
+        requests, errors, timeouts, a copy of the latency histogram). For merging replicas' windows."""
+        newest = int(self._clock() // self.sub_window_s)
+        found = []
+        with self._lock:
+            series = self._series.get((model, version, role))
+            if series is None:
+                return []
+            for slot, epoch in enumerate(series.epochs):
+                if newest - self._slots < epoch <= newest and series.requests[slot]:
+                    copy = LogHistogram()
+                    copy.merge(series.histograms[slot])
+                    found.append((epoch * self.sub_window_s, series.requests[slot], series.errors[slot],
+                                  series.timeouts[slot], copy))  # fmt: skip
+        return found
+
     def totals(self, model: str, version: str, role: str) -> SeriesTotals:
         """Cumulative counts since the series was first recorded (zeros if never)."""
         with self._lock:

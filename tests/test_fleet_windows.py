@@ -1,0 +1,64 @@
+"""Fleet-wide gate data: three replicas' windows merged exactly; a silent replica makes gates hold."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from modelserve.fleet.windows import FleetWindows
+from modelserve.rollout.gates import INCONCLUSIVE, PASS, evaluate_gates
+from modelserve.rollout.plan import plan_from_dict
+from modelserve.state.sqlite_backend import SqliteCoordinator
+from modelserve.telemetry.windows import SlidingWindows
+
+PLAN = {
+    "name": "p",
+    "gates": [{"name": "errors", "metric": "error_rate", "mode": "absolute", "threshold": 0.05}],
+    "stages": [{"name": "canary-5", "weight": 5, "min_duration_s": 0, "min_samples": 100}],
+}
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.mark.anyio
+async def test_a_canary_spread_over_three_replicas_passes_on_their_sum_only(tmp_path: Path) -> None:
+    replicas = []
+    for name in ("a", "b", "c"):
+        coordinator = SqliteCoordinator(tmp_path / "state.db")
+        await coordinator.open()
+        windows = SlidingWindows(window_s=60, sub_windows=12)
+        for i in range(40):  # each replica alone: 40 < the stage's 100
+            windows.record("fraud", "2", "primary", 0.001 * (1 + i % 5))
+            windows.record("fraud", "1", "primary", 0.001)
+        fleet = FleetWindows(coordinator=coordinator, windows=windows, replica_id=name)
+        await fleet.publish()
+        await coordinator.put_snapshot("replicas", name, {"models": {}}, ttl_s=30)
+        replicas.append((coordinator, windows, fleet))
+    stage = plan_from_dict(PLAN, where="test").stages[0]
+    leader_windows, leader = replicas[0][1], replicas[0][2]
+    alone = leader_windows.snapshot("fraud", "2", "primary", 60)
+    assert alone.requests == 40
+    (verdict,) = evaluate_gates(stage, alone, leader_windows.snapshot("fraud", "1", "primary", 60))
+    assert verdict.verdict == INCONCLUSIVE
+    await leader.refresh()
+    together = leader.snapshot("fraud", "2", "primary", 60)
+    assert together.requests == 120 and together.errors == 0
+    histogram = leader_windows.histogram("fraud", "2", "primary", 60)
+    assert together.p95 is not None and together.p95 >= histogram.quantile(0.5)  # type: ignore[operator]
+    (verdict,) = evaluate_gates(stage, together, leader.snapshot("fraud", "1", "primary", 60))
+    assert verdict.verdict == PASS
+
+    # A replica that still serves but stopped publishing its windows: no verdict from partial data.
+    await replicas[0][0].put_snapshot("replicas", "d", {"models": {}}, ttl_s=30)
+    await leader.refresh()
+    assert leader.missing == ["d"]
+    held = leader.snapshot("fraud", "2", "primary", 60)
+    assert held.requests == 0
+    (verdict,) = evaluate_gates(stage, held, leader.snapshot("fraud", "1", "primary", 60))
+    assert verdict.verdict == INCONCLUSIVE
+    for coordinator, _, _ in replicas:
+        await coordinator.aclose()
