@@ -48,6 +48,8 @@ class RedisServer:
 
     port: int
     process: subprocess.Popen[bytes] | None = None
+    #: Keep the data across a restart (append-only file in this folder); None: memory only.
+    data_dir: Path | None = None
 
     @property
     def url(self) -> str:
@@ -57,10 +59,12 @@ class RedisServer:
         binary = shutil.which("redis-server")
         if binary is None:
             raise RuntimeError("redis-server is not installed (Debian: apt-get install redis-server)")
+        persist = ["--appendonly", "yes", "--appendfsync", "always", "--dir", str(self.data_dir)]
         self.process = subprocess.Popen(
             [
                 binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-                "--appendonly", "no", "--protected-mode", "yes", "--daemonize", "no",
+                "--protected-mode", "yes", "--daemonize", "no",
+                *(persist if self.data_dir is not None else ["--appendonly", "no"]),
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

@@ -272,3 +272,41 @@ def _leader(processes: list[ServeProcess]) -> ServeProcess:
         assert time.monotonic() < deadline, "no rollout leader"
         time.sleep(0.05)
     return leader
+
+
+def test_redis_stopped_under_load_serves_on_refuses_admin_with_503_and_resumes(tmp_path: Path) -> None:
+    from modelserve.testing_processes import RedisServer, free_port
+
+    (tmp_path / "redis").mkdir()
+    redis_server = RedisServer(free_port(), data_dir=tmp_path / "redis").start()
+    try:
+        with fleet(tmp_path, redis_server.url, count=2) as processes:
+            a, b = (p.url for p in processes)
+            admin(a, "POST", "/admin/models/fraud/stage", {"version": "2"})
+            admin(a, "POST", "/admin/models/fraud/canary", {"percent": 30, "candidate": "2"})
+            wait_until(lambda: _policy(b)["canary_weight"] == 30, 1.0, "canary on B")
+            before = {k: version_for(b, k) for k in (f"k{i}" for i in range(40))}
+            redis_server.stop()  # by PID
+            failed = 0
+            for _ in range(3):  # inference keeps serving the last applied state, on both
+                for base in (a, b):
+                    for key, version in before.items():
+                        response = httpx.post(
+                            f"{base}/v2/models/fraud/infer", json=BODY, headers={"x-user-id": key}, timeout=30
+                        )
+                        failed += response.status_code != 200
+                        assert response.headers.get("x-model-version") == version
+            assert failed == 0
+            refused = httpx.post(
+                f"{a}/admin/models/fraud/policy", json={"flag": "x"}, headers=AUTH, timeout=60
+            )
+            assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
+            redis_server.start()  # same port, same data
+            wait_until(
+                lambda: httpx.post(f"{a}/admin/models/fraud/canary", json={"percent": 10}, headers=AUTH,
+                                   timeout=60).status_code == 200,
+                30, "admin works again",
+            )  # fmt: skip
+            wait_until(lambda: _policy(b)["canary_weight"] == 10, 2.0, "B follows again")
+    finally:
+        redis_server.stop()

@@ -136,6 +136,8 @@ class PolicySync:
         async with lock:
             if desired is None:
                 desired = await self.desired.get(model)
+            if desired is None and model in self.applied:  # the backend lost it: what we serve stands
+                desired = await self.desired.seed(model, self.applied[model].body())
             if desired is None or model not in self.registry.models:
                 return None
             applied = self.applied.get(model)

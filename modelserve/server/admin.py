@@ -20,6 +20,7 @@ from modelserve.server import protocol
 from modelserve.server.auth import ADMIN, READ
 from modelserve.server.http import read_body
 from modelserve.state.audit import Actor
+from modelserve.state.coordinator import CoordinatorUnavailable
 
 if TYPE_CHECKING:
     from modelserve.server.services import Services
@@ -93,6 +94,8 @@ def admin_endpoint(services: Services, handler: Handler, *, scope: str | None = 
             response = Response(error, status_code=status, media_type="application/json")
             if isinstance(exc, AuthError) and exc.status == 401:
                 response.headers["www-authenticate"] = "Bearer"
+            if isinstance(exc, CoordinatorUnavailable):  # the shared state is away: try again soon
+                response.headers["retry-after"] = str(exc.retry_after_s)
             return response
 
     return endpoint
