@@ -310,3 +310,28 @@ def test_redis_stopped_under_load_serves_on_refuses_admin_with_503_and_resumes(t
             wait_until(lambda: _policy(b)["canary_weight"] == 10, 2.0, "B follows again")
     finally:
         redis_server.stop()
+
+
+def test_serve_workers_2_shares_one_state_between_its_worker_processes(tmp_path: Path) -> None:
+    repo = testing.repository(tmp_path / "models", {"fraud": {"1": 1, "2": 2}})
+    (repo / "fraud" / "config.toml").write_text('live = "1"\n')
+    server = ServeProcess(
+        [str(repo), "--state-dir", str(tmp_path / "state"), "--workers", "2", "--admin-token", TOKEN],
+        log_path=tmp_path / "serve.log",
+    ).start()
+    try:
+        server.wait_ready()
+        replicas: set[str] = set()
+
+        def both_answered() -> bool:  # new connections land on either worker, each under its own name
+            replicas.add(admin(server.url, "GET", "/admin/models/fraud")["fleet"]["replica"])
+            return len(replicas) == 2
+
+        wait_until(both_answered, 60, "both workers")
+        admin(server.url, "POST", "/admin/models/fraud/stage", {"version": "2"})  # on one worker
+        admin(server.url, "POST", "/admin/models/fraud/promote")  # perhaps on the other: no 409
+        time.sleep(1.0)  # the documented bound
+        assert {version_for(server.url, f"k{i}") for i in range(30)} == {"2"}
+        assert (tmp_path / "state" / "coordinator.db").exists()
+    finally:
+        server.stop()
