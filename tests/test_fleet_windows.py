@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from modelserve.fleet.windows import FleetWindows
 from modelserve.rollout.gates import INCONCLUSIVE, PASS, evaluate_gates
 from modelserve.rollout.plan import plan_from_dict
+from modelserve.rollout.sample import Sample
 from modelserve.state.sqlite_backend import SqliteCoordinator
 from modelserve.telemetry.windows import SlidingWindows
 
@@ -42,14 +44,15 @@ async def test_a_canary_spread_over_three_replicas_passes_on_their_sum_only(tmp_
     leader_windows, leader = replicas[0][1], replicas[0][2]
     alone = leader_windows.snapshot("fraud", "2", "primary", 60)
     assert alone.requests == 40
-    (verdict,) = evaluate_gates(stage, alone, leader_windows.snapshot("fraud", "1", "primary", 60))
+    (verdict,) = evaluate_gates(stage, sample(leader_windows, "2"), sample(leader_windows, "1"))
     assert verdict.verdict == INCONCLUSIVE
     await leader.refresh()
     together = leader.snapshot("fraud", "2", "primary", 60)
     assert together.requests == 120 and together.errors == 0
     histogram = leader_windows.histogram("fraud", "2", "primary", 60)
     assert together.p95 is not None and together.p95 >= histogram.quantile(0.5)  # type: ignore[operator]
-    (verdict,) = evaluate_gates(stage, together, leader.snapshot("fraud", "1", "primary", 60))
+    assert sample(leader, "2").requests == 120 and sample(leader, "2").latency.count == 120
+    (verdict,) = evaluate_gates(stage, sample(leader, "2"), sample(leader, "1"))
     assert verdict.verdict == PASS
 
     # A replica that still serves but stopped publishing its windows: no verdict from partial data.
@@ -58,7 +61,11 @@ async def test_a_canary_spread_over_three_replicas_passes_on_their_sum_only(tmp_
     assert leader.missing == ["d"]
     held = leader.snapshot("fraud", "2", "primary", 60)
     assert held.requests == 0
-    (verdict,) = evaluate_gates(stage, held, leader.snapshot("fraud", "1", "primary", 60))
+    (verdict,) = evaluate_gates(stage, sample(leader, "2"), sample(leader, "1"))
     assert verdict.verdict == INCONCLUSIVE
     for coordinator, _, _ in replicas:
         await coordinator.aclose()
+
+
+def sample(windows: Any, version: str) -> Sample:
+    return Sample.from_windows(windows, "fraud", version, "primary", 60)

@@ -81,24 +81,29 @@ class FleetWindows:
             and now - float((published.get(replica) or {}).get("time", 0)) > self.max_lag_s
         )
 
-    def snapshot(
-        self, model: str, version: str, role: str, window_s: float | None = None, now: float | None = None
-    ) -> WindowStats:
-        """Like `SlidingWindows.snapshot`, over every replica; empty while a replica is missing."""
+    def _merged(
+        self, model: str, version: str, role: str, window_s: float | None, now: float | None
+    ) -> tuple[int, int, int, LogHistogram]:
         span = min(window_s or self.windows.window_s, self.windows.window_s)
         if self.missing:
-            return WindowStats.empty(span)
+            return 0, 0, 0, LogHistogram()
         local = self.windows.snapshot(model, version, role, window_s, now)
-        if not self.remote:
-            return local
-        since = time.time() - span - self.windows.sub_window_s
         histogram = self.windows.histogram(model, version, role, window_s, now)
         requests, errors, timeouts = local.requests, local.errors, local.timeouts
+        since = time.time() - span - self.windows.sub_window_s
         for body in self.remote.values():
             for m, v, r, start, n, e, t, buckets in body.get("series", ()):
                 if (m, v, r) == (model, version, role) and start >= since:
                     requests, errors, timeouts = requests + n, errors + e, timeouts + t
                     histogram.merge(_histogram_from_json(buckets))
+        return requests, errors, timeouts, histogram
+
+    def snapshot(
+        self, model: str, version: str, role: str, window_s: float | None = None, now: float | None = None
+    ) -> WindowStats:
+        """Like `SlidingWindows.snapshot`, over every replica; empty while a replica is missing."""
+        span = min(window_s or self.windows.window_s, self.windows.window_s)
+        requests, errors, timeouts, histogram = self._merged(model, version, role, window_s, now)
         if requests == 0:
             return WindowStats.empty(span)
         return WindowStats(
@@ -112,6 +117,20 @@ class FleetWindows:
             p99=histogram.quantile(0.99),
             window_s=span,
         )
+
+    def histogram(
+        self, model: str, version: str, role: str, window_s: float | None = None, now: float | None = None
+    ) -> LogHistogram:
+        """The latency histogram over every replica (empty while a replica is missing)."""
+        return self._merged(model, version, role, window_s, now)[3]
+
+    def compute_histogram(
+        self, model: str, version: str, role: str, window_s: float | None = None, now: float | None = None
+    ) -> LogHistogram:
+        """Model-run CPU times: this replica's only (not published yet); empty while one is missing."""
+        if self.missing:
+            return LogHistogram()
+        return self.windows.compute_histogram(model, version, role, window_s, now)
 
     async def run(self) -> None:
         """Publish this replica's windows every `publish_s` until cancelled (every replica)."""

@@ -32,7 +32,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
-from typing import Any, Protocol
+from typing import Any
 
 import anyio
 
@@ -47,22 +47,17 @@ from modelserve.rollout.events import (
 )
 from modelserve.rollout.gates import FAIL, PASS, GateResult, evaluate_gates
 from modelserve.rollout.plan import RolloutPlan, default_plan
-from modelserve.rollout.sample import stage_samples
+from modelserve.rollout.sample import WindowReader, stage_samples
 from modelserve.rollout.state import Rollout, rollout_from_state
 from modelserve.rollout.target import AgreementSource, ExperimentSource, RolloutTarget
 from modelserve.rollout.webhooks import WebhookNotifier
 from modelserve.state.store import StateStore
-from modelserve.telemetry.windows import WindowStats
 
 logger = logging.getLogger("modelserve.rollout")
 
 
-class WindowSource(Protocol):
-    """Where gate data comes from: this process's `SlidingWindows`, or every replica's (fleet)."""
-
-    def snapshot(
-        self, model: str, version: str, role: str, window_s: float | None = None, now: float | None = None
-    ) -> WindowStats: ...
+#: Where gate data comes from: this process's `SlidingWindows`, or every replica's (fleet).
+WindowSource = WindowReader
 
 
 class RolloutController:

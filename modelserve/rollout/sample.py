@@ -9,10 +9,24 @@ statistics never care which process or replica the counts came from, only that t
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from modelserve.telemetry.histogram import bucket_upper_edge, bucket_value
-from modelserve.telemetry.windows import LatencyHistogram, SlidingWindows
+from modelserve.telemetry.windows import LatencyHistogram, WindowStats
+
+
+class WindowReader(Protocol):
+    """What samples read: `SlidingWindows` of this process, or every replica's (`fleet.windows`)."""
+
+    def snapshot(
+        self, model: str, version: str, role: str, window_s: float | None = None, now: float | None = None
+    ) -> WindowStats: ...
+    def histogram(
+        self, model: str, version: str, role: str, window_s: float | None = None, now: float | None = None
+    ) -> LatencyHistogram: ...
+    def compute_histogram(
+        self, model: str, version: str, role: str, window_s: float | None = None, now: float | None = None
+    ) -> LatencyHistogram: ...
 
 
 def histogram_from_buckets(buckets: dict[int, int]) -> LatencyHistogram:
@@ -39,7 +53,7 @@ class Sample:
     @classmethod
     def from_windows(
         cls,
-        windows: SlidingWindows,
+        windows: WindowReader,
         model: str,
         version: str,
         role: str,
@@ -86,7 +100,7 @@ class Sample:
 
 
 def stage_samples(
-    windows: SlidingWindows,
+    windows: WindowReader,
     model: str,
     candidate: str,
     baseline: str,

@@ -21,11 +21,12 @@ from modelserve.rollout.controller import RolloutController
 from modelserve.rollout.events import RolloutEvent, RolloutStatus
 from modelserve.rollout.gates import ExperimentEvidence, ShadowAgreement
 from modelserve.rollout.plan import RolloutPlan
+from modelserve.rollout.sample import WindowReader
 from modelserve.rollout.webhooks import WebhookNotifier
 from modelserve.serving.registry import ModelRegistry
 from modelserve.state.policies import PolicyTable
 from modelserve.state.store import StateStore
-from modelserve.telemetry.windows import SlidingWindows, WindowStats
+from modelserve.telemetry.windows import SlidingWindows
 
 log = logging.getLogger("modelserve.rollout")
 
@@ -60,12 +61,9 @@ class SharedRolloutState(Protocol):
     async def flush(self) -> None: ...
 
 
-class FleetGateData(Protocol):
+class FleetGateData(WindowReader, Protocol):
     """Every replica's windows (`fleet.windows.FleetWindows`)."""
 
-    def snapshot(
-        self, model: str, version: str, role: str, window_s: float | None = None, now: float | None = None
-    ) -> WindowStats: ...
     async def refresh(self) -> None: ...
 
 
