@@ -56,9 +56,6 @@ class EvaluationCache:
         if flagset is not self._flagset:
             self._cache.clear()
             self._flagset = flagset
-        if _key_chars(context) > MAX_KEY_CHARS:  # too big to keep: evaluate, remember nothing
-            self.misses += 1
-            return flagset.evaluate(flag_key, context)
         try:
             key = (flag_key, context.get("targetingKey"), frozenset(context.items()))
             hit = self._cache.get(key)
@@ -70,6 +67,7 @@ class EvaluationCache:
             return hit
         self.misses += 1
         evaluation = flagset.evaluate(flag_key, context)
-        if flagset.cacheable(flag_key):
+        # Sized on insertion only: a hit adds nothing, and a context too big to keep is never stored.
+        if flagset.cacheable(flag_key) and _key_chars(context) <= MAX_KEY_CHARS:
             self._cache[key] = evaluation
         return evaluation
