@@ -104,19 +104,7 @@ class FleetWindows:
         """Like `SlidingWindows.snapshot`, over every replica; empty while a replica is missing."""
         span = min(window_s or self.windows.window_s, self.windows.window_s)
         requests, errors, timeouts, histogram = self._merged(model, version, role, window_s, now)
-        if requests == 0:
-            return WindowStats.empty(span)
-        return WindowStats(
-            requests=requests,
-            errors=errors,
-            timeouts=timeouts,
-            error_rate=errors / requests,
-            timeout_rate=timeouts / requests,
-            p50=histogram.quantile(0.50),
-            p95=histogram.quantile(0.95),
-            p99=histogram.quantile(0.99),
-            window_s=span,
-        )
+        return WindowStats.of(requests, errors, timeouts, histogram, span)
 
     def histogram(
         self, model: str, version: str, role: str, window_s: float | None = None, now: float | None = None

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import fcntl
 import os
-import tempfile
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -40,6 +39,7 @@ from modelserve.state.coordinator import (
     check_key,
 )
 from modelserve.state.notify import ChangeHub
+from modelserve.state.store import write_atomically
 
 LOCK_FILE = ".lock"
 
@@ -286,25 +286,6 @@ def _read_bytes(path: Path) -> bytes | None:
         return None
     except OSError as exc:  # a directory, unreadable: this key is broken, not the whole store
         raise ConfigError(f"state file {path} cannot be read: {exc.strerror or exc}") from exc
-
-
-def write_atomically(path: Path, data: bytes) -> None:
-    """Temp file + fsync + rename + fsync of the folder: the old or the new content, never a mix."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 def _append_line(path: Path, line: bytes) -> None:

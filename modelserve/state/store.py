@@ -71,21 +71,7 @@ class FileStateStore:
     def write(self, key: str, value: dict[str, Any]) -> None:
         path = self.directory / f"{_check_key(key)}.json"
         _check_finite(key, value)
-        fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=f".{key}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(orjson.dumps(value, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY))
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        dir_fd = os.open(self.directory, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        write_atomically(path, orjson.dumps(value, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY))
 
     def append(self, key: str, record: dict[str, Any]) -> None:
         path = self.directory / f"{_check_key(key)}.jsonl"
@@ -130,3 +116,22 @@ class MemoryStateStore:
 
     def read_log(self, key: str) -> list[dict[str, Any]]:
         return list(self._logs.get(_check_key(key), []))
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    """Temp file + fsync + rename + fsync of the folder: the old or the new content, never a mix."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)

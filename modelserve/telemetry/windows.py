@@ -65,6 +65,25 @@ class WindowStats:
             window_s=window_s,
         )
 
+    @classmethod
+    def of(
+        cls, requests: int, errors: int, timeouts: int, histogram: LogHistogram, window_s: float
+    ) -> WindowStats:
+        """Stats from merged counts and latency histogram (empty stats when there were no requests)."""
+        if requests == 0:
+            return cls.empty(window_s)
+        return cls(
+            requests=requests,
+            errors=errors,
+            timeouts=timeouts,
+            error_rate=errors / requests,
+            timeout_rate=timeouts / requests,
+            p50=histogram.quantile(0.50),
+            p95=histogram.quantile(0.95),
+            p99=histogram.quantile(0.99),
+            window_s=window_s,
+        )
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SeriesTotals:
@@ -185,19 +204,7 @@ class SlidingWindows:
         """Frozen stats of one series over the newest `window_s` (default: the whole ring)."""
         span = self._span(window_s)
         requests, errors, timeouts, histogram = self._merge((model, version, role), window_s, now)
-        if requests == 0:
-            return WindowStats.empty(span)
-        return WindowStats(
-            requests=requests,
-            errors=errors,
-            timeouts=timeouts,
-            error_rate=errors / requests,
-            timeout_rate=timeouts / requests,
-            p50=histogram.quantile(0.50),
-            p95=histogram.quantile(0.95),
-            p99=histogram.quantile(0.99),
-            window_s=span,
-        )
+        return WindowStats.of(requests, errors, timeouts, histogram, span)
 
     def slices(self, model: str, version: str, role: str) -> list[tuple[float, int, int, int, LogHistogram]]:
         """The series' sub-windows still in the ring that saw requests: (start on this window's clock,
