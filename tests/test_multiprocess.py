@@ -216,9 +216,7 @@ def test_kill_9_of_the_rollout_leader_hands_the_rollout_to_another_replica(tmp_p
         leader = _leader(processes)
         traffic = _Traffic(bases)
         # Mid-rollout: past the first stage, before the last.
-        wait_until(
-            lambda: traffic.step() and _rollout(bases[0])["rollout"]["stage_index"] >= 1, 60, "stage 2"
-        )
+        wait_until(lambda: traffic.step() and _stage_index(bases[0]) >= 1, 60, "stage 2")
         leader.kill()  # SIGKILL: no shutdown, the lease stays until it expires
         killed_at = time.monotonic()
         survivors = [p for p in processes if p is not leader]
@@ -256,6 +254,12 @@ class _Traffic:
 
 def _rollout(base: str) -> dict[str, Any]:
     return admin(base, "GET", "/admin/models/fraud/rollout")  # type: ignore[no-any-return]
+
+
+def _stage_index(base: str) -> int:
+    """The rollout's stage on this replica; -1 until the rollout started elsewhere has reached it."""
+    rollout = _rollout(base)["rollout"]
+    return -1 if rollout is None else int(rollout["stage_index"])
 
 
 def _leader_or_none(processes: list[ServeProcess]) -> ServeProcess | None:
