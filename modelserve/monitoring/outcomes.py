@@ -10,6 +10,9 @@ behind a lock: shadow predictions arrive from the shadow pool's threads) until t
 label posted for an unknown, expired or already labelled id is counted, never silently dropped.
 Where the primary and a shadow version predicted different classes for a labelled row, it counts
 which one was right (`disagreements`): the question a shadow analysis has to answer.
+
+Label counts are also kept per 10-second slot of wall time (the last 24 hours), so a gate can ask
+for the labels that arrived since a rollout began (`labelled_since`), not since the process started.
 """
 
 from __future__ import annotations
@@ -30,6 +33,9 @@ ACCURACY = "accuracy"
 ERROR = "error"
 #: Rows of one request whose predictions are kept for the join (a bigger batch keeps its first rows).
 MAX_ROWS = 64
+#: Resolution and reach of the label counts by time (`OutcomeTally.labelled_since`).
+SLOT_S = 10.0
+MAX_SLOTS = 8640
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -92,9 +98,12 @@ class _Counts:
 class OutcomeTally:
     """Per (model, version) outcome counts, overall and within experiments. Thread-safe."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, wall_clock: Callable[[], float] = time.time) -> None:
         self._lock = threading.Lock()
         self._counts: dict[tuple[str, str, bool], _Counts] = {}
+        self._wall_clock = wall_clock
+        #: (model, version) -> slot index -> [labelled, correct], oldest slot first.
+        self._slots: dict[tuple[str, str], dict[int, list[int]]] = {}
 
     def _both(self, model: str, version: str, experiment: bool) -> list[_Counts]:
         keys = [(model, version, False)] + ([(model, version, True)] if experiment else [])
@@ -102,10 +111,26 @@ class OutcomeTally:
 
     def record_labels(self, model: str, version: str, correct: int, total: int, *, experiment: bool) -> None:
         """Count `total` labelled rows of which `correct` were predicted right."""
+        slot = int(self._wall_clock() // SLOT_S)
         with self._lock:
             for counts in self._both(model, version, experiment):
                 counts.labelled += total
                 counts.correct += correct
+            slots = self._slots.setdefault((model, version), {})
+            found = slots.setdefault(slot, [0, 0])
+            found[0] += total
+            found[1] += correct
+            while len(slots) > MAX_SLOTS:
+                del slots[next(iter(slots))]
+
+    def labelled_since(self, model: str, version: str, since: float) -> tuple[int, int]:
+        """`(correct, labelled)` rows of `version` labelled at or after wall time `since` (to the 10 s
+        slot that holds it; at most the last 24 hours)."""
+        first = int(since // SLOT_S)
+        with self._lock:
+            slots = self._slots.get((model, version), {})
+            found = [counts for slot, counts in slots.items() if slot >= first]
+        return sum(c[1] for c in found), sum(c[0] for c in found)
 
     def record_errors(self, model: str, version: str, errors: np.ndarray, *, experiment: bool) -> None:
         """Count regression errors (prediction minus truth), one per row."""
@@ -124,6 +149,8 @@ class OutcomeTally:
         with self._lock:
             for key in [k for k in self._counts if k[0] == model and version in (None, k[1])]:
                 del self._counts[key]
+            for pair in [k for k in self._slots if k[0] == model and version in (None, k[1])]:
+                del self._slots[pair]
 
     def summary(
         self, model: str, version: str, *, experiment_only: bool = False, alpha: float = 0.05

@@ -49,7 +49,7 @@ from modelserve.rollout.gates import FAIL, PASS, GateResult, evaluate_gates
 from modelserve.rollout.plan import RolloutPlan, default_plan
 from modelserve.rollout.sample import WindowReader, stage_samples
 from modelserve.rollout.state import Rollout, rollout_from_state
-from modelserve.rollout.target import AgreementSource, ExperimentSource, RolloutTarget
+from modelserve.rollout.target import AgreementSource, ExperimentSource, OutcomeSource, RolloutTarget
 from modelserve.rollout.webhooks import WebhookNotifier
 from modelserve.state.store import StateStore
 
@@ -71,6 +71,7 @@ class RolloutController:
         store: StateStore,
         agreement: AgreementSource | None = None,
         experiment: ExperimentSource | None = None,
+        outcomes: OutcomeSource | None = None,
         webhooks: WebhookNotifier | None = None,
         on_event: Callable[[RolloutEvent], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
@@ -84,6 +85,7 @@ class RolloutController:
         self.webhooks = webhooks
         self._agreement = agreement
         self._experiment = experiment
+        self._outcomes = outcomes
         self._on_event = on_event
         self._clock = clock
         self._wall_clock = wall_clock
@@ -117,9 +119,14 @@ class RolloutController:
         """Start rolling `candidate` out; Conflict if the model already has an active rollout."""
         plan = plan or default_plan()
         if self._experiment is None and any(g.metric == "experiment" for s in plan.stages for g in s.gates):
-            raise ConfigError(
+            raise Conflict(
                 f"plan {plan.name!r} has an experiment gate but no experiment results are connected; "
                 "remove the gate"
+            )
+        if self._outcomes is None and any(g.metric == "accuracy" for s in plan.stages for g in s.gates):
+            raise Conflict(
+                f"plan {plan.name!r} has an accuracy gate but this server collects no labels "
+                "(monitoring is off); remove the gate"
             )
         async with self._lock:
             current = self._rollouts.get(model)
@@ -269,9 +276,14 @@ class RolloutController:
             if self._experiment and "experiment" in metrics
             else None
         )
+        outcomes = (
+            self._outcomes(model, rollout.candidate, rollout.baseline_version, rollout.started_at)
+            if self._outcomes and "accuracy" in metrics
+            else None
+        )
         results = evaluate_gates(
             stage, candidate, baseline, agreement=agreement, experiment=experiment,
-            concurrent=baseline_source == "live",
+            concurrent=baseline_source == "live", outcomes=outcomes,
         )  # fmt: skip
         rollout.record_results(results)
         data = {

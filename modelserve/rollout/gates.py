@@ -14,8 +14,13 @@ Verdicts are `pass`, `fail` or `inconclusive`, decided with confidence sequences
 | quantile, absolute | candidate quantile > threshold | q <= threshold |
 | agreement | agreement rate < threshold | rate >= threshold |
 | experiment | the experiment finds the candidate significantly worse | it does not |
+| accuracy, relative | live accuracy - candidate accuracy > drop | shortfall <= drop |
+| accuracy, absolute | candidate accuracy < threshold | accuracy >= threshold |
 
-with margin = max((threshold - 1) x baseline rate, floor) and limit(b) = max(threshold x b, b + floor).
+with margin = max((threshold - 1) x baseline rate, floor), limit(b) = max(threshold x b, b + floor)
+and drop = max((1 - threshold) x live accuracy, floor). Accuracy is over the rows labelled since the
+rollout began (`OutcomeEvidence`: labels posted back by request id, joined to what each version
+predicted; in a shadow stage both versions predicted the same rows).
 
 "Plausibly" means within one standard error of the estimate: a gate passes unless the candidate
 looks worse by more than its noise (one error in 150 requests is not "worse than 0.5 %").
@@ -80,6 +85,16 @@ class ExperimentEvidence:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class OutcomeEvidence:
+    """Input of accuracy gates: labelled rows each version predicted right, since the rollout began."""
+
+    correct: int
+    samples: int
+    baseline_correct: int
+    baseline_samples: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class GateResult:
     """One gate's verdict with its evidence; `threshold` is the effective limit in the metric's unit."""
 
@@ -130,6 +145,7 @@ def evaluate_gates(
     agreement: ShadowAgreement | None = None,
     experiment: ExperimentEvidence | None = None,
     concurrent: bool = True,
+    outcomes: OutcomeEvidence | None = None,
 ) -> tuple[GateResult, ...]:
     """Evaluate every gate of `stage`; the result order follows `stage.gates`.
 
@@ -139,7 +155,9 @@ def evaluate_gates(
     side by side at every earlier stage. Rate gates still compare.
     """
     return tuple(
-        evaluate_gate(g, stage, candidate, baseline, agreement, experiment, concurrent=concurrent)
+        evaluate_gate(
+            g, stage, candidate, baseline, agreement, experiment, concurrent=concurrent, outcomes=outcomes
+        )
         for g in stage.gates
     )
 
@@ -153,11 +171,14 @@ def evaluate_gate(
     experiment: ExperimentEvidence | None = None,
     *,
     concurrent: bool = True,
+    outcomes: OutcomeEvidence | None = None,
 ) -> GateResult:
     """Evaluate one gate (see the module docstring and `evaluate_gates` for the rules)."""
     required = gate.min_samples or stage.min_samples
     if gate.metric == "shadow_agreement":
         return _agreement(gate, required, agreement)
+    if gate.metric == "accuracy":
+        return _accuracy(gate, required, outcomes)
     if gate.metric == "experiment":
         return _experiment(gate, required, experiment)
     if gate.metric in QUANTILES:
@@ -317,6 +338,54 @@ def _experiment(gate: GateSpec, required: int, experiment: ExperimentEvidence | 
         gate=gate.name, metric=gate.metric, verdict=verdict, observed=None, threshold=None, baseline=None,
         samples=samples, baseline_samples=None, required_samples=required, dry_run=gate.dry_run,
         detail=detail, confidence=gate.confidence,
+    )  # fmt: skip
+
+
+def _accuracy(gate: GateSpec, required: int, outcomes: OutcomeEvidence | None) -> GateResult:
+    relative = gate.mode == "relative"
+    mine = outcomes.samples if outcomes is not None else 0
+    theirs = outcomes.baseline_samples if outcomes is not None else 0
+    common: dict[str, Any] = {
+        "gate": gate.name, "metric": gate.metric, "samples": mine,
+        "baseline_samples": theirs if relative else None, "required_samples": required,
+        "dry_run": gate.dry_run, "confidence": gate.confidence,
+    }  # fmt: skip
+    needed = max(required, 1)
+    if outcomes is None or mine < needed or (relative and theirs < needed):
+        who, count = ("candidate", mine) if mine < needed else ("baseline", theirs)
+        return GateResult(
+            verdict=INCONCLUSIVE, observed=None, threshold=None, baseline=None,
+            detail=f"{who} has {count} of {required} labelled rows", **common,
+        )  # fmt: skip
+    alpha = 1.0 - gate.confidence
+    accuracy = outcomes.correct / mine
+    if not relative:
+        bounds = rate_interval(outcomes.correct, mine, alpha=alpha, tau=AGREEMENT_TAU)
+        plausible = accuracy + rate_sd(outcomes.correct, mine)
+        verdict = _decide(fails=(bounds.high or 1.0) < gate.threshold, passes=plausible >= gate.threshold)
+        detail = f"accuracy {accuracy:.4f} {_interval(bounds)} vs minimum {gate.threshold:g}"
+        return GateResult(
+            verdict=verdict, observed=accuracy, interval=bounds.as_list(), threshold=gate.threshold,
+            baseline=None, detail=_explain(verdict, detail), **common,
+        )  # fmt: skip
+    base_correct = outcomes.baseline_correct
+    base = base_correct / theirs
+    drop = max((1.0 - gate.threshold) * base, gate.floor)
+    tau = _rate_tau(drop)
+    difference = rate_difference_interval(outcomes.correct, mine, base_correct, theirs, alpha=alpha, tau=tau)
+    change = difference.estimate or 0.0
+    plausible = change + math.hypot(rate_sd(outcomes.correct, mine), rate_sd(base_correct, theirs))
+    verdict = _decide(fails=(difference.high or 0.0) < -drop, passes=plausible >= -drop)
+    detail = (
+        f"accuracy {accuracy:.4f} vs live {base:.4f}: change {change:+.4f} {_interval(difference)} "
+        f"vs allowed drop {drop:.4g} (max({1.0 - gate.threshold:g} of live, floor {gate.floor:g}))"
+    )
+    return GateResult(
+        verdict=verdict, observed=accuracy, threshold=base - drop, baseline=base,
+        interval=rate_interval(outcomes.correct, mine, alpha=alpha, tau=tau).as_list(),
+        baseline_interval=rate_interval(base_correct, theirs, alpha=alpha, tau=tau).as_list(),
+        difference=change, difference_interval=difference.as_list(), detail=_explain(verdict, detail),
+        **common,
     )  # fmt: skip
 
 

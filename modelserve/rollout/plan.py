@@ -12,6 +12,7 @@ A plan is a TOML file (read with tomllib) or the built-in `default` plan. Format
     [[gates]]
     name = "error_rate_vs_baseline"
     metric = "error_rate"   # error_rate | timeout_rate | p50 | p95 | p99 | shadow_agreement | experiment
+                            # | accuracy
     mode = "relative"       # relative: worse than the baseline by more than the margin fails (below)
     threshold = 2.0         # relative: the allowed ratio; absolute: the limit itself
     floor = 0.005           # relative gates only: the smallest allowed excess, in the metric's unit
@@ -41,7 +42,11 @@ A plan is a TOML file (read with tomllib) or the built-in `default` plan. Format
 
 Thresholds: rates are fractions (0.01 = 1 %), latencies are seconds, `shadow_agreement` is a minimum
 (fraction of shadow results that agreed with the primary), `experiment` fails when the experiment
-says the candidate is significantly worse (it has no threshold).
+says the candidate is significantly worse (it has no threshold). `accuracy` is judged on true labels
+posted back (`POST /v2/models/{model}/labels`) since the rollout began: absolute, `threshold` is the
+minimum accuracy (a fraction); relative, the candidate may fall below the live version's accuracy by
+at most `max((1 - threshold) x live accuracy, floor)` (`threshold` defaults to 1, so `floor = 0.02`
+allows two points). Its `min_samples` counts labelled rows (of each version, when relative).
 
 The practical margin of a relative gate is what "worse" must exceed before it counts, and never
 divides (a baseline of 0 is well defined): for rates the candidate may exceed the baseline by
@@ -64,8 +69,10 @@ from modelserve.errors import ConfigError
 
 #: Metrics where a bigger value is worse (checked against an upper limit).
 UPPER_LIMIT_METRICS = ("error_rate", "timeout_rate", "p50", "p95", "p99")
+#: Metrics from outcomes posted back (true labels); a bigger value is better.
+OUTCOME_METRICS = ("accuracy",)
 #: Every metric a gate may check.
-METRICS = (*UPPER_LIMIT_METRICS, "shadow_agreement", "experiment")
+METRICS = (*UPPER_LIMIT_METRICS, "shadow_agreement", "experiment", *OUTCOME_METRICS)
 MODES = ("relative", "absolute")
 #: Bounds on a plan's timing (after time_scale): faster evaluation busy-loops a core.
 MIN_INTERVAL_S = 0.01
@@ -318,11 +325,14 @@ def _gate(raw: Any, where: str) -> GateSpec:
     mode = raw.get("mode", "absolute")
     if mode not in MODES:
         raise ConfigError(f"{where}: mode must be 'relative' or 'absolute', got {mode!r}")
-    if mode == "relative" and metric not in UPPER_LIMIT_METRICS:
+    if mode == "relative" and metric not in (*UPPER_LIMIT_METRICS, *OUTCOME_METRICS):
         raise ConfigError(f"{where}: metric {metric!r} has no baseline to be relative to")
-    threshold = 0.0 if metric == "experiment" else _positive(raw.get("threshold"), f"{where}: threshold")
-    if metric == "shadow_agreement" and threshold > 1.0:
-        raise ConfigError(f"{where}: a shadow agreement threshold is a fraction <= 1, got {threshold}")
+    default = 1.0 if metric in OUTCOME_METRICS and mode == "relative" else None
+    threshold = (
+        0.0 if metric == "experiment" else _positive(raw.get("threshold", default), f"{where}: threshold")
+    )
+    if metric in ("shadow_agreement", *OUTCOME_METRICS) and threshold > 1.0:
+        raise ConfigError(f"{where}: a {metric} threshold is a fraction <= 1, got {threshold}")
     dry_run = raw.get("dry_run", False)
     if not isinstance(dry_run, bool):
         raise ConfigError(f"{where}: dry_run must be true or false")

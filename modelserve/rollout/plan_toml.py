@@ -21,6 +21,7 @@ _UNITS = {
     "p95": "seconds",
     "p99": "seconds",
     "shadow_agreement": "fraction of shadow comparisons, a minimum",
+    "accuracy": "fraction of labelled rows, a minimum",
 }
 
 

@@ -22,6 +22,7 @@ from modelserve.rollout.events import RolloutEvent, RolloutStatus
 from modelserve.rollout.gates import ExperimentEvidence, ShadowAgreement
 from modelserve.rollout.plan import RolloutPlan
 from modelserve.rollout.sample import WindowReader
+from modelserve.rollout.target import OutcomeSource
 from modelserve.rollout.webhooks import WebhookNotifier
 from modelserve.serving.registry import ModelRegistry
 from modelserve.state.policies import PolicyTable
@@ -140,6 +141,7 @@ class RolloutService:
         store: StateStore,
         shadow: ShadowEvidence | None,
         experiment: Callable[[str, str], ExperimentEvidence | None] | None = None,
+        outcomes: OutcomeSource | None = None,
         webhooks: WebhookNotifier | None = None,
         record_event: EventRecorder | None = None,
         commands: ServingCommands | None = None,
@@ -162,6 +164,7 @@ class RolloutService:
             store=store,
             agreement=shadow.agreement if shadow is not None else None,
             experiment=experiment,
+            outcomes=outcomes,
             webhooks=webhooks,
             on_event=self._on_event,
         )

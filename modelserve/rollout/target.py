@@ -5,12 +5,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Protocol
 
-from modelserve.rollout.gates import ExperimentEvidence, ShadowAgreement
+from modelserve.rollout.gates import ExperimentEvidence, OutcomeEvidence, ShadowAgreement
 
 #: `(model, candidate) -> agreement of the candidate's shadow results with the primary's, or None`.
 AgreementSource = Callable[[str, str], ShadowAgreement | None]
 #: `(model, candidate) -> the running experiment's verdict on the candidate, or None`.
 ExperimentSource = Callable[[str, str], ExperimentEvidence | None]
+#: `(model, candidate, baseline, since wall time) -> both versions' labelled outcomes since then`.
+OutcomeSource = Callable[[str, str, str, float], OutcomeEvidence | None]
 
 
 class RolloutTarget(Protocol):

@@ -40,7 +40,7 @@ from modelserve.middleware.routing import ArmDecider, Router
 from modelserve.monitoring.collector import MonitoringCollector
 from modelserve.monitoring.service import MonitoringService
 from modelserve.rollout.events import RolloutEvent
-from modelserve.rollout.gates import ExperimentEvidence
+from modelserve.rollout.gates import ExperimentEvidence, OutcomeEvidence
 from modelserve.rollout.plan import default_plan
 from modelserve.rollout.service import RolloutService
 from modelserve.rollout.webhooks import WebhookNotifier
@@ -293,6 +293,7 @@ def build_services(
             registry=registry, policies=policies, windows=windows, store=store, shadow=shadow,
             webhooks=webhooks, record_event=partial(record_rollout_event, telemetry, monitoring),
             experiment=partial(experiment_evidence, experiments) if experiments is not None else None,
+            outcomes=partial(outcome_evidence, monitoring) if monitoring is not None else None,
             commands=replica.commands,
             on_change=partial(audit_rollout_event, audit),
         )  # fmt: skip
@@ -380,6 +381,17 @@ def experiment_evidence(
         return None
     return ExperimentEvidence(
         significantly_worse=verdict.significantly_worse, samples=verdict.samples, detail=verdict.detail
+    )
+
+
+def outcome_evidence(
+    monitoring: MonitoringService, model: str, candidate: str, baseline: str, since: float
+) -> OutcomeEvidence:
+    """The rollout `accuracy` gate's input: both versions' labelled rows since the rollout began."""
+    correct, samples = monitoring.tally.labelled_since(model, candidate, since)
+    base_correct, base_samples = monitoring.tally.labelled_since(model, baseline, since)
+    return OutcomeEvidence(
+        correct=correct, samples=samples, baseline_correct=base_correct, baseline_samples=base_samples
     )
 
 
