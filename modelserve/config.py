@@ -10,6 +10,8 @@ Per model: `models/<name>/config.toml` (all keys optional)::
     inline_threshold_us = 50.0      # auto: run on the event loop when warm-up p50 is at most this
     max_batch_size = 1              # > 1: dynamic batching of concurrent requests (batch dim first)
     max_queue_delay_ms = 1.0        # how long a batch waits to fill
+    request_timeout_ms = 30000.0    # request deadline: no answer by then -> 504, counted as a timeout
+                                    # (0: none); a rollout plan's request_timeout_ms overrides it
     keep_warm = 2                   # warm versions kept by stage/promote (live, candidate, previous...)
     latest = 3                      # or a version policy: the 3 highest versions loaded warm at start,
     versions = ["1", "2", "5"]      # or these versions (both pinned: never unloaded implicitly)
@@ -62,6 +64,9 @@ class RuntimeOptions:
     warmup_runs: int = 20
     max_batch_size: int = 1  # > 1 turns on dynamic batching (serving/batching.py)
     max_queue_delay_ms: float = 1.0
+    #: The deadline of a served request, waiting for a runner included; 0: none. Runs that may block
+    #: (worker threads, batches) answer 504 when it passes; inline runs take microseconds.
+    request_timeout_ms: float = 30_000.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -325,6 +330,7 @@ _SERVING_BOUNDS = {
     "warmup_runs": (1, 10_000),
     "max_batch_size": (1, 1 << 20),
     "max_queue_delay_ms": (0.0, 10_000.0),
+    "request_timeout_ms": (0.0, 3_600_000.0),
 }
 _SHADOW_BOUNDS = {
     "sample_rate": (0.0, 1.0),

@@ -10,6 +10,7 @@ ModelServeError
 ├── LoadError                a version failed to load or warm up      -> 400
 ├── Conflict                 e.g. a second rollout for the same model -> 409
 ├── InferenceError           the model failed on valid input          -> 500
+├── DeadlineExceeded         no answer within the model's deadline    -> 504
 └── AuthError                admin token missing (401) or wrong (403)
 """
 
@@ -56,6 +57,10 @@ class InferenceError(ModelServeError):
     """The model raised on input that passed validation (HTTP 500, still a JSON error body)."""
 
 
+class DeadlineExceeded(ModelServeError):
+    """The model did not answer within its request deadline (HTTP 504); the run may still finish."""
+
+
 class AuthError(ModelServeError):
     """Admin authentication failed; `status` is 401 (missing) or 403 (wrong)."""
 
@@ -82,4 +87,6 @@ def http_status(exc: BaseException) -> int:
         return 409
     if isinstance(exc, AuthError):
         return exc.status
+    if isinstance(exc, DeadlineExceeded):
+        return 504
     return 500

@@ -14,6 +14,7 @@ PUBLIC = [
     "AuthError",
     "ConfigError",
     "Conflict",
+    "DeadlineExceeded",
     "InferenceError",
     "LoadError",
     "ModelServe",

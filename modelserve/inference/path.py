@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from modelserve.errors import ModelServeError, NotFound, http_status
+from modelserve.errors import DeadlineExceeded, ModelServeError, NotFound, http_status
 from modelserve.routing.decision import ROUTE_KEY, RouteDecision, RouteSource
 from modelserve.serving.registry import ModelRegistry
 from modelserve.serving.runtime import LoadedVersion
@@ -51,6 +51,7 @@ class InferenceRecord:
     request_id: str | None = None
     inference_s: float | None = None  # the model run alone (wall): what canary stages compare
     compute_s: float | None = None  # the model run's thread CPU time: what shadow stages compare
+    timed_out: bool = False  # no answer within the request deadline (504)
 
     def fail(self, exc: BaseException) -> None:
         """Record that the call failed with `exc` (status from the error tree)."""
@@ -68,6 +69,9 @@ class InferencePath:
         self.registry = registry
         #: Called in order after each inference; an observer's failure is logged, never raised.
         self.observers = observers
+        #: model -> request deadline in seconds (None: none) replacing the version's own
+        #: (`[serving] request_timeout_ms`) while a rollout plan sets one.
+        self.deadlines: dict[str, float | None] = {}
 
     def begin(self, scope: Scope, model: str, pinned: str | None = None) -> InferenceRecord:
         """The call's record: the route decision and the loaded version serving it.
@@ -108,12 +112,22 @@ class InferencePath:
         inputs: dict[str, np.ndarray],
         output_names: Sequence[str] | None = None,
     ) -> dict[str, np.ndarray]:
-        """Run the record's version on `inputs`; the model run alone is timed into `inference_s`."""
-        assert record.loaded is not None
+        """Run the record's version on `inputs`; the model run alone is timed into `inference_s`.
+
+        A run past the request deadline raises DeadlineExceeded (504) and marks the record `timed_out`.
+        """
+        loaded = record.loaded
+        assert loaded is not None
         record.inputs = inputs
+        timeout_s = self.deadlines.get(record.model, loaded.timeout_s) if self.deadlines else loaded.timeout_s
+        run_started = time.perf_counter()
         try:
-            run_started = time.perf_counter()
-            outputs, record.compute_s = await record.loaded.infer_measured(inputs, output_names)
+            outputs, record.compute_s = await loaded.infer_measured(inputs, output_names, timeout_s)
+        except DeadlineExceeded as exc:
+            record.timed_out = True
+            record.inference_s = time.perf_counter() - run_started
+            record.fail(exc)
+            raise
         except Exception as exc:
             record.fail(exc)
             raise

@@ -396,7 +396,8 @@ def outcome_evidence(
 
 
 def record_in_windows(windows: SlidingWindows, record: InferenceRecord) -> None:
-    """Per-version sliding windows (rollout gates, status): server errors count, client errors don't.
+    """Per-version sliding windows (rollout gates, status): server errors count, client errors don't;
+    a request past its deadline counts as an error and a timeout (what the timeout gates read).
 
     Latency is the model run alone (canary stages compare it between two primaries); the run's thread
     CPU time goes beside it, measured as a shadow run's is (shadow stages compare those).
@@ -405,7 +406,7 @@ def record_in_windows(windows: SlidingWindows, record: InferenceRecord) -> None:
         latency = record.inference_s if record.inference_s is not None else record.latency_s
         windows.record(
             record.model, record.decision.version, "primary", latency, error=record.status >= 500,
-            compute_s=record.compute_s,
+            timeout=record.timed_out, compute_s=record.compute_s,
         )  # fmt: skip
 
 

@@ -12,6 +12,7 @@ import enum
 import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +23,9 @@ import onnxruntime as ort
 
 from modelserve.config import RuntimeOptions
 from modelserve.datatypes import ORT_TO_V2
-from modelserve.errors import InferenceError, LoadError, RequestError
+from modelserve.errors import DeadlineExceeded, InferenceError, LoadError, RequestError
 from modelserve.serving.batching import Batcher
+from modelserve.serving.deadline import run_with_deadline
 from modelserve.serving.memory import MemoryCost
 from modelserve.serving.tensors import TensorSpec
 
@@ -52,6 +54,10 @@ class LoadedVersion:
         self.options = options
         self.state = VersionState.LOADING
         self.limiter = anyio.CapacityLimiter(options.max_concurrency)
+        #: Worker threads of runs with a deadline (serving/deadline.py); `limiter` still bounds the runs.
+        self._hop = anyio.CapacityLimiter(options.max_concurrency)
+        #: The request deadline from config.toml (`[serving] request_timeout_ms`); None: none.
+        self.timeout_s = options.request_timeout_ms / 1000.0 or None
         self.warmup_latency_us: float | None = None
         self.inline = False
         self.batcher: Batcher | None = None
@@ -165,14 +171,37 @@ class LoadedVersion:
         return await anyio.to_thread.run_sync(self.run, feeds, output_names, limiter=self.limiter)
 
     async def infer_measured(
-        self, feeds: Mapping[str, np.ndarray], output_names: Sequence[str] | None = None
+        self,
+        feeds: Mapping[str, np.ndarray],
+        output_names: Sequence[str] | None = None,
+        timeout_s: float | None = None,
     ) -> tuple[Outputs, float | None]:
-        """`infer` with the run's thread CPU time (None for a batched run: the batch shares it)."""
+        """`infer` with the run's thread CPU time (None for a batched run: the batch shares it).
+
+        With `timeout_s`, a run off the event loop raises DeadlineExceeded when no answer came in
+        time (serving/deadline.py); an inline run takes microseconds and is not interrupted.
+        """
         if self.inline:
             return self.run_measured(feeds, output_names)
         if self.batcher is not None:
-            return await self.batcher.infer(feeds, output_names), None
-        return await anyio.to_thread.run_sync(self.run_measured, feeds, output_names, limiter=self.limiter)
+            if timeout_s is None:
+                return await self.batcher.infer(feeds, output_names), None
+            try:  # anyio's deadline: a native cancel would break the batch leader's shielded run
+                with anyio.fail_after(timeout_s):
+                    return await self.batcher.infer(feeds, output_names), None
+            except TimeoutError:
+                raise DeadlineExceeded(
+                    f"{self.model} version {self.version} did not answer within its deadline of "
+                    f"{timeout_s * 1000:g} ms (batched)"
+                ) from None
+        if timeout_s is None:
+            return await anyio.to_thread.run_sync(
+                self.run_measured, feeds, output_names, limiter=self.limiter
+            )
+        return await run_with_deadline(
+            partial(self.run_measured, feeds, output_names), limiter=self.limiter, hop=self._hop,
+            timeout_s=timeout_s, what=f"{self.model} version {self.version}",
+        )  # fmt: skip
 
     def describe(self) -> dict[str, object]:
         info: dict[str, object] = {

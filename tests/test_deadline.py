@@ -1,0 +1,211 @@
+"""The per-model request deadline (`[serving] request_timeout_ms`), through a real server and a slow model.
+
+A version that answers late gets a V2 504 on time, is counted as a timeout of that version (what the
+timeout gates read), and never holds more worker threads than its `max_concurrency`.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import anyio
+import httpx
+import numpy as np
+import pytest
+
+from modelserve import testing
+from modelserve.config import RuntimeOptions, parse_model_config
+from modelserve.errors import ConfigError, DeadlineExceeded
+from modelserve.serving.runtime import load_version
+
+BODY = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 16], "data": [0.25] * 16}]}
+TOKEN = "deadline-secret"
+AUTH = {"authorization": f"Bearer {TOKEN}"}
+
+
+def slow_repo(root: Path, *, timeout_ms: float, hang_s: float) -> Path:
+    """`fraud` v1 (live, healthy) and v2, which blocks `hang_s` on every run, both with a deadline."""
+    repo = testing.repository(root, {"fraud": {"1": 1, "2": 2}})
+    (repo / "fraud" / "config.toml").write_text(
+        f'live = "1"\n[serving]\nrequest_timeout_ms = {timeout_ms}\nmax_concurrency = 1\n'
+        f'[testing.faults."2"]\nhang = true\nhang_s = {hang_s}\n'
+    )
+    return repo
+
+
+def test_request_timeout_is_read_in_ms_bounded_and_zero_turns_it_off() -> None:
+    assert RuntimeOptions().request_timeout_ms == 30_000.0
+    config = parse_model_config({"serving": {"request_timeout_ms": 250}}, where="config.toml")
+    assert config.serving.request_timeout_ms == 250.0
+    assert (
+        parse_model_config({"serving": {"request_timeout_ms": 0}}, where="c").serving.request_timeout_ms == 0
+    )
+    with pytest.raises(ConfigError, match="request_timeout_ms"):
+        parse_model_config({"serving": {"request_timeout_ms": -1}}, where="config.toml")
+    with pytest.raises(ConfigError, match="request_timeout_ms"):
+        parse_model_config({"serving": {"request_timeout_ms": float("inf")}}, where="config.toml")
+
+
+def test_a_run_past_the_deadline_raises_and_its_runner_stays_taken_until_the_run_ends(tmp_path: Path) -> None:
+    path = testing.mlp(tmp_path / "m.onnx")
+    loaded = load_version("m", "1", path, RuntimeOptions(execution="thread", max_concurrency=1))
+    release = threading.Event()
+    original = loaded._run
+
+    def blocked(*args: object, **kwargs: object) -> object:
+        release.wait(10)
+        return original(*args, **kwargs)
+
+    loaded._run = blocked
+    feeds = {"input": np.full((1, 16), 0.25, dtype=np.float32)}
+
+    async def scenario() -> tuple[float, float, float]:
+        with pytest.raises(DeadlineExceeded, match="deadline of 50 ms \\(running\\)"):
+            await loaded.infer_measured(feeds, None, 0.05)
+        held = loaded.limiter.borrowed_tokens  # the abandoned run still holds its runner
+        with pytest.raises(DeadlineExceeded, match="waiting for a free runner"):
+            await loaded.infer_measured(feeds, None, 0.05)
+        release.set()
+        for _ in range(500):  # the run ends in its thread and gives the runner back on the loop
+            if loaded.limiter.borrowed_tokens == 0:
+                break
+            await anyio.sleep(0.01)
+        freed = loaded.limiter.borrowed_tokens
+        outputs, _ = await loaded.infer_measured(feeds, None, 5.0)
+        return held, freed, float(outputs["probabilities"].sum())
+
+    held, freed, total = anyio.run(scenario)
+    assert held == 1 and freed == 0
+    assert total == pytest.approx(1.0, rel=1e-5)
+
+
+def test_batched_runs_keep_the_batch_whole_when_a_caller_reaches_its_deadline(tmp_path: Path) -> None:
+    path = testing.mlp(tmp_path / "m.onnx")
+    options = RuntimeOptions(execution="thread", max_batch_size=8, max_queue_delay_ms=20)
+    loaded = load_version("m", "1", path, options)
+    original = loaded._run
+
+    def slow(*args: object, **kwargs: object) -> object:
+        time.sleep(0.3)
+        return original(*args, **kwargs)
+
+    loaded._run = slow
+    feeds = {"input": np.full((1, 16), 0.25, dtype=np.float32)}
+    answers: dict[str, str] = {}
+
+    async def call(name: str, timeout_s: float) -> None:
+        try:
+            await loaded.infer_measured(feeds, None, timeout_s)
+            answers[name] = "ok"
+        except DeadlineExceeded as exc:
+            answers[name] = str(exc)
+
+    async def scenario() -> None:
+        async with anyio.create_task_group() as group:
+            group.start_soon(call, "leader", 0.1)  # leads the batch; runs it for everyone
+            await anyio.sleep(0.005)
+            group.start_soon(call, "patient", 5.0)
+            group.start_soon(call, "hurried", 0.1)
+
+    anyio.run(scenario)
+    # The leader's run is shielded (the others wait on it): it answers when the batch is done.
+    assert answers["leader"] == answers["patient"] == "ok"
+    assert "deadline of 100 ms (batched)" in answers["hurried"]
+
+
+def test_slow_version_gets_a_504_on_time_counted_as_its_timeout_and_the_live_version_is_unaffected(
+    tmp_path: Path,
+) -> None:
+    from modelserve.config import ServerConfig
+    from modelserve.server.app import create_app
+
+    repo = slow_repo(tmp_path / "models", timeout_ms=200, hang_s=2.0)
+    config = ServerConfig(repository=repo, state_dir=tmp_path / "state", admin_token=TOKEN)
+    with testing.serve(create_app(config)) as server, httpx.Client(timeout=30) as client:
+        url = server.url
+        staged = client.post(f"{url}/admin/models/fraud/stage", json={"version": "2"}, headers=AUTH)
+        assert staged.status_code == 200, staged.text
+        answers: list[httpx.Response] = []
+
+        def call() -> None:
+            answers.append(client.post(f"{url}/v2/models/fraud/versions/2/infer", json=BODY))
+
+        started = time.monotonic()
+        callers = [threading.Thread(target=call) for _ in range(4)]
+        for caller in callers:
+            caller.start()
+        for caller in callers:
+            caller.join()
+        answered_within = time.monotonic() - started
+        live = [client.post(f"{url}/v2/models/fraud/infer", json=BODY) for _ in range(20)]
+        status = client.get(f"{url}/admin/models/fraud", headers=AUTH).json()
+    # Every caller of the hanging version got a clear V2 504 before a single run of it ended.
+    assert answered_within < 2.0
+    assert [a.status_code for a in answers] == [504] * 4
+    for answer in answers:
+        assert answer.headers["content-type"] == "application/json"
+        assert "fraud version 2 did not answer within its deadline of 200 ms" in answer.json()["error"]
+        assert answer.headers["x-model-version"] == "2"
+    assert [r.status_code for r in live] == [200] * 20
+    rows = {(m["version"], m["role"]): m for m in status["metrics"]}
+    slow, healthy = rows[("2", "primary")], rows[("1", "primary")]
+    assert slow["requests"] == 4 and slow["timeout_rate"] == 1.0 and slow["error_rate"] == 1.0
+    assert healthy["requests"] == 20 and healthy["timeout_rate"] == 0.0
+    # max_concurrency = 1: one run of version 2 started; the others timed out waiting for its runner.
+    where = sorted(a.json()["error"].rsplit("(", 1)[1] for a in answers)
+    assert where == ["running)"] + ["waiting for a free runner)"] * 3
+
+
+def test_a_canary_that_times_out_is_rolled_back_by_the_timeout_gate_with_its_numbers(tmp_path: Path) -> None:
+    from modelserve.config import ServerConfig
+    from modelserve.server.app import create_app
+
+    repo = slow_repo(tmp_path / "models", timeout_ms=50, hang_s=0.2)
+    timeout_gate = {
+        "name": "timeout_rate_vs_baseline",
+        "metric": "timeout_rate",
+        "mode": "relative",
+        "threshold": 2.0,
+        "floor": 0.005,
+    }  # the default plan's; alone, so no error gate decides first (timeouts are errors too)
+    plan = {
+        "name": "quick", "interval_s": 0.1, "window_s": 60.0, "gates": [timeout_gate],
+        "stages": [{"name": "canary-50", "weight": 50, "min_duration_s": 0.3, "min_samples": 30}],
+    }  # fmt: skip
+    config = ServerConfig(repository=repo, state_dir=tmp_path / "state", admin_token=TOKEN)
+    stop = threading.Event()
+
+    def traffic(seed: int) -> None:
+        with httpx.Client(timeout=30) as client:
+            for i in range(100_000):
+                if stop.is_set():
+                    return
+                client.post(f"{url}/v2/models/fraud/infer", json=BODY, headers={"x-user-id": f"u{seed}-{i}"})
+
+    with testing.serve(create_app(config)) as server, httpx.Client(timeout=30) as admin:
+        url = server.url
+        started = admin.post(
+            f"{url}/admin/models/fraud/rollout", json={"version": "2", "plan": plan}, headers=AUTH
+        )
+        assert started.status_code == 200, started.text
+        threads = [threading.Thread(target=traffic, args=(n,)) for n in range(3)]
+        for thread in threads:
+            thread.start()
+        try:
+            for _ in range(600):
+                rollout = admin.get(f"{url}/admin/models/fraud/rollout", headers=AUTH).json()
+                if not rollout["rollout"]["active"]:
+                    break
+                time.sleep(0.05)
+        finally:
+            stop.set()
+            for thread in threads:
+                thread.join(timeout=30)
+    assert rollout["rollout"]["state"] == "rolled_back"
+    gates = {g["gate"]: g for g in rollout["events"][-1]["gates"]}
+    timeouts = gates["timeout_rate_vs_baseline"]
+    assert timeouts["observed"] == 1.0 and timeouts["baseline"] == 0.0
+    assert timeouts["samples"] >= 30 and timeouts["verdict"] == "fail"
+    assert timeouts["difference_interval"][0] > timeouts["threshold"] - timeouts["baseline"]
