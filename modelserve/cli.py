@@ -368,7 +368,10 @@ def _ms(seconds: float | None) -> str:
 
 
 def _stage(args: argparse.Namespace) -> int:
-    data = admin_call(args, "POST", f"/admin/models/{args.model}/stage", {"version": args.version})
+    body: dict[str, Any] = {"version": args.version}
+    if args.force:
+        body["force"] = True
+    data = admin_call(args, "POST", f"/admin/models/{args.model}/stage", body)
     staged = data["staged"]
     return show(
         args,
@@ -395,7 +398,9 @@ def _load(args: argparse.Namespace) -> int:
 def _switch(action: str) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
         to = getattr(args, "to", None)
-        body = {"to": to} if to is not None else None
+        body: dict[str, Any] | None = {"to": to} if to is not None else None
+        if getattr(args, "force", False):
+            body = {"force": True}
         data = admin_call(args, "POST", f"/admin/models/{args.model}/{action}", body)
         switch = data["switch"]
         moved = f"{switch['from_version']} -> {switch['to_version']}"
@@ -552,6 +557,9 @@ def build_parser() -> argparse.ArgumentParser:
     stage = client_parser(commands, "stage", "load and warm a version into the idle slot (0%% traffic)")
     stage.add_argument("model")
     stage.add_argument("version")
+    stage.add_argument(
+        "--force", action="store_true", help="stage even if its inputs/outputs differ from the live version's"
+    )
     stage.set_defaults(run=_stage)
 
     for action, text in (
@@ -562,6 +570,12 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("model")
         if action == "rollback":
             sub.add_argument("--to", metavar="VERSION", help="any warm version (instant: nothing loads)")
+        else:
+            sub.add_argument(
+                "--force",
+                action="store_true",
+                help="promote a version that was rolled back for failing its gates (needs --reason; audited)",
+            )
         sub.set_defaults(run=_switch(action))
 
     load = client_parser(commands, "load", "add a version to the model's warm set (0%% traffic, kept warm)")

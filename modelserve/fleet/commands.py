@@ -9,11 +9,14 @@ a version it has not warmed.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from modelserve.errors import Conflict, RequestError
 from modelserve.fleet.sync import PolicySync
+from modelserve.serving.compatibility import incompatibilities
 from modelserve.serving.registry import ModelRegistry
 from modelserve.serving.runtime import LoadedVersion
 from modelserve.serving.slots import Switch
@@ -39,9 +42,17 @@ class FleetCommands:
         self.sync = sync
         self.registry = registry
 
-    async def stage(self, model: str, version: str, *, expect_rev: int | None = None) -> LoadedVersion:
-        """Load `version` warm here, then make it the fleet's candidate (the others load it too)."""
-        loaded = await self.registry.stage(model, version)
+    async def stage(
+        self, model: str, version: str, *, expect_rev: int | None = None, force: bool = False
+    ) -> LoadedVersion:
+        """Load `version` warm here, then make it the fleet's candidate (the others load it too).
+
+        A version whose inputs or outputs differ from the live version's (`serving.compatibility`) is
+        refused with Conflict, unless `force`.
+        """
+        live = self.registry.slots(model).live
+        check = None if force or live is None else partial(require_compatible, live)
+        loaded = await self.registry.stage(model, version, check=check)
 
         def change(current: DesiredModel) -> dict[str, Any]:
             if current.live == version:
@@ -51,12 +62,19 @@ class FleetCommands:
         await self._write(model, change, expect_rev)
         return loaded
 
-    async def promote(self, model: str, *, expect_rev: int | None = None) -> Applied:
-        """Make the candidate live everywhere, once it is READY on every live replica."""
+    async def promote(
+        self, model: str, *, expect_rev: int | None = None, vet: Callable[[str], None] | None = None
+    ) -> Applied:
+        """Make the candidate live everywhere, once it is READY on every live replica.
+
+        `vet(candidate)` may refuse the promotion (raise) before anything changes.
+        """
         current = await self._current(model)
         candidate = current.staged or current.candidate
         if candidate is None or candidate == current.live:
             raise Conflict(f"model {model!r} has no staged candidate to promote")
+        if vet is not None:
+            vet(candidate)
         await self.sync.wait_ready(model, candidate, timeout_s=PROMOTE_BARRIER_S)
 
         def change(now: DesiredModel) -> dict[str, Any]:
@@ -138,3 +156,14 @@ class FleetCommands:
             effect_us=here.effect_us if here is not None and here.to_version == desired.live else None,
         )
         return Applied(desired, switch)
+
+
+def require_compatible(live: LoadedVersion, candidate: LoadedVersion) -> None:
+    """Conflict naming every difference when `candidate` cannot take `live`'s requests."""
+    problems = incompatibilities(live.inputs, live.outputs, candidate.inputs, candidate.outputs)
+    if problems:
+        raise Conflict(
+            f"version {candidate.version} of {candidate.model!r} is not compatible with live version "
+            f"{live.version}: {'; '.join(problems)}. Stage it anyway with `modelserve stage "
+            f'{candidate.model} {candidate.version} --force` (API: {{"force": true}})'
+        )

@@ -45,6 +45,8 @@ def _respond(data: Any, status: int = 200) -> Response:
 ADMIN_BODY_BYTES = 8 * 1024 * 1024
 #: A client's reason for a change, recorded in the audit log (or `"reason"` in the JSON body).
 REASON_HEADER = "x-modelserve-reason"
+#: Scope key where a handler leaves a note for its audit entry (e.g. what a forced change overrode).
+AUDIT_DETAIL = "modelserve.audit_detail"
 
 
 def admin_endpoint(services: Services, handler: Handler, *, scope: str | None = None) -> Endpoint:
@@ -80,6 +82,7 @@ def admin_endpoint(services: Services, handler: Handler, *, scope: str | None = 
                 actor=Actor(scope=granted, reason=reason_of(request, body)),
                 before=before,
                 after=audit_snapshot(services, model),
+                detail=request.scope.get(AUDIT_DETAIL, ""),
             )
             return _respond(answer)
         except Exception as exc:

@@ -2,9 +2,12 @@
 
 GET  /admin/models                       every loaded model's status, load errors, memory budget
 GET  /admin/models/{model}               the model's status (warm set, policy, metrics, features)
-POST /admin/models/{model}/stage         {"version": "2"}  load + warm as the candidate (0% traffic)
+POST /admin/models/{model}/stage         {"version": "2"}  load + warm as the candidate (0% traffic);
+                                         409 when its inputs/outputs differ from live's, unless
+                                         {"force": true}
 POST /admin/models/{model}/load          {"version": "3"}  add a warm version with no role (pinned)
-POST /admin/models/{model}/promote       switch live to the candidate
+POST /admin/models/{model}/promote       switch live to the candidate; 409 when it was rolled back
+                                         for failing its gates, unless {"force": true, "reason": ...}
 POST /admin/models/{model}/rollback      switch back to the previous version; {"to": "1"}: to any
                                          warm version (instant: nothing loads)
 POST /admin/models/{model}/unload        {"version": "1"}: one warm, non-live version; no body: the model
@@ -18,13 +21,23 @@ from typing import Any
 from starlette.requests import Request
 from starlette.routing import Route
 
-from modelserve.server.admin import Handler, admin_endpoint, if_match, model_status, required
+import modelserve.validation as validation
+from modelserve.server.admin import (
+    AUDIT_DETAIL,
+    Handler,
+    admin_endpoint,
+    if_match,
+    model_status,
+    reason_of,
+    required,
+)
 from modelserve.server.services import Services
+from modelserve.serving.compatibility import incompatibilities
 from modelserve.serving.slots import Switch
 
 
 def routes(services: Services) -> list[Route]:
-    registry = services.registry
+    registry, withdrawn = services.registry, services.withdrawn
     commands = services.replica.commands  # every replica carries these out (shared desired state)
 
     async def list_models(request: Request, body: dict[str, Any]) -> Any:
@@ -41,7 +54,13 @@ def routes(services: Services) -> list[Route]:
     async def stage(request: Request, body: dict[str, Any]) -> Any:
         model = request.path_params["model"]
         version = str(required(body, "version"))
-        loaded = await commands.stage(model, version, expect_rev=if_match(request))
+        force = validation.flag(body.get("force", False), "force")
+        live = registry.slots(model).live
+        loaded = await commands.stage(model, version, expect_rev=if_match(request), force=force)
+        problems = incompatibilities(live.inputs, live.outputs, loaded.inputs, loaded.outputs) if live else []
+        if problems and live is not None:  # forced: the audit entry says over what
+            differences = "; ".join(problems)
+            request.scope[AUDIT_DETAIL] = f"forced over incompatibility with {live.version}: {differences}"
         return {"model": model, "staged": loaded.describe(), "status": model_status(services, model)}
 
     async def load(request: Request, body: dict[str, Any]) -> Any:
@@ -50,7 +69,20 @@ def routes(services: Services) -> list[Route]:
         return {"model": model, "loaded": loaded.describe(), "status": model_status(services, model)}
 
     async def promote(request: Request, body: dict[str, Any]) -> Any:
-        applied = await commands.promote(request.path_params["model"], expect_rev=if_match(request))
+        model = request.path_params["model"]
+        force = validation.flag(body.get("force", False), "force")
+        reason = reason_of(request, body)
+        await withdrawn.refresh(model)
+        overridden: dict[str, str] = {}
+
+        def vet(candidate: str) -> None:  # a version rolled back for failing its gates needs force
+            overridden[candidate] = withdrawn.check_promotion(model, candidate, force=force, reason=reason)
+
+        applied = await commands.promote(model, expect_rev=if_match(request), vet=vet)
+        for version, note in overridden.items():
+            if note:
+                request.scope[AUDIT_DETAIL] = note
+                withdrawn.clear(model, version)
         assert applied.switch is not None
         return {"switch": _switch(applied.switch), "status": model_status(services, applied.switch.model)}
 

@@ -44,6 +44,7 @@ from modelserve.rollout.gates import ExperimentEvidence, OutcomeEvidence
 from modelserve.rollout.plan import default_plan
 from modelserve.rollout.service import RolloutService
 from modelserve.rollout.webhooks import WebhookNotifier
+from modelserve.rollout.withdrawn import WithdrawnVersions
 from modelserve.server.auth import ADMIN, Tokens
 from modelserve.server.supervisor import TaskSupervisor
 from modelserve.serving.registry import ModelRegistry
@@ -121,6 +122,8 @@ class Services:
     rollout: RolloutService | None = None
     audit: AuditLog
     tokens: Tokens
+    #: Versions rolled back for failing their gates: promoting one by hand needs force.
+    withdrawn: WithdrawnVersions
     monitoring: MonitoringService | None = None
     started: bool = False
     #: Set when a shutdown began: readiness answers 503 so load balancers stop sending requests.
@@ -286,6 +289,13 @@ def build_services(
     hooks.tasks.append(audit.run)
     hooks.status_providers.append(audit.status)
     hooks.shutdown.append(audit.flush)
+    shared_store = store if isinstance(store, CoordinatorStore) else None
+    withdrawn = WithdrawnVersions(
+        store,
+        reload=(lambda keys: shared_store.reload(keys)) if shared_store is not None else None,
+        preload=(lambda keys: shared_store.preload(keys)) if shared_store is not None else None,
+    )
+    hooks.prepare.append(lambda: withdrawn.load(expected_models(config, registry)))
 
     rollout = None
     if features.rollout:
@@ -295,7 +305,7 @@ def build_services(
             experiment=partial(experiment_evidence, experiments) if experiments is not None else None,
             outcomes=partial(outcome_evidence, monitoring) if monitoring is not None else None,
             commands=replica.commands,
-            on_change=partial(audit_rollout_event, audit),
+            on_change=partial(on_rollout_change, audit, withdrawn),
         )  # fmt: skip
         hooks.status_providers.append(rollout.summary)
         if replica.shared and isinstance(store, CoordinatorStore):  # one leader among the replicas
@@ -330,7 +340,7 @@ def build_services(
         router=router, inference=InferencePath(registry, hooks.observers), hooks=hooks, replica=replica,
         metrics_registry=metrics_registry,
         telemetry=telemetry, shadow=shadow, experiments=experiments, rollout=rollout, audit=audit,
-        monitoring=monitoring,
+        monitoring=monitoring, withdrawn=withdrawn,
         tokens=Tokens(
             admin=config.admin_token, read=config.read_token, feedback=config.feedback_token,
             inference=config.inference_token,
@@ -357,6 +367,16 @@ def expected_models(config: ServerConfig, registry: ModelRegistry) -> list[str]:
 NOT_AUDITED = frozenset(
     {"gates", "dry_run_failure", "error", "started", "skipped", "paused", "resumed", "aborted"}
 )
+
+
+def on_rollout_change(audit: AuditLog, withdrawn: WithdrawnVersions, event: RolloutEvent) -> None:
+    """A rollout decision: in the audit log, and a rolled-back candidate withdrawn (a passed one cleared)."""
+    audit_rollout_event(audit, event)
+    if event.kind == "rolled_back":
+        evidence = [gate.to_dict() for gate in event.gates]
+        withdrawn.record(event.model, event.candidate, by=ROLLOUT, reason=event.message, evidence=evidence)
+    elif event.kind == "promoted":
+        withdrawn.clear(event.model, event.candidate)
 
 
 def audit_rollout_event(audit: AuditLog, event: RolloutEvent) -> None:

@@ -150,10 +150,13 @@ class ModelRegistry:
         log.info("model %s: version %s live; warm: %s", model, live_version, ", ".join(warm.warm_versions()))
         return warm
 
-    async def stage(self, model: str, version: str) -> LoadedVersion:
+    async def stage(
+        self, model: str, version: str, *, check: Callable[[LoadedVersion], None] | None = None
+    ) -> LoadedVersion:
         """Load and warm `version` as the candidate with 0% traffic. The live version is never touched.
 
         Past `keep_warm`, the versions `WarmSet.eviction_order` names are unloaded once it is READY.
+        `check(loaded)` may refuse the version (raise) once it is loaded, before the warm set changes.
         """
         warm = self.slots(model)
         check_version(version)
@@ -161,8 +164,12 @@ class ModelRegistry:
             if warm.live_version == version:
                 raise Conflict(f"model {model!r} version {version} is already live")
             loaded = warm.versions.get(version)
+            if loaded is not None and check is not None:
+                check(loaded)
             if loaded is None:
                 loaded = await self._load(warm, version)
+                if check is not None:
+                    check(loaded)  # refused: the new session is dropped, nothing else changed
                 # READY now; from here to the end no await: the old candidate loses its role, the
                 # versions past keep_warm go (freeing their slot labels), the new one takes one.
                 warm.candidate = None
