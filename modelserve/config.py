@@ -33,6 +33,13 @@ Per model: `models/<name>/config.toml` (all keys optional)::
     [monitoring]                    # prediction distribution, drift, accuracy (docs/monitoring.md)
     reference = "reference.jsonl"   # drift reference rows (else the first reference_period_s of traffic)
     threshold = 0.2                 # PSI alarm threshold; min_samples, window_s, bins, sample_every
+    [guardrails]                    # traffic outside a rollout, watched by the gates (docs/guardrails.md)
+    enabled = true                  # false: none of the three below
+    canary = true                   # a manual canary weight: failing -> weight 0
+    experiments = true              # an A/B test's treatment arms: failing -> the experiment stops
+    watch_s = 600.0                 # after a promotion: failing -> the previous version is back (0: off)
+    interval_s = 5.0                # how often the gates look
+    min_samples = 100               # per version, before any verdict (fewer: hold, never act)
     [testing.faults."2"]            # OPT-IN FAULT INJECTION for tests and demos (serving/faults.py):
     error_rate = 0.05               # version 2 fails 5% of runs (seeded: `seed = 0`), and/or
     extra_latency_ms = 3.0          # sleeps, `latency_factor = 3.0`, `hang = true`; a warning is logged
@@ -170,6 +177,19 @@ class MonitoringConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class GuardrailConfig:
+    """`[guardrails]`: what the guardrails watch outside a rollout, and how often (docs/guardrails.md)."""
+
+    enabled: bool = True
+    canary: bool = True
+    experiments: bool = True
+    #: Seconds after a promotion during which the new live version is watched against the previous one.
+    watch_s: float = 600.0
+    interval_s: float = 5.0
+    min_samples: int = 100
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class WarmPolicy:
     """Which versions a model keeps warm (`[serving] keep_warm`, `latest`, `versions`).
 
@@ -193,6 +213,7 @@ class ModelConfig:
     routing: RoutingConfig = field(default_factory=RoutingConfig)
     shadow: ShadowConfig = field(default_factory=ShadowConfig)
     monitoring: MonitoringConfig = field(default_factory=MonitoringConfig)
+    guardrails: GuardrailConfig = field(default_factory=GuardrailConfig)
     testing: dict[str, Any] = field(default_factory=dict)
 
 
@@ -251,7 +272,7 @@ class ServerConfig:
 
 def parse_model_config(data: dict[str, Any], *, where: str) -> ModelConfig:
     """Validate a decoded config.toml; raise ConfigError naming the file and key."""
-    known = {"live", "serving", "routing", "shadow", "monitoring", "testing"}
+    known = {"live", "serving", "routing", "shadow", "monitoring", "guardrails", "testing"}
     _no_unknown(data, known, where)
     live = data.get("live")
     if live is not None:
@@ -283,13 +304,15 @@ def parse_model_config(data: dict[str, Any], *, where: str) -> ModelConfig:
     if shadow.compare not in ("label", "allclose", "topk"):
         raise ConfigError(f"{where} [shadow] compare must be label, allclose or topk")
     monitoring = _monitoring(data.get("monitoring", {}), f"{where} [monitoring]")
+    guardrails = _section(GuardrailConfig, data.get("guardrails", {}), f"{where} [guardrails]")
+    _bounded(guardrails, f"{where} [guardrails]", _GUARDRAIL_BOUNDS)
     testing = data.get("testing", {})
     if not isinstance(testing, dict):
         raise ConfigError(f"{where} [testing] must be a table")
     parse_faults(testing, where=where)  # validated here; applied when the registry loads a version
     return ModelConfig(
         live=live, serving=serving, warm=warm, routing=routing, shadow=shadow, monitoring=monitoring,
-        testing=testing,
+        guardrails=guardrails, testing=testing,
     )  # fmt: skip
 
 
@@ -331,6 +354,11 @@ _SERVING_BOUNDS = {
     "max_batch_size": (1, 1 << 20),
     "max_queue_delay_ms": (0.0, 10_000.0),
     "request_timeout_ms": (0.0, 3_600_000.0),
+}
+_GUARDRAIL_BOUNDS = {
+    "watch_s": (0.0, 30 * 86400.0),
+    "interval_s": (0.01, 86400.0),  # a shorter interval busy-loops the leader
+    "min_samples": (1, 1 << 40),
 }
 _SHADOW_BOUNDS = {
     "sample_rate": (0.0, 1.0),

@@ -38,9 +38,11 @@ from modelserve.fleet.windows import FleetWindows
 from modelserve.inference.path import InferencePath, InferenceRecord, Observer
 from modelserve.middleware.routing import ArmDecider, Router
 from modelserve.monitoring.collector import MonitoringCollector
+from modelserve.monitoring.counters import EventCounters
 from modelserve.monitoring.service import MonitoringService
 from modelserve.rollout.events import RolloutEvent
 from modelserve.rollout.gates import ExperimentEvidence, OutcomeEvidence
+from modelserve.rollout.guardrails import GUARDRAIL, GuardrailAction, Guardrails
 from modelserve.rollout.plan import default_plan
 from modelserve.rollout.service import RolloutService
 from modelserve.rollout.webhooks import WebhookNotifier
@@ -298,6 +300,7 @@ def build_services(
     hooks.prepare.append(lambda: withdrawn.load(expected_models(config, registry)))
 
     rollout = None
+    lease: LeaderLease | None = None
     if features.rollout:
         rollout = RolloutService(
             registry=registry, policies=policies, windows=windows, store=store, shadow=shadow,
@@ -318,11 +321,22 @@ def build_services(
             )
             hooks.tasks.append(fleet_windows.run)
             rollout.share(lease, store, fleet_windows)
-            hooks.tasks.append(partial(lease.run, rollout.lead))
             hooks.status_providers.append(partial(leader_status, lease))
         else:
             hooks.startup.append(rollout.restore)
             hooks.tasks.append(rollout.controller.run)
+    guardrails = Guardrails(
+        registry=registry, policies=policies, commands=replica.commands, withdrawn=withdrawn,
+        windows=(lambda: rollout.controller.windows) if rollout is not None else (lambda: windows),
+        rollout_active=(lambda model: model in rollout.controller.active_models()) if rollout else no_rollout,
+        experiments=GuardedExperiments(experiments) if experiments is not None else None,
+        on_action=partial(record_guardrail_action, audit, telemetry, monitoring, webhooks),
+    )  # fmt: skip
+    hooks.status_providers.append(guardrails.status)
+    if lease is not None and rollout is not None:  # in a fleet, the rollout leader runs them too
+        hooks.tasks.append(partial(lease.run, partial(lead, rollout, guardrails)))
+    else:
+        hooks.tasks.append(guardrails.run)
     if experiments is not None:
         supervisor = ExperimentSupervisor(
             experiments,
@@ -346,6 +360,64 @@ def build_services(
             inference=config.inference_token,
         ),
     )  # fmt: skip
+
+
+async def lead(rollout: RolloutService, guardrails: Guardrails) -> None:
+    """The rollout leader's term: the rollouts and the guardrails, on this replica only."""
+    async with anyio.create_task_group() as group:
+        group.start_soon(rollout.lead)
+        group.start_soon(guardrails.run)
+
+
+def no_rollout(model: str) -> bool:
+    """Without the rollout feature no rollout is ever active."""
+    return False
+
+
+class GuardedExperiments:
+    """The running A/B tests as the guardrails see them (bandits have their own health gates)."""
+
+    def __init__(self, experiments: ExperimentService) -> None:
+        self.experiments = experiments
+
+    def running_ab(self, model: str) -> tuple[str, tuple[str, ...], float] | None:
+        experiment = self.experiments.experiments.get(model)
+        if experiment is None or not experiment.running or experiment.bandit is not None:
+            return None
+        spec = experiment.spec
+        return spec.control, tuple(v for v in spec.versions if v != spec.control), experiment.started_at
+
+    async def stop(self, model: str, reason: str, evidence: list[dict[str, Any]]) -> None:
+        await self.experiments.stop(model)
+        await self.experiments.record_event(model, "guardrail_stopped", reason=reason, gates=evidence)
+
+
+def record_guardrail_action(
+    audit: AuditLog,
+    telemetry: TelemetryService | None,
+    monitoring: MonitoringService | None,
+    webhooks: WebhookNotifier | None,
+    action: GuardrailAction,
+) -> None:
+    """A guardrail's action: in the audit log with its evidence, counted, as a span event and a webhook."""
+    evidence = action.to_dict()
+    audit.record(
+        action.model,
+        f"guardrail.{action.action}",
+        actor=Actor(scope=GUARDRAIL),
+        before={"version": action.version, "baseline_version": action.baseline_version},
+        after={"watched": action.watched, "gates": evidence["gates"]},
+        detail=action.message,
+    )
+    if monitoring is not None:
+        monitoring.counters.count(EventCounters.GUARDRAILS, action.model, action.action)
+    if telemetry is not None:
+        attributes = dict(evidence)  # gates keyed by name flatten to `gates.<name>.observed`...
+        gates = [dict(gate) for gate in evidence["gates"]]
+        attributes["gates"] = {gate.pop("gate"): gate for gate in gates}
+        telemetry.record_event(f"modelserve.guardrail.{action.action}", attributes)
+    if webhooks is not None:
+        webhooks.notify({"kind": "guardrail", **evidence})
 
 
 async def hand_over_to_rollout(rollout: RolloutService, model: str, version: str) -> str:

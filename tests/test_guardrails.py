@@ -1,0 +1,220 @@
+"""Guardrails beyond rollouts, on real servers with real failing versions (faults from config.toml).
+
+A manual canary of a failing version goes back to 0 %, a promoted version that regresses inside the
+watch window gives way to the previous version, a failing A/B arm stops its experiment; each action
+carries the gates' evidence into the status, the audit log and the counters. Too little data never acts.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from modelserve import testing
+from modelserve.cli import main
+from modelserve.config import ServerConfig
+from modelserve.server.app import create_app
+
+TOKEN = "guardrail-secret"
+AUTH = {"authorization": f"Bearer {TOKEN}"}
+BODY = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 16], "data": [0.25] * 16}]}
+
+
+def repo_with_failing_v2(
+    root: Path, *, error_rate: float, min_samples: int = 30, watch_s: float = 0.0
+) -> Path:
+    """`fraud` v1 live; v2 fails `error_rate` of its runs; guardrails look every 0.1 s."""
+    repo = testing.repository(root, {"fraud": {"1": 1, "2": 2}})
+    config = f'live = "1"\n[guardrails]\ninterval_s = 0.1\nmin_samples = {min_samples}\nwatch_s = {watch_s}\n'
+    if error_rate:
+        config += f'[testing.faults."2"]\nerror_rate = {error_rate}\nseed = 3\n'
+    (repo / "fraud" / "config.toml").write_text(config)
+    return repo
+
+
+class Traffic:
+    """Real V2 requests from two threads with fresh targeting keys; counts answers per version."""
+
+    def __init__(self, url: str) -> None:
+        self.url = f"{url}/v2/models/fraud/infer"
+        self.counts: Counter[tuple[str, int]] = Counter()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._drive, args=(n,)) for n in range(2)]
+
+    def _drive(self, n: int) -> None:
+        with httpx.Client(timeout=30) as client:
+            for i in range(1_000_000):
+                if self._stop.is_set():
+                    return
+                answer = client.post(self.url, json=BODY, headers={"x-user-id": f"user-{n}-{i}"})
+                with self._lock:
+                    self.counts[(answer.headers.get("x-model-version", "?"), answer.status_code)] += 1
+
+    def snapshot(self) -> Counter[tuple[str, int]]:
+        with self._lock:
+            return Counter(self.counts)
+
+    def __enter__(self) -> Traffic:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=30)
+
+
+@contextmanager
+def running(repo: Path, state: Path) -> Iterator[str]:
+    config = ServerConfig(repository=repo, state_dir=state, admin_token=TOKEN)
+    with testing.serve(create_app(config)) as server:
+        yield server.url
+
+
+def get(url: str, path: str) -> Any:
+    answer = httpx.get(f"{url}{path}", headers=AUTH, timeout=30)
+    assert answer.status_code == 200, answer.text
+    return answer.json()
+
+
+def wait_for(url: str, predicate: Callable[[dict[str, Any]], bool], timeout: float = 60.0) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        status = get(url, "/admin/models/fraud")
+        if predicate(status):
+            return status
+        assert time.monotonic() < deadline, f"not reached in {timeout} s: {status['guardrails']}"
+        time.sleep(0.05)
+
+
+def served_at_least(traffic: Traffic, version: str, count: int, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while sum(n for (v, _), n in traffic.snapshot().items() if v == version) < count:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+
+
+def check_evidence(action: dict[str, Any], min_samples: int) -> dict[str, Any]:
+    """The failing gates carry estimate, interval, samples and threshold, beyond doubt."""
+    failed = [g for g in action["gates"] if g["verdict"] == "fail"]
+    assert failed, action
+    for gate in failed:
+        assert gate["samples"] >= min_samples and gate["observed"] > gate["threshold"]
+        assert gate["interval"] is not None and gate["confidence"] == 0.95
+        if gate["difference_interval"] is not None:  # relative: the excess clears the margin
+            assert gate["difference_interval"][0] > gate["threshold"] - gate["baseline"]
+        else:
+            assert gate["interval"][0] > gate["threshold"]
+    return failed[0]
+
+
+def metric(url: str, name: str) -> str:
+    text = httpx.get(f"{url}/metrics", timeout=30).text
+    return "\n".join(line for line in text.splitlines() if line.startswith(name))
+
+
+def test_manual_canary_of_a_failing_version_goes_back_to_0_and_the_version_needs_force(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    repo = repo_with_failing_v2(tmp_path / "models", error_rate=0.5)
+    monkeypatch.setenv("MODELSERVE_ADMIN_TOKEN", TOKEN)
+    with running(repo, tmp_path / "state") as url, Traffic(url) as traffic:
+        assert main(["stage", "fraud", "2", "--url", url]) == 0
+        assert main(["canary", "fraud", "50", "--url", url]) == 0
+        status = wait_for(url, lambda s: s["guardrails"]["last_action"] is not None)
+        after = traffic.snapshot()
+        served_at_least(traffic, "1", sum(n for (v, _), n in after.items() if v == "1") + 200)
+        later = traffic.snapshot() - after
+        history = get(url, "/admin/models/fraud/history")
+        counted = metric(url, "modelserve_guardrail_actions_total")
+        refused = httpx.post(f"{url}/admin/models/fraud/promote", headers=AUTH, timeout=30)
+    action = status["guardrails"]["last_action"]
+    assert action["watched"] == "canary" and action["action"] == "canary_weight_zero"
+    assert action["version"] == "2" and action["baseline_version"] == "1"
+    assert action["message"].startswith("canary of 2 set to 0 %: error_rate")
+    gate = check_evidence(action, 30)
+    assert gate["metric"] == "error_rate" and gate["observed"] > 0.2
+    assert after[("2", 500)] > 0  # the faults were real 500s
+    assert sum(n for (v, _), n in later.items() if v == "2") <= 2  # in flight at the switch at most
+    assert status["live_version"] == "1" and status["policy"]["canary_weight"] == 0
+    entry = [e for e in history["entries"] if e["action"] == "guardrail.canary_weight_zero"][-1]
+    assert entry["actor"] == "guardrail" and entry["detail"] == action["message"]
+    assert {g["gate"] for g in entry["after"]["gates"]} >= {"error_rate_vs_baseline", "error_rate_absolute"}
+    assert 'modelserve_guardrail_actions_total{action="canary_weight_zero",model="fraud"} 1.0' in counted
+    assert refused.status_code == 409 and "by guardrail: canary of 2 set to 0 %" in refused.json()["error"]
+
+
+def test_a_promoted_version_that_regresses_inside_the_watch_window_gives_way_to_the_previous_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    repo = repo_with_failing_v2(tmp_path / "models", error_rate=0.3, watch_s=60.0)
+    monkeypatch.setenv("MODELSERVE_ADMIN_TOKEN", TOKEN)
+    with running(repo, tmp_path / "state") as url, Traffic(url) as traffic:
+        served_at_least(traffic, "1", 60)  # the baseline: version 1's requests before the switch
+        assert main(["stage", "fraud", "2", "--url", url]) == 0
+        assert main(["promote", "fraud", "--url", url]) == 0
+        promoted = get(url, "/admin/models/fraud")
+        status = wait_for(url, lambda s: s["guardrails"]["last_action"] is not None)
+        history = get(url, "/admin/models/fraud/history")
+        counted = metric(url, "modelserve_guardrail_actions_total")
+    assert promoted["live_version"] == "2", (promoted["guardrails"], history)
+    action = status["guardrails"]["last_action"]
+    assert action["watched"] == "promotion_watch" and action["action"] == "rolled_back"
+    assert status["live_version"] == "1"
+    assert action["version"] == "2" and action["baseline_version"] == "1"
+    assert action["message"].startswith("1 live again, 2 regressed after promotion: error_rate")
+    check_evidence(action, 30)
+    assert 0 < action["data"]["watched_for_s"] < 60.0
+    assert traffic.snapshot()[("2", 500)] > 0
+    assert status["candidate"] == "2"  # kept warm, withdrawn: promoting it again needs force
+    actions = [e["action"] for e in history["entries"]]
+    assert actions[-3:] == ["stage", "promote", "guardrail.rolled_back"]
+    assert 'modelserve_guardrail_actions_total{action="rolled_back",model="fraud"} 1.0' in counted
+
+
+def test_guardrails_never_act_on_too_little_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    repo = repo_with_failing_v2(tmp_path / "models", error_rate=1.0, min_samples=100_000)
+    monkeypatch.setenv("MODELSERVE_ADMIN_TOKEN", TOKEN)
+    with running(repo, tmp_path / "state") as url, Traffic(url) as traffic:
+        assert main(["stage", "fraud", "2", "--url", url]) == 0
+        assert main(["canary", "fraud", "50", "--url", url]) == 0
+        served_at_least(traffic, "2", 100)  # every one of them failed, over many looks
+        status = get(url, "/admin/models/fraud")
+    assert status["policy"]["canary_weight"] == 50
+    assert status["guardrails"]["last_action"] is None
+    (watch,) = status["guardrails"]["watching"]
+    assert watch["watched"] == "canary" and watch["version"] == "2"
+    assert set(watch["verdicts"].values()) == {"inconclusive"}
+
+
+def test_a_failing_ab_arm_stops_the_experiment_with_the_evidence(tmp_path: Path) -> None:
+    repo = repo_with_failing_v2(tmp_path / "models", error_rate=0.5)
+    with running(repo, tmp_path / "state") as url, Traffic(url):
+        loaded = httpx.post(f"{url}/admin/models/fraud/load", json={"version": "2"}, headers=AUTH, timeout=30)
+        assert loaded.status_code == 200, loaded.text
+        started = httpx.post(
+            f"{url}/admin/models/fraud/experiment",
+            json={"arms": ["1", "2"], "metric": "binary"},
+            headers=AUTH,
+            timeout=30,
+        )
+        assert started.status_code == 200, started.text
+        status = wait_for(url, lambda s: s["guardrails"]["last_action"] is not None)
+        report = httpx.get(f"{url}/admin/models/fraud/experiment", headers=AUTH, timeout=30).json()
+    action = status["guardrails"]["last_action"]
+    assert action["watched"] == "experiment" and action["action"] == "experiment_stopped"
+    assert action["version"] == "2" and action["baseline_version"] == "1"
+    check_evidence(action, 30)
+    events = [e for e in report["events"] if e["kind"] == "guardrail_stopped"]
+    assert events and events[0]["gates"]
+    assert report["experiment"]["state"] == "stopped"
