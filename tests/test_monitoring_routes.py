@@ -88,6 +88,42 @@ def test_accuracy_by_version_from_posted_labels_matches_a_direct_computation(ser
         assert low < right[version] / 60 < high
 
 
+def test_labels_join_experiment_routed_requests_by_the_client_id_or_the_server_issued_one(
+    server: Any,
+) -> None:
+    client, _ = server
+    assert client.post("/admin/models/credit/stage", json={"version": "2"}, headers=AUTH).status_code == 200
+    started = client.post(
+        "/admin/models/credit/experiment", json={"arms": ["1", "2"], "metric": "binary"}, headers=AUTH
+    )
+    assert started.status_code == 200, started.text
+    issued = {}
+    for i, row in enumerate(ROWS[:4]):
+        body = {
+            "id": f"c{i}",
+            "inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 20], "data": row["input"]}],
+        }
+        response = client.post("/v2/models/credit/infer", json=body, headers={"x-user-id": f"user-{i}"})
+        assert response.headers["x-route-reason"] == "experiment"
+        issued[i] = response.headers["x-request-id"]
+        assert issued[i] != f"c{i}" and response.json()["id"] == f"c{i}"  # the join id is the server's
+    by_client = [{"request_id": f"c{i}", "label": ROWS[i]["label"]} for i in (0, 1)]
+    by_server = [{"request_id": issued[i], "label": ROWS[i]["label"]} for i in (2, 3)]
+    answer = client.post("/v2/models/credit/labels", json={"labels": by_client + by_server}, headers=AUTH)
+    assert answer.json() == {"accepted": 4, "unknown": 0, "duplicate": 0}
+    # One request is labelled once, whichever of its two ids the second label names.
+    again = [{"request_id": issued[0], "label": 1}, {"request_id": "c2", "label": 1}]
+    answer = client.post("/v2/models/credit/labels", json={"labels": again}, headers=AUTH)
+    assert answer.json() == {"accepted": 0, "unknown": 0, "duplicate": 2}
+    # Experiment outcomes still join by the server-issued id only.
+    feedback = client.post("/v2/models/credit/feedback", json={"request_id": "c1", "value": 1}, headers=AUTH)
+    assert feedback.json()["unknown"] == 1
+    feedback = client.post(
+        "/v2/models/credit/feedback", json={"request_id": issued[1], "value": 1}, headers=AUTH
+    )
+    assert feedback.json()["accepted"] == 1
+
+
 def test_label_errors_are_typed(server: Any) -> None:
     client, _ = server
     assert client.post("/v2/models/credit/labels", json={"request_id": "x", "label": 1}).status_code == 401

@@ -74,6 +74,21 @@ def test_unknown_and_duplicate_labels_are_counted_not_joined() -> None:
     assert join.resolve("a", 1) is None and join.duplicate == 1
 
 
+def test_a_prediction_kept_under_two_ids_is_labelled_once_by_either() -> None:
+    join = LabelJoin(OutcomeTally())
+    join.remember(
+        "issued", Prediction(model="m", version="1", kind=ACCURACY, values=np.array([1])), also="mine"
+    )
+    assert join.resolve("mine", 1) is not None
+    assert join.resolve("issued", 1) is None and join.duplicate == 1
+    # A client id reused by a later request belongs to that request: labelling the first leaves it.
+    join.remember("i2", Prediction(model="m", version="1", kind=ACCURACY, values=np.array([1])), also="same")
+    join.remember("i3", Prediction(model="m", version="2", kind=ACCURACY, values=np.array([0])), also="same")
+    assert join.resolve("i2", 1) is not None
+    joined = join.resolve("same", 1)
+    assert joined is not None and joined.prediction.version == "2"
+
+
 def test_shadow_predictions_are_scored_against_the_same_label() -> None:
     tally = OutcomeTally()
     join = LabelJoin(tally)

@@ -48,7 +48,12 @@ class InferenceRecord:
     latency_s: float = 0.0  # the whole call, as the client sees it (set by `finish`)
     status: int = 200  # HTTP status of the answer
     error: str | None = None
+    #: The id the answer carries (`X-Request-Id`): the client's, or one the server issued (outcomes of
+    #: experiment-routed requests join by a server-issued id only).
     request_id: str | None = None
+    #: The id the client gave (V2 `id`, else `X-Request-Id`) when it differs from `request_id`:
+    #: labels may join by either.
+    client_request_id: str | None = None
     inference_s: float | None = None  # the model run alone (wall): what canary stages compare
     compute_s: float | None = None  # the model run's thread CPU time: what shadow stages compare
     timed_out: bool = False  # no answer within the request deadline (504)

@@ -21,7 +21,7 @@ import math
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -196,6 +196,8 @@ class Prediction:
     experiment: bool = False
     #: Shadow versions' predictions for the same rows, added when their runs settle.
     shadows: dict[str, np.ndarray] = field(default_factory=dict)
+    #: Every id this prediction is kept under, when more than one (server-issued and the client's).
+    aliases: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -309,8 +311,13 @@ class LabelJoin:
         self._lock = threading.Lock()
         self._disagreements: dict[tuple[str, str, str], DisagreementCounts] = {}
 
-    def remember(self, request_id: str, prediction: Prediction) -> None:
+    def remember(self, request_id: str, prediction: Prediction, *, also: str | None = None) -> None:
+        """Keep `prediction` for `request_id`, and under `also` (the client's own id of a request the
+        server gave another id): a label for either id joins it, once."""
         with self._lock:
+            if also is not None and also != request_id:
+                prediction = replace(prediction, aliases=(request_id, also))
+                self._pending[also] = prediction
             self._pending[request_id] = prediction
 
     def add_shadow(self, request_id: str, version: str, values: np.ndarray) -> None:
@@ -346,6 +353,9 @@ class LabelJoin:
             if prediction.kind == ERROR and expected.dtype.kind not in "biuf":
                 raise ValueError("this model predicts numbers: the true value must be a number")
             self._pending[request_id] = None  # a second label for this id is a duplicate
+            for alias in prediction.aliases:  # ... and for its other id (unless reused since)
+                if alias != request_id and self._pending.get(alias) is prediction:
+                    self._pending[alias] = None
             self.joined += 1
             shadows = dict(prediction.shadows)
         right = {prediction.version: score(prediction.kind, prediction.values, expected)}

@@ -128,6 +128,7 @@ class MonitoringService:
                         values=found[1],
                         experiment=decision.reason in EXPERIMENT_REASONS,
                     ),
+                    also=record.client_request_id,
                 )
 
     def record_labels(self, model: str, items: list[Mapping[str, Any]]) -> dict[str, int]:

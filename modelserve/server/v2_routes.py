@@ -126,14 +126,16 @@ class InferEndpoint:
                 inputs = loaded.inputs
                 request = protocol.decode_infer_request(body, header_length=header_length, inputs=inputs)
             wanted = services.wants_request_id(model)
+            raw_id = header(headers, b"x-request-id")
+            client_id = echoable_id(request.id) or (echoable_id(raw_id.decode("latin-1")) if raw_id else None)
             if wanted and record.decision.reason in JOINED_REASONS:
                 # Outcomes are joined by this id: the server issues it, so no client can reuse
-                # another request's id to move or reopen its outcome.
+                # another request's id to move or reopen its outcome. The client's id is kept
+                # beside it (labels join by either).
                 request_id = uuid.uuid4().hex
+                record.client_request_id = client_id
             else:
-                raw_id = header(headers, b"x-request-id")
-                client_id = echoable_id(raw_id.decode("latin-1")) if raw_id else None
-                request_id = echoable_id(request.id) or client_id or (uuid.uuid4().hex if wanted else None)
+                request_id = client_id or (uuid.uuid4().hex if wanted else None)
             record.request_id = request_id
             names = protocol.requested_output_names(request, loaded.outputs)
             outputs = await path.run(record, request.inputs, names)
