@@ -4,7 +4,8 @@ Server:  modelserve serve REPO [--host --port --flags FILE --state-dir DIR --adm
 Client:  modelserve status|stage|load|promote|rollback|canary|policy|unload ...
          modelserve shadow start|stop|report ..., rollout start|status|pause|resume|abort|promote ...,
          modelserve experiment start|report|stop|feedback ...
-         every client command takes --url (or MODELSERVE_URL), --token (or MODELSERVE_ADMIN_TOKEN),
+         every client command takes --url (or MODELSERVE_URL), --token (else MODELSERVE_READ_TOKEN
+         for reads, MODELSERVE_FEEDBACK_TOKEN for outcomes, then MODELSERVE_ADMIN_TOKEN),
          --json (print the server's answer as JSON) and --timeout
 Local:   modelserve inspect PATH/TO/model.onnx, modelserve flags eval ...
 
@@ -45,12 +46,44 @@ class ClientError(Exception):
     """A client command failed; the message is printed without a traceback."""
 
 
+#: Which environment variables a client command takes its token from, by the scope its call needs:
+#: the narrowest token first, then the admin token (which grants every scope).
+TOKEN_ENVS = {
+    "admin": (TOKEN_ENV,),
+    "read": (READ_TOKEN_ENV, TOKEN_ENV),
+    "feedback": (FEEDBACK_TOKEN_ENV, TOKEN_ENV),
+}
+
+
+def call_scope(method: str, path: str) -> str:
+    """The token scope a client call needs: posting outcomes or labels is feedback, reading is read."""
+    if method == "POST" and path.startswith("/v2/") and path.rsplit("/", 1)[-1] in ("feedback", "labels"):
+        return "feedback"
+    return "read" if method == "GET" else "admin"
+
+
+def client_token(args: argparse.Namespace, scope: str, environ: Any = os.environ) -> tuple[str | None, str]:
+    """The bearer token for a call of `scope`, and where it came from: `--token`, else the scope's
+    environment variables in `TOKEN_ENVS` order."""
+    if getattr(args, "token", None):
+        return args.token, "--token"
+    for name in TOKEN_ENVS[scope]:
+        if environ.get(name):
+            return environ[name], name
+    return None, ""
+
+
 def admin_call(args: argparse.Namespace, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
-    """Call the admin API of a running server and return its decoded JSON."""
+    """Call the admin API of a running server and return its decoded JSON.
+
+    The token is the one for the call's scope (`call_scope`, `client_token`): status and reports
+    work with only `MODELSERVE_READ_TOKEN` set, posting outcomes with only `MODELSERVE_FEEDBACK_TOKEN`.
+    """
     import httpx
 
     url = args.url or os.environ.get(URL_ENV) or DEFAULT_URL
-    token = args.token or os.environ.get(TOKEN_ENV)
+    scope = call_scope(method, path)
+    token, source = client_token(args, scope)
     headers = {"authorization": f"Bearer {token}"} if token else {}
     if getattr(args, "reason", None):
         headers[REASON_HEADER] = args.reason
@@ -66,9 +99,10 @@ def admin_call(args: argparse.Namespace, method: str, path: str, body: dict[str,
         data = {"error": response.text}
     if response.status_code >= 400:
         message = data.get("error", response.text) if isinstance(data, dict) else response.text
-        hint = (
-            f" (pass --token or set {TOKEN_ENV})" if response.status_code in (401, 403) and not token else ""
-        )
+        hint = ""
+        if response.status_code in (401, 403):
+            names = " or ".join(TOKEN_ENVS[scope])
+            hint = f" (pass --token or set {names})" if not token else f" (the token from {source})"
         raise ClientError(f"{response.status_code}: {message}{hint}")
     return data
 
@@ -440,7 +474,11 @@ def client_parser(
         name, help=help_text, description=help_text.replace("%%", "%")
     )
     parser.add_argument("--url", help=f"server URL (default: ${URL_ENV}, else {DEFAULT_URL})")
-    parser.add_argument("--token", help=f"admin bearer token (default: ${TOKEN_ENV})")
+    parser.add_argument(
+        "--token",
+        help=f"bearer token (default: ${READ_TOKEN_ENV} for reads, ${FEEDBACK_TOKEN_ENV} for outcomes, "
+        f"then ${TOKEN_ENV})",
+    )
     parser.add_argument("--json", action="store_true", help="print the server's answer as JSON")
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the server")
     if not any(a.dest == "reason" for a in parser._actions):

@@ -151,7 +151,7 @@ def test_url_and_token_options_win_over_the_environment(
     assert main(["status", "fraud"]) == 1
     assert "cannot reach http://127.0.0.1:9" in capsys.readouterr().err
     assert main(["status", "fraud", "--url", url]) == 1
-    assert "pass --token or set MODELSERVE_ADMIN_TOKEN" in capsys.readouterr().err
+    assert "pass --token or set MODELSERVE_READ_TOKEN or MODELSERVE_ADMIN_TOKEN" in capsys.readouterr().err
     assert "fraud: live 1" in run(capsys, "status", "fraud", "--url", url, "--token", TOKEN)
     assert main(["status", "fraud", "--url", url, "--token", "wrong"]) == 1
     assert "403" in capsys.readouterr().err

@@ -93,3 +93,42 @@ def test_every_change_is_audited_with_actor_reason_before_and_after_and_survives
     assert entries[-1]["actor"] == "system" and entries[-1]["after"]["live"] == "2"
     assert all(entries[i]["seq"] < entries[i + 1]["seq"] for i in range(len(entries) - 1))
     assert json.dumps(entries)  # plain JSON, as webhooks receive it
+
+
+def test_client_commands_use_the_scoped_token_of_each_call_from_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from modelserve.cli import main
+
+    app = create_app(config(tmp_path / "state", admin_token=ADMIN, read_token=READ, feedback_token=FEEDBACK))
+    with testing.serve(app) as server, httpx.Client(base_url=server.url, timeout=30) as client:
+        monkeypatch.setenv("MODELSERVE_URL", server.url)
+        monkeypatch.delenv("MODELSERVE_ADMIN_TOKEN", raising=False)
+        monkeypatch.setenv("MODELSERVE_READ_TOKEN", READ)
+        monkeypatch.setenv("MODELSERVE_FEEDBACK_TOKEN", FEEDBACK)
+        # Reads with the read token alone; a change needs the admin token, and the error says so.
+        for command in (["status", "credit"], ["history", "credit"], ["shadow", "report", "credit"]):
+            assert main(command) == 0, capsys.readouterr().err
+        assert main(["stage", "credit", "2"]) == 1
+        assert "401" in (err := capsys.readouterr().err) and "MODELSERVE_ADMIN_TOKEN" in err
+        monkeypatch.setenv("MODELSERVE_ADMIN_TOKEN", ADMIN)
+        assert main(["stage", "credit", "2"]) == 0
+        assert main(["experiment", "start", "credit", "--arms", "1,2"]) == 0
+        capsys.readouterr()
+        rid = client.post("/v2/models/credit/infer", content=(EXAMPLES / "req.json").read_bytes()).headers[
+            "x-request-id"
+        ]
+        # Outcomes go with the feedback token, not the admin one: the audit log says which was used.
+        monkeypatch.setenv("MODELSERVE_FEEDBACK_TOKEN", "not-the-feedback-token")
+        assert main(["experiment", "feedback", "credit", rid, "1"]) == 1
+        assert "403" in (err := capsys.readouterr().err) and "MODELSERVE_FEEDBACK_TOKEN" in err
+        monkeypatch.setenv("MODELSERVE_FEEDBACK_TOKEN", FEEDBACK)
+        assert main(["experiment", "feedback", "credit", rid, "1", "--json"]) == 0
+        assert json.loads(capsys.readouterr().out)["accepted"] == 1
+        # With only the admin token set, every command still works (it grants every scope).
+        monkeypatch.delenv("MODELSERVE_READ_TOKEN")
+        monkeypatch.delenv("MODELSERVE_FEEDBACK_TOKEN")
+        assert main(["status", "credit"]) == 0
+        capsys.readouterr()
+        assert main(["experiment", "feedback", "credit", rid, "1", "--json"]) == 1  # counted once already
+        assert json.loads(capsys.readouterr().out)["duplicate"] == 1  # ... and not refused
