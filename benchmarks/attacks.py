@@ -1,16 +1,17 @@
 """Attacks on a running `modelserve serve` (loopback only, bounded): does it stay responsive and
 give its memory back?
 
-For each attack a prober asks `/v2/health/live` every 20 ms while the attack runs; the table shows
+For each attack a prober (a process of its own, so the attack's client work never delays it) asks
+`/v2/health/live` every 20 ms while the attack runs; the table shows
 the liveness latency (p50 / p99 / max, and probes that got no answer within 5 s), the server's
 resident memory before, at its peak and 3 s after, and what the attack itself got back.
 
     python benchmarks/attacks.py                      # this tree
     python benchmarks/attacks.py --compare /work/wt/base   # and another checkout, side by side
 
-Attacks: a 100% shadow fed adversarial disagreeing batches, then status / shadow report latency;
-four concurrent 60 MB JSON bodies; 8 MB headers; 1,000 slow-loris connections; a flags file of
-exponential `$ref`s dropped in while serving.
+Attacks: a 100% shadow fed adversarial disagreeing batches (binary tensors), then status / shadow
+report latency; four concurrent 60 MB JSON bodies; four concurrent 60 MB binary tensor bodies; 8 MB
+headers; 1,000 slow-loris connections; a flags file of exponential `$ref`s dropped in while serving.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import multiprocessing
 import os
 import socket
 import statistics
@@ -51,6 +53,19 @@ def rss_mb(pid: int) -> float:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) / 1024
     return 0.0
+
+
+def binary_body(rows: int, seed: int = 0) -> tuple[bytes, dict[str, str]]:
+    """The same tensor as `body` in the binary tensor extension: a small JSON header, then raw bytes."""
+    data = np.random.default_rng(seed).normal(size=(rows, 16)).astype(np.float32).tobytes()
+    tensor = {
+        "name": "input",
+        "datatype": "FP32",
+        "shape": [rows, 16],
+        "parameters": {"binary_data_size": len(data)},
+    }
+    header = orjson.dumps({"inputs": [tensor]})
+    return header + data, {"inference-header-content-length": str(len(header))}
 
 
 def body(rows: int, seed: int = 0) -> bytes:
@@ -97,35 +112,40 @@ def server(tree: Path, repo: Path, state: Path, flags: Path) -> Iterator[tuple[s
             process.wait(timeout=10)
 
 
-def measured(url: str, pid: int, attack: Callable[[], str]) -> dict[str, Any]:
-    """Run `attack` while probing liveness and sampling memory."""
+def probe(url: str, pid: int, stop: Any, results: Any) -> None:
+    """Ask liveness every 20 ms and sample the server's memory until `stop` is set (own process)."""
     latencies: list[float] = []
     missed = 0
-    peak = before = rss_mb(pid)
-    done = threading.Event()
+    peak = rss_mb(pid)
+    with httpx.Client(timeout=5) as client:
+        while not stop.is_set():
+            started = time.perf_counter()
+            try:
+                client.get(url + "/v2/health/live")
+                latencies.append((time.perf_counter() - started) * 1e3)
+            except httpx.HTTPError:
+                missed += 1
+            peak = max(peak, rss_mb(pid))
+            time.sleep(0.02)
+    results.put((latencies, missed, peak))
 
-    def probe() -> None:
-        nonlocal missed, peak
-        with httpx.Client(timeout=5) as client:
-            while not done.is_set():
-                started = time.perf_counter()
-                try:
-                    client.get(url + "/v2/health/live")
-                    latencies.append((time.perf_counter() - started) * 1e3)
-                except httpx.HTTPError:
-                    missed += 1
-                peak = max(peak, rss_mb(pid))
-                time.sleep(0.02)
 
-    prober = threading.Thread(target=probe)
+def measured(url: str, pid: int, attack: Callable[[], str]) -> dict[str, Any]:
+    """Run `attack` while a prober process probes liveness and samples memory."""
+    before = rss_mb(pid)
+    context = multiprocessing.get_context("spawn")
+    stop, results = context.Event(), context.Queue()
+    prober = context.Process(target=probe, args=(url, pid, stop, results))
     prober.start()
+    time.sleep(1.0)  # the prober's interpreter starts before the attack does
     try:
         outcome = attack()
     except httpx.HTTPError as exc:  # the attack's own requests got no answer: that is the finding
         outcome = f"{type(exc).__name__}: the server did not answer"
     finally:
-        done.set()
-        prober.join()
+        stop.set()
+        latencies, missed, peak = results.get(timeout=60)
+        prober.join(timeout=30)
     time.sleep(3)
     latencies.sort()
     return {
@@ -140,12 +160,12 @@ def measured(url: str, pid: int, attack: Callable[[], str]) -> dict[str, Any]:
     }
 
 
-def shadow_attack(url: str, batch: bytes) -> str:
+def shadow_attack(url: str, batch: tuple[bytes, dict[str, str]]) -> str:
     with httpx.Client(base_url=url, headers=AUTH, timeout=60) as client:
         client.post("/admin/models/fraud/stage", json={"version": "1"})
         client.post("/admin/models/fraud/shadow", json={"versions": ["1"], "rate": 1.0})
         for _ in range(15):
-            client.post("/v2/models/fraud/infer", content=batch)
+            client.post("/v2/models/fraud/infer", content=batch[0], headers=batch[1])
         time.sleep(1)
         status_ms, report_ms, size = [], [], 0
         for _ in range(10):
@@ -160,12 +180,13 @@ def shadow_attack(url: str, batch: bytes) -> str:
     return f"status p50 {status:.1f} ms, report p50 {report:.1f} ms ({size / 1e3:.0f} kB)"
 
 
-def large_bodies_attack(url: str, big: bytes) -> str:
+def large_bodies_attack(url: str, big: bytes, headers: dict[str, str] | None = None) -> str:
     codes: list[int] = []
 
     def send() -> None:
         with contextlib.suppress(httpx.HTTPError):
-            codes.append(httpx.post(url + "/v2/models/fraud/infer", content=big, timeout=120).status_code)
+            response = httpx.post(url + "/v2/models/fraud/infer", content=big, headers=headers, timeout=120)
+            codes.append(response.status_code)
 
     threads = [threading.Thread(target=send) for _ in range(4)]
     for thread in threads:
@@ -236,12 +257,16 @@ def run(tree: Path) -> dict[str, dict[str, Any]]:
         )
         results = {}
         # Payloads are built before measuring: the prober shares this process (and its GIL).
-        batch = body(20_000)  # ~6 MB, unauthenticated inference traffic; v1 and v2 disagree on many rows
-        big = body(200_000, seed=1)  # ~60 MB of JSON, under the default 64 MB limit
+        batch = binary_body(
+            20_000
+        )  # 1.3 MB, unauthenticated inference traffic; v1 and v2 disagree on many rows
+        big = body(200_000, seed=1)  # ~60 MB of JSON, under the default 64 MB body limit
+        big_binary = binary_body(900_000, seed=1)  # ~58 MB of binary tensor
         with server(tree, repo, root / "state", flags) as (url, process):
             for name, attack in [
                 ("shadow, adversarial batches", lambda: shadow_attack(url, batch)),
                 ("4 x 60 MB JSON bodies", lambda: large_bodies_attack(url, big)),
+                ("4 x 58 MB binary tensors", lambda: large_bodies_attack(url, *big_binary)),
                 ("8 MB headers", lambda: header_attack(url)),
                 ("slow-loris", lambda: slowloris_attack(url)),
                 ("flags: exponential $refs", lambda: flags_attack(url, flags)),

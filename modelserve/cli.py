@@ -210,6 +210,8 @@ def _connection_limits(args: argparse.Namespace) -> dict[str, Any]:
         raise ClientError(f"--max-header-bytes must be within 1024..16777216, got {args.max_header_bytes}")
     if not 0 < args.max_body_bytes <= 1 << 34:
         raise ClientError(f"--max-body-bytes must be within 1..17179869184, got {args.max_body_bytes}")
+    if not 1024 <= args.max_json_bytes <= 1 << 34:
+        raise ClientError(f"--max-json-bytes must be within 1024..17179869184, got {args.max_json_bytes}")
     return {
         "header_timeout_s": args.header_timeout,
         "body_timeout_s": args.body_timeout,
@@ -246,6 +248,7 @@ def serve_config(args: argparse.Namespace, environ: dict[str, str] | os._Environ
         flags_file=Path(args.flags) if args.flags else None,
         max_body_bytes=args.max_body_bytes,
         max_header_bytes=args.max_header_bytes,
+        max_json_bytes=args.max_json_bytes,
         webhooks=tuple(args.webhook),
         coordinator=coordinator,
         replica_id=environ.get(POD_NAME_ENV) or None,
@@ -540,6 +543,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="on SIGTERM, let requests in flight finish for at most this long (default 30)",
     )  # fmt: skip
     serve.add_argument("--max-body-bytes", type=int, default=64 * 1024 * 1024, help="413 above this")
+    serve.add_argument(
+        "--max-json-bytes", type=int, default=4 * 1024 * 1024, metavar="N",
+        help="413 for JSON above this (default 4 MiB; parsing JSON stalls other requests): send larger "
+        "tensors with the binary tensor extension",
+    )  # fmt: skip
     serve.add_argument(
         "--max-header-bytes", type=int, default=64 * 1024, help="431 above this many bytes of headers"
     )

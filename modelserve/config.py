@@ -230,6 +230,11 @@ class ServerConfig:
     flags_file: Path | None = None
     max_body_bytes: int = 64 * 1024 * 1024
     max_header_bytes: int = 64 * 1024  # all header names and values of one request; 431 above
+    #: JSON a request may ask the server to parse (an infer body without binary data, the JSON header
+    #: of one with it, an admin or feedback body); 413 above. Parsing JSON holds the GIL: 4 MiB is
+    #: ~50 ms of decoding on a busy host, during which every other request waits. Larger tensors go
+    #: in the binary tensor extension, which is copied, not parsed.
+    max_json_bytes: int = 4 * 1024 * 1024
     load_models: tuple[str, ...] | None = None  # None: every model in the repository
     webhooks: tuple[str, ...] = ()  # URLs that receive every rollout event (JSON POST, retried)
     #: Shared state of several processes: None (this process alone, files in `state_dir`),

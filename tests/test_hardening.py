@@ -40,6 +40,19 @@ def _body(rows: int, seed: int = 0, **extra: Any) -> bytes:
     return orjson.dumps({"inputs": [tensor], **extra})
 
 
+def _binary(rows: int, seed: int = 0) -> tuple[bytes, dict[str, str]]:
+    """The same request as `_body` in the binary tensor extension (no JSON limit applies to its data)."""
+    data = np.random.default_rng(seed).normal(size=(rows, 16)).astype(np.float32).tobytes()
+    tensor = {
+        "name": "input",
+        "datatype": "FP32",
+        "shape": [rows, 16],
+        "parameters": {"binary_data_size": len(data)},
+    }
+    header = orjson.dumps({"inputs": [tensor]})
+    return header + data, {"inference-header-content-length": str(len(header))}
+
+
 @pytest.fixture
 def config(tmp_path: Path, model_repo: Path) -> ServerConfig:
     return ServerConfig(repository=model_repo, state_dir=tmp_path / "state", admin_token=TOKEN)
@@ -57,9 +70,9 @@ def http(config: ServerConfig) -> Iterator[httpx.Client]:
 def test_adversarial_disagreeing_batches_leave_status_report_and_gate_small(http: httpx.Client) -> None:
     assert http.post("/admin/models/fraud/stage", json={"version": "1"}).status_code == 200
     assert http.post("/admin/models/fraud/shadow", json={"versions": ["1"], "rate": 1.0}).status_code == 200
-    body = _body(20_000)  # 2.6 MB of JSON per request; versions 1 and 2 disagree on many rows
+    content, headers = _binary(20_000)  # 1.3 MB of tensor per request; versions 1 and 2 disagree on many rows
     for _ in range(6):
-        assert http.post("/v2/models/fraud/infer", content=body).status_code == 200
+        assert http.post("/v2/models/fraud/infer", content=content, headers=headers).status_code == 200
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         report = http.get("/admin/models/fraud/shadow/report").json()
@@ -358,12 +371,50 @@ def test_admin_validation_gaps_are_closed(http: httpx.Client) -> None:
 
 
 def test_a_large_json_body_is_decoded_off_the_loop_and_answers_correctly(http: httpx.Client) -> None:
-    body = _body(20_000, seed=3)  # > 1 MB: the large-body path
-    assert len(body) > 1 << 20
+    body = _body(10_000, seed=3)  # > 1 MB: the large-body path; under the 4 MiB JSON limit
+    assert 1 << 20 < len(body) < 4 << 20
     large = http.post("/v2/models/fraud/infer", content=body)
-    assert large.status_code == 200 and orjson.loads(large.content)["outputs"][0]["shape"] == [20_000, 2]
+    assert large.status_code == 200 and orjson.loads(large.content)["outputs"][0]["shape"] == [10_000, 2]
     small = orjson.loads(http.post("/v2/models/fraud/infer", content=_body(1, seed=3)).content)
     assert orjson.loads(large.content)["outputs"][0]["data"][:2] == pytest.approx(small["outputs"][0]["data"])
+
+
+def test_json_over_its_limit_is_refused_before_it_is_parsed_and_binary_tensors_of_that_size_serve(
+    tmp_path: Path, model_repo: Path
+) -> None:
+    config = ServerConfig(
+        repository=model_repo, state_dir=tmp_path / "s", admin_token=TOKEN, max_json_bytes=65536
+    )
+    body = _body(5_000, seed=4)  # ~1.5 MB of JSON
+    content, headers = _binary(5_000, seed=4)
+    header = content[: int(headers["inference-header-content-length"])]
+    data = content[len(header) :]
+
+    def chunked() -> Iterator[bytes]:
+        yield body[:40_000]
+        yield body[40_000:]
+
+    with serve(create_app(config)) as server, httpx.Client(base_url=server.url, headers=AUTH) as client:
+        for content in (body, chunked()):
+            refused = client.post("/v2/models/fraud/infer", content=content)
+            assert refused.status_code == 413, refused.text
+            assert "binary tensor extension" in refused.json()["error"]
+        headers = {"inference-header-content-length": str(len(header))}
+        binary = client.post("/v2/models/fraud/infer", content=header + data, headers=headers)
+        assert binary.status_code == 200, binary.text
+        assert orjson.loads(binary.content)["outputs"][0]["shape"] == [5_000, 2]
+        small = orjson.loads(client.post("/v2/models/fraud/infer", content=_body(1, seed=4)).content)
+        assert orjson.loads(binary.content)["outputs"][0]["data"][:2] == pytest.approx(
+            small["outputs"][0]["data"]
+        )
+        padded = header + b" " * 70_000  # a binary request's JSON header is JSON too
+        headers = {"inference-header-content-length": str(len(padded))}
+        assert (
+            client.post("/v2/models/fraud/infer", content=padded + data, headers=headers).status_code == 413
+        )
+        outcomes = {"outcomes": [{"request_id": f"r{i}", "value": 1} for i in range(5_000)]}  # ~150 kB
+        assert client.post("/v2/models/fraud/feedback", json=outcomes).status_code == 413
+        assert client.get("/v2/health/live").status_code == 200
 
 
 def test_slow_clients_are_cut_off_and_never_stall_the_server(tmp_path: Path, model_repo: Path) -> None:

@@ -18,7 +18,7 @@ def _every_field_set() -> ServerConfig:
     return ServerConfig(
         repository=Path("/models"), state_dir=Path("/state"), admin_token="a", read_token="r",
         feedback_token="f", inference_token="i", flags_file=Path("/flags.json"), max_body_bytes=123,
-        max_header_bytes=4567, load_models=("credit", "iris"), webhooks=("http://127.0.0.1:9/hook",),
+        max_header_bytes=4567, max_json_bytes=8910, load_models=("credit", "iris"), webhooks=("http://127.0.0.1:9/hook",),
         coordinator="sqlite:///state/coordinator.db", replica_id="pod-1", memory_budget=1 << 20,
         leader_lease_s=3.0,
     )  # fmt: skip

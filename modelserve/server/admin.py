@@ -61,7 +61,8 @@ def admin_endpoint(services: Services, handler: Handler, *, scope: str | None = 
         try:
             needed = scope or (READ if request.method in ("GET", "HEAD") else ADMIN)
             granted = services.authorize(request.headers.get("authorization"), needed)
-            raw = await read_body(request.receive, request.scope["headers"], ADMIN_BODY_BYTES)
+            limit = min(ADMIN_BODY_BYTES, services.config.max_json_bytes)  # parsing JSON holds the GIL
+            raw = await read_body(request.receive, request.scope["headers"], limit)
             body: dict[str, Any] = {}
             if raw.strip():
                 try:

@@ -26,7 +26,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 import modelserve.validation as validation
-from modelserve.errors import ModelServeError, NotFound, NotReady, RequestError, http_status
+from modelserve.errors import ModelServeError, NotFound, NotReady, PayloadTooLarge, RequestError, http_status
 from modelserve.inference.path import InferenceRecord
 from modelserve.server import protocol
 from modelserve.server.admin import REASON_HEADER, audit_snapshot
@@ -57,6 +57,16 @@ SMALL_BODY_BYTES = 64 * 1024
 #: Route reasons whose requests join outcomes posted back by request id (experiments, bandits).
 JOINED_REASONS = frozenset({"experiment", "bandit"})
 _ECHOABLE = re.compile(r"^[\x21-\x7e]{1,128}$")
+
+
+def json_too_large(size: int | None, limit: int) -> PayloadTooLarge:
+    """The 413 for JSON the server will not parse: it says how to send large tensors instead."""
+    what = f"{size} bytes of JSON" if size is not None else "the JSON"
+    return PayloadTooLarge(
+        f"{what} exceeds the JSON limit of {limit} bytes (--max-json-bytes; parsing large JSON stalls "
+        "every request): send large tensors with the binary tensor extension (binary_data_size in the "
+        "JSON header, Inference-Header-Content-Length; e.g. tritonclient with binary_data=True)"
+    )
 
 
 def echoable_id(value: str | None) -> str | None:
@@ -118,11 +128,22 @@ class InferEndpoint:
             assert loaded is not None
             header_length = int_header(headers, b"inference-header-content-length")
             declared = int_header(headers, b"content-length")
+            # JSON is parsed holding the GIL: more than max_json_bytes of it is refused before it is read.
+            max_json = services.config.max_json_bytes
+            json_size = declared if header_length is None else header_length
+            if json_size is not None and json_size > max_json:
+                raise json_too_large(json_size, max_json)
             large = declared is not None and declared > LARGE_BODY_BYTES
             if large:
                 request = await self._decode_large(receive, headers, header_length, loaded.inputs)
             else:
-                body = await read_body(receive, headers, services.config.max_body_bytes)
+                limit = services.config.max_body_bytes if header_length is not None else max_json
+                try:
+                    body = await read_body(receive, headers, limit)
+                except PayloadTooLarge:
+                    if header_length is not None:
+                        raise
+                    raise json_too_large(None, max_json) from None
                 inputs = loaded.inputs
                 request = protocol.decode_infer_request(body, header_length=header_length, inputs=inputs)
             wanted = services.wants_request_id(model)
