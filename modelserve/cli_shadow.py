@@ -80,6 +80,10 @@ def _num(value: Any, spec: str = ".3f") -> str:
     return "-" if value is None else format(value, spec)
 
 
+def _ms(seconds: Any) -> str:
+    return "-" if seconds is None else format(seconds * 1e3, ".3f")
+
+
 def render(report: dict[str, Any]) -> str:
     """The report as a readable table per shadow version, with the verdict and its checks."""
     primary = report["primary"]
@@ -92,15 +96,15 @@ def render(report: dict[str, Any]) -> str:
         lines.append("no shadow results yet")
     for shadow in report["shadows"]:
         low, high = shadow["agreement_interval"]
-        lat_p, lat_s = shadow["primary_latency_ms"], shadow["shadow_latency_ms"]
+        lat_p, lat_s = shadow["primary_latency_s"], shadow["shadow_latency_s"]  # seconds; shown in ms
         rows = [
             ("samples", f"{shadow['samples']} ({shadow['rows']} rows)"),
             ("agreement", f"{_num(shadow['agreement_rate'], '.4f')}  "
                           f"[{_num(low, '.4f')}, {_num(high, '.4f')}]"),
             ("max abs diff p50/p99", f"{_num(shadow['max_abs_diff'].get('p50'), '.3g')} / "
                                       f"{_num(shadow['max_abs_diff'].get('p99'), '.3g')}"),
-            ("primary latency p50/p95/p99 ms", "/".join(_num(lat_p.get(q)) for q in ("p50", "p95", "p99"))),
-            ("shadow latency p50/p95/p99 ms", "/".join(_num(lat_s.get(q)) for q in ("p50", "p95", "p99"))),
+            ("primary latency p50/p95/p99 ms", "/".join(_ms(lat_p.get(q)) for q in ("p50", "p95", "p99"))),
+            ("shadow latency p50/p95/p99 ms", "/".join(_ms(lat_s.get(q)) for q in ("p50", "p95", "p99"))),
             ("errors / timeouts / dropped",
              f"{shadow['errors']} / {shadow['timeouts']} / {shadow['dropped']}"),
             ("disagreements kept", f"{len(shadow['disagreements'])} of {shadow['disagreements_seen']}"),

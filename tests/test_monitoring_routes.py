@@ -178,6 +178,39 @@ def test_the_page_and_its_json_are_served_without_a_token(server: Any) -> None:
     assert client.get("/ui/api/models/nope").status_code == 404
 
 
+def _keys(document: Any) -> Iterator[str]:
+    if isinstance(document, dict):
+        for key, value in document.items():
+            yield str(key)
+            yield from _keys(value)
+    elif isinstance(document, list):
+        for item in document:
+            yield from _keys(item)
+
+
+def test_every_json_duration_is_in_seconds_with_the_unit_in_its_key(server: Any) -> None:
+    client, _ = server
+    assert client.post("/admin/models/credit/stage", json={"version": "2"}, headers=AUTH).status_code == 200
+    shadow = client.post("/admin/models/credit/shadow", json={"versions": ["2"], "rate": 1.0}, headers=AUTH)
+    assert shadow.status_code == 200, shadow.text
+    for i, row in enumerate(ROWS[:20]):
+        infer(client, row["input"], f"u{i}")
+    snapshot = snapshot_when(
+        client,
+        lambda s: any(x is not None for x in s["monitoring"]["history"].get("1", {}).get("p50_s", []))
+        and bool(s["shadow"]["shadows"])
+        and s["shadow"]["shadows"][0]["samples"] > 0,
+    )
+    report = client.get("/admin/models/credit/shadow/report", headers=AUTH).json()
+    status = client.get("/admin/models/credit", headers=AUTH).json()
+    for document in (snapshot, report, status):
+        assert not [key for key in _keys(document) if key.endswith("_ms")]
+    p50 = [x for x in snapshot["monitoring"]["history"]["1"]["p50_s"] if x is not None]
+    assert p50 and 0 < p50[-1] < 1  # a tiny model answers in well under a second
+    latency = report["shadows"][0]["primary_latency_s"]
+    assert 0 < latency["p50"] < 1 and "loop_lag_s" in str(status)
+
+
 def test_metrics_carry_prediction_distribution_drift_and_rollout_series(server: Any) -> None:
     from prometheus_client.parser import text_string_to_metric_families
 

@@ -17,7 +17,7 @@ from modelserve.shadow.sink import JsonlSink
 
 RECORD_FIELDS = {
     "ts", "model", "primary_version", "shadow_version", "request_id", "compare", "agree", "agreement", "rows",
-    "max_abs_diff", "js_distance", "reason", "primary_latency_ms", "shadow_latency_ms", "error", "timeout",
+    "max_abs_diff", "js_distance", "reason", "primary_latency_s", "shadow_latency_s", "error", "timeout",
     "key_hash", "primary_outputs", "shadow_outputs",  # `inputs` too, only when opted in
 }  # fmt: skip
 
@@ -58,7 +58,7 @@ def test_one_record_per_completed_comparison_in_the_documented_format(tmp_path: 
     )  # fmt: skip
     assert first["agreement"] == 0.0 and first["rows"] == 1 and first["timeout"] is False
     assert first["max_abs_diff"] == pytest.approx(0.6) and first["js_distance"] > 0
-    assert first["primary_latency_ms"] == pytest.approx(2.0) and first["shadow_latency_ms"] >= 0
+    assert first["primary_latency_s"] == pytest.approx(0.002) and first["shadow_latency_s"] >= 0
     failed = next(r for r in records if r["request_id"] == "bad")
     assert failed["error"] == "RuntimeError: no" and failed["agree"] is None
 

@@ -59,8 +59,8 @@ def test_snapshot_reports_latency_percentiles_in_milliseconds_and_failure_rates(
     stats.record_timeout()
     stats.record_dropped()
     snap = stats.snapshot()
-    assert snap["primary_latency_ms"]["p50"] == pytest.approx(1.0, rel=0.05)
-    assert snap["shadow_latency_ms"]["p99"] == pytest.approx(3.0, rel=0.05)
+    assert snap["primary_latency_s"]["p50"] == pytest.approx(0.001, rel=0.05)
+    assert snap["shadow_latency_s"]["p99"] == pytest.approx(0.003, rel=0.05)
     assert (snap["runs"], snap["errors"], snap["timeouts"], snap["dropped"]) == (10, 1, 1, 1)
     assert (snap["error_rate"], snap["timeout_rate"]) == (0.1, 0.1)
     assert snap["drop_rate"] == pytest.approx(1 / 11)
@@ -124,7 +124,7 @@ def test_concurrent_updates_are_all_counted() -> None:
         thread.join()
     snap = stats.snapshot()
     assert (snap["samples"], snap["agreeing_rows"], snap["dropped"]) == (8_000, 6_000, 8_000)
-    assert snap["primary_latency_ms"]["count"] == 8_000
+    assert snap["primary_latency_s"]["count"] == 8_000
     assert len(snap["disagreements"]) == 3
 
 

@@ -66,7 +66,7 @@ def test_status_page_shows_the_live_version_the_split_and_charts(tmp_path: Path)
                 assert "v1 70%" in split and "v2 30%" in split
                 points = int(page.get_attribute("figure[data-metric='requests_per_s']", "data-points") or 0)
                 assert points >= 2
-                for metric in ("requests_per_s", "p50_ms", "p99_ms", "prediction_mean"):
+                for metric in ("requests_per_s", "p50_s", "p99_s", "prediction_mean"):
                     chart = page.locator(f"figure[data-metric='{metric}']")
                     assert chart.locator("canvas").count() == 1, metric
                     assert "v1" in chart.inner_text() and "v2" in chart.inner_text(), metric

@@ -256,8 +256,8 @@ class MonitoringService:
             point.update(
                 requests_per_s=requests / max(t - last[2], 1e-9),
                 error_rate=errors / requests if requests else None,
-                p50_ms=None if snapshot.p50 is None else snapshot.p50 * 1e3,
-                p99_ms=None if snapshot.p99 is None else snapshot.p99 * 1e3,
+                p50_s=snapshot.p50,
+                p99_s=snapshot.p99,
             )
             point.update(self._prediction_point(model, version))
             drift = self.monitor.drift(model, version)

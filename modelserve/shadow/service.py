@@ -201,7 +201,7 @@ class ShadowService:
                 "versions": list(policy.shadow_versions) if policy is not None else [],
                 "sample_rate": policy.shadow_sample_rate if policy is not None else None,
                 "in_flight": self.runner.in_flight,
-                "loop_lag_ms": round(self.loop_lag_s * 1e3, 3),
+                "loop_lag_s": round(self.loop_lag_s, 6),
                 "stats": versions,
             }
         }

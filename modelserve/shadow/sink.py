@@ -20,8 +20,8 @@ Record format (one per shadow outcome; one per completed comparison, plus one pe
 | `max_abs_diff` | float or null | max absolute difference over numeric outputs |
 | `js_distance` | float or null | largest per-row Jensen-Shannon distance (base 2), probability outputs only |
 | `reason` | str | why outputs could not be compared (missing output, shape), else "" |
-| `primary_latency_ms` | float | primary model run time |
-| `shadow_latency_ms` | float or null | shadow model run time; null if it never ran or never returned |
+| `primary_latency_s` | float | primary model run time, seconds |
+| `shadow_latency_s` | float or null | shadow model run time, seconds; null if it never ran or returned |
 | `error` | str or null | the shadow's exception (`Type: message`), if it raised |
 | `timeout` | bool | the shadow missed its deadline; its result (if any) was not compared |
 | `key_hash` | str or null | 16 hex digits of the targeting key's SHA-256 (joins a user's rows, not who) |

@@ -173,14 +173,14 @@ class ShadowStats:
             self._dropped += 1
 
     def snapshot(self, *, examples: bool = True) -> dict[str, Any]:
-        """Every figure as plain JSON types (latencies in milliseconds); `examples=False` leaves out
+        """Every figure as plain JSON types (latencies in seconds, `*_s`); `examples=False` leaves out
         the disagreement examples (status pages and gates need only the figures)."""
         with self._lock:
             samples, rows, agreeing = self._samples, self._rows, self._agreeing_rows
             errors, timeouts, dropped = self._errors, self._timeouts, self._dropped
             summaries = {
-                "primary_latency_ms": self._primary_latency.summary(1e3),
-                "shadow_latency_ms": self._shadow_latency.summary(1e3),
+                "primary_latency_s": self._primary_latency.summary(),
+                "shadow_latency_s": self._shadow_latency.summary(),
                 "max_abs_diff": self._max_abs_diff.summary(),
                 "js_distance": self._js.summary(),
             }

@@ -189,12 +189,12 @@ function renderVersions(s) {
 }
 
 function ms(row, quantile) {
-  // Status rows carry seconds (`p50_s`); older servers carried milliseconds (`p50_ms`).
+  // JSON carries seconds (`p50_s`); people read milliseconds.
   const seconds = row[quantile + "_s"];
-  return seconds !== undefined && seconds !== null ? num(seconds * 1000, 3) : num(row[quantile + "_ms"], 3);
+  return seconds !== undefined && seconds !== null ? num(seconds * 1000, 3) : num(null, 3);
 }
 
-function aligned(history, metric) {
+function aligned(history, metric, scale = 1) {
   const versions = Object.keys(history).filter((v) => (history[v][metric] || []).some((x) => x !== null)).sort(byVersion);
   const times = new Set();
   for (const v of versions) history[v].t.forEach((t) => times.add(t));
@@ -202,7 +202,10 @@ function aligned(history, metric) {
   const index = new Map(xs.map((t, i) => [t, i]));
   const series = versions.map((v) => {
     const ys = new Array(xs.length).fill(null);
-    history[v].t.forEach((t, i) => (ys[index.get(t)] = history[v][metric][i]));
+    history[v].t.forEach((t, i) => {
+      const y = history[v][metric][i];
+      ys[index.get(t)] = y === null || y === undefined ? null : y * scale;
+    });
     return ys;
   });
   return { versions, data: [xs, ...series] };
@@ -213,7 +216,7 @@ function renderCharts(s) {
   $("history-note").textContent = `one point every ${s.monitoring.history_interval_s} s`;
   for (const figure of document.querySelectorAll("figure.chart")) {
     const metric = figure.dataset.metric;
-    const { versions, data } = aligned(history, metric);
+    const { versions, data } = aligned(history, metric, Number(figure.dataset.scale || 1));  // s -> ms
     const points = data[0].length;
     figure.dataset.points = String(versions.length ? points : 0);
     const key = metric + "|" + versions.join(",");
