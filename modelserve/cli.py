@@ -135,8 +135,6 @@ class Parser(argparse.ArgumentParser):
 
 
 def _serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
     from modelserve.errors import ConfigError
     from modelserve.server import runner
     from modelserve.serving.layout import check_repository
@@ -152,14 +150,13 @@ def _serve(args: argparse.Namespace) -> int:
             log_level=args.log_level,
             access_log=args.access_log,
         )
-        sock = runner.bind(args.host, args.port) if args.workers <= 1 else None
+        sock = runner.bind(args.host, args.port)  # a taken port ends here, before any state is touched
     except ConfigError as exc:
         raise ClientError(str(exc)) from None
     try:
         config = serve_config(args, os.environ)
     except BaseException:
-        if sock is not None:
-            sock.close()
+        sock.close()
         raise
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s:     %(name)s: %(message)s")
     from modelserve.server import connections
@@ -167,15 +164,11 @@ def _serve(args: argparse.Namespace) -> int:
     limits = _connection_limits(args)
     connections.configure(**limits)  # read deadlines and header bound of every connection
     guarded = connections.uvicorn_options(max_header_bytes=args.max_header_bytes)
-    if sock is None:
-        # Each worker process builds its own app from this description (uvicorn's app factory).
-        os.environ[WORKER_CONFIG_ENV] = json.dumps({"config": config.to_json(), "connections": limits})
-        uvicorn.run(
-            f"{__name__}:worker_app", factory=True, workers=args.workers, host=args.host, port=args.port,
-            log_level=args.log_level, access_log=args.access_log, ssl_certfile=args.tls_certfile,
-            ssl_keyfile=args.tls_keyfile, timeout_graceful_shutdown=max(1, int(args.drain_timeout)),
-            **guarded,
-        )  # fmt: skip
+    if args.workers > 1:
+        # Each worker process builds its own app from this description (`worker_serving`).
+        handoff = {"config": config.to_json(), "connections": limits, "log_level": args.log_level}
+        os.environ[WORKER_CONFIG_ENV] = json.dumps(handoff)
+        runner.run_workers(worker_serving, sock, run_options, workers=args.workers, uvicorn_options=guarded)
         return 0
     from modelserve.server.app import ModelServe
 
@@ -264,6 +257,8 @@ def worker_app() -> Any:
     from modelserve.server.app import create_app
 
     raw = json.loads(os.environ[WORKER_CONFIG_ENV])
+    if raw.get("log_level"):  # a spawned worker starts with no logging set up
+        logging.basicConfig(level=raw["log_level"].upper(), format="%(levelname)s:     %(name)s: %(message)s")
     if raw.get("connections"):
         connections.configure(**raw["connections"])
     config = ServerConfig.from_json(raw["config"])
@@ -271,6 +266,17 @@ def worker_app() -> Any:
         config = dataclasses.replace(config, replica_id=f"{config.replica_id}:{os.getpid()}")
     sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
     return create_app(config, **serve_extras(os.environ))
+
+
+def worker_serving() -> tuple[Any, Callable[[], None]]:
+    """One `serve --workers N` worker's app and its drain callback (readiness 503), built in the worker."""
+    app = worker_app()
+    services = app.state.services
+
+    def drain() -> None:
+        services.draining = True
+
+    return app, drain
 
 
 def serve_extras(environ: dict[str, str] | os._Environ[str]) -> dict[str, Any]:

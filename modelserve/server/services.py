@@ -130,6 +130,8 @@ class Services:
     started: bool = False
     #: Set when a shutdown began: readiness answers 503 so load balancers stop sending requests.
     draining: bool = False
+    #: Inference requests received and not yet answered (readiness shows it while draining).
+    requests_in_flight: int = 0
     load_errors: dict[str, str] = field(default_factory=dict)
     #: Runs `hooks.tasks`: a failing task is logged and restarted with backoff, never fatal.
     supervisor: TaskSupervisor = field(default_factory=TaskSupervisor)

@@ -110,6 +110,14 @@ class InferEndpoint:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         services = self.services
+        services.requests_in_flight += 1  # a drain shows how many requests it still waits for
+        try:
+            await self._infer(scope, receive, send)
+        finally:
+            services.requests_in_flight -= 1
+
+    async def _infer(self, scope: Scope, receive: Receive, send: Send) -> None:
+        services = self.services
         path = services.inference
         params = scope["path_params"]
         model: str = params["model"]
@@ -273,6 +281,8 @@ def routes(services: Services) -> list[Route]:
             body["error"] = "draining" if services.draining else LIFESPAN_NOT_RUN
         elif services.draining:
             body["error"] = "draining: the server is shutting down"
+            body["in_flight"] = services.requests_in_flight
+            body["replica"] = services.replica.replica_id  # which process of several is draining
         if missing:
             body["missing"] = missing
         return _json(body, 200 if ok else 503)
