@@ -245,7 +245,7 @@ def flags_attack(url: str, flags: Path) -> str:
     return f"exponential $refs ({len(json.dumps(doc))} B): ready {ready}"
 
 
-def run(tree: Path) -> dict[str, dict[str, Any]]:
+def run(tree: Path, only: str | None = None) -> dict[str, dict[str, Any]]:
     from modelserve import testing  # this tree's: it only writes the ONNX files
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -271,13 +271,15 @@ def run(tree: Path) -> dict[str, dict[str, Any]]:
                 ("slow-loris", lambda: slowloris_attack(url)),
                 ("flags: exponential $refs", lambda: flags_attack(url, flags)),
             ]:
-                results[name] = measured(url, process.pid, attack)
+                if only is None or only in name:
+                    results[name] = measured(url, process.pid, attack)
     return results
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--compare", type=Path, help="another checkout, measured in the same run")
+    parser.add_argument("--only", help="run the attacks whose name contains this text (e.g. binary)")
     args = parser.parse_args()
     trees = {"this tree": ROOT}
     if args.compare:
@@ -286,7 +288,7 @@ def main() -> None:
         print(f"\n## {label}: {tree}")
         print("| attack | live p50 / p99 / max ms | no answer | RSS before / peak / after MB | outcome |")
         print("|---|---|---|---|---|")
-        for name, r in run(tree).items():
+        for name, r in run(tree, args.only).items():
             live = "/".join(
                 "-" if r[k] is None else f"{r[k]:.1f}" for k in ("live p50 ms", "live p99 ms", "live max ms")
             )

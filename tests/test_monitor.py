@@ -100,6 +100,21 @@ def test_sampling_keeps_one_request_in_k() -> None:
     assert monitor.distribution("m", "1")["rows"] == 25
 
 
+def test_a_huge_request_counts_a_bounded_evenly_spaced_sample_of_its_rows() -> None:
+    from modelserve.monitoring.monitor import MAX_ROWS_PER_REQUEST
+
+    monitor = Monitor()
+    rows = 10 * MAX_ROWS_PER_REQUEST + 3
+    labels = (np.arange(rows) % 11 == 0).astype(np.int64)  # class 1 on every 11th row, from row 0
+    monitor.submit("m", "1", {"input": np.zeros((rows, 3), np.float32)}, {"label": labels})
+    monitor.flush()
+    dist = monitor.distribution("m", "1")
+    assert dist["rows"] == -(-rows // 11) <= MAX_ROWS_PER_REQUEST  # every 11th row, inputs and outputs
+    assert set(dist["classes"]["label"]) == {"1"}
+    monitor.submit("m", "2", {"input": np.zeros((100, 3), np.float32)}, {"label": labels[:100]})
+    assert monitor.distribution("m", "2")["rows"] == 100  # a normal batch counts every row
+
+
 def test_requests_with_other_shapes_are_grouped_apart() -> None:
     monitor = Monitor()
     monitor.submit("m", "1", {"input": np.zeros((1, 3))}, {"y": np.zeros((1, 1))})

@@ -620,3 +620,26 @@ def test_request_shaped_json_raises_only_request_error(
         decode_anything(header + tail, len(header))
     else:
         decode_anything(header, None)
+
+
+@pytest.mark.parametrize("rows", [protocol.PIECE_ELEMENTS // 2 + 1, 3 * protocol.PIECE_ELEMENTS + 7])
+def test_large_outputs_written_in_pieces_decode_to_the_same_values_nan_included(rows: int) -> None:
+    scores = np.random.default_rng(0).normal(size=(rows, 2)).astype(np.float32)
+    scores[1, 0], scores[-1, 1] = np.nan, np.inf
+    labels = np.arange(rows, dtype=np.int64)
+    empty = np.zeros((0, 2), dtype=np.float32)
+    request = InferRequest(
+        id="modelserve-0000000000000000-0", inputs={}, parameters={}, outputs=None, binary_output=False
+    )  # an id that looks like a placeholder stays an id
+    assert protocol.large_outputs({"scores": scores})
+    body, headers = protocol.encode_infer_response(
+        model_name="m", model_version="1", request_id=request.id, request=request, output_specs=[],
+        outputs={"scores": scores, "labels": labels, "empty": empty},
+    )  # fmt: skip
+    assert headers["content-type"] == "application/json"
+    doc = json.loads(body)  # Python's json reads NaN and Infinity, as tritonclient does
+    assert doc["id"] == request.id
+    decoded = {o["name"]: np.array(o["data"]).reshape(o["shape"]) for o in doc["outputs"]}
+    np.testing.assert_array_equal(decoded["scores"].astype(np.float32), scores)  # float32 precision
+    np.testing.assert_array_equal(decoded["labels"], labels)
+    assert decoded["empty"].shape == (0, 2)

@@ -4,7 +4,8 @@ The request path only calls `submit` (a bounded append of references to the requ
 numpy work, no allocation beyond a tuple); `flush`, run by a periodic task and before every read,
 concatenates what is pending per version and counts it in one vectorised pass. When more than
 `max_pending` requests wait, new ones are dropped and counted (`dropped`), so memory stays bounded
-under any load; `sample_every` = k keeps one request in k.
+under any load; `sample_every` = k keeps one request in k; a request of more than
+`MAX_ROWS_PER_REQUEST` rows counts that many of them, evenly spaced.
 
 Per (model, version), everything is bounded: output histograms with fixed edges, class counts capped,
 drift trackers with `bins + 1` counters per column and sub-window, a capped number of columns per
@@ -29,6 +30,17 @@ from modelserve.monitoring.histogram import SCORE_EDGES, ClassCounts, ValueHisto
 
 #: Score columns per output with a histogram (a 1000-class output keeps its first ones).
 MAX_SCORE_COLUMNS = 8
+#: Rows of one request that are counted: a larger batch counts evenly spaced rows (views, no copy),
+#: so one huge request costs a bounded flush (counting holds the GIL while the event loop waits).
+MAX_ROWS_PER_REQUEST = 4096
+
+
+def _sampled_rows(tensors: Mapping[str, np.ndarray], rows: int) -> Mapping[str, np.ndarray]:
+    step = -(-rows // MAX_ROWS_PER_REQUEST)
+    return {
+        name: value[::step] if value.ndim and value.shape[0] == rows else value
+        for name, value in tensors.items()
+    }
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -198,6 +210,10 @@ class Monitor:
             self._counter += 1
             if self._counter % every:
                 return
+        first = next(iter(inputs.values()), None)
+        rows = first.shape[0] if first is not None and first.ndim else 0
+        if rows > MAX_ROWS_PER_REQUEST:
+            inputs, outputs = _sampled_rows(inputs, rows), _sampled_rows(outputs, rows)
         pending.append((model, version, inputs, outputs, self.clock()))
 
     # -- batch work ------------------------------------------------------------------------------

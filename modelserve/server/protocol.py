@@ -19,6 +19,7 @@ BF16 is not supported: onnxruntime models served here cannot declare it.
 from __future__ import annotations
 
 import json
+import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -56,6 +57,34 @@ EXTENSIONS = ("binary_tensor_data", "model_repository")
 
 _JSON_HEADERS = {"content-type": "application/json"}
 _NUMPY = orjson.OPT_SERIALIZE_NUMPY
+#: Outputs with more elements than this are written as JSON a piece at a time (`_json_pieces`).
+PIECE_ELEMENTS = 1 << 15
+
+
+def large_outputs(outputs: Mapping[str, np.ndarray]) -> bool:
+    """True when an output is written in pieces (`_json_pieces`): encode the response off the loop."""
+    return any(np.asarray(value).size > PIECE_ELEMENTS for value in outputs.values())
+
+
+def _json_pieces(array: np.ndarray) -> list[bytes]:
+    """A flat numeric array as one JSON list, written `PIECE_ELEMENTS` at a time.
+
+    Encoding holds the GIL for the whole call: one call over millions of values stalls every other
+    thread (the event loop included) for a quarter of a second; pieces of ~30k values take about a
+    millisecond each, and other threads run in between. NaN and infinities become JSON's NaN tokens
+    (as Triton writes them), not null.
+    """
+    pieces = [b"["]
+    for start in range(0, array.size, PIECE_ELEMENTS):
+        piece = orjson.dumps(array[start : start + PIECE_ELEMENTS], option=_NUMPY)
+        if b"null" in piece:  # orjson writes NaN/Inf as null; rare, so re-encode only then
+            piece = json.dumps(array[start : start + PIECE_ELEMENTS].tolist(), separators=(",", ":")).encode()
+        pieces.append(piece[1:-1])
+        pieces.append(b",")
+    pieces[-1] = b"]"
+    if len(pieces) == 1:
+        pieces.append(b"]")
+    return pieces
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -217,6 +246,9 @@ def encode_infer_response(
 
     entries: list[dict[str, Any]] = []
     chunks: list[bytes] = []
+    # Large outputs are spliced in after the rest is encoded, in pieces: a random marker stands in.
+    marker: str | None = None
+    large: dict[bytes, np.ndarray] = {}
     for name, value, binary in selected:
         array = np.asarray(value)
         if array.dtype.byteorder == ">":
@@ -232,6 +264,11 @@ def encode_infer_response(
                 entry["data"] = strings
         elif binary:
             raw = array.tobytes()  # C order for any layout
+        elif array.size > PIECE_ELEMENTS:
+            marker = marker or f"modelserve-{secrets.token_hex(8)}-"  # unguessable: ids are client text
+            placeholder = f"{marker}{len(large)}"
+            large[b'"' + placeholder.encode() + b'"'] = array.ravel()
+            entry["data"] = placeholder
         else:
             entry["data"] = array.ravel()  # contiguous, which orjson requires
         if raw is not None:
@@ -248,12 +285,28 @@ def encode_infer_response(
     header = orjson.dumps(doc, option=_NUMPY)
     if b"null" in header:  # orjson writes NaN/Inf as null; rare, so re-encode only then
         header = json.dumps(doc, default=_json_default, separators=(",", ":")).encode()
+    if large:
+        header = _splice(header, large)
     if not chunks:
         return header, dict(_JSON_HEADERS)
     return b"".join([header, *chunks]), {
         "content-type": "application/octet-stream",
         "inference-header-content-length": str(len(header)),
     }
+
+
+def _splice(header: bytes, large: Mapping[bytes, np.ndarray]) -> bytes:
+    """`header` with each quoted placeholder replaced by its array's JSON (`_json_pieces`)."""
+    parts: list[bytes] = []
+    rest = header
+    for placeholder, array in large.items():
+        before, found, rest = rest.partition(placeholder)
+        if not found:
+            raise RuntimeError("an output's placeholder is missing from the response")
+        parts.append(before)
+        parts.extend(_json_pieces(array))
+    parts.append(rest)
+    return b"".join(parts)
 
 
 #: The HTTP status for an exception (the mapping lives beside the error tree).

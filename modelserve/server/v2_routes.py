@@ -168,7 +168,8 @@ class InferEndpoint:
             record.request_id = request_id
             names = protocol.requested_output_names(request, loaded.outputs)
             outputs = await path.run(record, request.inputs, names)
-            payload, extra = protocol.encode_infer_response(
+            encode = partial(
+                protocol.encode_infer_response,
                 model_name=model,
                 model_version=loaded.version,
                 request_id=request.id,
@@ -176,6 +177,11 @@ class InferEndpoint:
                 request=request,
                 output_specs=loaded.outputs,
             )
+            if protocol.large_outputs(outputs):  # written in pieces in a thread: the loop runs between them
+                large = True
+                payload, extra = await anyio.to_thread.run_sync(encode, limiter=self.large_bodies_threads)
+            else:
+                payload, extra = encode()
             status = 200
             response_headers = [(k.lower().encode(), v.encode()) for k, v in extra.items()]
         except Exception as exc:
