@@ -399,6 +399,7 @@ def test_json_over_its_limit_is_refused_before_it_is_parsed_and_binary_tensors_o
             refused = client.post("/v2/models/fraud/infer", content=content)
             assert refused.status_code == 413, refused.text
             assert "binary tensor extension" in refused.json()["error"]
+            assert refused.headers["connection"] == "close"  # the rest of the upload is not read
         headers = {"inference-header-content-length": str(len(header))}
         binary = client.post("/v2/models/fraud/infer", content=header + data, headers=headers)
         assert binary.status_code == 200, binary.text

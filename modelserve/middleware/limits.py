@@ -26,6 +26,8 @@ MAX_HEADER_BYTES = 64 * 1024
 async def _answer(send: Send, status: int, message: str) -> None:
     body = orjson.dumps({"error": message})
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    if status == 413:  # the body is not wanted: closing the connection stops the upload
+        headers.append((b"connection", b"close"))
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 

@@ -54,6 +54,30 @@ async def read_body(receive: Receive, scope_headers: Iterable[tuple[bytes, bytes
     return b"".join(chunks)
 
 
+async def read_chunks(
+    receive: Receive, scope_headers: Iterable[tuple[bytes, bytes]], limit: int
+) -> list[bytes]:
+    """The request body as the chunks it arrived in (join them off the event loop: a large join is a
+    copy); PayloadTooLarge as soon as it is known to exceed `limit` bytes."""
+    declared = int_header(scope_headers, b"content-length")
+    if declared is not None and declared > limit:
+        raise PayloadTooLarge(f"request body of {declared} bytes exceeds the limit of {limit} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    more = True
+    while more:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise RequestError("client disconnected before sending the whole body")
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
+        chunks.append(chunk)
+        more = message.get("more_body", False)
+    return chunks
+
+
 async def send_response(send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:
     headers.append((b"content-length", str(len(body)).encode()))
     await send({"type": "http.response.start", "status": status, "headers": headers})

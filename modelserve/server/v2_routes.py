@@ -31,7 +31,7 @@ from modelserve.inference.path import InferenceRecord
 from modelserve.server import protocol
 from modelserve.server.admin import REASON_HEADER, audit_snapshot
 from modelserve.server.auth import ADMIN, INFERENCE
-from modelserve.server.http import JSON_HEADERS, header, int_header, read_body, send_response
+from modelserve.server.http import JSON_HEADERS, header, int_header, read_body, read_chunks, send_response
 from modelserve.state.audit import Actor
 
 if TYPE_CHECKING:
@@ -90,6 +90,12 @@ def release_memory() -> None:
         _TRIM(0)
 
 
+def _join_and_decode(chunks: list[bytes], *, header_length: int | None, inputs: Any) -> protocol.InferRequest:
+    body = b"".join(chunks)  # in a worker thread: CPython copies a large join without the GIL
+    chunks.clear()
+    return protocol.decode_infer_request(body, header_length=header_length, inputs=inputs)
+
+
 class InferEndpoint:
     """POST /v2/models/{model}[/versions/{version}]/infer."""
 
@@ -104,8 +110,8 @@ class InferEndpoint:
         self, receive: Receive, headers: list[tuple[bytes, bytes]], header_length: int | None, inputs: Any
     ) -> protocol.InferRequest:
         async with self.large_bodies:
-            body = await read_body(receive, headers, self.services.config.max_body_bytes)
-            decode = partial(protocol.decode_infer_request, body, header_length=header_length, inputs=inputs)
+            chunks = await read_chunks(receive, headers, self.services.config.max_body_bytes)
+            decode = partial(_join_and_decode, chunks, header_length=header_length, inputs=inputs)
             return await anyio.to_thread.run_sync(decode, limiter=self.large_bodies_threads)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -194,6 +200,8 @@ class InferEndpoint:
                 )
             payload = protocol.error_body(str(exc) if isinstance(exc, ModelServeError) else "internal error")
             response_headers = list(JSON_HEADERS)
+            if status == 413:  # the rest of the body is not wanted: closing stops the upload
+                response_headers.append((b"connection", b"close"))
             if status == 401:
                 response_headers.append((b"www-authenticate", b"Bearer"))
         if record is not None:
