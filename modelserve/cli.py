@@ -630,12 +630,18 @@ def build_parser() -> argparse.ArgumentParser:
             )
         sub.set_defaults(run=_switch(action))
 
-    load = client_parser(commands, "load", "add a version to the model's warm set (0%% traffic, kept warm)")
+    load = client_parser(
+        commands, "load", "add a version to the model's warm set on every replica (0%% traffic, kept warm)"
+    )
     load.add_argument("model")
     load.add_argument("version")
     load.set_defaults(run=_load)
 
-    unload = client_parser(commands, "unload", "unload a warm version that is not live, or the whole model")
+    unload = client_parser(
+        commands,
+        "unload",
+        "unload a warm version that is not live (every replica), or the whole model (this one)",
+    )
     unload.add_argument("model")
     unload.add_argument("version", nargs="?")
     unload.set_defaults(run=_unload)

@@ -182,3 +182,27 @@ async def test_barrier_names_the_replicas_that_lack_the_candidate(tmp_path: Path
     with pytest.raises(NotReady, match="ghost"):
         await replica.sync.wait_ready("fraud", "2", timeout_s=0.2)
     await coordinator.aclose()
+
+
+@pytest.mark.anyio
+async def test_the_warm_set_follows_the_document_but_never_unloads_an_arm_in_use_or_a_role(
+    fleet: list[Replica],
+) -> None:
+    a, b, c = fleet
+    b.registry.in_use.append(lambda model: frozenset({"3"}))  # an experiment on b uses version 3
+    await a.commands.load("fraud", "3")
+    await a.commands.stage("fraud", "2")
+    for other in (b, c):
+        await eventually(lambda o=other: o.registry.slots("fraud").ready_versions == {"1", "2", "3"}, 10.0)
+    desired = await c.commands.sync.desired.get("fraud")
+    assert desired is not None and desired.warm == ("1", "3", "2") and desired.pinned == ("3",)
+    with pytest.raises(Conflict, match="is live"):
+        await c.commands.unload("fraud", "1")
+    await c.commands.unload("fraud", "3")  # not in use on c; on b it is: b keeps it warm
+    await eventually(lambda: a.registry.slots("fraud").ready_versions == {"1", "2"})
+    assert c.registry.slots("fraud").ready_versions == {"1", "2"}
+    assert b.registry.slots("fraud").ready_versions == {"1", "2", "3"}
+    await c.commands.unload("fraud", "2")  # the staged candidate: its role goes with it
+    for replica in fleet:
+        await eventually(lambda r=replica: "2" not in r.registry.slots("fraud").ready_versions)
+        assert replica.registry.slots("fraud").candidate is None

@@ -61,6 +61,8 @@ class PolicySync:
         self.replica_ttl_s = replica_ttl_s
         self.applied: dict[str, DesiredModel] = {}
         self.errors: dict[str, str] = {}
+        #: model -> version of the warm set this replica could not load -> why (e.g. its memory budget).
+        self.refused: dict[str, dict[str, str]] = {}
         #: model -> why its desired state could not be read or seeded at startup (names the file).
         self.prepare_errors: dict[str, str] = {}
         self.backend_error: str | None = None
@@ -84,16 +86,7 @@ class PolicySync:
                 log.warning("model %s: no desired state: %s", model, exc)
                 self.prepare_errors[model] = f"saved state not applied: {exc}"
                 continue
-            staged = desired.staged or desired.candidate
-            idle = staged or desired.previous
-            local.write(
-                f"slots.{model}",
-                {
-                    "live_version": desired.live,
-                    "idle_version": idle if idle != desired.live else None,
-                    "idle_role": "candidate" if staged else "previous",
-                },
-            )
+            local.write(f"slots.{model}", _local_slots(desired, local.read(f"slots.{model}") or {}))
             local.write(f"policy.{model}", {k: v for k, v in desired.body().items() if k in POLICY_FIELDS})
             found[model] = desired
         return found
@@ -141,7 +134,12 @@ class PolicySync:
             if desired is None or model not in self.registry.models:
                 return None
             applied = self.applied.get(model)
-            if applied is not None and applied.rev >= desired.rev and not self.errors.get(model):
+            if (
+                applied is not None
+                and applied.rev >= desired.rev
+                and not self.errors.get(model)
+                and not self.refused.get(model)
+            ):
                 return applied
             try:
                 await self._reconcile(desired)
@@ -160,10 +158,11 @@ class PolicySync:
         # 1. Routing now, on the live version we have: cuts of exposure take effect at once.
         self.policies.install(dataclasses.replace(desired.policy(), live=live))
         # 2. The live version: switch to it once it is warm here (loading it first if need be).
+        follows = desired.warm is not None  # the fleet's warm set decides what goes, not keep_warm here
         if live != desired.live:
             if desired.live not in warm.versions or desired.live == warm.candidate:
                 if warm.candidate != desired.live:
-                    await registry.stage(model, desired.live)
+                    await registry.stage(model, desired.live, evict=not follows)
                 await registry.promote(model)
             else:
                 await registry.rollback(model, to=desired.live)
@@ -171,11 +170,39 @@ class PolicySync:
         #    routing candidate that is not the staged one is loaded too.
         staged = desired.staged or desired.candidate
         if staged not in (None, desired.live) and warm.candidate != staged:
-            await registry.stage(model, str(staged))
+            await registry.stage(model, str(staged), evict=not follows)
         extra = desired.candidate
         if extra not in (None, desired.live, staged) and extra not in warm.versions:
             await registry.load_version(model, str(extra))
         self.policies.install(dataclasses.replace(desired.policy(), live=desired.live))
+        # 4. The rest of the warm set: unload what left it, load what joined it.
+        if follows:
+            await self._reconcile_warm(desired)
+
+    async def _reconcile_warm(self, desired: DesiredModel) -> None:
+        """Hold exactly the fleet's warm set: never unloads the live version, a role or an experiment arm.
+
+        Unloads first (memory for what loads next); a version this replica cannot load (its memory
+        budget, a missing file) is reported as refused, and the rest still applies.
+        """
+        model, registry = desired.model, self.registry
+        warm = registry.slots(model)
+        keep = {*desired.wanted_versions(), *registry.in_use_versions(model), warm.live_version}
+        for version in [v for v in warm.versions if v not in keep]:
+            await registry.unload(model, version)
+        refused: dict[str, str] = {}
+        for version in desired.warm or ():
+            if version not in warm.versions:
+                try:
+                    await registry.load_version(model, version, pin=False)
+                except ModelServeError as exc:
+                    refused[version] = str(exc)
+                    log.warning("model %s: version %s of the warm set not loaded: %s", model, version, exc)
+        registry.pin(model, frozenset(desired.pinned))
+        if refused:
+            self.refused[model] = refused
+        else:
+            self.refused.pop(model, None)
 
     async def apply_all(self, models: Iterable[str] | None = None) -> None:
         for model in sorted(models if models is not None else self.registry.models):
@@ -198,6 +225,7 @@ class PolicySync:
                 "live": slots.live.version if slots.live is not None else None,
                 "ready": sorted(slots.ready_versions),
                 "error": self.errors.get(name),
+                "refused": dict(self.refused.get(name) or {}),
             }
         return {"replica": self.replica_id, "time": time.time(), "models": models}
 
@@ -208,7 +236,7 @@ class PolicySync:
 
     @staticmethod
     def _serving(report: dict[str, Any]) -> dict[str, Any]:
-        return {m: (r["live"], r["ready"], r["error"]) for m, r in report["models"].items()}
+        return {m: (r["live"], r["ready"], r["error"], r["refused"]) for m, r in report["models"].items()}
 
     def _serving_changed(self) -> bool:
         return self._serving(self.report()) != self._published
@@ -236,6 +264,27 @@ class PolicySync:
         raise NotReady(
             f"model {model!r} version {version} is not READY on every replica after {timeout_s:g} s "
             f"(lacking: {', '.join(lacking)}); stage it and retry"
+        )
+
+    async def wait_loaded(self, model: str, version: str, *, timeout_s: float) -> dict[str, str]:
+        """Wait until every live replica has `version` READY ({}), or one refused to load it
+        (replica -> why, as soon as one does); NotReady naming the lacking replicas on timeout."""
+        lacking: list[str] = []
+        with anyio.move_on_after(timeout_s):
+            while True:
+                reports = await self.replicas()
+                states = {r: (report.get("models", {}).get(model) or {}) for r, report in reports.items()}
+                refused = {r: s["refused"][version] for r, s in states.items()
+                           if version in s.get("refused", ())}
+                if refused:
+                    return refused
+                lacking = sorted(r for r, s in states.items() if version not in s.get("ready", ()))
+                if not lacking:
+                    return {}
+                await anyio.sleep(0.05)
+        raise NotReady(
+            f"model {model!r} version {version} is not READY on every replica after {timeout_s:g} s "
+            f"(lacking: {', '.join(lacking)}); it stays in the warm set, they keep trying"
         )
 
     async def wait_applied(self, model: str, rev: int, *, timeout_s: float) -> list[str]:
@@ -289,3 +338,23 @@ class PolicySync:
             except CoordinatorUnavailable as exc:
                 self.backend_error = str(exc)
             await anyio.sleep(self.heartbeat_s)
+
+
+def _local_slots(desired: DesiredModel, saved: dict[str, Any]) -> dict[str, Any]:
+    """The registry's saved warm set for a desired revision: what the first load at startup restores."""
+    staged = desired.staged or desired.candidate
+    idle = staged or desired.previous
+    slots: dict[str, Any] = {
+        "live_version": desired.live,
+        "idle_version": idle if idle != desired.live else None,
+        "idle_role": "candidate" if staged else "previous",
+    }
+    if desired.warm is not None:  # the whole warm set, with the slot labels this replica gave it before
+        labels: dict[str, Any] = saved["warm"] if isinstance(saved.get("warm"), dict) else {}
+        slots.update(
+            candidate=staged if staged != desired.live else None,
+            history=[desired.previous] if desired.previous not in (None, desired.live) else [],
+            pinned=list(desired.pinned),
+            warm={v: str(labels.get(v) or "") for v in desired.wanted_versions()},
+        )
+    return slots

@@ -5,12 +5,14 @@ GET  /admin/models/{model}               the model's status (warm set, policy, m
 POST /admin/models/{model}/stage         {"version": "2"}  load + warm as the candidate (0% traffic);
                                          409 when its inputs/outputs differ from live's, unless
                                          {"force": true}
-POST /admin/models/{model}/load          {"version": "3"}  add a warm version with no role (pinned)
+POST /admin/models/{model}/load          {"version": "3"}  add a warm version with no role (pinned),
+                                         on every replica
 POST /admin/models/{model}/promote       switch live to the candidate; 409 when it was rolled back
                                          for failing its gates, unless {"force": true, "reason": ...}
 POST /admin/models/{model}/rollback      switch back to the previous version; {"to": "1"}: to any
                                          warm version (instant: nothing loads)
-POST /admin/models/{model}/unload        {"version": "1"}: one warm, non-live version; no body: the model
+POST /admin/models/{model}/unload        {"version": "1"}: one warm, non-live version, on every replica;
+                                         no body: the whole model, on this replica
 """
 
 from __future__ import annotations
@@ -65,7 +67,7 @@ def routes(services: Services) -> list[Route]:
 
     async def load(request: Request, body: dict[str, Any]) -> Any:
         model = request.path_params["model"]
-        loaded = await registry.load_version(model, str(required(body, "version")))
+        loaded = await commands.load(model, str(required(body, "version")))
         return {"model": model, "loaded": loaded.describe(), "status": model_status(services, model)}
 
     async def promote(request: Request, body: dict[str, Any]) -> Any:
@@ -97,7 +99,10 @@ def routes(services: Services) -> list[Route]:
     async def unload(request: Request, body: dict[str, Any]) -> Any:
         model = request.path_params["model"]
         version = body.get("version")
-        await registry.unload(model, None if version is None else str(version))
+        if version is None:
+            await registry.unload(model)  # the whole model, on this replica
+        else:
+            await commands.unload(model, str(version))  # one version, on every replica
         return {"model": model, "unloaded": version or "all"}
 
     def post(path: str, handler: Handler) -> Route:

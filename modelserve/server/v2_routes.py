@@ -365,7 +365,7 @@ def routes(services: Services) -> list[Route]:
             if model not in registry.models:
                 await services.load_model(model)
             if version is not None:
-                await registry.load_version(model, version)
+                await services.replica.commands.load(model, version)
             actor = Actor(scope=granted, reason=request.headers.get(REASON_HEADER, "")[:500])
             services.audit.record(
                 model, "load", actor=actor, before=before, after=audit_snapshot(services, model)
@@ -385,9 +385,11 @@ def routes(services: Services) -> list[Route]:
                     raise NotFound(f"unknown model {model!r}")
                 raise RequestError(f"model {model!r} is not loaded")
             before = audit_snapshot(services, model)
-            await registry.unload(model, version)
             if version is None:
+                await registry.unload(model)
                 services.policies.remove(model)
+            else:
+                await services.replica.commands.unload(model, version)
             actor = Actor(scope=granted, reason=request.headers.get(REASON_HEADER, "")[:500])
             services.audit.record(
                 model, "unload", actor=actor, before=before, after=audit_snapshot(services, model)

@@ -151,11 +151,17 @@ class ModelRegistry:
         return warm
 
     async def stage(
-        self, model: str, version: str, *, check: Callable[[LoadedVersion], None] | None = None
+        self,
+        model: str,
+        version: str,
+        *,
+        check: Callable[[LoadedVersion], None] | None = None,
+        evict: bool = True,
     ) -> LoadedVersion:
         """Load and warm `version` as the candidate with 0% traffic. The live version is never touched.
 
-        Past `keep_warm`, the versions `WarmSet.eviction_order` names are unloaded once it is READY.
+        Past `keep_warm`, the versions `WarmSet.eviction_order` names are unloaded once it is READY
+        (with `evict=False` nothing is: a replica following the fleet's warm set unloads what it says).
         `check(loaded)` may refuse the version (raise) once it is loaded, before the warm set changes.
         """
         warm = self.slots(model)
@@ -173,14 +179,15 @@ class ModelRegistry:
                 # READY now; from here to the end no await: the old candidate loses its role, the
                 # versions past keep_warm go (freeing their slot labels), the new one takes one.
                 warm.candidate = None
-                self._retain(warm, incoming=1)
+                if evict:
+                    self._retain(warm, incoming=1)
                 warm.add(loaded)
             warm.stage(version)
             self._persist(warm)
         log.info("model %s: version %s staged warm in slot %s", model, version, warm.slot_of(version))
         return loaded
 
-    async def load_version(self, model: str, version: str) -> LoadedVersion:
+    async def load_version(self, model: str, version: str, *, pin: bool = True) -> LoadedVersion:
         """Add `version` to the warm set with no role, pinned (only `unload` removes it); no eviction."""
         warm = self.slots(model)
         check_version(version)
@@ -189,7 +196,7 @@ class ModelRegistry:
             if loaded is None:
                 loaded = await self._load(warm, version)
                 warm.add(loaded)
-            if version != warm.live_version:
+            if pin and version != warm.live_version:
                 warm.pinned.add(version)
             self._persist(warm)
         log.info("model %s: version %s loaded warm in slot %s", model, version, warm.slot_of(version))
@@ -248,6 +255,18 @@ class ModelRegistry:
             warm.remove(version)
             self._persist(warm)
         log.info("model %s: version %s unloaded", model, version)
+
+    def pin(self, model: str, versions: frozenset[str]) -> None:
+        """Make `versions` (those warm) the model's pinned set, as the fleet's warm set says."""
+        warm = self.slots(model)
+        pinned = {v for v in versions if v in warm.versions}
+        if pinned != warm.pinned:
+            warm.pinned = pinned
+            self._persist(warm)
+
+    def in_use_versions(self, model: str) -> frozenset[str]:
+        """Versions a feature needs warm (experiment arms): never unloaded implicitly."""
+        return self._in_use(model)
 
     def ready_models(self) -> list[str]:
         return [name for name, warm in self.models.items() if warm.live is not None and warm.live.ready]

@@ -2,10 +2,13 @@
 
 The document `model.<name>` says which version is live, which one was live before (kept warm for a
 rollback), which one is staged, the routing candidate and its canary weight, the flag, the shadow
-versions and rate, the running experiment. Admin commands on any replica change it with field-level
-patches: read, change the named fields only, compare-and-set on the revision, retry when another
-writer won (or, for a strict caller that sent `If-Match`, answer 409). Replicas never write each
-other's whole policy.
+versions and rate, the running experiment, and the warm set: every version the fleet holds warm
+(`warm`, live and roles included) and those held on purpose by `load` or the version policy
+(`pinned`). `warm` is None in a document no replica has recorded its warm set in yet.
+
+Admin commands on any replica change it with field-level patches: read, change the named fields
+only, compare-and-set on the revision, retry when another writer won (or, for a strict caller that
+sent `If-Match`, answer 409). Replicas never write each other's whole policy.
 
 The first replica to start seeds the document from the state it had before (`slots.<name>` and
 `policy.<name>`) and `config.toml`, with create-if-absent; later ones read what it wrote.
@@ -33,7 +36,7 @@ POLICY_FIELDS = (
     "shadow_sample_rate",
 )
 #: Fields only serving commands change (stage, promote, rollback, experiments).
-SERVING_FIELDS = ("live", "previous", "staged", "experiment")
+SERVING_FIELDS = ("live", "previous", "staged", "experiment", "warm", "pinned")
 
 
 def key_of(model: str) -> str:
@@ -59,6 +62,10 @@ class DesiredModel:
     shadow_versions: tuple[str, ...] = ()
     shadow_sample_rate: float = 1.0
     experiment: str | None = None
+    #: Every version held warm on every replica (None: not recorded yet, each keeps what it has).
+    warm: tuple[str, ...] | None = None
+    #: Warm versions held on purpose (`load`, the version policy): `keep_warm` never unloads them.
+    pinned: tuple[str, ...] = ()
 
     def policy(self) -> ModelPolicy:
         """The routing policy this revision asks for."""
@@ -75,8 +82,9 @@ class DesiredModel:
         )
 
     def wanted_versions(self) -> tuple[str, ...]:
-        """Versions a replica should hold warm: live, then candidate, then shadows, then previous."""
-        ordered = [self.live, self.staged, self.candidate, *self.shadow_versions, self.previous]
+        """Versions a replica should hold warm: live, staged, candidate, shadows, previous, the warm set."""
+        roles = [self.live, self.staged, self.candidate, *self.shadow_versions, self.previous]
+        ordered = [*roles, *(self.warm or ())]
         return tuple(dict.fromkeys(v for v in ordered if v))
 
     def body(self) -> dict[str, Any]:
@@ -84,6 +92,8 @@ class DesiredModel:
         data = dataclasses.asdict(self)
         del data["model"], data["rev"]
         data["shadow_versions"] = list(self.shadow_versions)
+        data["warm"] = None if self.warm is None else list(self.warm)
+        data["pinned"] = list(self.pinned)
         return data
 
 
@@ -110,6 +120,13 @@ def validate(changes: dict[str, Any]) -> dict[str, Any]:
             if isinstance(value, str) or not isinstance(value, list | tuple):
                 raise ConfigError("shadow_versions must be a list of versions")
             value = tuple(str(v) for v in value)
+        elif name in ("warm", "pinned"):
+            if value is None and name == "warm":
+                clean[name] = None
+                continue
+            if isinstance(value, str) or not isinstance(value, list | tuple):
+                raise ConfigError(f"{name} must be a list of versions")
+            value = tuple(dict.fromkeys(str(v) for v in value))
         elif name in ("candidate", "flag", "live", "previous", "staged", "experiment") and value is not None:
             if isinstance(value, bool) or not isinstance(value, str | int):
                 raise ConfigError(f"{name} must be a string")
