@@ -48,6 +48,11 @@ def register(commands: Any) -> None:
     start.add_argument(
         "--on-win", choices=["rollout"], help="hand a winning treatment arm to the rollout controller"
     )
+    start.add_argument(
+        "--on-win-plan",
+        metavar="default|FILE|NAME",
+        help="the plan of that rollout: a TOML plan file or a name in examples/plans/ (default: default)",
+    )
     start.add_argument("--max-duration", type=float, metavar="SECONDS", help="stop after this long")
     bandit = start.add_argument_group("bandit policies")
     bandit.add_argument("--floor", type=float, help="traffic share every arm keeps (default 0.01)")
@@ -120,6 +125,12 @@ def spec_from_args(args: argparse.Namespace) -> dict[str, Any]:
         spec["auto_stop"] = True
     if args.on_win:
         spec["on_win"] = args.on_win
+    if args.on_win_plan:
+        if args.on_win != "rollout":
+            raise ClientError("--on-win-plan needs --on-win rollout")
+        from modelserve.cli_rollout import read_plan
+
+        spec["on_win_plan"] = read_plan(args.on_win_plan)  # read here: the server may not see this file
     if args.max_duration is not None:
         spec["max_duration_s"] = args.max_duration
     options = {

@@ -37,7 +37,11 @@ def register(commands: Any) -> None:
     start = client_parser(actions, "start", "stage VERSION if needed and start rolling it out")
     start.add_argument("model")
     start.add_argument("version")
-    start.add_argument("--plan", default="default", help="'default' or a TOML plan file (default: default)")
+    start.add_argument(
+        "--plan",
+        default="default",
+        help="'default', a TOML plan file, or a plan name in examples/plans/ (default: default)",
+    )
     start.add_argument(
         "--time-scale", type=float, help="multiply every duration of the plan, e.g. 0.1 for a demo"
     )
@@ -82,11 +86,18 @@ def _plan(args: argparse.Namespace) -> int:
     return 0
 
 
+#: Where a plan named without a path is looked for (`--plan fast`), relative to the current folder.
+PLANS_DIR = Path("examples") / "plans"
+
+
 def read_plan(source: str) -> str | dict[str, Any]:
-    """`default`, or the TOML plan file read here (the server may not see this machine's files)."""
+    """`default`, or the TOML plan file read here (the server may not see this machine's files); a bare
+    name that is no file is looked for as `examples/plans/<name>.toml`."""
     if source == "default":
         return source
     path = Path(source)
+    if not path.exists() and path.name == source and (PLANS_DIR / f"{source}.toml").exists():
+        path = PLANS_DIR / f"{source}.toml"
     try:
         plan = tomllib.loads(path.read_text(encoding="utf-8"))
     except OSError as exc:

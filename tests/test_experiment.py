@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import json
+import tomllib
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from modelserve.errors import ConfigError, RequestError
 from modelserve.experiments.experiment import ExperimentCounters, ExperimentSpec, parse_experiment_spec
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 
 def _spec(**changes: Any) -> ExperimentSpec:
@@ -55,6 +59,9 @@ def test_shorthands_for_arms_and_metric() -> None:
         ({"bandit": {"floor": 0.9}}, "floor"),
         ({"bandit": {"epsilon_decay": -1}}, "epsilon_decay"),
         ({"on_win": "party"}, "on_win"),
+        ({"on_win_plan": "default"}, "needs 'on_win'"),
+        ({"on_win": "rollout", "on_win_plan": "fast"}, "on_win_plan"),
+        ({"on_win": "rollout", "on_win_plan": {"stages": [{"name": "a", "weight": 150}]}}, "plan.*weight"),
         ({"max_duration_s": 0}, "max_duration_s"),
         ({"auto_stop": "yes"}, "auto_stop"),
         ({"guardrails": [{"name": "conversion"}]}, "differ"),
@@ -63,6 +70,16 @@ def test_shorthands_for_arms_and_metric() -> None:
 def test_bad_specs_raise_config_error_naming_the_problem(changes: dict[str, Any], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         _spec(**changes)
+
+
+def test_the_on_win_plan_is_checked_at_the_start_and_survives_a_round_trip() -> None:
+    plan = tomllib.loads((EXAMPLES / "plans" / "fast.toml").read_text())
+    spec = _spec(on_win="rollout", on_win_plan=plan)
+    assert spec.on_win_plan is not None and spec.hand_over_plan().name == "fast"
+    assert [s.name for s in spec.hand_over_plan().stages] == [s["name"] for s in plan["stages"]]
+    again = parse_experiment_spec(json.loads(json.dumps(spec.to_dict())))
+    assert again.on_win_plan == spec.on_win_plan
+    assert _spec(on_win="rollout").hand_over_plan().name == "default"
 
 
 def test_missing_model_or_metric_is_a_config_error() -> None:

@@ -171,6 +171,32 @@ def test_auto_stop_ends_the_experiment_and_hands_the_winner_to_a_rollout(
     assert client.get("/admin/models/credit/rollout").json()["rollout"]["candidate"] == "3"
 
 
+def test_on_win_plan_is_checked_at_the_start_and_names_the_plan_of_the_hand_over(
+    running: tuple[RunningServer, httpx.Client], tmp_path: Path
+) -> None:
+    server, client = running
+    bad = tmp_path / "bad.toml"
+    bad.write_text('name = "bad"\n[[stages]]\nname = "all"\nweight = 150\n')
+    refused = cli(server, "start", "credit", "--arms=1,3", "--on-win", "rollout", "--on-win-plan", f"{bad}")
+    assert refused.returncode == 1 and "on_win_plan" in refused.stderr and "weight" in refused.stderr
+    assert client.get("/admin/models/credit/experiment").status_code == 404  # nothing started
+    env = {**os.environ, "MODELSERVE_ADMIN_TOKEN": TOKEN}
+    started = subprocess.run(  # a plan name from examples/plans/, read by the CLI in the project folder
+        [sys.executable, "-m", "modelserve.cli", "experiment", "start", "credit", "--arms=1,3", "--mde=0.2",
+         "--auto-stop", "--on-win", "rollout", "--on-win-plan", "fast", "--url", server.url],
+        capture_output=True, text=True, env=env, timeout=60, cwd=EXAMPLES.parent,
+    )  # fmt: skip
+    assert started.returncode == 0, started.stderr
+    spec = client.get("/admin/models/credit/experiment").json()["experiment"]["spec"]
+    assert spec["on_win_plan"]["name"] == "fast"
+    traffic(client, 400, bernoulli({"1": 0.2, "3": 0.6}, seed=3))
+    handed = wait_for_event(client, "handed_over")
+    assert handed["version"] == "3" and handed["plan"] == "fast" and "(plan fast)" in handed["rollout"]
+    assert handed["stages"][0] == "shadow (0%)"
+    rollout = client.get("/admin/models/credit/rollout").json()["rollout"]
+    assert rollout["candidate"] == "3" and rollout["plan"] == "fast"
+
+
 def test_an_experiment_stops_at_its_maximum_duration(running: tuple[RunningServer, httpx.Client]) -> None:
     _, client = running
     spec = {"arms": ["1", "2"], "metric": "binary", "max_duration_s": 0.2}

@@ -14,6 +14,7 @@ from typing import Any
 
 import modelserve.validation as validation
 from modelserve.errors import ConfigError, RequestError
+from modelserve.rollout.plan import RolloutPlan, default_plan, plan_from_dict
 
 METRIC_KINDS = ("binary", "continuous")
 POLICIES = ("fixed", "thompson", "epsilon_greedy")
@@ -71,6 +72,12 @@ class ExperimentSpec:
     auto_stop: bool = False
     #: "rollout": when a treatment arm wins, hand it to the rollout controller (with an event).
     on_win: str | None = None
+    #: The plan of that rollout (validated when the experiment starts); None: the default plan.
+    on_win_plan: RolloutPlan | None = None
+
+    def hand_over_plan(self) -> RolloutPlan:
+        """The rollout plan a winning arm is handed over with."""
+        return self.on_win_plan if self.on_win_plan is not None else default_plan()
 
     @property
     def control(self) -> str:
@@ -106,6 +113,7 @@ class ExperimentSpec:
             "max_duration_s": self.max_duration_s,
             "auto_stop": self.auto_stop,
             "on_win": self.on_win,
+            "on_win_plan": None if self.on_win_plan is None else self.on_win_plan.to_dict(),
         }
 
 
@@ -170,6 +178,7 @@ def parse_experiment_spec(data: Mapping[str, Any]) -> ExperimentSpec:
         "max_duration_s",
         "auto_stop",
         "on_win",
+        "on_win_plan",
     }
     if unknown:
         raise ConfigError(f"unknown experiment keys: {sorted(unknown)}")
@@ -204,6 +213,7 @@ def parse_experiment_spec(data: Mapping[str, Any]) -> ExperimentSpec:
         max_duration_s=_max_duration(data.get("max_duration_s")),
         auto_stop=_flag(data, "auto_stop"),
         on_win=_on_win(data.get("on_win")),
+        on_win_plan=_on_win_plan(data.get("on_win_plan"), data.get("on_win")),
     )
     names = [spec.metric.name, *(g.name for g in spec.guardrails)]
     if len(set(names)) != len(names):
@@ -258,6 +268,19 @@ def _on_win(value: Any) -> str | None:
     if value is not None and value not in ON_WIN:
         raise ConfigError(f"'on_win' must be one of {ON_WIN} or absent, got {value!r}")
     return value if value is None else str(value)
+
+
+def _on_win_plan(value: Any, on_win: Any) -> RolloutPlan | None:
+    """`"default"` or a plan object in the TOML plan format (the CLI reads plan files), checked now."""
+    if value is None:
+        return None
+    if on_win != "rollout":
+        raise ConfigError("'on_win_plan' needs 'on_win' = \"rollout\" (the plan of the hand-over rollout)")
+    if value == "default":
+        return default_plan()
+    if not isinstance(value, Mapping):
+        raise ConfigError("'on_win_plan' must be \"default\" or a rollout plan object (the CLI reads files)")
+    return plan_from_dict(dict(value), default_name="custom", where="on_win_plan")
 
 
 @dataclass(slots=True)

@@ -7,8 +7,9 @@
 - **auto-stop**: with `auto_stop`, stops it as soon as the always-valid (mSPRT) test reaches a verdict
   ("B better", "A better" or "equivalent within MDE"; never on "inconclusive" or an SRM) (`concluded`);
 - **hand-over**: with `on_win = "rollout"`, a treatment arm that won is handed to the rollout
-  controller (`handed_over`, or `hand_over_failed` with the reason); the control winning hands
-  nothing over;
+  controller with the experiment's `on_win_plan` (else the default plan) (`handed_over` with the
+  plan's name and stages, or `hand_over_failed` with the reason); the control winning hands nothing
+  over;
 - **health gates** (bandits): an arm whose serving window fails a health gate against the control's
   (error rate, timeouts, p95 relative; p99 and error rate absolute, as a rollout's default gates) is
   removed from the draw (`arm_removed`). Too few requests is inconclusive and removes nothing.
@@ -25,7 +26,7 @@ import anyio
 
 from modelserve.experiments.report import A_BETTER, B_BETTER, EQUIVALENT
 from modelserve.rollout.gates import FAIL, evaluate_gates
-from modelserve.rollout.plan import Stage, default_gates
+from modelserve.rollout.plan import RolloutPlan, Stage, default_gates
 from modelserve.rollout.sample import Sample
 from modelserve.telemetry.windows import SlidingWindows
 
@@ -34,8 +35,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("modelserve.experiments")
 
-#: `(model, winning version) -> a description of what was started` (e.g. the rollout controller's).
-HandOver = Callable[[str, str], Awaitable[str]]
+#: `(model, winning version, plan) -> a description of what was started` (the rollout controller's).
+HandOver = Callable[[str, str, RolloutPlan], Awaitable[str]]
 CONCLUSIVE = (B_BETTER, A_BETTER, EQUIVALENT)
 HEALTH_WINDOW_S = 300.0
 HEALTH_MIN_REQUESTS = 100
@@ -99,20 +100,24 @@ class ExperimentSupervisor:
             await self.service.stop(model)
             await self.service.record_event(model, "concluded", **_evidence(report))
             if spec.on_win == "rollout" and report.winner not in (None, spec.control):
-                await self._hand_over(model, str(report.winner))
+                await self._hand_over(model, str(report.winner), spec.hand_over_plan())
 
-    async def _hand_over(self, model: str, winner: str) -> None:
+    async def _hand_over(self, model: str, winner: str, plan: RolloutPlan) -> None:
+        described = {"plan": plan.name, "stages": [f"{s.name} ({s.weight}%)" for s in plan.stages]}
         if self.hand_over is None:
             await self.service.record_event(
-                model, "hand_over_failed", version=winner, reason="this server has no rollout controller"
-            )
+                model, "hand_over_failed", version=winner, reason="this server has no rollout controller",
+                **described,
+            )  # fmt: skip
             return
         try:
-            started = await self.hand_over(model, winner)
+            started = await self.hand_over(model, winner, plan)
         except Exception as exc:  # e.g. a rollout already runs: recorded, never raised into the loop
-            await self.service.record_event(model, "hand_over_failed", version=winner, reason=str(exc))
+            await self.service.record_event(
+                model, "hand_over_failed", version=winner, reason=str(exc), **described
+            )
             return
-        await self.service.record_event(model, "handed_over", version=winner, rollout=started)
+        await self.service.record_event(model, "handed_over", version=winner, rollout=started, **described)
 
     async def _check_health(self, model: str) -> None:
         experiment = self.service.experiments[model]

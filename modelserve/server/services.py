@@ -43,7 +43,7 @@ from modelserve.monitoring.service import MonitoringService
 from modelserve.rollout.events import RolloutEvent
 from modelserve.rollout.gates import ExperimentEvidence, OutcomeEvidence
 from modelserve.rollout.guardrails import GUARDRAIL, GuardrailAction, Guardrails
-from modelserve.rollout.plan import default_plan
+from modelserve.rollout.plan import RolloutPlan
 from modelserve.rollout.service import RolloutService
 from modelserve.rollout.webhooks import WebhookNotifier
 from modelserve.rollout.withdrawn import WithdrawnVersions
@@ -422,10 +422,10 @@ def record_guardrail_action(
         webhooks.notify({"kind": "guardrail", **evidence})
 
 
-async def hand_over_to_rollout(rollout: RolloutService, model: str, version: str) -> str:
-    """An experiment's winner goes to the rollout controller with the default plan."""
-    status = await rollout.start(model, version, default_plan())
-    return f"rollout of {version} (plan default): {status.state}, stage {status.stage}"
+async def hand_over_to_rollout(rollout: RolloutService, model: str, version: str, plan: RolloutPlan) -> str:
+    """An experiment's winner goes to the rollout controller with the experiment's plan."""
+    status = await rollout.start(model, version, plan)
+    return f"rollout of {version} (plan {plan.name}): {status.state}, stage {status.stage}"
 
 
 def expected_models(config: ServerConfig, registry: ModelRegistry) -> list[str]:
