@@ -62,6 +62,13 @@ def register(commands: Any) -> None:
     )
     bandit.add_argument("--min-outcomes", type=int, help="outcomes per arm before weights move (100)")
     bandit.add_argument("--reweight-every", type=int, help="outcomes between two reweights (100)")
+    bandit.add_argument(
+        "--cooldown",
+        type=float,
+        dest="cooldown_s",
+        metavar="SECONDS",
+        help="an arm the health gates removed returns on probation after this long (600; doubles each time)",
+    )
     start.set_defaults(run=_start)
 
     size = client_parser(actions, "size", "users per arm and days needed, before starting (power analysis)")
@@ -135,7 +142,7 @@ def spec_from_args(args: argparse.Namespace) -> dict[str, Any]:
         spec["max_duration_s"] = args.max_duration
     options = {
         key: getattr(args, key)
-        for key in ("floor", "epsilon", "epsilon_decay", "min_outcomes", "reweight_every")
+        for key in ("floor", "epsilon", "epsilon_decay", "min_outcomes", "reweight_every", "cooldown_s")
         if getattr(args, key) is not None
     }
     if options:

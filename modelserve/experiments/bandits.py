@@ -15,7 +15,9 @@ epsilon_t = epsilon / (1 + decay * t), which explores less as evidence grows (th
 
 `higher_is_better=False` makes a policy prefer the lowest mean (latency, cost). An arm can be taken
 out of the draw (`remove`, e.g. when it fails the health gates): its weight drops to 0 at once, the
-floor then applies among the remaining arms, and its counters stay for the report.
+floor then applies among the remaining arms, and its counters stay for the report. `readmit` puts
+it back **on probation**: exactly the floor weight, whatever its rewards say, until `end_probation`
+(the supervisor ends it once the arm passes the health gates again, or removes it again).
 
 Objects here are not thread-safe; like the rest of the feedback path they live on the event loop.
 """
@@ -89,6 +91,9 @@ class _BanditBase:
         self.reweight_every = reweight_every
         self.higher_is_better = higher_is_better
         self.removed: dict[str, str] = {}  # arm -> why it left the draw
+        self.removed_at: dict[str, float] = {}  # arm -> when it left the draw (wall clock)
+        self.removals: dict[str, int] = {}  # arm -> how often it left the draw
+        self.probation: dict[str, float] = {}  # arm -> when it came back at the floor weight
         self._rng = rng
         self._index = {arm: i for i, arm in enumerate(self.arms)}
         self.n = [0] * len(arms)
@@ -140,13 +145,33 @@ class _BanditBase:
         """A boolean mask of the arms still in the draw."""
         return np.array([arm not in self.removed for arm in self.arms])
 
-    def remove(self, arm: str, reason: str) -> bool:
+    def remove(self, arm: str, reason: str, *, at: float = 0.0) -> bool:
         """Take `arm` out of the draw (weight 0 from now on); False if it was out already or is the last."""
         if arm not in self._index:
             raise RequestError(f"unknown arm {arm!r}")
         if arm in self.removed or len(self.removed) >= len(self.arms) - 1:
             return False
         self.removed[arm] = reason
+        self.removed_at[arm] = at
+        self.removals[arm] = self.removals.get(arm, 0) + 1
+        self.probation.pop(arm, None)
+        self.reweight(force_initial=not self.ready())
+        return True
+
+    def readmit(self, arm: str, *, at: float = 0.0) -> bool:
+        """Put a removed arm back in the draw on probation (the floor weight); False if it was not out."""
+        if arm not in self.removed:
+            return False
+        del self.removed[arm]
+        self.removed_at.pop(arm, None)
+        self.probation[arm] = at
+        self.reweight(force_initial=not self.ready())
+        return True
+
+    def end_probation(self, arm: str) -> bool:
+        """Let an arm on probation be weighted by its rewards again; False if it was not on probation."""
+        if self.probation.pop(arm, None) is None:
+            return False
         self.reweight(force_initial=not self.ready())
         return True
 
@@ -155,12 +180,17 @@ class _BanditBase:
         self._since_reweight = 0
         active = self.active
         if force_initial or not self.ready():
-            if not self.removed:
+            if not self.removed and not self.probation:
                 return
             share = np.where(active, self._initial, 0.0)
         else:
             share = np.where(active, self._preference(), 0.0)
-        share = share / share.sum() if share.sum() > 0 else active / active.sum()
+        # An arm on probation gets the floor and nothing more: its share of the rest is 0.
+        trusted = active & np.array([arm not in self.probation for arm in self.arms])
+        share = np.where(trusted, share, 0.0)
+        if share.sum() <= 0:  # nothing to go by: an even split of the trusted arms (else of all active)
+            share = trusted / trusted.sum() if trusted.any() else active / active.sum()
+        share = share / share.sum()
         k = int(active.sum())
         floor = self.floor if self.floor * k <= 1 else 1 / k
         self._set_weights(
@@ -189,6 +219,9 @@ class _BanditBase:
             "initial_weights": list(self._initial),
             "higher_is_better": self.higher_is_better,
             "removed": dict(self.removed),
+            "removed_at": dict(self.removed_at),
+            "removals": dict(self.removals),
+            "probation": dict(self.probation),
             **self._extra_state(),
         }
 
@@ -398,6 +431,9 @@ def bandit_from_dict(data: Mapping[str, Any], *, rng: np.random.Generator) -> Ba
         policy.n = [int(v) for v in data["n"]]
         policy.total = [float(v) for v in data["total"]]
         policy.removed = {str(arm): str(why) for arm, why in dict(data.get("removed") or {}).items()}
+        policy.removed_at = {str(a): float(t) for a, t in dict(data.get("removed_at") or {}).items()}
+        policy.removals = {str(a): int(n) for a, n in dict(data.get("removals") or {}).items()}
+        policy.probation = {str(a): float(t) for a, t in dict(data.get("probation") or {}).items()}
         policy._set_weights([float(w) for w in data["weights"]])
     except (KeyError, TypeError, ValueError) as exc:
         raise ConfigError(f"malformed bandit state: {exc!r}") from exc

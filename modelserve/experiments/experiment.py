@@ -7,6 +7,7 @@ so they update in O(1) per outcome, merge nothing, and serialise to JSON for the
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -40,13 +41,15 @@ class ArmSpec:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class BanditOptions:
     """How a bandit explores: the traffic floor every arm keeps, epsilon and its decay (epsilon-greedy),
-    and how many outcomes per arm before weights move and between two reweights."""
+    and how many outcomes per arm before weights move and between two reweights. An arm the health
+    gates removed returns on probation after `cooldown_s` (doubled after every further removal)."""
 
     floor: float = 0.01
     epsilon: float = 0.1
     epsilon_decay: float = 0.0
     min_outcomes: int = 100
     reweight_every: int = 100
+    cooldown_s: float = 600.0
 
 
 ON_WIN = ("rollout",)
@@ -109,6 +112,7 @@ class ExperimentSpec:
                 "epsilon_decay": self.bandit.epsilon_decay,
                 "min_outcomes": self.bandit.min_outcomes,
                 "reweight_every": self.bandit.reweight_every,
+                "cooldown_s": self.bandit.cooldown_s,
             },
             "max_duration_s": self.max_duration_s,
             "auto_stop": self.auto_stop,
@@ -224,9 +228,10 @@ def parse_experiment_spec(data: Mapping[str, Any]) -> ExperimentSpec:
 def _bandit_options(value: Any) -> BanditOptions:
     if not isinstance(value, Mapping):
         raise ConfigError(
-            "'bandit' must be a table of floor, epsilon, epsilon_decay, min_outcomes, reweight_every"
+            "'bandit' must be a table of floor, epsilon, epsilon_decay, min_outcomes, reweight_every, "
+            "cooldown_s"
         )
-    unknown = set(value) - {"floor", "epsilon", "epsilon_decay", "min_outcomes", "reweight_every"}
+    unknown = set(value) - {f.name for f in dataclasses.fields(BanditOptions)}
     if unknown:
         raise ConfigError(f"unknown bandit keys: {sorted(unknown)}")
     defaults = BanditOptions()
@@ -248,6 +253,7 @@ def _bandit_options(value: Any) -> BanditOptions:
         epsilon_decay=number("epsilon_decay", 0.0, 1e6),
         min_outcomes=count("min_outcomes"),
         reweight_every=count("reweight_every"),
+        cooldown_s=number("cooldown_s", 0.001, 1e7),
     )
 
 

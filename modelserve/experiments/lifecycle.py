@@ -13,6 +13,11 @@
 - **health gates** (bandits): an arm whose serving window fails a health gate against the control's
   (error rate, timeouts, p95 relative; p99 and error rate absolute, as a rollout's default gates) is
   removed from the draw (`arm_removed`). Too few requests is inconclusive and removes nothing.
+- **re-entry**: a removed arm returns after the bandit's `cooldown_s` (doubled after each further
+  removal, at most a day unless the cool-down itself is longer) **on probation** (`arm_returned`):
+  exactly the floor weight, and the health gates judge it on its requests since it returned only.
+  Failing again removes it again (`arm_removed`, with the count and the next cool-down); passing
+  every gate with enough requests ends the probation (`arm_reinstated`) and its rewards weigh again.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from modelserve.experiments.report import A_BETTER, B_BETTER, EQUIVALENT
-from modelserve.rollout.gates import FAIL, evaluate_gates
+from modelserve.rollout.gates import FAIL, PASS, evaluate_gates
 from modelserve.rollout.plan import RolloutPlan, Stage, default_gates
 from modelserve.rollout.sample import Sample
 from modelserve.telemetry.windows import SlidingWindows
@@ -40,6 +45,13 @@ HandOver = Callable[[str, str, RolloutPlan], Awaitable[str]]
 CONCLUSIVE = (B_BETTER, A_BETTER, EQUIVALENT)
 HEALTH_WINDOW_S = 300.0
 HEALTH_MIN_REQUESTS = 100
+#: The longest cool-down the doubling reaches (unless the configured one is longer).
+MAX_COOLDOWN_S = 86_400.0
+
+
+def cooldown_s(base_s: float, removals: int) -> float:
+    """How long an arm removed `removals` times stays out: `base_s`, doubled for each earlier removal."""
+    return min(base_s * 2.0 ** max(removals - 1, 0), max(base_s, MAX_COOLDOWN_S))
 
 
 def health_stage(min_requests: int = HEALTH_MIN_REQUESTS) -> Stage:
@@ -124,18 +136,42 @@ class ExperimentSupervisor:
         bandit = experiment.bandit
         assert bandit is not None and self.windows is not None
         control = experiment.spec.control
+        base_cooldown = experiment.spec.bandit.cooldown_s
+        now = self.clock()
         baseline = Sample.from_windows(self.windows, model, control, "primary", HEALTH_WINDOW_S)
         for arm in bandit.arms:
             if arm in bandit.removed:
+                out_s = now - bandit.removed_at.setdefault(arm, now)  # saved without a time: from now
+                due = out_s >= cooldown_s(base_cooldown, bandit.removals.get(arm, 1))
+                if due and bandit.readmit(arm, at=now):
+                    self.service.mark_dirty(model)
+                    await self.service.record_event(
+                        model, "arm_returned", arm=arm, after_s=out_s, removals=bandit.removals.get(arm, 1),
+                        weights=bandit.weights(),
+                    )  # fmt: skip
                 continue
-            window = Sample.from_windows(self.windows, model, arm, "primary", HEALTH_WINDOW_S)
+            # On probation only what it served since it came back counts (its window's old failures
+            # are why it left).
+            returned = bandit.probation.get(arm)
+            window_s = HEALTH_WINDOW_S if returned is None else min(HEALTH_WINDOW_S, now - returned)
+            if window_s <= 0:  # came back this instant: nothing to judge yet
+                continue
+            window = Sample.from_windows(self.windows, model, arm, "primary", window_s)
             results = evaluate_gates(self.health, window, None if arm == control else baseline)
             failed = [r for r in results if r.verdict == FAIL and not r.dry_run]
             if not failed:
+                if returned is not None and all(r.verdict == PASS for r in results if not r.dry_run):
+                    bandit.end_probation(arm)
+                    self.service.mark_dirty(model)
+                    await self.service.record_event(
+                        model, "arm_reinstated", arm=arm, requests=window.requests,
+                        probation_s=now - returned, weights=bandit.weights(),
+                    )  # fmt: skip
                 continue
             reason = "; ".join(f"{r.gate}: {r.detail}" for r in failed)
-            if bandit.remove(arm, reason):
+            if bandit.remove(arm, reason, at=now):
                 self.service.mark_dirty(model)
+                removals = bandit.removals[arm]
                 await self.service.record_event(
                     model,
                     "arm_removed",
@@ -143,6 +179,9 @@ class ExperimentSupervisor:
                     reason=reason,
                     gates=[r.to_dict() for r in failed],
                     weights=bandit.weights(),
+                    removals=removals,
+                    on_probation=returned is not None,
+                    returns_after_s=cooldown_s(base_cooldown, removals),
                 )
 
 

@@ -142,11 +142,13 @@ class RunningExperiment:
         bandit = self.bandit
         weights = bandit.weights() if bandit is not None else {a.version: a.weight for a in self.spec.arms}
         removed = bandit.removed if bandit is not None else {}
+        probation = bandit.probation if bandit is not None else {}
         arms = " / ".join(
             f"{arm.version} ({weights[arm.version] * 100:.3g}%: "
             f"{self.counters.arms[arm.version].assigned:,} assigned, "
             f"{self.counters.arms[arm.version].metric.n:,} outcomes"
             + (", removed from the draw" if arm.version in removed else "")
+            + (", on probation at the floor weight" if arm.version in probation else "")
             + ")"
             for arm in self.spec.arms
         )
