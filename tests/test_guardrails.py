@@ -133,7 +133,7 @@ def test_manual_canary_of_a_failing_version_goes_back_to_0_and_the_version_needs
         assert main(["canary", "fraud", "50", "--url", url]) == 0
         status = wait_for(url, lambda s: s["guardrails"]["last_action"] is not None)
         after = traffic.snapshot()
-        served_at_least(traffic, "1", sum(n for (v, _), n in after.items() if v == "1") + 200)
+        served_at_least(traffic, "1", sum(n for (v, _), n in after.items() if v == "1") + 100)
         later = traffic.snapshot() - after
         history = get(url, "/admin/models/fraud/history")
         counted = metric(url, "modelserve_guardrail_actions_total")
@@ -218,3 +218,58 @@ def test_a_failing_ab_arm_stops_the_experiment_with_the_evidence(tmp_path: Path)
     events = [e for e in report["events"] if e["kind"] == "guardrail_stopped"]
     assert events and events[0]["gates"]
     assert report["experiment"]["state"] == "stopped"
+
+
+def test_in_a_fleet_only_the_rollout_leader_acts_and_the_canary_goes_to_0_on_every_replica(
+    tmp_path: Path,
+) -> None:
+    from modelserve.testing_processes import ServeProcess
+
+    repo = repo_with_failing_v2(tmp_path / "models", error_rate=0.5)
+    coordinator = f"sqlite:///{tmp_path / 'fleet.db'}"
+    processes = [
+        ServeProcess(
+            [
+                str(repo),
+                "--state-dir",
+                str(tmp_path / f"state-{i}"),
+                "--coordinator",
+                coordinator,
+                "--admin-token",
+                TOKEN,
+                "--leader-lease",
+                "2",
+            ],
+            env={"POD_NAME": f"replica-{i}"},
+            log_path=tmp_path / f"serve-{i}.log",
+        )
+        for i in range(2)
+    ]
+    try:
+        for process in processes:
+            process.start()
+        for process in processes:
+            process.wait_ready()
+        a, b = (p.url for p in processes)
+        staged = httpx.post(f"{a}/admin/models/fraud/stage", json={"version": "2"}, headers=AUTH, timeout=60)
+        assert staged.status_code == 200, staged.text
+        canary = httpx.post(f"{b}/admin/models/fraud/canary", json={"percent": 50}, headers=AUTH, timeout=60)
+        assert canary.status_code == 200, canary.text
+        with Traffic(a), Traffic(b):
+            deadline = time.monotonic() + 90
+            while not all(get(url, "/admin/models/fraud")["policy"]["canary_weight"] == 0 for url in (a, b)):
+                assert time.monotonic() < deadline, [p.log_tail() for p in processes]
+                time.sleep(0.1)
+        statuses = [get(url, "/admin/models/fraud") for url in (a, b)]
+        counted = [metric(url, "modelserve_guardrail_actions_total") for url in (a, b)]
+    finally:
+        for process in processes:
+            process.stop()
+    leaders = [s["rollout_leader"] for s in statuses]
+    assert sorted(leaders) == [False, True]
+    leader, follower = (statuses[0], statuses[1]) if leaders[0] else (statuses[1], statuses[0])
+    action = leader["guardrails"]["last_action"]
+    assert action["action"] == "canary_weight_zero" and action["version"] == "2"
+    check_evidence(action, 30)
+    assert follower["guardrails"]["last_action"] is None and follower["guardrails"]["watching"] == []
+    assert sum('action="canary_weight_zero"' in text for text in counted) == 1
