@@ -441,15 +441,40 @@ def _load(args: argparse.Namespace) -> int:
 def _switch(action: str) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
         to = getattr(args, "to", None)
-        body: dict[str, Any] | None = {"to": to} if to is not None else None
+        body: dict[str, Any] = {"to": to} if to is not None else {}
         if getattr(args, "force", False):
-            body = {"force": True}
-        data = admin_call(args, "POST", f"/admin/models/{args.model}/{action}", body)
+            body["force"] = True
+        if getattr(args, "check", None):
+            body["check"] = {"rows": labelled_rows(args.check)}
+        data = admin_call(args, "POST", f"/admin/models/{args.model}/{action}", body or None)
         switch = data["switch"]
         moved = f"{switch['from_version']} -> {switch['to_version']}"
-        return show(args, data, lambda: f"{args.model}: {action} {moved} (live slot {switch['live_slot']})")
+        text = f"{args.model}: {action} {moved} (live slot {switch['live_slot']})"
+        check = data.get("check")
+        if check is not None:
+            text += (
+                f"\npre-promotion check on {check['rows']} rows: {check['verdict']} (accuracy "
+                f"{check['accuracy']:.4f} vs live {check['live_accuracy']:.4f}, {check['errors']} errors)"
+            )
+        return show(args, data, lambda: text)
 
     return run
+
+
+def labelled_rows(path: str) -> list[Any]:
+    """The rows of a labelled JSONL file (`{"input": [...], "label": 1}` per line) for `promote --check`."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise ClientError(f"cannot read {path}: {exc.strerror or exc}") from None
+    rows = []
+    for number, line in enumerate(lines, 1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except ValueError as exc:
+                raise ClientError(f"{path}:{number}: not JSON: {exc}") from None
+    return rows
 
 
 def _unload(args: argparse.Namespace) -> int:
@@ -627,6 +652,11 @@ def build_parser() -> argparse.ArgumentParser:
                 "--force",
                 action="store_true",
                 help="promote a version that was rolled back for failing its gates (needs --reason; audited)",
+            )
+            sub.add_argument(
+                "--check",
+                metavar="FILE.jsonl",
+                help="labelled rows replayed through live and candidate first; promote only if gates pass",
             )
         sub.set_defaults(run=_switch(action))
 

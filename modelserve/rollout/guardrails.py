@@ -142,9 +142,6 @@ class Guardrails:
         self._next_due: dict[str, float] = {}
         self.actions: dict[str, GuardrailAction] = {}  # model -> the last action
 
-    def config(self, model: str) -> GuardrailConfig:
-        return self.registry.slots(model).config.guardrails
-
     # -- the loop ----------------------------------------------------------------------------------
 
     async def run(self) -> None:
@@ -154,8 +151,8 @@ class Guardrails:
         while True:
             now = self._clock()
             wake = now + 1.0
-            for model in list(self.registry.models):
-                config = self.config(model)
+            for model, slots in list(self.registry.models.items()):
+                config = slots.config.guardrails
                 if not config.enabled:
                     continue
                 due = self._next_due.get(model, now)

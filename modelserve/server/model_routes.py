@@ -8,7 +8,9 @@ POST /admin/models/{model}/stage         {"version": "2"}  load + warm as the ca
 POST /admin/models/{model}/load          {"version": "3"}  add a warm version with no role (pinned),
                                          on every replica
 POST /admin/models/{model}/promote       switch live to the candidate; 409 when it was rolled back
-                                         for failing its gates, unless {"force": true, "reason": ...}
+                                         for failing its gates, unless {"force": true, "reason": ...};
+                                         {"check": {"rows": [...]}}: labelled rows replayed through
+                                         live and candidate first (rollout/precheck.py), 409 unless pass
 POST /admin/models/{model}/rollback      switch back to the previous version; {"to": "1"}: to any
                                          warm version (instant: nothing loads)
 POST /admin/models/{model}/unload        {"version": "1"}: one warm, non-live version, on every replica;
@@ -24,6 +26,8 @@ from starlette.requests import Request
 from starlette.routing import Route
 
 import modelserve.validation as validation
+from modelserve.errors import Conflict, RequestError
+from modelserve.rollout.precheck import CheckResult, parse_rows, replay
 from modelserve.server.admin import (
     AUDIT_DETAIL,
     Handler,
@@ -75,18 +79,42 @@ def routes(services: Services) -> list[Route]:
         force = validation.flag(body.get("force", False), "force")
         reason = reason_of(request, body)
         await withdrawn.refresh(model)
-        overridden: dict[str, str] = {}
+        notes: list[str] = []
+        check = None
+        if body.get("check") is not None:  # replay labelled rows through the candidate first
+            check = await precheck(model, body["check"])
+            notes.append(check.summary())
+            if check.verdict != "pass":
+                if not force:
+                    raise Conflict(f"{check.summary()}. Promote anyway with --force --reason WHY")
+                withdrawn.check_promotion(model, check.version, force=True, reason=reason)  # needs a reason
 
         def vet(candidate: str) -> None:  # a version rolled back for failing its gates needs force
-            overridden[candidate] = withdrawn.check_promotion(model, candidate, force=force, reason=reason)
+            if check is not None and check.version != candidate:
+                raise Conflict(f"model {model!r}: the candidate changed during the check; retry")
+            note = withdrawn.check_promotion(model, candidate, force=force, reason=reason)
+            if note:
+                notes.insert(0, note)
 
         applied = await commands.promote(model, expect_rev=if_match(request), vet=vet)
-        for version, note in overridden.items():
-            if note:
-                request.scope[AUDIT_DETAIL] = note
-                withdrawn.clear(model, version)
+        if notes:
+            request.scope[AUDIT_DETAIL] = "; ".join(notes)
         assert applied.switch is not None
-        return {"switch": _switch(applied.switch), "status": model_status(services, applied.switch.model)}
+        withdrawn.clear(model, applied.switch.to_version)
+        answer = {"switch": _switch(applied.switch), "status": model_status(services, applied.switch.model)}
+        if check is not None:
+            answer["check"] = check.to_dict()
+        return answer
+
+    async def precheck(model: str, raw: Any) -> CheckResult:
+        if not isinstance(raw, dict):
+            raise RequestError('"check" must be an object: {"rows": [...]}')
+        rows = parse_rows(raw.get("rows"))
+        slots = registry.slots(model)
+        idle = slots.idle
+        if idle is None or slots.idle_role != "candidate" or slots.live is None:
+            raise Conflict(f"model {model!r} has no staged candidate to check")
+        return await replay(slots.live, idle, rows)
 
     async def rollback(request: Request, body: dict[str, Any]) -> Any:
         to = body.get("to")
