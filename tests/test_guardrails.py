@@ -253,6 +253,10 @@ def test_in_a_fleet_only_the_rollout_leader_acts_and_the_canary_goes_to_0_on_eve
         a, b = (p.url for p in processes)
         staged = httpx.post(f"{a}/admin/models/fraud/stage", json={"version": "2"}, headers=AUTH, timeout=60)
         assert staged.status_code == 200, staged.text
+        deadline = time.monotonic() + 60  # replica b loads the staged version within a poll or two
+        while "2" not in [w["version"] for w in get(b, "/admin/models/fraud")["warm"]]:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
         canary = httpx.post(f"{b}/admin/models/fraud/canary", json={"percent": 50}, headers=AUTH, timeout=60)
         assert canary.status_code == 200, canary.text
         with Traffic(a), Traffic(b):
