@@ -12,7 +12,8 @@ every connection gets
   disconnect);
 - a **header size bound** (httptools; h11 bounds it itself with `h11_max_incomplete_event_size`):
   more than `max_header_bytes` of request line and headers is answered 431 and closed, before
-  anything reaches the application.
+  anything reaches the application. The raw bytes are counted before they are parsed, so a huge
+  header value is cut off as it arrives (httptools joins a value piece by piece: 8 MB cost 200 ms).
 
 `uvicorn_options()` is what `modelserve serve` passes to uvicorn: these protocols plus keep-alive and
 concurrency bounds. The timeouts are class attributes (`configure`) so worker processes built from
@@ -33,6 +34,9 @@ HEADER_TIMEOUT_S = 10.0
 BODY_TIMEOUT_S = 30.0
 MAX_HEADER_BYTES = 64 * 1024
 KEEP_ALIVE_S = 5.0
+#: Raw bytes of request line and headers allowed beyond twice `max_header_bytes` (separators, the
+#: start of a pipelined body) before a connection is answered 431 without parsing more.
+RAW_HEADER_SLACK = 16 * 1024
 #: Connections + running requests beyond which uvicorn answers 503 at once instead of queueing.
 MAX_CONCURRENCY = 4096
 
@@ -129,6 +133,8 @@ else:
             self._deadline = None
             self._in_headers = True
             self._header_bytes = 0
+            self._raw_header_bytes = 0  # bytes received since the last request's headers completed
+            self._reading_headers = True
             self._too_large = False
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -142,7 +148,14 @@ else:
         def data_received(self, data: bytes) -> None:
             if self._too_large:
                 return
-            super().data_received(data)
+            if self._reading_headers:
+                # Counted before parsing: httptools joins a header value piece by piece (an 8 MB
+                # value cost 200 ms of event loop), so an oversized one must never reach it.
+                self._raw_header_bytes += len(data)
+                if self._raw_header_bytes > 2 * self.max_header_bytes + RAW_HEADER_SLACK:
+                    self._too_large = True
+            if not self._too_large:
+                super().data_received(data)
             if self._too_large and not self.transport.is_closing():
                 self._disarm()
                 self.transport.write(_TOO_LARGE_431)
@@ -171,6 +184,7 @@ else:
         def on_headers_complete(self) -> None:
             if self._too_large:
                 return  # never reaches the application; data_received answers 431
+            self._reading_headers = False
             super().on_headers_complete()
             self._arm(self.body_timeout_s, in_headers=False)
 
@@ -184,6 +198,8 @@ else:
             if self._too_large:
                 return
             self._disarm()
+            self._reading_headers = True  # the next request on this connection starts with headers
+            self._raw_header_bytes = 0
             super().on_message_complete()
 
         def on_response_complete(self) -> None:
