@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import anyio
 import numpy as np
@@ -51,6 +52,34 @@ def test_thread_execution_uses_the_versions_own_limiter(tmp_path: Path) -> None:
     out = anyio.run(main)
     assert out["probabilities"].shape == (2, 2)
     assert loaded.limiter.borrowed_tokens == 0
+
+
+def test_an_inline_version_runs_a_large_batch_on_a_worker_thread_not_the_event_loop(tmp_path: Path) -> None:
+    import threading
+
+    from modelserve.serving.runtime import INLINE_MAX_BYTES
+
+    loaded = load_version("m", "1", testing.mlp(tmp_path / "m.onnx"), RuntimeOptions(execution="inline"))
+    threads: list[int] = []
+
+    def record_thread(run: Any) -> Any:
+        def recorded(*args: Any) -> Any:
+            threads.append(threading.get_ident())
+            return run(*args)
+
+        return recorded
+
+    loaded.wrap_session(record_thread, describe={})
+    large_rows = INLINE_MAX_BYTES // (16 * 4) + 1
+
+    async def main() -> tuple[int, dict[str, np.ndarray], dict[str, np.ndarray]]:
+        small = await loaded.infer({"input": np.ones((2, 16), np.float32)})
+        large, _ = await loaded.infer_measured({"input": np.ones((large_rows, 16), np.float32)})
+        return threading.get_ident(), small, large
+
+    loop_thread, small, large = anyio.run(main)
+    assert loaded.inline and threads[0] == loop_thread and threads[1] != loop_thread
+    assert small["probabilities"].shape == (2, 2) and large["probabilities"].shape == (large_rows, 2)
 
 
 def test_corrupt_and_missing_files_raise_load_error(tmp_path: Path) -> None:

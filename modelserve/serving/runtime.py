@@ -3,7 +3,8 @@
 This module (with the rest of `serving/`) is the only place that imports onnxruntime. A version is
 READY only after a warm-up inference; the warm-up also times the model, which decides how requests run:
 a model that answers in a few microseconds runs inline on the event loop (a thread hop costs more than
-the model), anything slower runs in a worker thread through the version's own `CapacityLimiter`.
+the model) when its inputs are small, anything slower, or larger, runs in a worker thread through the
+version's own `CapacityLimiter`.
 """
 
 from __future__ import annotations
@@ -36,6 +37,22 @@ ZIPMAP_HINT = (
     "skl2onnx.to_onnx(model, X, options={'zipmap': False}) to get a plain probability tensor)"
 )
 _OrtInvalidArgument = ort.capi.onnxruntime_pybind11_state.InvalidArgument
+#: Inputs larger than this run on a worker thread even for a version that runs inline: its runtime
+#: grows with the batch (900k rows of a µs model took ~100 ms), and the event loop must not wait.
+INLINE_MAX_BYTES = 64 * 1024
+#: Inputs larger than this run with onnxruntime's arena shrinkage, so the memory a huge batch needed
+#: goes back after the run (else each session keeps its largest batch's buffers for good).
+SHRINK_ARENA_BYTES = 8 * 1024 * 1024
+_SHRINK = ort.RunOptions()
+_SHRINK.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
+
+
+def input_bytes(feeds: Mapping[str, np.ndarray]) -> int:
+    """The bytes of a call's input tensors (a plain loop: this is on every call's path)."""
+    total = 0
+    for value in feeds.values():
+        total += value.nbytes
+    return total
 
 
 class VersionState(enum.Enum):
@@ -144,6 +161,8 @@ class LoadedVersion:
                 **{name: _as_text(name, feeds[name]) for name in self._text_inputs if name in feeds},
             }
         try:
+            if input_bytes(feeds) > SHRINK_ARENA_BYTES:
+                return dict(zip(names, self._run(names, feeds, _SHRINK), strict=True))
             return dict(zip(names, self._run(names, feeds), strict=True))
         except _OrtInvalidArgument as exc:  # shapes/values validation could not see, e.g. a Reshape mismatch
             raise RequestError(f"{self.model} version {self.version}: {_first_line(exc)}") from exc
@@ -163,8 +182,9 @@ class LoadedVersion:
     async def infer(
         self, feeds: Mapping[str, np.ndarray], output_names: Sequence[str] | None = None
     ) -> Outputs:
-        """Run inline when the warm-up showed it is cheaper than a thread hop, else on a worker thread."""
-        if self.inline:
+        """Run inline when the warm-up showed it is cheaper than a thread hop (and the inputs are
+        small), else on a worker thread."""
+        if self.inline and input_bytes(feeds) <= INLINE_MAX_BYTES:
             return self.run(feeds, output_names)
         if self.batcher is not None:
             return await self.batcher.infer(feeds, output_names)
@@ -181,7 +201,7 @@ class LoadedVersion:
         With `timeout_s`, a run off the event loop raises DeadlineExceeded when no answer came in
         time (serving/deadline.py); an inline run takes microseconds and is not interrupted.
         """
-        if self.inline:
+        if self.inline and input_bytes(feeds) <= INLINE_MAX_BYTES:
             return self.run_measured(feeds, output_names)
         if self.batcher is not None:
             if timeout_s is None:
