@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -18,7 +20,9 @@ from modelserve.rollout.plan import GateSpec, Stage, default_plan, experiment_ga
 from modelserve.rollout.sample import Sample
 from modelserve.telemetry.windows import LatencyHistogram
 
-STAGE = default_plan().stages[0]  # shadow stage: every default gate, min_samples 200
+#: The default shadow stage (every default gate) with 200 samples: the rules are under test here,
+#: not the plan's sample sizes.
+STAGE = dataclasses.replace(default_plan().stages[0], min_samples=200)
 CANARY = Stage(name="canary", weight=5, min_samples=100)
 ERRORS = GateSpec(name="errors", metric="error_rate", mode="relative", threshold=2.0, floor=0.005)
 P95 = GateSpec(name="p95", metric="p95", mode="relative", threshold=1.5, floor=0.00025)
@@ -52,7 +56,7 @@ def test_too_few_candidate_samples_is_inconclusive_even_when_values_look_fine() 
         STAGE, sample(199), sample(5000, seed=1), agreement=ShadowAgreement(rate=1.0, samples=199)
     )
     assert set(verdicts(results).values()) == {INCONCLUSIVE}
-    assert results[0].detail == "candidate has 199 of 200 samples"
+    assert results[0].detail.startswith("candidate has 199 of 200 samples")
 
 
 def test_healthy_candidate_passes_every_gate_and_every_verdict_carries_its_numbers() -> None:
@@ -171,3 +175,20 @@ def test_dry_run_is_carried_into_the_result_and_the_verdict_is_still_computed() 
     gate = GateSpec(name="errors", metric="error_rate", mode="absolute", threshold=0.01, dry_run=True)
     result = one(gate, sample(5000, errors=500), None)
     assert result.verdict == FAIL and result.dry_run
+
+
+def test_a_failure_beyond_doubt_counts_before_the_stage_minimum_a_pass_does_not() -> None:
+    shadow = default_plan().stages[0]  # 1,000 comparisons to pass
+    agreement = next(g for g in shadow.gates if g.metric == "shadow_agreement")
+    baseline = sample(3000, errors=15, seed=1)
+    bad = evaluate_gate(ERRORS, shadow, sample(300, errors=30), baseline)
+    assert bad.verdict == FAIL and bad.samples == 300 and bad.required_samples == 1000
+    fine = evaluate_gate(ERRORS, shadow, sample(300, errors=1), baseline)
+    assert fine.verdict == INCONCLUSIVE and fine.detail.startswith("candidate has 300 of 1000 samples")
+    assert fine.observed is not None and fine.difference_interval is not None  # the numbers so far
+    too_few = evaluate_gate(ERRORS, shadow, sample(99, errors=99), baseline)
+    assert too_few.verdict == INCONCLUSIVE and too_few.observed is None
+    wrong = ShadowAgreement(rate=0.5, samples=300, agreeing=150)
+    assert evaluate_gate(agreement, shadow, sample(300), baseline, wrong).verdict == FAIL
+    right = ShadowAgreement(rate=0.97, samples=300, agreeing=291)
+    assert evaluate_gate(agreement, shadow, sample(300), baseline, right).verdict == INCONCLUSIVE

@@ -282,7 +282,7 @@ def test_cli_shadows_reports_and_switches_off_against_a_real_server(server: Any)
     table = _cli(running, "report", "fraud")
     assert table.returncode == 0, table.stderr
     assert "shadow version 2" in table.stdout and "verdict: NOT ENOUGH DATA" in table.stdout
-    assert "of 200 shadow comparisons" in table.stdout  # the default plan's shadow stage minimum
+    assert "of 1000 shadow comparisons" in table.stdout  # the default plan's shadow stage minimum
     raw = _cli(running, "report", "fraud", "--json", "--min-samples", "1")
     checks = {c["name"]: c for c in json.loads(raw.stdout)["shadows"][0]["recommendation"]["checks"]}
     assert "of 200" not in checks["shadow_agreement"]["detail"]  # judged: its minimum is now 1

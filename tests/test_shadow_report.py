@@ -137,8 +137,8 @@ def test_every_check_shows_estimate_interval_limit_and_samples() -> None:
         histogram.add(float(value))
     sample = Sample(requests=500, errors=1, latency=histogram)
     result = recommend(
-        model=MODEL, shadow_version="2", stage=report_stage(), candidate=sample, baseline=sample,
-        agreement=ShadowAgreement(rate=0.9, samples=500, agreeing=450),
+        model=MODEL, shadow_version="2", stage=report_stage(min_samples=500), candidate=sample,
+        baseline=sample, agreement=ShadowAgreement(rate=0.9, samples=500, agreeing=450),
     )  # fmt: skip
     assert result.verdict == PROMOTE
     for check in result.checks:

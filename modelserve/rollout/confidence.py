@@ -27,8 +27,11 @@ so 0 errors in 80 does not claim a rate of 0 with no uncertainty (the rule of th
 from __future__ import annotations
 
 import math
+from bisect import bisect_right
 from dataclasses import dataclass
+from itertools import accumulate
 
+from modelserve.telemetry.histogram import bucket_value
 from modelserve.telemetry.windows import RELATIVE_ERROR, LatencyHistogram
 
 
@@ -91,15 +94,43 @@ def quantile_tau(q: float) -> float:
     return max(min(q, 1.0 - q) / 2.0, 1e-4)
 
 
+class _Ranked:
+    """A histogram's buckets sorted once, so several ranks are read without sorting again."""
+
+    __slots__ = ("cumulative", "histogram", "indices")
+
+    def __init__(self, histogram: LatencyHistogram) -> None:
+        self.histogram = histogram
+        self.indices = sorted(histogram.buckets)
+        self.cumulative = list(
+            accumulate((histogram.buckets[i] for i in self.indices), initial=histogram.zeros)
+        )
+        del self.cumulative[0]
+
+    def quantile(self, q: float) -> float:
+        """`LatencyHistogram.quantile(q)` of a non-empty histogram."""
+        h = self.histogram
+        rank = q * (h.count - 1)
+        if h.zeros > rank:
+            return 0.0
+        if q == 1.0:
+            return h.maximum
+        position = bisect_right(self.cumulative, rank)
+        if position == len(self.indices):
+            return h.maximum
+        return min(bucket_value(self.indices[position]), h.maximum)
+
+    def order_statistic(self, k: int) -> float:
+        n = self.histogram.count
+        if not 1 <= k <= n:
+            raise ValueError(f"order statistic {k} of {n} values")
+        # quantile(f) reads rank f (n - 1); aim a hair past k - 1 so rounding never lands below it.
+        return self.quantile(0.0 if n == 1 else min(1.0, (k - 1 + 1e-6) / (n - 1)))
+
+
 def order_statistic(histogram: LatencyHistogram, k: int) -> float:
     """The k-th smallest value (1-based) of a histogram holding at least k values (bucket value)."""
-    n = histogram.count
-    if not 1 <= k <= n:
-        raise ValueError(f"order statistic {k} of {n} values")
-    # quantile(f) walks to rank f (n - 1); aim a hair past k - 1 so rounding never lands below it.
-    value = histogram.quantile(0.0 if n == 1 else min(1.0, (k - 1 + 1e-6) / (n - 1)))
-    assert value is not None
-    return value
+    return _Ranked(histogram).order_statistic(k)
 
 
 def quantile_interval(histogram: LatencyHistogram, q: float, *, alpha: float) -> Bounds:
@@ -107,12 +138,13 @@ def quantile_interval(histogram: LatencyHistogram, q: float, *, alpha: float) ->
     n = histogram.count
     if n == 0:
         return Bounds(estimate=None, low=None, high=None)
-    estimate = histogram.quantile(q)
+    ranked = _Ranked(histogram)
+    estimate = ranked.quantile(q)
     half = confidence_half_width(q * (1.0 - q) / n, quantile_tau(q), alpha)
     low_rank = math.floor(n * (q - half))
     high_rank = math.floor(n * (q + half)) + 1
-    low = order_statistic(histogram, low_rank) * (1 - RELATIVE_ERROR) if low_rank >= 1 else None
-    high = order_statistic(histogram, high_rank) * (1 + RELATIVE_ERROR) if high_rank <= n else None
+    low = ranked.order_statistic(low_rank) * (1 - RELATIVE_ERROR) if low_rank >= 1 else None
+    high = ranked.order_statistic(high_rank) * (1 + RELATIVE_ERROR) if high_rank <= n else None
     return Bounds(estimate=estimate, low=low, high=high)
 
 

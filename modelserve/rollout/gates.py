@@ -25,8 +25,11 @@ predicted; in a shadow stage both versions predicted the same rows).
 "Plausibly" means within one standard error of the estimate: a gate passes unless the candidate
 looks worse by more than its noise (one error in 150 requests is not "worse than 0.5 %").
 Anything between (looks worse, not yet beyond doubt) is inconclusive: the stage holds and
-collects more data. So is too little data: fewer samples than the gate needs (`min_samples`,
-else the stage's), a relative gate whose baseline has fewer, or a quantile with fewer than five
+collects more data. So is too little data: a gate passes only with the samples it needs
+(`min_samples`, else the stage's; a relative gate's baseline too), which is what gives a stage the
+power to have seen a regression. A gate may *fail* earlier, from 100 samples: a confidence sequence
+is valid at any sample size (few samples only widen it), so a candidate already worse beyond doubt
+is not kept running until the stage's minimum. A quantile never gives a verdict with fewer than five
 values expected beyond it (100 for p95, 500 for p99). "No data" never passes and never fails.
 Every result carries the numbers: estimate and interval of the candidate, of the baseline and of
 the difference, the effective limit, sample counts and confidence.
@@ -57,6 +60,8 @@ INCONCLUSIVE = "inconclusive"
 QUANTILES = {"p50": 0.50, "p95": 0.95, "p99": 0.99}
 #: Mixing scale of an agreement sequence: resolves agreement differences of a few points.
 AGREEMENT_TAU = 0.05
+#: Samples a rate or agreement gate needs before it may fail, when its stage needs more to pass.
+FAIL_MIN_SAMPLES = 100
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -194,16 +199,28 @@ def evaluate_gate(
         "dry_run": gate.dry_run,
         "confidence": gate.confidence,
     }
+    shortfall = ""
     if candidate.requests < required:
-        return GateResult(
-            verdict=INCONCLUSIVE, observed=None, threshold=None, baseline=None,
-            detail=f"candidate has {candidate.requests} of {required} samples", **common,
-        )  # fmt: skip
-    if relative and (baseline is None or base_samples < required):
-        return GateResult(
-            verdict=INCONCLUSIVE, observed=None, threshold=None, baseline=None,
-            detail=f"baseline has {base_samples} of {required} samples", **common,
-        )  # fmt: skip
+        shortfall = f"candidate has {candidate.requests} of {required} samples"
+    elif relative and (baseline is None or base_samples < required):
+        shortfall = f"baseline has {base_samples} of {required} samples"
+    if shortfall:
+        to_fail = _samples_to_fail(gate, required)
+        if candidate.requests < to_fail or (relative and (baseline is None or base_samples < to_fail)):
+            return GateResult(
+                verdict=INCONCLUSIVE, observed=None, threshold=None, baseline=None, detail=shortfall,
+                **common,
+            )  # fmt: skip
+    result = _judge(gate, candidate, baseline, concurrent=concurrent, common=common)
+    if shortfall and result.verdict != FAIL:  # too few samples to pass: only a failure counts yet
+        return replace(result, verdict=INCONCLUSIVE, detail=f"{shortfall}; {result.detail}")
+    return result
+
+
+def _judge(
+    gate: GateSpec, candidate: Sample, baseline: Sample | None, *, concurrent: bool, common: dict[str, Any]
+) -> GateResult:
+    relative = gate.mode == "relative"
     alpha = 1.0 - gate.confidence
     if gate.metric in QUANTILES:
         result = _quantile(gate, QUANTILES[gate.metric], candidate, baseline, alpha, common)
@@ -310,16 +327,19 @@ def _agreement(gate: GateSpec, required: int, agreement: ShadowAgreement | None)
         "samples": samples, "baseline_samples": None, "required_samples": required,
         "dry_run": gate.dry_run, "confidence": gate.confidence,
     }  # fmt: skip
-    if agreement is None or samples < required or samples == 0:
+    shortfall = f"{samples} of {required} shadow comparisons"
+    if agreement is None or samples < _samples_to_fail(gate, required) or samples == 0:
         return GateResult(
             verdict=INCONCLUSIVE, observed=None if agreement is None else agreement.rate,
-            detail=f"{samples} of {required} shadow comparisons", **common,
+            detail=shortfall, **common,
         )  # fmt: skip
     bounds = rate_interval(agreement.successes, samples, alpha=1.0 - gate.confidence, tau=AGREEMENT_TAU)
     rate = bounds.estimate or 0.0
     plausible = rate + rate_sd(agreement.successes, samples)
     verdict = _decide(fails=(bounds.high or 1.0) < gate.threshold, passes=plausible >= gate.threshold)
     detail = f"agreement {rate:.4f} {_interval(bounds)} vs minimum {gate.threshold:g}"
+    if samples < required and verdict != FAIL:  # too few comparisons to pass: only a failure counts yet
+        verdict, detail = INCONCLUSIVE, f"{shortfall}; {detail}"
     return GateResult(
         verdict=verdict, observed=rate, interval=bounds.as_list(), detail=_explain(verdict, detail), **common
     )
@@ -387,6 +407,14 @@ def _accuracy(gate: GateSpec, required: int, outcomes: OutcomeEvidence | None) -
         difference=change, difference_interval=difference.as_list(), detail=_explain(verdict, detail),
         **common,
     )  # fmt: skip
+
+
+def _samples_to_fail(gate: GateSpec, required: int) -> int:
+    # A confidence sequence is valid at any sample size (few samples only widen it), so a failure
+    # beyond doubt counts before the stage's minimum; passing needs that minimum (the power to have
+    # seen a regression). A latency quantile never goes below its own minimum (values beyond it).
+    floor = min_samples_for_quantile(QUANTILES[gate.metric]) if gate.metric in QUANTILES else 0
+    return min(required, max(FAIL_MIN_SAMPLES, floor))
 
 
 def _rate_tau(margin: float) -> float:
