@@ -208,6 +208,30 @@ async def test_healthy_candidate_is_promoted_through_every_stage_with_the_number
 
 
 @pytest.mark.anyio
+async def test_full_stage_compares_with_the_frozen_baseline_not_the_live_windows_leftovers() -> None:
+    # Right after the switch to 100 % the live version's window still holds requests served before
+    # it (a sub-window's edge): enough to count, but from another load. A host twice as busy from
+    # then on (only the candidate serves) must not read as the candidate being slower.
+    h = Harness()
+    coarse = SlidingWindows(window_s=60, sub_windows=12, clock=h.clock)  # 5 s sub-windows, as served
+    h.windows = h.traffic.windows = h.controller.windows = coarse
+    stages = [
+        {"name": "canary-50", "weight": 50, "min_duration_s": 5, "min_samples": 50},
+        {"name": "full", "weight": 100, "min_duration_s": 5, "min_samples": 50},
+    ]
+    await h.controller.start(MODEL, CANDIDATE, make_plan(stages))
+    await h.run_until(lambda: h.controller.status(MODEL).stage == "full")  # type: ignore[union-attr]
+    h.traffic.candidate.slowdown = 3.0
+    await h.run_until(lambda: h.state() != "running")
+
+    assert h.state() == "promoted"
+    full = [e for e in h.controller.events(MODEL) if e.stage == "full" and e.kind in ("gates", "promoted")]
+    assert full and all(e.data["baseline_source"] == "frozen" for e in full)
+    p95 = next(g for g in full[-1].gates if g.gate == "p95_vs_baseline")
+    assert p95.verdict == PASS and "not acted on" in p95.detail
+
+
+@pytest.mark.anyio
 async def test_five_percent_errors_hold_the_stage_then_roll_back_once_beyond_doubt() -> None:
     h = Harness(Behaviour(error_every=20))
     plan = make_plan(STAGES[1:])

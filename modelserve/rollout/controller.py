@@ -18,7 +18,9 @@ for what the latencies measure. It evaluates the stage's gates (`rollout.gates`)
 
 The baseline is the live version's window when it has the stage's minimum samples; otherwise the last
 such window is used ("frozen" in the evidence), so a 100 % stage, where the live version gets no
-traffic, still compares against the baseline measured just before.
+traffic, still compares against the baseline measured just before. A 100 % stage always uses the
+frozen baseline (what the live window still holds there was served before the stage began), and its
+latency is then not compared across time (see `rollout.gates.evaluate_gates`).
 
 The controller changes serving only through `RolloutTarget`. Every change is an event (see
 `modelserve.rollout.events`), logged, appended to `rollout-events.<model>` in the state store, passed
@@ -260,7 +262,10 @@ class RolloutController:
             window_s=window, now=now,
         )  # fmt: skip
         baseline_source = "live"
-        if baseline.requests >= stage.min_samples:
+        # At 100 % the live version serves nothing new: what its window still holds was served
+        # before the stage began (under another load), so it is never taken as concurrent.
+        everything = stage.weight >= 100 and not stage.shadow
+        if baseline.requests >= stage.min_samples and not everything:
             if measure == "latency":  # what a canary stage without live traffic compares against
                 rollout.frozen_baseline = baseline
         elif rollout.frozen_baseline is not None and measure == "latency":
@@ -283,7 +288,7 @@ class RolloutController:
         )
         results = evaluate_gates(
             stage, candidate, baseline, agreement=agreement, experiment=experiment,
-            concurrent=baseline_source == "live", outcomes=outcomes,
+            concurrent=baseline_source == "live" and not everything, outcomes=outcomes,
         )  # fmt: skip
         rollout.record_results(results)
         data = {
