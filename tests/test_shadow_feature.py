@@ -171,6 +171,9 @@ def test_measured_agreement_matches_the_designed_fraction_within_its_interval(se
     np.random.default_rng(4).shuffle(inputs)
     for start in range(0, 400, ROWS):
         assert _infer(client, "thresh", inputs[start : start + ROWS]).status_code == 200
+        # One shadow run at a time: a busy host's slow shadow threads never fill the admission
+        # bound, so every row is compared (the test measures agreement, not shedding).
+        assert services.shadow.runner.wait_idle(30)
     shadow = _report(client, services, "thresh")["shadows"][0]
     low, high = shadow["agreement_interval"]
     assert shadow["rows"] == 400
