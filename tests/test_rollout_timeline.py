@@ -117,3 +117,14 @@ def test_latency_gates_read_in_milliseconds_and_rates_stay_plain() -> None:
 
     assert "observed=12.5 ms limit=200 ms" in format_gate(gate("p95", 0.0125, 0.2))
     assert "observed=0.02 limit=0.01" in format_gate(gate("error_rate", 0.02, 0.01))
+
+
+def test_a_gate_line_shows_its_intervals_with_the_samples() -> None:
+    result = GateResult(
+        gate="p95_vs_baseline", metric="p95", verdict="fail", observed=0.005, threshold=0.0015,
+        baseline=0.001, samples=300, baseline_samples=3000, required_samples=1000, dry_run=False,
+        detail="", interval=[0.004, None], difference_interval=[0.003, 0.0045],
+    )  # fmt: skip
+    line = format_gate(result)
+    assert "observed=5 ms limit=1.5 ms baseline=1 ms (n=3000) n=300/1000" in line
+    assert line.endswith("interval=[4 ms, inf] excess=[3 ms, 4.5 ms]")

@@ -144,6 +144,9 @@ def test_every_check_shows_estimate_interval_limit_and_samples() -> None:
     for check in result.checks:
         assert check.verdict == PASS and check.passed and check.samples == 500
         assert check.observed is not None and check.threshold is not None and check.interval is not None
+        assert check.required_samples == 500 and check.confidence == 0.95
+    errors = next(c for c in result.checks if c.name == "error_rate_vs_baseline")
+    assert (errors.baseline, errors.baseline_samples) == (1 / 500, 500) and errors.difference_interval
     agreement = next(c for c in result.checks if c.name == "shadow_agreement")
     assert (agreement.observed, agreement.threshold, agreement.rule) == (0.9, 0.85, ">=")
     assert "vs minimum 0.85" in agreement.detail

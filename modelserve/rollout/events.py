@@ -147,14 +147,25 @@ def _number(value: float | None, metric: str = "") -> str:
 
 
 def format_gate(result: GateResult) -> str:
-    """One gate result on one line: verdict, observed vs limit, baseline and samples (latency in ms)."""
+    """One gate result on one line: verdict, observed vs limit, baseline, samples and the confidence
+    intervals (of the candidate, and of its excess over the baseline when compared); latency in ms."""
     metric = result.metric
     text = f"{result.gate}: {result.verdict} observed={_number(result.observed, metric)}"
     text += f" limit={_number(result.threshold, metric)}"
     if result.baseline_samples is not None:
         text += f" baseline={_number(result.baseline, metric)} (n={result.baseline_samples})"
     text += f" n={result.samples}/{result.required_samples}"
+    if result.interval is not None:
+        text += f" interval={_bounds(result.interval, metric)}"
+    if result.difference_interval is not None:
+        text += f" excess={_bounds(result.difference_interval, metric)}"
     return text + (" [dry-run]" if result.dry_run else "")
+
+
+def _bounds(bounds: list[float | None], unit: str) -> str:
+    low, high = bounds
+    lower = "-inf" if low is None else _number(low, unit)
+    return f"[{lower}, {'inf' if high is None else _number(high, unit)}]"
 
 
 def split_rollouts(events: list[RolloutEvent]) -> list[list[RolloutEvent]]:

@@ -51,6 +51,12 @@ class Check:
     interval: list[float | None] | None
     samples: int
     detail: str = ""
+    #: The live version's value and samples, and the candidate's excess over it (relative gates).
+    baseline: float | None = None
+    baseline_samples: int | None = None
+    difference_interval: list[float | None] | None = None
+    required_samples: int = 0
+    confidence: float | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -135,4 +141,9 @@ def _check(result: GateResult) -> Check:
         interval=result.interval,
         samples=result.samples,
         detail=result.detail,
+        baseline=result.baseline,
+        baseline_samples=result.baseline_samples,
+        difference_interval=result.difference_interval,
+        required_samples=result.required_samples,
+        confidence=result.confidence,
     )
