@@ -266,9 +266,9 @@ class RolloutController:
         # before the stage began (under another load), so it is never taken as concurrent.
         everything = stage.weight >= 100 and not stage.shadow
         if baseline.requests >= stage.min_samples and not everything:
-            if measure == "latency":  # what a canary stage without live traffic compares against
+            if not stage.shadow:  # what a canary stage without live traffic compares against
                 rollout.frozen_baseline = baseline
-        elif rollout.frozen_baseline is not None and measure == "latency":
+        elif rollout.frozen_baseline is not None and not stage.shadow:
             baseline, baseline_source = rollout.frozen_baseline, "frozen"
         metrics = {g.metric for g in stage.gates}
         agreement = (

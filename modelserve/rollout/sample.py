@@ -111,20 +111,19 @@ def stage_samples(
 ) -> tuple[Sample, Sample, str]:
     """The candidate's and the baseline's samples for one look, and what their latencies measure.
 
-    Like with like: in a shadow stage the candidate ran on a shadow thread and the baseline served
-    the request, so both are compared on the thread CPU time of their model run ("compute"), which
-    neither thread priority nor a busy host inflates; in a canary stage both served requests and are
-    compared on the model run's latency ("latency"). A server that records no CPU times falls back
-    to latency for both.
+    Like with like: both versions are compared on the thread CPU time of their model run
+    ("compute"), which neither thread priority nor a busy host inflates. In a shadow stage the
+    candidate ran on a low-priority shadow thread and the baseline served the request; in a canary
+    stage both served requests, but one may run inline on the event loop and the other on a worker
+    thread (whichever its warm-up found cheaper), and on a busy host the thread hop alone adds
+    milliseconds to the wall-clock latency of one side only. A server that records no CPU times
+    falls back to the latency for both ("latency").
     """
-    if shadow:
-        mine = Sample.from_windows(windows, model, candidate, "shadow", window_s, now, compute=True)
-        theirs = Sample.from_windows(windows, model, baseline, "primary", window_s, now, compute=True)
-        if mine.latency.count and theirs.latency.count:
-            return mine, theirs, "compute"
-        role = "shadow"
-    else:
-        role = "primary"
+    role = "shadow" if shadow else "primary"
+    mine = Sample.from_windows(windows, model, candidate, role, window_s, now, compute=True)
+    theirs = Sample.from_windows(windows, model, baseline, "primary", window_s, now, compute=True)
+    if mine.latency.count and theirs.latency.count:
+        return mine, theirs, "compute"
     mine = Sample.from_windows(windows, model, candidate, role, window_s, now)
     theirs = Sample.from_windows(windows, model, baseline, "primary", window_s, now)
     return mine, theirs, "latency"
