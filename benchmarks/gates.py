@@ -4,15 +4,16 @@ Run: python benchmarks/gates.py [--rollouts 1000] [--quick]   (1,000 per row: ~4
 cores; --quick: 100 per row, ~30 s)
 
 Each simulated rollout runs the real `RolloutController` with the default plan (shadow -> 5% ->
-25% -> 50% -> 100%, default gates, 5 s looks, one minute minimum per stage, a pause after ten
-undecided minutes) on a simulated clock. Only the sample streams are synthetic: every 5 s interval,
-Poisson traffic at the given rate is split between the versions as the current stage routes it (all
-of it shadowed in the shadow stage, 5 % of those shadow runs dropped), and each request gets:
+25% -> 50% -> 100%, default gates, 5 s looks, one minute minimum per stage, 1,000 comparisons to
+pass the shadow stage, a pause after ten undecided minutes) on a simulated clock. Only the sample
+streams are synthetic: every 5 s interval, Poisson traffic at the given rate is split between the
+versions as the current stage routes it (all of it shadowed in the shadow stage, 5 % of those shadow
+runs dropped), and each request gets:
 
 - a latency: log-normal body (median 1 ms, sigma 0.5), a Pareto tail on 2 % of requests (shape 1.5,
   so an unbounded variance), and host-contention bursts (15 % of intervals: a random 20-100 % of that
-  interval's requests are 2-8x slower in wall time; their thread CPU time, what the shadow stage
-  compares, only 1-1.3x);
+  interval's requests are 2-8x slower in wall time; their thread CPU time, what the gates
+  compare, only 1-1.3x);
 - an error with probability 0.5 %, a timeout with probability 0.1 %;
 - in the shadow stage, agreement with the primary with probability 0.95.
 
