@@ -27,10 +27,11 @@ looks worse by more than its noise (one error in 150 requests is not "worse than
 Anything between (looks worse, not yet beyond doubt) is inconclusive: the stage holds and
 collects more data. So is too little data: a gate passes only with the samples it needs
 (`min_samples`, else the stage's; a relative gate's baseline too), which is what gives a stage the
-power to have seen a regression. A gate may *fail* earlier, from 100 samples: a confidence sequence
-is valid at any sample size (few samples only widen it), so a candidate already worse beyond doubt
-is not kept running until the stage's minimum. A quantile never gives a verdict with fewer than five
-values expected beyond it (100 for p95, 500 for p99). "No data" never passes and never fails.
+power to have seen a regression. In a shadow stage a gate may *fail* earlier, from 100 samples: a
+confidence sequence is valid at any sample size (few samples only widen it), so a candidate already
+worse beyond doubt is not kept in shadow until the stage's minimum. A quantile never gives a
+verdict with fewer than five values expected beyond it (100 for p95, 500 for p99). "No data" never
+passes and never fails.
 Every result carries the numbers: estimate and interval of the candidate, of the baseline and of
 the difference, the effective limit, sample counts and confidence.
 """
@@ -181,7 +182,7 @@ def evaluate_gate(
     """Evaluate one gate (see the module docstring and `evaluate_gates` for the rules)."""
     required = gate.min_samples or stage.min_samples
     if gate.metric == "shadow_agreement":
-        return _agreement(gate, required, agreement)
+        return _agreement(gate, required, agreement, stage)
     if gate.metric == "accuracy":
         return _accuracy(gate, required, outcomes)
     if gate.metric == "experiment":
@@ -205,7 +206,7 @@ def evaluate_gate(
     elif relative and (baseline is None or base_samples < required):
         shortfall = f"baseline has {base_samples} of {required} samples"
     if shortfall:
-        to_fail = _samples_to_fail(gate, required)
+        to_fail = _samples_to_fail(gate, required, stage)
         if candidate.requests < to_fail or (relative and (baseline is None or base_samples < to_fail)):
             return GateResult(
                 verdict=INCONCLUSIVE, observed=None, threshold=None, baseline=None, detail=shortfall,
@@ -320,7 +321,7 @@ def _quantile(
     )  # fmt: skip
 
 
-def _agreement(gate: GateSpec, required: int, agreement: ShadowAgreement | None) -> GateResult:
+def _agreement(gate: GateSpec, required: int, agreement: ShadowAgreement | None, stage: Stage) -> GateResult:
     samples = agreement.samples if agreement is not None else 0
     common: dict[str, Any] = {
         "gate": gate.name, "metric": gate.metric, "threshold": gate.threshold, "baseline": None,
@@ -328,7 +329,7 @@ def _agreement(gate: GateSpec, required: int, agreement: ShadowAgreement | None)
         "dry_run": gate.dry_run, "confidence": gate.confidence,
     }  # fmt: skip
     shortfall = f"{samples} of {required} shadow comparisons"
-    if agreement is None or samples < _samples_to_fail(gate, required) or samples == 0:
+    if agreement is None or samples < _samples_to_fail(gate, required, stage) or samples == 0:
         return GateResult(
             verdict=INCONCLUSIVE, observed=None if agreement is None else agreement.rate,
             detail=shortfall, **common,
@@ -409,10 +410,13 @@ def _accuracy(gate: GateSpec, required: int, outcomes: OutcomeEvidence | None) -
     )  # fmt: skip
 
 
-def _samples_to_fail(gate: GateSpec, required: int) -> int:
-    # A confidence sequence is valid at any sample size (few samples only widen it), so a failure
-    # beyond doubt counts before the stage's minimum; passing needs that minimum (the power to have
-    # seen a regression). A latency quantile never goes below its own minimum (values beyond it).
+def _samples_to_fail(gate: GateSpec, required: int, stage: Stage) -> int:
+    # A confidence sequence is valid at any sample size (few samples only widen it), so in a shadow
+    # stage (unseen by users, and long: it waits for the power to have seen a regression) a failure
+    # beyond doubt counts before the stage's minimum. Elsewhere a minimum is a minimum for any
+    # verdict. A latency quantile never goes below its own minimum (values beyond it).
+    if not stage.shadow:
+        return required
     floor = min_samples_for_quantile(QUANTILES[gate.metric]) if gate.metric in QUANTILES else 0
     return min(required, max(FAIL_MIN_SAMPLES, floor))
 
