@@ -162,6 +162,53 @@ async def test_lease_has_one_holder_expires_and_fences_the_deposed(coord: Coordi
 
 
 @pytest.mark.anyio
+async def test_an_increment_with_a_once_token_counts_once_however_often_it_is_retried(make: Factory) -> None:
+    a, b = make(), make()
+    await a.open()
+    await b.open()
+    try:
+        applied: list[bool] = []
+
+        async def add(c: Coordinator, token: str) -> None:
+            applied.append(await c.incr("exp.once", {"n": 1, "total": 0.25}, once=token))
+
+        async with anyio.create_task_group() as group:
+            for i, c in itertools.product(range(20), (a, b, b)):  # every token sent three times
+                group.start_soon(add, c, f"replica-x:{i}")
+        assert applied.count(True) == 20 and applied.count(False) == 40
+        assert await a.counters("exp.once") == {"n": 20.0, "total": 5.0}
+        assert await b.incr("exp.once", {"n": 1}) is True  # without a token: always applied
+        assert (await a.counters("exp.once"))["n"] == 21.0
+    finally:
+        for c in {a, b}:
+            await c.aclose()
+
+
+@pytest.mark.anyio
+async def test_decisions_in_batches_join_exactly_once(make: Factory) -> None:
+    a, b = make(), make()
+    await a.open()
+    await b.open()
+    try:
+        await a.put_decisions([(f"batch-{i}", {"arm": str(i % 2)}) for i in range(300)], ttl_s=60)
+        await a.put_decisions([("batch-0", {"arm": "moved"})], ttl_s=60)  # a stored id stays as it is
+        ids = [f"batch-{i}" for i in range(300)] + ["batch-0", "never"]
+        taken = await b.take_decisions(ids)
+        assert [t.outcome for t in taken[:300]] == ["joined"] * 300
+        assert taken[0].body == {"arm": "0"} and taken[299].body == {"arm": "1"}
+        assert [t.outcome for t in taken[300:]] == ["duplicate", "unknown"]
+        again = await a.take_decisions([f"batch-{i}" for i in range(300)])
+        assert {t.outcome for t in again} == {"duplicate"}
+        # A store retried after its first attempt landed and was taken: the decision stays taken.
+        await b.put_decisions([("batch-5", {"arm": "1"})], ttl_s=60)
+        assert (await a.take_decision("batch-5")).outcome == "duplicate"
+        assert await a.take_decisions([]) == []
+    finally:
+        for c in {a, b}:
+            await c.aclose()
+
+
+@pytest.mark.anyio
 async def test_decisions_join_exactly_once(make: Factory) -> None:
     a, b = make(), make()
     await a.open()

@@ -9,12 +9,15 @@ What it holds, and the guarantee each part gives:
 
 - **documents** `key -> (rev, body)`: `put(expect_rev=...)` is compare-and-set (0 = create only if
   absent); every successful put bumps `rev` by one and wakes `watch()`ers in every process.
-- **counters** `key -> {field: number}`: atomic increments, never read-modify-write.
+- **counters** `key -> {field: number}`: atomic increments, never read-modify-write; an increment
+  carrying a `once` token is applied at most once per token (a retry after an unclear failure never
+  double-counts).
 - **snapshots** `kind -> {replica: body}` with a TTL: each replica overwrites its own (idempotent);
   a replica that stopped writing disappears after the TTL.
 - **event log** `log -> [record]`, idempotent by `event_id` and optionally fenced.
 - **decisions** `request id -> body` with a TTL, taken exactly once (`take_decision`); a second take
-  answers "duplicate", an unknown id "unknown".
+  answers "duplicate", an unknown id "unknown". `put_decisions` / `take_decisions` do many in one
+  round-trip, each one still atomic.
 - **lease** `name -> (holder, token)`: at most one holder; the token grows with every new holder, and
   writes carrying a `Fence` with an older token are rejected (`FenceRejected`).
 
@@ -140,7 +143,9 @@ class Coordinator(Protocol):
         ...
 
     # counters
-    async def incr(self, key: str, amounts: dict[str, float]) -> None: ...
+    async def incr(self, key: str, amounts: dict[str, float], *, once: str | None = None) -> bool:
+        """Add `amounts` atomically; with `once`, only if that token was not used before (False then)."""
+        ...
 
     async def counters(self, key: str) -> dict[str, float]: ...
 
@@ -165,6 +170,14 @@ class Coordinator(Protocol):
 
     async def take_decision(self, request_id: str) -> Taken: ...
 
+    async def put_decisions(self, items: list[tuple[str, dict[str, Any]]], ttl_s: float) -> None:
+        """`put_decision` for many ids in one round-trip (an id stored before is left as it is)."""
+        ...
+
+    async def take_decisions(self, request_ids: list[str]) -> list[Taken]:
+        """`take_decision` for many ids in one round-trip, in order; each take is atomic."""
+        ...
+
     # lease
     async def acquire_lease(self, name: str, holder: str, ttl_s: float) -> Lease | None:
         """Take the lease, or renew it when `holder` has it; None while someone else holds it."""
@@ -174,6 +187,10 @@ class Coordinator(Protocol):
 
 
 _KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,199}$")
+
+
+#: How long a `once` token of `incr` is remembered (retries happen within seconds to minutes).
+ONCE_TTL_S = 3600.0
 
 
 def check_key(key: str) -> str:

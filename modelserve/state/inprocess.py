@@ -29,6 +29,7 @@ import orjson
 
 from modelserve.errors import ConfigError
 from modelserve.state.coordinator import (
+    ONCE_TTL_S,
     Document,
     Fence,
     FenceRejected,
@@ -74,6 +75,7 @@ class InProcessCoordinator:
         self._docs: dict[str, Document] = {}
         self._missing: set[str] = set()
         self._counters: dict[str, dict[str, float]] = {}
+        self._once: dict[str, float] = {}  # incr tokens already applied -> when they may be forgotten
         self._snapshots: dict[str, dict[str, tuple[float, dict[str, Any]]]] = {}
         self._logs: dict[str, list[dict[str, Any]]] = {}
         self._event_ids: dict[str, set[str]] = {}
@@ -134,11 +136,19 @@ class InProcessCoordinator:
 
     # -- counters and snapshots --------------------------------------------------------------------
 
-    async def incr(self, key: str, amounts: dict[str, float]) -> None:
+    async def incr(self, key: str, amounts: dict[str, float], *, once: str | None = None) -> bool:
         counters = await self._load_counters(check_key(key))
+        if once is not None:
+            now = time.monotonic()
+            if self._once.get(once, 0.0) > now:
+                return False
+            self._once[once] = now + ONCE_TTL_S
+            if len(self._once) > 4096 and len(self._once) % 1024 == 0:
+                self._once = {token: exp for token, exp in self._once.items() if exp > now}
         for name, amount in amounts.items():
             counters[name] = counters.get(name, 0) + amount
         await self._write(f"{key}.counters.json", orjson.dumps(counters))
+        return True
 
     async def counters(self, key: str) -> dict[str, float]:
         return dict(await self._load_counters(check_key(key)))
@@ -203,6 +213,16 @@ class InProcessCoordinator:
             return Taken("duplicate")
         self._decisions[request_id] = (expires, None)  # the tombstone lives as long as the decision would
         return Taken("joined", body)
+
+    async def put_decisions(self, items: list[tuple[str, dict[str, Any]]], ttl_s: float) -> None:
+        now = time.monotonic()
+        for request_id, body in items:
+            held = self._decisions.get(request_id)
+            if held is None or held[0] <= now:  # a live id is left as it is (Redis' SET NX)
+                await self.put_decision(request_id, body, ttl_s)
+
+    async def take_decisions(self, request_ids: list[str]) -> list[Taken]:
+        return [await self.take_decision(request_id) for request_id in request_ids]
 
     def _expire_decisions(self) -> None:
         now = time.monotonic()

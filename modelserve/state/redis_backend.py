@@ -4,10 +4,11 @@ Install with `pip install 'modelserve[redis]'`. Every check-and-write is one Lua
 it atomically:
 
     document    hash `<p>doc:<key>` {rev, body}; CAS + fence check + PUBLISH `<p>changes` in one script
-    counters    hash `<p>cnt:<key>`, HINCRBYFLOAT
+    counters    hash `<p>cnt:<key>`, HINCRBYFLOAT in a script; with a token, only if SET NX `<p>once:<t>`
     snapshots   `<p>snap:<kind>:<replica>` with PX ttl, members listed in set `<p>snaps:<kind>`
     events      list `<p>log:<log>`, ids in hash `<p>eids:<log>` (HSETNX: once per id), fenced
-    decisions   `<p>dec:<id>` with PX ttl; take = GET + DEL + tombstone `<p>took:<id>` in one script
+    decisions   `<p>dec:<id>` with PX ttl, stored unless already there or taken (a retried store never
+                brings a taken decision back); take = GET + DEL + tombstone `<p>took:<id>` in one script
     lease       hash `<p>lease:<name>` {holder, token} with PX ttl; tokens from INCR `<p>fence:<name>`
 
 Watchers subscribe to `<p>changes` (a hint carrying the key); callers also poll, so a message lost
@@ -26,6 +27,7 @@ import orjson
 
 from modelserve.errors import ConfigError
 from modelserve.state.coordinator import (
+    ONCE_TTL_S,
     CoordinatorUnavailable,
     Document,
     Fence,
@@ -69,6 +71,18 @@ if redis.call('EXISTS', KEYS[2]) == 1 then return {2, ''} end
 return {0, ''}
 """
 
+_INCR = """
+if #KEYS > 1 and not redis.call('SET', KEYS[2], '1', 'NX', 'PX', ARGV[1]) then return 0 end
+for i = 2, #ARGV, 2 do redis.call('HINCRBYFLOAT', KEYS[1], ARGV[i], ARGV[i + 1]) end
+return 1
+"""
+
+_STORE = """
+if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
+return 0
+"""
+
 _ACQUIRE = """
 local holder = redis.call('HGET', KEYS[1], 'holder')
 local token
@@ -87,6 +101,13 @@ _RELEASE = """
 if redis.call('HGET', KEYS[1], 'holder') == ARGV[1] then redis.call('DEL', KEYS[1]) end
 return 0
 """
+
+
+def _taken(result: list[Any]) -> Taken:
+    found, body = result
+    if found == 1:
+        return Taken("joined", orjson.loads(body))
+    return Taken("duplicate" if found == 2 else "unknown")
 
 
 class RedisCoordinator:
@@ -114,7 +135,7 @@ class RedisCoordinator:
             self._scripts = {
                 name: self._client.register_script(source)
                 for name, source in (
-                    ("put", _PUT), ("append", _APPEND), ("take", _TAKE),
+                    ("put", _PUT), ("append", _APPEND), ("take", _TAKE), ("incr", _INCR), ("store", _STORE),
                     ("acquire", _ACQUIRE), ("release", _RELEASE),
                 )
             }  # fmt: skip
@@ -137,6 +158,11 @@ class RedisCoordinator:
             return await awaitable
         except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as exc:
             raise CoordinatorUnavailable(f"Redis at {self.url}: {exc}") from exc
+
+    def _pipeline(self) -> Any:
+        if self._client is None:
+            raise CoordinatorUnavailable(f"the Redis coordinator for {self.url} is closed")
+        return self._client.pipeline(transaction=False)
 
     def _k(self, *parts: str) -> str:
         return self.prefix + ":".join(parts)
@@ -202,11 +228,12 @@ class RedisCoordinator:
 
     # -- counters and snapshots --------------------------------------------------------------------
 
-    async def incr(self, key: str, amounts: dict[str, float]) -> None:
-        async with self._client.pipeline(transaction=True) as pipe:
-            for name, amount in amounts.items():
-                pipe.hincrbyfloat(self._k("cnt", check_key(key)), name, float(amount))
-            await self._call(pipe.execute())
+    async def incr(self, key: str, amounts: dict[str, float], *, once: str | None = None) -> bool:
+        keys = [self._k("cnt", check_key(key))] + ([self._k("once", once)] if once is not None else [])
+        args: list[Any] = [int(ONCE_TTL_S * 1000)]
+        for name, amount in amounts.items():
+            args += [name, repr(float(amount))]
+        return bool(await self._call(self._scripts["incr"](keys=keys, args=args)))
 
     async def counters(self, key: str) -> dict[str, float]:
         raw = await self._call(self._client.hgetall(self._k("cnt", key)))
@@ -253,18 +280,33 @@ class RedisCoordinator:
     # -- decisions ---------------------------------------------------------------------------------
 
     async def put_decision(self, request_id: str, body: dict[str, Any], ttl_s: float) -> None:
-        data = orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
-        await self._call(
-            self._client.set(self._k("dec", request_id), data, px=max(1, int(ttl_s * 1000)), nx=True)
-        )
+        await self.put_decisions([(request_id, body)], ttl_s)
 
     async def take_decision(self, request_id: str) -> Taken:
-        found, body = await self._call(
-            self._scripts["take"](keys=[self._k("dec", request_id), self._k("took", request_id)])
+        return _taken(
+            await self._call(
+                self._scripts["take"](keys=[self._k("dec", request_id), self._k("took", request_id)])
+            )
         )
-        if found == 1:
-            return Taken("joined", orjson.loads(body))
-        return Taken("duplicate" if found == 2 else "unknown")
+
+    async def put_decisions(self, items: list[tuple[str, dict[str, Any]]], ttl_s: float) -> None:
+        async with self._pipeline() as pipe:
+            for request_id, body in items:
+                data = orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
+                await self._scripts["store"](
+                    keys=[self._k("dec", request_id), self._k("took", request_id)],
+                    args=[data, max(1, int(ttl_s * 1000))],
+                    client=pipe,
+                )
+            await self._call(pipe.execute())
+
+    async def take_decisions(self, request_ids: list[str]) -> list[Taken]:
+        async with self._pipeline() as pipe:
+            for request_id in request_ids:  # each script runs atomically; the pipeline saves round-trips
+                await self._scripts["take"](  # queues the call on the pipeline
+                    keys=[self._k("dec", request_id), self._k("took", request_id)], client=pipe
+                )
+            return [_taken(result) for result in await self._call(pipe.execute())]
 
     # -- lease -------------------------------------------------------------------------------------
 

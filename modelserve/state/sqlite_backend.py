@@ -29,6 +29,7 @@ import anyio.to_thread
 import orjson
 
 from modelserve.state.coordinator import (
+    ONCE_TTL_S,
     CoordinatorUnavailable,
     Document,
     Fence,
@@ -54,6 +55,7 @@ CREATE TABLE IF NOT EXISTS events (
     body TEXT NOT NULL, UNIQUE (log, event_id));
 CREATE TABLE IF NOT EXISTS decisions (
     id TEXT PRIMARY KEY, body TEXT, expires REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS once_tokens (token TEXT PRIMARY KEY, expires REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS leases (
     name TEXT PRIMARY KEY, holder TEXT, token INTEGER NOT NULL, expires REAL NOT NULL);
 """
@@ -175,18 +177,30 @@ class SqliteCoordinator:
 
     # -- counters and snapshots --------------------------------------------------------------------
 
-    async def incr(self, key: str, amounts: dict[str, float]) -> None:
+    async def incr(self, key: str, amounts: dict[str, float], *, once: str | None = None) -> bool:
         rows = [(check_key(key), name, float(amount)) for name, amount in amounts.items()]
 
-        def add(c: sqlite3.Connection) -> None:
+        def add(c: sqlite3.Connection) -> bool:
             with _transaction(c):
+                if once is not None:
+                    now = time.time()
+                    fresh = c.execute(
+                        "INSERT INTO once_tokens (token, expires) VALUES (?, ?) ON CONFLICT (token) "
+                        "DO UPDATE SET expires = excluded.expires WHERE once_tokens.expires < ?",
+                        (once, now + ONCE_TTL_S, now),
+                    ).rowcount
+                    if not fresh:
+                        return False
+                    if c.total_changes % 512 == 0:  # now and then, drop the tokens that expired
+                        c.execute("DELETE FROM once_tokens WHERE expires < ?", (now,))
                 c.executemany(
                     "INSERT INTO counters (key, field, value) VALUES (?, ?, ?) "
                     "ON CONFLICT (key, field) DO UPDATE SET value = value + excluded.value",
                     rows,
                 )
+                return True
 
-        await self._run(add)
+        return await self._run(add)
 
     async def counters(self, key: str) -> dict[str, float]:
         rows = await self._run(
@@ -255,17 +269,28 @@ class SqliteCoordinator:
         await self._run(lambda c: _put_decision(c, request_id, data, time.time() + ttl_s))
 
     async def take_decision(self, request_id: str) -> Taken:
-        def take(c: sqlite3.Connection) -> Taken:
+        return (await self.take_decisions([request_id]))[0]
+
+    async def put_decisions(self, items: list[tuple[str, dict[str, Any]]], ttl_s: float) -> None:
+        rows = [(rid, orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY).decode()) for rid, body in items]
+        await self._run(lambda c: _put_decisions(c, rows, time.time() + ttl_s))
+
+    async def take_decisions(self, request_ids: list[str]) -> list[Taken]:
+        def take(c: sqlite3.Connection) -> list[Taken]:
+            now, taken = time.time(), []
             with _transaction(c):
-                row = c.execute(
-                    "SELECT body FROM decisions WHERE id = ? AND expires > ?", (request_id, time.time())
-                ).fetchone()
-                if row is None:
-                    return Taken("unknown")
-                if row[0] is None:
-                    return Taken("duplicate")
-                c.execute("UPDATE decisions SET body = NULL WHERE id = ?", (request_id,))  # the tombstone
-                return Taken("joined", orjson.loads(row[0]))
+                for request_id in request_ids:
+                    row = c.execute(
+                        "SELECT body FROM decisions WHERE id = ? AND expires > ?", (request_id, now)
+                    ).fetchone()
+                    if row is None:
+                        taken.append(Taken("unknown"))
+                    elif row[0] is None:
+                        taken.append(Taken("duplicate"))
+                    else:
+                        c.execute("UPDATE decisions SET body = NULL WHERE id = ?", (request_id,))  # tombstone
+                        taken.append(Taken("joined", orjson.loads(row[0])))
+            return taken
 
         return await self._run(take)
 
@@ -327,10 +352,17 @@ def _check_fence(c: sqlite3.Connection, fence: Fence | None) -> None:
 
 
 def _put_decision(c: sqlite3.Connection, request_id: str, data: str, expires: float) -> None:
+    _put_decisions(c, [(request_id, data)], expires)
+
+
+def _put_decisions(c: sqlite3.Connection, rows: list[tuple[str, str]], expires: float) -> None:
+    now = time.time()
     with _transaction(c):
-        c.execute(
-            "INSERT INTO decisions (id, body, expires) VALUES (?, ?, ?) ON CONFLICT (id) DO NOTHING",
-            (request_id, data, expires),
+        # A live id is left as it is; an expired one (not yet deleted) is stored afresh.
+        c.executemany(
+            "INSERT INTO decisions (id, body, expires) VALUES (?, ?, ?) ON CONFLICT (id) "
+            "DO UPDATE SET body = excluded.body, expires = excluded.expires WHERE decisions.expires < ?",
+            [(rid, data, expires, now) for rid, data in rows],
         )
-        if c.total_changes % 512 == 0:  # now and then, drop what expired
-            c.execute("DELETE FROM decisions WHERE expires < ?", (time.time(),))
+        if c.total_changes % 512 < len(rows):  # now and then, drop what expired
+            c.execute("DELETE FROM decisions WHERE expires < ?", (now,))
