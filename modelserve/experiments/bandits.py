@@ -118,6 +118,19 @@ class _BanditBase:
     def weights(self) -> dict[str, float]:
         return dict(zip(self.arms, self._weights, strict=True))
 
+    def set_rewards(self, rewards: Mapping[str, tuple[int, float, float]]) -> None:
+        """Take reward sums counted elsewhere (a fleet's merged counters): arm -> (n, sum, sum of squares)."""
+        for arm, (n, total, total_sq) in rewards.items():
+            i = self._index[arm]
+            self.n[i], self.total[i] = int(n), float(total)
+            if isinstance(self, _MeanBandit):
+                self.total_sq[i] = float(total_sq)
+
+    def adopt_weights(self, weights: Mapping[str, float], removed: Mapping[str, str]) -> None:
+        """Route by weights computed elsewhere (a fleet's leader); unknown arms are ignored."""
+        self.removed = {arm: str(why) for arm, why in removed.items() if arm in self._index}
+        self._set_weights([float(weights.get(arm, 0.0)) for arm in self.arms])
+
     def _check_reward(self, reward: float) -> float:
         return validation.number(reward, "a bandit reward")
 

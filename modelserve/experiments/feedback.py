@@ -163,7 +163,7 @@ class FeedbackJoin:
         wanted = attached.counters.spec.segments
         kept = {k: v for k, v in (segments or {}).items() if k in wanted}
         self._pending[request_id] = PendingDecision(
-            model=decision.model, arm=arm, reason=decision.reason, segments=_strings(kept)
+            model=decision.model, arm=arm, reason=decision.reason, segments=segment_strings(kept)
         )
         return True
 
@@ -214,7 +214,7 @@ class FeedbackJoin:
             self.unknown_outcomes += 1
             return None
         attached.counters.validate_outcome(value, guardrails)
-        merged = {**entry.segments, **_strings(segments)}
+        merged = {**entry.segments, **segment_strings(segments)}
         bandit = attached.bandit if entry.reason == "bandit" else None
         if bandit is not None:
             bandit.update(entry.arm, float(value))  # validates first: raises before anything is counted
@@ -240,7 +240,8 @@ class FeedbackJoin:
         }
 
 
-def _strings(segments: Mapping[str, Any] | None) -> dict[str, str]:
+def segment_strings(segments: Mapping[str, Any] | None) -> dict[str, str]:
+    """Segment attributes as strings, names and values cut to `MAX_SEGMENT_CHARS`; None values dropped."""
     cut = MAX_SEGMENT_CHARS
     return {str(k)[:cut]: str(v)[:cut] for k, v in (segments or {}).items() if v is not None}
 

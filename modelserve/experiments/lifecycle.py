@@ -32,8 +32,7 @@ import anyio
 from modelserve.experiments.report import A_BETTER, B_BETTER, EQUIVALENT
 from modelserve.rollout.gates import FAIL, PASS, evaluate_gates
 from modelserve.rollout.plan import RolloutPlan, Stage, default_gates
-from modelserve.rollout.sample import Sample
-from modelserve.telemetry.windows import SlidingWindows
+from modelserve.rollout.sample import Sample, WindowReader
 
 if TYPE_CHECKING:
     from modelserve.experiments.service import ExperimentService
@@ -67,7 +66,7 @@ class ExperimentSupervisor:
         self,
         service: ExperimentService,
         *,
-        windows: SlidingWindows | None,
+        windows: WindowReader | None,
         hand_over: HandOver | None = None,
         interval_s: float = 1.0,
         health: Stage | None = None,

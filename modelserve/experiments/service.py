@@ -101,6 +101,22 @@ class ExperimentService:
         self, model: str, spec_data: Mapping[str, Any], *, experiment_id: str | None = None
     ) -> RunningExperiment:
         """Start an experiment on `model`; Conflict if one runs, RequestError if an arm is not in a slot."""
+        experiment = self.new_experiment(model, spec_data, experiment_id=experiment_id)
+        self.install(model, experiment)
+        await self.save(model)
+        log.info(
+            "model %s: experiment %s started on arms %s",
+            model,
+            experiment.experiment_id,
+            experiment.spec.versions,
+        )
+        return experiment
+
+    def new_experiment(
+        self, model: str, spec_data: Mapping[str, Any], *, experiment_id: str | None = None
+    ) -> RunningExperiment:
+        """A checked, not yet installed experiment: Conflict if one runs here, RequestError on a bad
+        spec or an arm that is not a warm, READY version."""
         data = dict(spec_data)
         if data.setdefault("model", model) != model:
             raise RequestError(f"the spec names model {data['model']!r}, but the URL names {model!r}")
@@ -123,14 +139,17 @@ class ExperimentService:
                 f"arm {', '.join(missing)} of model {model!r} is not warm: arms must be warm, READY "
                 f"versions (warm now: {held}); load it first (`modelserve load {model} {missing[0]}`)"
             )
-        experiment = RunningExperiment(
+        return RunningExperiment(
             spec, experiment_id=experiment_id or uuid.uuid4().hex[:12], started_at=time.time(), rng=self._rng
         )
+
+    def install(self, model: str, experiment: RunningExperiment) -> None:
+        """Make `experiment` the model's current one (joining outcomes while it runs)."""
         self.experiments[model] = experiment
-        self.join.attach(experiment.counters, experiment.bandit)
-        await self.save(model)
-        log.info("model %s: experiment %s started on arms %s", model, experiment.experiment_id, spec.versions)
-        return experiment
+        if experiment.running:
+            self.join.attach(experiment.counters, experiment.bandit)
+        else:
+            self.join.detach(model)
 
     async def stop(self, model: str) -> RunningExperiment:
         """Stop the model's experiment (its report stays readable); later outcomes count as unknown."""
@@ -219,7 +238,25 @@ class ExperimentService:
                 listed.append(request_id)
         return result
 
+    async def submit_outcomes(
+        self, items: list[Mapping[str, Any]], *, model: str | None = None
+    ) -> dict[str, Any]:
+        """`record_outcomes` for callers on the event loop (the feedback route); a fleet joins through
+        the shared decision store here."""
+        return self.record_outcomes(items, model=model)
+
+    def feedback_stats(self, model: str) -> dict[str, int]:
+        """How outcomes fared (joined, unknown, duplicate, ...) for the report."""
+        return self.join.stats()
+
+    async def refresh(self, model: str) -> None:
+        """Bring the model's experiment up to date before a read (a fleet re-reads the shared state)."""
+
     # -- persistence -----------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """The lifespan task: save changed experiments every `save_interval_s`."""
+        await self.save_periodically()
 
     async def save(self, model: str) -> None:
         """Write `experiment.<model>` (snapshot on the loop, file write in a worker thread)."""
@@ -264,9 +301,7 @@ class ExperimentService:
             except ConfigError as exc:
                 log.error("model %s: saved experiment not restored: %s", model, exc)
                 continue
-            self.experiments[model] = experiment
-            if experiment.running:
-                self.join.attach(experiment.counters, experiment.bandit)
+            self.install(model, experiment)
             log.info(
                 "model %s: experiment %s restored (%s)",
                 model,
@@ -332,7 +367,7 @@ class ExperimentService:
             "experiment": experiment.describe(),
             "report": result.to_dict(),
             "table": result.render_table(),
-            "feedback": self.join.stats(),
+            "feedback": self.feedback_stats(model),
             "events": [
                 e for e in self.events.get(model, []) if e.get("experiment") == experiment.experiment_id
             ],
@@ -357,4 +392,3 @@ def segment_attributes(scope: Scope) -> dict[str, str]:
         if name.startswith(SEGMENT_PREFIX):
             found[name[len(SEGMENT_PREFIX) :].decode("latin-1")] = value.decode("latin-1")
     return found
-

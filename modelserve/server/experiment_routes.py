@@ -14,7 +14,9 @@ endpoint would let any client steer routing or forge a result. The feedback toke
 the admin token; embedded apps call `record_outcome` in-process.
 The answer counts every outcome: `{"accepted": n, "unknown": m, "duplicate": k}` (unknown: never
 decided by an experiment, expired, evicted, or another model's id). A bad value fails the whole
-batch with 400 before anything is counted.
+batch with 400 before anything is counted. In a fleet (shared coordinator) an outcome joins on
+whichever replica receives it, once; with the shared state unreachable the call answers 503 with
+`Retry-After` (`experiments/shared.py`).
 
 While the model has a running experiment, every inference response carries `X-Request-Id` (the V2
 `id`, the client's `X-Request-Id`, or a generated one). Request headers `x-segment-<name>: <value>`
@@ -58,11 +60,14 @@ def routes(services: Services, service: ExperimentService) -> list[BaseRoute]:
         return document
 
     async def get_report(request: Request, body: dict[str, Any]) -> Any:
-        return service.report_document(request.path_params["model"])
+        model = request.path_params["model"]
+        await service.refresh(model)  # in a fleet: the shared definition and every replica's counts
+        return service.report_document(model)
 
     async def stop(request: Request, body: dict[str, Any]) -> Any:
         model = request.path_params["model"]
         await service.stop(model)
+        await service.refresh(model)
         return service.report_document(model)
 
     async def feedback(request: Request, body: dict[str, Any]) -> Any:
@@ -77,7 +82,7 @@ def routes(services: Services, service: ExperimentService) -> list[BaseRoute]:
                 raise RequestError(f"'outcomes' must be a list of 1..{MAX_BATCH} outcomes")
         else:
             items = [body]
-        return service.record_outcomes(items, model=model)
+        return await service.submit_outcomes(items, model=model)
 
     base = "/admin/models/{model}/experiment"
     return [

@@ -8,7 +8,8 @@ looks another service up by name.
 Order (each line uses only what the lines above built)::
 
     store -> registry -> policies -> windows -> telemetry? -> experiments? -> flags, router
-          -> shadow? -> rollout? -> inference path (observers: windows, telemetry, shadow, experiments)
+          -> shadow? -> leader lease (a fleet) -> rollout? -> inference path (observers: windows,
+          telemetry, shadow, experiments)
 
 `?`: optional, chosen by `FeatureSet`. Routes and middleware are built from `Services` by the app
 (`server/app.py`); an `Extension` adds routes, middleware and hooks of its own.
@@ -22,6 +23,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
+import anyio
 import anyio.to_thread
 from opentelemetry.metrics import MeterProvider
 from opentelemetry.trace import TracerProvider
@@ -30,8 +32,10 @@ from starlette.middleware import Middleware
 from starlette.routing import BaseRoute
 
 from modelserve.config import ServerConfig
+from modelserve.experiments.leader import ExperimentLeader
 from modelserve.experiments.lifecycle import ExperimentSupervisor
 from modelserve.experiments.service import ExperimentService
+from modelserve.experiments.shared import FleetExperimentService
 from modelserve.fleet.leader import LeaderLease
 from modelserve.fleet.replica import Replica
 from modelserve.fleet.windows import FleetWindows
@@ -228,12 +232,17 @@ def build_services(
         )
         hooks.observers.append(telemetry.observe)
 
-    experiments = None
+    experiments: ExperimentService | None = None
     arm_deciders: list[ArmDecider] = []
     if features.experiments:
-        experiments = ExperimentService(
-            registry=registry, store=store, model_names=partial(expected_models, config, registry)
-        )
+        names = partial(expected_models, config, registry)
+        if replica.shared:  # one definition, decision store and set of counters for every replica
+            experiments = FleetExperimentService(
+                registry=registry, store=store, model_names=names, coordinator=coordinator,
+                replica_id=replica.replica_id,
+            )  # fmt: skip
+        else:
+            experiments = ExperimentService(registry=registry, store=store, model_names=names)
         arm_deciders.append(experiments.decide)
         registry.in_use.append(experiments.arms_in_use)
 
@@ -280,7 +289,7 @@ def build_services(
         hooks.observers.append(experiments.observe)
         hooks.status_providers.append(experiments.status)
         hooks.startup.append(experiments.restore)
-        hooks.tasks.append(experiments.save_periodically)
+        hooks.tasks.append(experiments.run)
         hooks.shutdown.append(experiments.save_all)
     if shadow is not None:
         hooks.shutdown.append(partial(anyio.to_thread.run_sync, shadow.close))
@@ -301,8 +310,21 @@ def build_services(
     )
     hooks.prepare.append(lambda: withdrawn.load(expected_models(config, registry)))
 
-    rollout = None
+    # One leader among the replicas runs the automation: rollouts, guardrails, bandit weights and
+    # the experiments' lifecycle rules.
     lease: LeaderLease | None = None
+    fleet_windows = None
+    leader_work: list[Hook] = []
+    if replica.shared and isinstance(store, CoordinatorStore):
+        lease = LeaderLease(
+            coordinator, replica.replica_id, name="rollout", ttl_s=config.leader_lease_s,
+            renew_s=config.leader_lease_s / 5,
+        )  # fmt: skip
+        fleet_windows = FleetWindows(coordinator=coordinator, windows=windows, replica_id=replica.replica_id)
+        hooks.tasks.append(fleet_windows.run)
+        hooks.status_providers.append(partial(leader_status, lease))
+
+    rollout = None
     if features.rollout:
         rollout = RolloutService(
             registry=registry, policies=policies, windows=windows, store=store, shadow=shadow,
@@ -313,17 +335,9 @@ def build_services(
             on_change=partial(on_rollout_change, audit, withdrawn),
         )  # fmt: skip
         hooks.status_providers.append(rollout.summary)
-        if replica.shared and isinstance(store, CoordinatorStore):  # one leader among the replicas
-            lease = LeaderLease(
-                coordinator, replica.replica_id, name="rollout", ttl_s=config.leader_lease_s,
-                renew_s=config.leader_lease_s / 5,
-            )  # fmt: skip
-            fleet_windows = FleetWindows(
-                coordinator=coordinator, windows=windows, replica_id=replica.replica_id
-            )
-            hooks.tasks.append(fleet_windows.run)
+        if lease is not None and isinstance(store, CoordinatorStore):
             rollout.share(lease, store, fleet_windows)
-            hooks.status_providers.append(partial(leader_status, lease))
+            leader_work.append(rollout.lead)
         else:
             hooks.startup.append(rollout.restore)
             hooks.tasks.append(rollout.controller.run)
@@ -335,17 +349,22 @@ def build_services(
         on_action=partial(record_guardrail_action, audit, telemetry, monitoring, webhooks),
     )  # fmt: skip
     hooks.status_providers.append(guardrails.status)
-    if lease is not None and rollout is not None:  # in a fleet, the rollout leader runs them too
-        hooks.tasks.append(partial(lease.run, partial(lead, rollout, guardrails)))
+    if lease is not None:  # in a fleet, the leader runs them
+        leader_work.append(guardrails.run)
     else:
         hooks.tasks.append(guardrails.run)
     if experiments is not None:
         supervisor = ExperimentSupervisor(
             experiments,
-            windows=windows,
+            windows=fleet_windows if fleet_windows is not None else windows,
             hand_over=partial(hand_over_to_rollout, rollout) if rollout is not None else None,
         )
-        hooks.tasks.append(supervisor.run)
+        if isinstance(experiments, FleetExperimentService):
+            leader_work.append(ExperimentLeader(experiments, supervisor).run)
+        else:
+            hooks.tasks.append(supervisor.run)
+    if lease is not None:
+        hooks.tasks.append(partial(lease.run, partial(run_together, leader_work)))
     if telemetry is not None:
         progress = rollout.status if rollout is not None else None
         telemetry.metrics.set_rollout_source(partial(rollout_readings, registry, policies, progress))
@@ -364,11 +383,11 @@ def build_services(
     )  # fmt: skip
 
 
-async def lead(rollout: RolloutService, guardrails: Guardrails) -> None:
-    """The rollout leader's term: the rollouts and the guardrails, on this replica only."""
+async def run_together(work: list[Hook]) -> None:
+    """Run every coroutine of `work` side by side until all return (or the leader's term ends)."""
     async with anyio.create_task_group() as group:
-        group.start_soon(rollout.lead)
-        group.start_soon(guardrails.run)
+        for hook in work:
+            group.start_soon(hook)
 
 
 def no_rollout(model: str) -> bool:
