@@ -313,3 +313,31 @@ async def test_redis_down_is_coordinator_unavailable_not_a_hang(tmp_path: Path) 
     with anyio.fail_after(5), pytest.raises(CoordinatorUnavailable):
         await c.open()
     await c.aclose()
+
+
+@pytest.mark.anyio
+async def test_a_burst_of_redis_calls_shares_a_bounded_pool_of_connections(redis_url: str) -> None:
+    """150 calls at once wait for 4 connections instead of opening 150 sockets (which, on a starved
+    host, time out while connecting: what made the exactly-once join test fail under load)."""
+    import redis.asyncio as aioredis
+
+    coordinator = RedisCoordinator(redis_url, prefix=f"t{uuid.uuid4().hex[:8]}:", max_connections=4)
+    observer = aioredis.Redis.from_url(redis_url)
+    try:
+        before = (await observer.info("clients"))["connected_clients"]
+        await coordinator.open()
+        await coordinator.put_decisions([(f"r{i}", {"i": i}) for i in range(50)], ttl_s=60)
+        outcomes: list[str] = []
+
+        async def take(rid: str) -> None:
+            outcomes.append((await coordinator.take_decision(rid)).outcome)
+
+        async with anyio.create_task_group() as group:
+            for i in range(150):
+                group.start_soon(take, f"r{i % 50}")
+        during = (await observer.info("clients"))["connected_clients"]
+        assert outcomes.count("joined") == 50 and outcomes.count("duplicate") == 100
+        assert during - before <= 4
+    finally:
+        await coordinator.aclose()
+        await observer.aclose()

@@ -12,8 +12,9 @@ it atomically:
     lease       hash `<p>lease:<name>` {holder, token} with PX ttl; tokens from INCR `<p>fence:<name>`
 
 Watchers subscribe to `<p>changes` (a hint carrying the key); callers also poll, so a message lost
-while the connection was down only delays a change. Connection errors become
-`CoordinatorUnavailable`, which callers treat as "fail static, retry later".
+while the connection was down only delays a change. Calls share a bounded pool of connections
+(`max_connections`): a burst waits for a free one rather than opening a socket per call.
+Connection errors become `CoordinatorUnavailable`, which callers treat as "fail static, retry later".
 """
 
 from __future__ import annotations
@@ -116,10 +117,14 @@ class RedisCoordinator:
     backend = "redis"
     shared = True
 
-    def __init__(self, url: str, *, prefix: str = "modelserve:", timeout_s: float = 5.0) -> None:
+    def __init__(
+        self, url: str, *, prefix: str = "modelserve:", timeout_s: float = 5.0, max_connections: int = 16
+    ) -> None:
         self.url = url
         self.prefix = prefix
         self.timeout_s = timeout_s
+        #: Connections this process keeps to Redis at most (each watcher holds one for its subscription).
+        self.max_connections = max_connections
         self._client: Any = None
         self._scripts: dict[str, Any] = {}
 
@@ -129,9 +134,16 @@ class RedisCoordinator:
         except ImportError:  # pragma: no cover - depends on the installed extras
             raise ConfigError("the Redis coordinator needs `pip install 'modelserve[redis]'`") from None
         if self._client is None:
-            self._client = aioredis.Redis.from_url(
-                self.url, socket_timeout=self.timeout_s, socket_connect_timeout=self.timeout_s
+            # A bounded pool: a burst of calls queues for a few connections instead of opening one
+            # socket each (a hundred connects at once on a busy host time out before Redis answers).
+            pool = aioredis.BlockingConnectionPool.from_url(
+                self.url,
+                max_connections=self.max_connections,
+                timeout=self.timeout_s * 4,
+                socket_timeout=self.timeout_s,
+                socket_connect_timeout=self.timeout_s,
             )
+            self._client = aioredis.Redis.from_pool(pool)
             self._scripts = {
                 name: self._client.register_script(source)
                 for name, source in (
