@@ -76,6 +76,7 @@ class SqliteCoordinator:
         self._hub = ChangeHub()
         self._known_revs: dict[str, int] = {}
         self._data_version = -1
+        self._polled_at = 0.0
 
     async def open(self) -> None:
         if self._conn is None:
@@ -156,7 +157,10 @@ class SqliteCoordinator:
             while True:
                 with anyio.move_on_after(self.poll_s):
                     await watcher.event.wait()
-                if not watcher.event.is_set():
+                # One poll per interval however many watchers this process has: what one finds is
+                # published to all of them.
+                if not watcher.event.is_set() and time.monotonic() - self._polled_at >= self.poll_s * 0.9:
+                    self._polled_at = time.monotonic()
                     # Unavailable: fail static, keep what we know, try again next poll.
                     with contextlib.suppress(CoordinatorUnavailable):
                         self._hub.publish(await self._run(self._changed_keys))
