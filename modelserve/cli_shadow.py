@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import argparse
+import time
 from typing import Any
 
 from modelserve.cli import admin_call, client_parser, show
@@ -109,6 +110,14 @@ def render(report: dict[str, Any]) -> str:
              f"{shadow['errors']} / {shadow['timeouts']} / {shadow['dropped']}"),
             ("disagreements kept", f"{len(shadow['disagreements'])} of {shadow['disagreements_seen']}"),
         ]  # fmt: skip
+        windows = shadow.get("windows") or []
+        if windows:
+            recent = ", ".join(
+                f"{time.strftime('%H:%M', time.gmtime(w['start']))} {_num(w['agreement_rate'], '.3f')} "
+                f"({w['samples']})"
+                for w in windows[-5:]
+            )
+            rows.append((f"agreement per {shadow['window_s']:g} s (UTC)", recent))
         if shadow.get("last_error"):
             rows.append(("last error", shadow["last_error"]))
         width = max(len(name) for name, _ in rows)

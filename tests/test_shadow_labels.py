@@ -79,6 +79,13 @@ def test_labels_say_which_version_was_right_where_live_and_shadow_disagreed(tmp_
         answer = client.post("/v2/models/credit/labels", json={"labels": labels}, headers=AUTH).json()
         assert answer["accepted"] == len(data)
         found = client.get("/ui/api/models/credit").json()["monitoring"]["disagreements"]
+        report = client.get("/admin/models/credit/shadow/report", headers=AUTH).json()
+    # The report has the same figures per time window too; they add up to the totals.
+    (shadow_report,) = report["shadows"]
+    windows = shadow_report["windows"]
+    assert windows and all(w["end"] - w["start"] == shadow_report["window_s"] for w in windows)
+    for key in ("samples", "rows", "agreeing_rows", "errors", "timeouts", "dropped"):
+        assert sum(w[key] for w in windows) == shadow_report[key], key
     services.shadow.sink.close()  # flushes: the log says which requests the shadow really compared
     records = [
         json.loads(line)

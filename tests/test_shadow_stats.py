@@ -177,3 +177,44 @@ def test_clearing_examples_keeps_the_counts() -> None:
     stats.clear_examples()
     snap = stats.snapshot()
     assert snap["disagreements"] == [] and snap["disagreements_seen"] == 3 and snap["samples"] == 3
+
+
+def test_counts_per_time_window_show_a_shadow_that_agreed_then_drifted() -> None:
+    from modelserve.cli_shadow import render
+
+    now = [600.0]
+    stats = ShadowStats("m", "2", window_s=60.0, wall_clock=lambda: now[0])
+    for _ in range(10):
+        _record(stats, *AGREE)
+    now[0] = 665.0  # the next minute: it disagrees on every row
+    for _ in range(4):
+        _record(stats, *DISAGREE)
+    stats.record_timeout()
+    now[0] = 1000.0
+    stats.record_dropped()
+    windows = stats.snapshot()["windows"]
+    assert [(w["start"], w["end"]) for w in windows] == [(600.0, 660.0), (660.0, 720.0), (960.0, 1020.0)]
+    assert [(w["samples"], w["agreement_rate"], w["timeouts"], w["dropped"]) for w in windows] == [
+        (10, 1.0, 0, 0),
+        (4, 0.0, 1, 0),
+        (0, None, 0, 1),
+    ]
+    assert windows[1]["agreement_interval"] == list(wilson_interval(0, 4))
+    assert stats.snapshot()["agreement_rate"] == 10 / 14  # the cumulative rate hides the drift
+    assert stats.snapshot(examples=False)["windows"] == []  # status and gates skip the list
+    report = {
+        "model": "m", "live_version": "1", "shadow_versions": ["2"], "sample_rate": 1.0,
+        "primary": {"error_rate": 0.0, "requests": 14},
+        "shadows": [{**stats.snapshot(), "recommendation": {"verdict": "hold", "checks": []}}],
+    }  # fmt: skip
+    assert "00:10 1.000 (10), 00:11 0.000 (4), 00:16 - (0)" in render(report)
+
+
+def test_windows_are_bounded() -> None:
+    now = [0.0]
+    stats = ShadowStats("m", "2", window_s=1.0, wall_clock=lambda: now[0])
+    for second in range(500):
+        now[0] = float(second)
+        stats.record_error("boom")
+    windows = stats.windows()
+    assert len(windows) == 60 and windows[-1]["start"] == 499.0 and windows[-1]["errors"] == 1

@@ -8,6 +8,10 @@ converted to JSON types once, when it enters the reservoir (on the shadow's thre
 `EXAMPLE_VALUES` values per tensor (leading rows first) and `EXAMPLE_STRING` characters per string,
 and says so (`truncated`, `shapes`). Nothing holds a client's whole tensors, and a snapshot only copies
 small lists: status, the report and the rollout gate stay cheap under adversarial batches.
+
+Besides the totals since the shadow began, the counts are kept per time window (`WINDOW_S` of wall
+time, the last `MAX_WINDOWS`): a shadow that agreed at first and then drifted shows it, where the
+cumulative rate would hide it.
 """
 
 from __future__ import annotations
@@ -15,7 +19,8 @@ from __future__ import annotations
 import random
 import threading
 import time
-from collections.abc import Mapping
+from collections import deque
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -28,6 +33,11 @@ from modelserve.telemetry.histogram import LogHistogram
 EXAMPLE_VALUES = 256
 #: Strings (BYTES tensors) in an example are cut to this many characters.
 EXAMPLE_STRING = 256
+#: Length of a time window of the per-window counts, and how many recent windows are kept (an hour).
+WINDOW_S = 60.0
+MAX_WINDOWS = 60
+#: Per-window counts, in this order.
+_WINDOW_FIELDS = ("samples", "rows", "agreeing_rows", "errors", "timeouts", "dropped")
 
 
 def wilson_interval(successes: int, trials: int, confidence: float = 0.95) -> tuple[float, float]:
@@ -99,9 +109,13 @@ class ShadowStats:
 
     def __init__(
         self, model: str, shadow_version: str, *, reservoir_size: int = 50, confidence: float = 0.95,
-        seed: int | None = None,
+        seed: int | None = None, window_s: float = WINDOW_S, wall_clock: Callable[[], float] = time.time,
     ) -> None:  # fmt: skip
         self.model = model
+        self.window_s = window_s
+        self._wall_clock = wall_clock
+        #: [window index, samples, rows, agreeing_rows, errors, timeouts, dropped], oldest first.
+        self._windows: deque[list[int]] = deque(maxlen=MAX_WINDOWS)
         self.shadow_version = shadow_version
         self.reservoir_size = reservoir_size
         self.confidence = confidence
@@ -126,6 +140,10 @@ class ShadowStats:
     ) -> None:  # fmt: skip
         """Count one completed comparison; a disagreeing one may enter the example reservoir."""
         with self._lock:
+            window = self._window()
+            window[1] += 1
+            window[2] += comparison.rows
+            window[3] += comparison.agreeing_rows
             self._samples += 1
             self._rows += comparison.rows
             self._agreeing_rows += comparison.agreeing_rows
@@ -159,18 +177,45 @@ class ShadowStats:
     def record_error(self, message: str) -> None:
         """Count a shadow run that raised."""
         with self._lock:
+            self._window()[4] += 1
             self._errors += 1
             self._last_error = message[:500]
 
     def record_timeout(self) -> None:
         """Count a shadow run that missed its deadline (its result, if any, is not compared)."""
         with self._lock:
+            self._window()[5] += 1
             self._timeouts += 1
 
     def record_dropped(self) -> None:
         """Count a shadow run refused by the admission bound."""
         with self._lock:
+            self._window()[6] += 1
             self._dropped += 1
+
+    def _window(self) -> list[int]:
+        """The current window's counts (call with the lock held)."""
+        index = int(self._wall_clock() // self.window_s)
+        if not self._windows or self._windows[-1][0] != index:
+            self._windows.append([index, 0, 0, 0, 0, 0, 0])
+        return self._windows[-1]
+
+    def windows(self) -> list[dict[str, Any]]:
+        """Counts per time window, oldest first (windows without any run are left out): start and end
+        (wall time), compared requests and rows, agreement with its Wilson interval, failures."""
+        with self._lock:
+            found = [list(w) for w in self._windows]
+        out = []
+        for index, *counts in found:
+            row = dict(zip(_WINDOW_FIELDS, counts, strict=True))
+            rows, agreeing = row["rows"], row["agreeing_rows"]
+            low, high = wilson_interval(agreeing, rows, self.confidence)
+            out.append({
+                "start": index * self.window_s, "end": (index + 1) * self.window_s, **row,
+                "agreement_rate": agreeing / rows if rows else None,
+                "agreement_interval": [low, high] if rows else None,
+            })  # fmt: skip
+        return out
 
     def snapshot(self, *, examples: bool = True) -> dict[str, Any]:
         """Every figure as plain JSON types (latencies in seconds, `*_s`); `examples=False` leaves out
@@ -213,5 +258,7 @@ class ShadowStats:
             "drop_rate": dropped / (runs + dropped) if runs + dropped else None,
             "last_error": last_error,
             "disagreements_seen": seen,
+            "window_s": self.window_s,
+            "windows": self.windows() if examples else [],
             "disagreements": kept,  # each example is built once and never mutated: sharing is safe
         }  # fmt: skip
