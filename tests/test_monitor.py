@@ -212,3 +212,33 @@ def test_monitoring_is_pure(forbidden: str) -> None:
             if isinstance(node, ast.ImportFrom) and node.module:
                 names = [node.module]
             assert not any(n == forbidden or n.startswith(forbidden + ".") for n in names), path
+
+
+def test_shadow_outputs_are_a_distribution_of_their_own_from_any_thread() -> None:
+    import threading
+
+    rng = np.random.default_rng(1)
+    monitor = Monitor()
+    served = [request(rng) for _ in range(40)]
+    for inputs, outputs in served:
+        monitor.submit("credit", "1", inputs, outputs)
+    shadowed = [request(rng)[1] for _ in range(120)]
+    threads = [
+        threading.Thread(target=lambda part=part: [monitor.submit_shadow("credit", "2", o) for o in part])
+        for part in (shadowed[:60], shadowed[60:])
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert monitor.distribution("credit", "2")["rows"] == 0  # it served nothing
+    shadow = monitor.distribution("credit", "2", role="shadow")
+    assert shadow["rows"] == 120
+    assert shadow["classes"]["label"].get("1", 0) == sum(int(o["label"][0]) for o in shadowed)
+    assert monitor.distribution("credit", "1", role="shadow")["rows"] == 0
+    roles = {(version, role) for _, version, role, _, _ in monitor.histograms()}
+    assert roles == {("1", "primary"), ("2", "shadow")}
+    assert {(v, r) for _, v, r, _, _ in monitor.class_counts()} == roles
+    # The candidate ran only in shadow: its output shift against live reads what it predicted there.
+    shift = monitor.output_shift("credit", "1", "2")
+    assert shift and all(r.samples == 120 and r.reference_samples == 40 for r in shift)

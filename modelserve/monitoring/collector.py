@@ -30,8 +30,6 @@ from modelserve.monitoring.counters import EventCounters
 from modelserve.monitoring.monitor import Monitor
 from modelserve.monitoring.outcomes import ACCURACY, OutcomeTally
 
-ROLE = "primary"
-
 
 def _le(edge: float) -> str:
     return repr(float(edge))
@@ -65,20 +63,20 @@ class MonitoringCollector:
             "Distribution of score outputs by version",
             labels=["model", "version", "role", "output"],
         )
-        for model, version, column, hist in monitor.histograms():
+        for model, version, role, column, hist in monitor.histograms():
             cumulative = hist.counts.cumsum().tolist()
             buckets = [(_le(edge), cumulative[i]) for i, edge in enumerate(hist.edges)]
             buckets.append(("+Inf", cumulative[-1]))
-            values.add_metric([model, version, ROLE, column], buckets, hist.total)
+            values.add_metric([model, version, role, column], buckets, hist.total)
         yield values
         classes = CounterMetricFamily(
             "modelserve_prediction_class",
             "Predicted classes by version",
             labels=["model", "version", "role", "output", "class"],
         )
-        for model, version, output, counts in monitor.class_counts():
+        for model, version, role, output, counts in monitor.class_counts():
             for name, count in sorted(counts.items()):
-                classes.add_metric([model, version, ROLE, output, name], count)
+                classes.add_metric([model, version, role, output, name], count)
         yield classes
         yield from self._drift()
         yield from self._outcomes()

@@ -7,6 +7,9 @@ concatenates what is pending per version and counts it in one vectorised pass. W
 under any load; `sample_every` = k keeps one request in k; a request of more than
 `MAX_ROWS_PER_REQUEST` rows counts that many of them, evenly spaced.
 
+A shadow version's outputs (`submit_shadow`, from the shadow pool's threads) are counted apart, as
+the version's role "shadow" distribution: what the candidate would have predicted on live traffic.
+
 Per (model, version), everything is bounded: output histograms with fixed edges, class counts capped,
 drift trackers with `bins + 1` counters per column and sub-window, a capped number of columns per
 tensor, and at most `max_versions` versions per model (the least recently fed is forgotten).
@@ -17,19 +20,19 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from modelserve.monitoring.columns import MAX_COLUMNS_PER_TENSOR, is_label_tensor, tensor_columns
-from modelserve.monitoring.drift import ColumnDrift, DriftConfig, DriftTracker, Reference, js_distance, psi
-from modelserve.monitoring.histogram import SCORE_EDGES, ClassCounts, ValueHistogram, WindowedCounts
+from modelserve.monitoring.columns import tensor_columns
+from modelserve.monitoring.drift import ColumnDrift, Reference, js_distance, psi
+from modelserve.monitoring.histogram import ValueHistogram
+from modelserve.monitoring.version import MonitorConfig, OutputDistribution, VersionMonitor
 
-#: Score columns per output with a histogram (a 1000-class output keeps its first ones).
-MAX_SCORE_COLUMNS = 8
+__all__ = ["Monitor", "MonitorConfig"]
+
 #: Rows of one request that are counted: a larger batch counts evenly spaced rows (views, no copy),
 #: so one huge request costs a bounded flush (counting holds the GIL while the event loop waits).
 MAX_ROWS_PER_REQUEST = 4096
@@ -41,127 +44,6 @@ def _sampled_rows(tensors: Mapping[str, np.ndarray], rows: int) -> Mapping[str, 
         name: value[::step] if value.ndim and value.shape[0] == rows else value
         for name, value in tensors.items()
     }
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class MonitorConfig:
-    """Monitoring options of one model (the `[monitoring]` table of its config.toml)."""
-
-    enabled: bool = True
-    drift: DriftConfig = field(default_factory=DriftConfig)
-    #: Keep one request in `sample_every` (1: all).
-    sample_every: int = 1
-    output_edges: tuple[float, ...] = SCORE_EDGES
-    #: The output scored against posted labels (default: the first label output, else argmax/value).
-    label_output: str | None = None
-    max_columns: int = MAX_COLUMNS_PER_TENSOR
-
-
-class OutputDistribution:
-    """Cumulative and windowed distribution of one version's outputs."""
-
-    def __init__(self, config: MonitorConfig) -> None:
-        self.edges = config.output_edges
-        self.histograms: dict[str, ValueHistogram] = {}
-        self.classes: dict[str, ClassCounts] = {}
-        self.window_columns: tuple[str, ...] | None = None
-        self.window: WindowedCounts | None = None
-        self.drift_window_s = config.drift.window_s
-        self.sub_windows = config.drift.sub_windows
-
-    def add(self, outputs: Mapping[str, np.ndarray], now: float) -> None:
-        columns: list[tuple[str, np.ndarray]] = []
-        for name, array in outputs.items():
-            array = np.asarray(array)
-            if array.ndim == 0 or array.dtype.kind not in "biufOSU":
-                continue
-            flat = array.reshape(array.shape[0], -1)
-            if is_label_tensor(array):
-                self.classes.setdefault(name, ClassCounts()).add(flat[:, 0])
-                if array.dtype.kind in "biu":
-                    columns.append((name, flat[:, 0]))
-                continue
-            for j in range(min(flat.shape[1], MAX_SCORE_COLUMNS)):
-                column = name if flat.shape[1] == 1 else f"{name}[{j}]"
-                self.histograms.setdefault(column, ValueHistogram(self.edges)).add(flat[:, j])
-                columns.append((column, flat[:, j]))
-        names = tuple(name for name, _ in columns)
-        if self.window is None:
-            self.window_columns = names
-            self.window = WindowedCounts(
-                (len(names), len(self.edges) + 1), window_s=self.drift_window_s, sub_windows=self.sub_windows
-            )
-        if names != self.window_columns:
-            return
-        edges = np.asarray(self.edges)
-        counts = np.zeros((len(names), len(edges) + 1), dtype=np.int64)
-        for j, (_, values) in enumerate(columns):
-            values = np.asarray(values, dtype=np.float64)
-            index = np.searchsorted(edges, values[~np.isnan(values)], side="left")
-            counts[j] = np.bincount(index, minlength=len(edges) + 1)
-        self.window.add(counts, now)
-
-    def windowed(self, now: float) -> dict[str, np.ndarray]:
-        if self.window is None or self.window_columns is None:
-            return {}
-        total = self.window.total(now)
-        return {name: total[j] for j, name in enumerate(self.window_columns)}
-
-
-class VersionMonitor:
-    """Everything monitored for one model version."""
-
-    def __init__(self, config: MonitorConfig, now: float) -> None:
-        self.config = config
-        self.created = now
-        self.rows = 0
-        self.outputs = OutputDistribution(config)
-        self.input_drift: DriftTracker | None = None
-        self.output_drift: DriftTracker | None = None
-        self.pending_reference: tuple[Reference, Reference | None, str] | None = None
-
-    def add(self, inputs: Mapping[str, np.ndarray], outputs: Mapping[str, np.ndarray], now: float) -> None:
-        max_columns = self.config.max_columns
-        found_in = tensor_columns(inputs, max_per_tensor=max_columns)
-        found_out = tensor_columns(outputs, max_per_tensor=max_columns)
-        if found_in is not None:
-            self.rows += found_in[1].shape[0]
-        self.outputs.add(outputs, now)
-        for kind, found in (("input", found_in), ("output", found_out)):
-            if found is None:
-                continue
-            names, matrix = found
-            tracker = self.input_drift if kind == "input" else self.output_drift
-            if tracker is None:
-                tracker = DriftTracker(names, self.config.drift, now=now)
-                if kind == "input":
-                    self.input_drift = tracker
-                else:
-                    self.output_drift = tracker
-                self._apply_pending_reference()
-            if tracker.columns == names:
-                tracker.add(matrix, now)
-
-    def set_reference(self, inputs: Reference, outputs: Reference | None, source: str) -> None:
-        """Use these references (from a file, or another version's) instead of capturing live traffic."""
-        self.pending_reference = (inputs, outputs, source)
-        self._apply_pending_reference()
-
-    def _apply_pending_reference(self) -> None:
-        """Hand the pending references to the trackers that exist (each once), until both have theirs."""
-        if self.pending_reference is None:
-            return
-        inputs, outputs, source = self.pending_reference
-        done = True
-        for tracker, reference in ((self.input_drift, inputs), (self.output_drift, outputs)):
-            if reference is None or (tracker is not None and tracker.reference is reference):
-                continue
-            if tracker is None:
-                done = False
-            elif tracker.columns == reference.columns:
-                tracker.set_reference(reference, source)
-        if done:
-            self.pending_reference = None
 
 
 Tensors = Mapping[str, np.ndarray]
@@ -185,6 +67,8 @@ class Monitor:
         self.dropped = 0
         self.skipped = 0  # batches whose tensors could not be concatenated (shapes changed)
         self._pending: list[tuple[str, str, Mapping[str, np.ndarray], Mapping[str, np.ndarray], float]] = []
+        #: Shadow outputs, appended from the shadow pool's threads (a deque: thread-safe appends).
+        self._shadow_pending: deque[tuple[str, str, Mapping[str, np.ndarray], float]] = deque()
         self._lock = threading.Lock()
         self._versions: dict[str, OrderedDict[str, VersionMonitor]] = {}
         self._drifted: dict[tuple[str, str, str, str], bool] = {}
@@ -216,14 +100,26 @@ class Monitor:
             inputs, outputs = _sampled_rows(inputs, rows), _sampled_rows(outputs, rows)
         pending.append((model, version, inputs, outputs, self.clock()))
 
+    def submit_shadow(self, model: str, version: str, outputs: Mapping[str, np.ndarray]) -> None:
+        """Queue a shadow run's outputs (any thread; references only, counted at the next `flush`)."""
+        if len(self._shadow_pending) >= self.max_pending:
+            self.dropped += 1
+            return
+        first = next(iter(outputs.values()), None)
+        rows = first.shape[0] if first is not None and np.ndim(first) else 0
+        if rows > MAX_ROWS_PER_REQUEST:
+            outputs = _sampled_rows(outputs, rows)
+        self._shadow_pending.append((model, version, outputs, self.clock()))
+
     # -- batch work ------------------------------------------------------------------------------
 
     def flush(self) -> int:
         """Count everything pending; returns how many requests were counted."""
         with self._lock:
             pending, self._pending = self._pending, []
+            shadows = self._flush_shadows()
             if not pending:
-                return 0
+                return shadows
             # Requests concatenate per version and tensor names; a batch whose shapes or dtypes differ
             # (rare: a client changed its request) is counted request by request instead.
             groups: dict[tuple[Any, ...], list[tuple[Tensors, Tensors]]] = {}
@@ -247,7 +143,32 @@ class Monitor:
                     else:
                         self.skipped += 1
             self._update_alarms()
-            return len(pending)
+            return len(pending) + shadows
+
+    def _flush_shadows(self) -> int:
+        """Count the queued shadow outputs, concatenated per version (call with the lock held)."""
+        queued = self._shadow_pending
+        groups: dict[tuple[Any, ...], list[Tensors]] = {}
+        stamps: dict[tuple[Any, ...], float] = {}
+        count = 0
+        for _ in range(len(queued)):  # only what is queued now: appends may go on meanwhile
+            model, version, outputs, stamp = queued.popleft()
+            key = (model, version, *outputs)
+            groups.setdefault(key, []).append(outputs)
+            stamps[key] = stamp
+            count += 1
+        for key, items in groups.items():
+            monitor = self._version(key[0], key[1], create=True)
+            try:
+                batches = [_concatenate(items)]
+            except ValueError:
+                batches = [dict(o) for o in items]
+            for outputs in batches:
+                if _consistent(outputs):
+                    monitor.add_shadow(outputs, stamps[key])
+                else:
+                    self.skipped += 1
+        return count
 
     def _version(self, model: str, version: str, *, create: bool = False) -> VersionMonitor:
         versions = self._versions.setdefault(model, OrderedDict())
@@ -333,15 +254,17 @@ class Monitor:
         report = self.drift(model, version)
         return [("input", r) for r in report["inputs"]] + [("output", r) for r in report["outputs"]]
 
-    def distribution(self, model: str, version: str) -> dict[str, Any]:
-        """Cumulative prediction distribution: histograms of score columns, class counts of labels."""
+    def distribution(self, model: str, version: str, role: str = "primary") -> dict[str, Any]:
+        """Cumulative prediction distribution of the version as `role` ("primary" or "shadow"):
+        histograms of score columns, class counts of labels."""
         self.flush()
         with self._lock:
             monitor = self._lookup(model, version)
-            if monitor is None:
+            outputs = monitor.distribution(role) if monitor is not None else None
+            if monitor is None or outputs is None:
                 return {"histograms": {}, "classes": {}, "rows": 0}
             return {
-                "rows": monitor.rows,
+                "rows": monitor.rows if role == "primary" else monitor.shadow_rows,
                 "histograms": {
                     name: {
                         "edges": [float(e) for e in hist.edges],
@@ -349,41 +272,49 @@ class Monitor:
                         "sum": hist.total,
                         "mean": hist.mean(),
                     }
-                    for name, hist in monitor.outputs.histograms.items()
+                    for name, hist in outputs.histograms.items()
                 },
-                "classes": {name: dict(counts.counts) for name, counts in monitor.outputs.classes.items()},
+                "classes": {name: dict(counts.counts) for name, counts in outputs.classes.items()},
             }
 
-    def histograms(self) -> list[tuple[str, str, str, ValueHistogram]]:
-        """`(model, version, column, histogram)` for every score column (for metrics exposition)."""
+    def _roles(self) -> list[tuple[str, str, str, OutputDistribution]]:
+        return [
+            (model, version, role, outputs)
+            for model, versions in self._versions.items()
+            for version, monitor in versions.items()
+            for role in ("primary", "shadow")
+            if (outputs := monitor.distribution(role)) is not None
+        ]
+
+    def histograms(self) -> list[tuple[str, str, str, str, ValueHistogram]]:
+        """`(model, version, role, column, histogram)` for every score column (metrics exposition)."""
         with self._lock:
             return [
-                (model, version, column, hist)
-                for model, versions in self._versions.items()
-                for version, monitor in versions.items()
-                for column, hist in monitor.outputs.histograms.items()
+                (model, version, role, column, hist)
+                for model, version, role, outputs in self._roles()
+                for column, hist in outputs.histograms.items()
             ]
 
-    def class_counts(self) -> list[tuple[str, str, str, dict[str, int]]]:
+    def class_counts(self) -> list[tuple[str, str, str, str, dict[str, int]]]:
+        """`(model, version, role, output, counts by class)` for every label output."""
         with self._lock:
             return [
-                (model, version, output, dict(counts.counts))
-                for model, versions in self._versions.items()
-                for version, monitor in versions.items()
-                for output, counts in monitor.outputs.classes.items()
+                (model, version, role, output, dict(counts.counts))
+                for model, version, role, outputs in self._roles()
+                for output, counts in outputs.classes.items()
             ]
 
     def windowed_outputs(
-        self, model: str, version: str, *, scores_only: bool = False
+        self, model: str, version: str, *, scores_only: bool = False, role: str = "primary"
     ) -> dict[str, np.ndarray]:
         """The version's output bucket counts (output edges) over the drift window, per output column."""
         with self._lock:
             monitor = self._lookup(model, version)
-            if monitor is None:
+            outputs = monitor.distribution(role) if monitor is not None else None
+            if outputs is None:
                 return {}
-            found = monitor.outputs.windowed(self.clock())
-            scores = monitor.outputs.histograms
-            return {k: v for k, v in found.items() if k in scores} if scores_only else found
+            found = outputs.windowed(self.clock())
+            return {k: v for k, v in found.items() if k in outputs.histograms} if scores_only else found
 
     def output_shift(self, model: str, live: str, candidate: str) -> list[ColumnDrift]:
         """PSI of the candidate's current output distribution against the live version's, per column."""
@@ -395,6 +326,9 @@ class Monitor:
             now = self.clock()
             base = versions[live].outputs.windowed(now)
             other = versions[candidate].outputs.windowed(now)
+            shadow = versions[candidate].shadow
+            if shadow is not None and not any(counts.sum() for counts in other.values()):
+                other = shadow.windowed(now)  # a shadow-only candidate: what it predicted on the same traffic
             config = self.config_for(model).drift
         results = []
         for column, counts in base.items():

@@ -160,10 +160,15 @@ class MonitoringService:
         """A settled shadow run (`ShadowService.result_listeners`; any thread): remember its prediction
         for the label join, so labels say which version was right where they disagreed."""
         outputs = getattr(result, "outputs", None)
-        request_id = getattr(result, "request_id", None)
-        if outputs is None or request_id is None:
+        if outputs is None:
             return
-        found = predicted_values(outputs, self.config_for(result.model).label_output)
+        config = self.config_for(result.model)
+        if config.enabled:  # the shadow version's prediction distribution (role "shadow")
+            self.monitor.submit_shadow(result.model, result.shadow_version, outputs)
+        request_id = getattr(result, "request_id", None)
+        if request_id is None:
+            return
+        found = predicted_values(outputs, config.label_output)
         if found is not None:
             self.labels.add_shadow(request_id, result.shadow_version, found[1])
 
@@ -241,9 +246,12 @@ class MonitoringService:
         points: dict[tuple[str, str], dict[str, float | None]] = {}
         for model, version, role in list(self.windows.keys()):
             if role == "shadow":
+                point = points.setdefault((model, version), {})
                 if self.agreement is not None:
-                    point = points.setdefault((model, version), {})
                     point.update(self._agreement_point(model, version))
+                shadow_mean = self._prediction_point(model, version, role="shadow")
+                if shadow_mean:  # what a shadow-only candidate predicts (a served version's own wins)
+                    point.setdefault("prediction_mean", shadow_mean["prediction_mean"])
                 continue
             totals = self.windows.totals(model, version, role)
             last = self._totals.get((model, version))
@@ -282,13 +290,13 @@ class MonitoringService:
             window = rate
         return {"agreement": window, "agreement_cumulative": rate, "shadow_compared": float(samples)}
 
-    def _prediction_point(self, model: str, version: str) -> dict[str, float | None]:
+    def _prediction_point(self, model: str, version: str, role: str = "primary") -> dict[str, float | None]:
         """Mean of the version's main score column over the drift window (from its bucket centres).
 
         The main column is `name[1]` of a two-column output (P(class 1) of a binary classifier), else
         the first score column.
         """
-        found = self.monitor.windowed_outputs(model, version, scores_only=True)
+        found = self.monitor.windowed_outputs(model, version, scores_only=True, role=role)
         if not found:
             return {}
         column = next((name for name in found if name.endswith("[1]")), next(iter(found)))
@@ -323,6 +331,7 @@ class MonitoringService:
             drift = self.monitor.drift(model, version)
             out[version] = {
                 "distribution": self.monitor.distribution(model, version),
+                "shadow_distribution": self.monitor.distribution(model, version, role="shadow"),
                 "reference": drift["reference"],
                 "drift": {
                     "inputs": [r.to_dict() for r in _worst_first(drift["inputs"])],
@@ -345,6 +354,10 @@ class MonitoringService:
                 "drifted": drifted,
                 "accuracy": data["accuracy"]["accuracy"],
                 "labelled": data["accuracy"]["samples"],
+                "predictions": {
+                    "primary": _shares(data["distribution"]),
+                    "shadow": _shares(data["shadow_distribution"]),
+                },
             }
         return {"monitoring": {"versions": versions, "reference_error": self.reference_errors.get(model)}}
 
@@ -355,6 +368,15 @@ class MonitoringService:
             if m == model
             for result in self.monitor.output_shift(model, live, candidate)
         ]
+
+
+def _shares(distribution: dict[str, Any]) -> dict[str, Any]:
+    """Rows and class shares of one prediction distribution (what the status shows of it)."""
+    shares = {}
+    for output, counts in distribution["classes"].items():
+        total = sum(counts.values()) or 1
+        shares[output] = {name: count / total for name, count in sorted(counts.items())}
+    return {"rows": distribution["rows"], "class_shares": shares}
 
 
 def _order(version: str) -> tuple[int, str]:

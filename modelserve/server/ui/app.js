@@ -279,32 +279,46 @@ function pickColumn(histograms) {
   return names.find((n) => n.endsWith("[1]")) || names[0];
 }
 
-function renderDistribution(s) {
+function distributionSeries(s) {
+  // One series per version and role: what a version served (primary) and what it predicted in shadow.
   const versions = Object.entries(s.monitoring.versions).sort((a, b) => byVersion(a[0], b[0]));
-  const withHist = versions.filter(([, m]) => Object.keys(m.distribution.histograms).length);
+  const series = [];
+  for (const [v, m] of versions) {
+    series.push({ version: v, role: "primary", label: `v${v}`, dist: m.distribution });
+    if (m.shadow_distribution && m.shadow_distribution.rows) {
+      series.push({ version: v, role: "shadow", label: `v${v} shadow`, dist: m.shadow_distribution });
+    }
+  }
+  return series;
+}
+
+function renderDistribution(s) {
+  const series = distributionSeries(s);
+  const withHist = series.filter((x) => Object.keys(x.dist.histograms).length);
   const parts = [];
   if (withHist.length) {
-    const column = pickColumn(withHist[0][1].distribution.histograms);
-    const first = withHist[0][1].distribution.histograms[column];
+    const column = pickColumn(withHist[0].dist.histograms);
+    const first = withHist[0].dist.histograms[column];
     const edges = first.edges;
     // Buckets inside [0, 1] (scores), plus everything below / above merged at the ends.
     const lo = edges.indexOf(0), hi = edges.indexOf(1);
     const inner = lo >= 0 && hi > lo ? [lo + 1, hi] : [0, edges.length - 1];
     const labels = [];
     for (let i = inner[0]; i <= inner[1]; i++) labels.push(edges[i]);
-    const shares = withHist.map(([v, m]) => {
-      const h = m.distribution.histograms[column];
-      if (!h) return [v, labels.map(() => 0)];
+    const shares = withHist.map((x) => {
+      const h = x.dist.histograms[column];
+      if (!h) return [x, labels.map(() => 0)];
       const total = h.counts.reduce((a, b) => a + b, 0) || 1;
-      return [v, labels.map((_, j) => h.counts[inner[0] + j] / total)];
+      return [x, labels.map((_, j) => h.counts[inner[0] + j] / total)];
     });
     const max = Math.max(0.01, ...shares.flatMap(([, xs]) => xs));
     const W = 600, H = 170, pad = 24, groupW = (W - pad) / labels.length, barW = Math.max(1, (groupW - 2) / shares.length);
     let bars = "";
-    shares.forEach(([v, xs], k) => {
-      xs.forEach((x, j) => {
-        const h = ((H - 22) * x) / max;
-        bars += `<rect x="${pad + j * groupW + k * barW}" y="${H - 18 - h}" width="${barW - 0.5}" height="${h}" fill="${color(v)}"><title>v${esc(v)} ≤${labels[j]}: ${pct(x)}</title></rect>`;
+    shares.forEach(([x, xs], k) => {
+      const opacity = x.role === "shadow" ? ' fill-opacity="0.5"' : "";
+      xs.forEach((share, j) => {
+        const h = ((H - 22) * share) / max;
+        bars += `<rect data-role="${x.role}" x="${pad + j * groupW + k * barW}" y="${H - 18 - h}" width="${barW - 0.5}" height="${h}" fill="${color(x.version)}"${opacity}><title>${esc(x.label)} ≤${labels[j]}: ${pct(share)}</title></rect>`;
       });
     });
     let ticks = "";
@@ -312,25 +326,25 @@ function renderDistribution(s) {
       if (j % 4 === 3) ticks += `<text x="${pad + (j + 1) * groupW}" y="${H - 4}" font-size="10" text-anchor="end" fill="#6b7385">${label}</text>`;
     });
     parts.push(
-      `<div><div class="muted">${esc(column)}: share of predictions per bucket, by version · ` +
-        shares.map(([v]) => `${swatch(v)}v${esc(v)}`).join(" ") +
+      `<div><div class="muted">${esc(column)}: share of predictions per bucket, by version (shadow: what it predicted unseen) · ` +
+        shares.map(([x]) => `${swatch(x.version)}${esc(x.label)}`).join(" ") +
         `</div><svg id="distribution-svg" viewBox="0 0 ${W} ${H}" preserveAspectRatio="none">` +
         `<line x1="${pad}" y1="${H - 18}" x2="${W}" y2="${H - 18}" stroke="#e3e6ec"/>${bars}${ticks}</svg></div>`,
     );
   }
-  const classes = versions.filter(([, m]) => Object.keys(m.distribution.classes).length);
+  const classes = series.filter((x) => Object.keys(x.dist.classes).length);
   if (classes.length) {
-    const output = Object.keys(classes[0][1].distribution.classes)[0];
-    const rows = classes.map(([v, m]) => {
-      const counts = m.distribution.classes[output] || {};
+    const output = Object.keys(classes[0].dist.classes)[0];
+    const rows = classes.map((x) => {
+      const counts = x.dist.classes[output] || {};
       const total = Object.values(counts).reduce((a, b) => a + b, 0) || 1;
       const cells = Object.keys(counts)
         .sort()
         .map((c) => `${esc(c)}: <b>${pct(counts[c] / total)}</b>`)
         .join(" · ");
-      return `<tr><td>${swatch(v)}v${esc(v)}</td><td>${cells}</td><td>${m.distribution.rows}</td></tr>`;
+      return `<tr data-role="${x.role}"><td>${swatch(x.version)}${esc(x.label)}</td><td>${cells}</td><td>${x.dist.rows}</td></tr>`;
     });
-    parts.push(`<table><thead><tr><th>version</th><th>${esc(output)} shares</th><th>rows</th></tr></thead><tbody>${rows.join("")}</tbody></table>`);
+    parts.push(`<table id="class-shares"><thead><tr><th>version</th><th>${esc(output)} shares</th><th>rows</th></tr></thead><tbody>${rows.join("")}</tbody></table>`);
   }
   const shift = s.monitoring.output_shift.filter((r) => r.psi !== null);
   if (shift.length) {
