@@ -10,9 +10,11 @@
                                           version predicted for that request (feedback scope)
 
 The page and its JSON are read-only and open, unless a read token is configured (`--read-token`):
-then the JSON needs the read (or admin) token, which the page sends when opened as
-`/ui/?token=...`. Labels move accuracy figures and gates, so they take the feedback (or admin)
-token, like outcomes. The page polls its JSON every two seconds.
+then the JSON needs the read (or admin) token. The page asks for it in a sign-in form, keeps it in
+the tab's sessionStorage and sends it as an Authorization header, never in a URL (a `?token=` is
+stripped from the address bar and not used). The page's files carry a content security policy
+(scripts only from the page's own files) and no-referrer. Labels move accuracy figures and gates,
+so they take the feedback (or admin) token, like outcomes. The page polls its JSON every two seconds.
 """
 
 from __future__ import annotations
@@ -41,6 +43,17 @@ UI_FILES = {
     "uPlot.min.css": "text/css; charset=utf-8",
 }
 SERVICE_NAME = "modelserve"
+#: Headers of the page and its files: own scripts only (what would read the token is the page's
+#: code alone), no framing, no Referer to other sites.
+PAGE_HEADERS = {
+    "cache-control": "no-cache",
+    "content-security-policy": (
+        "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
+        "connect-src 'self'; frame-ancestors 'none'; form-action 'self'; base-uri 'none'"
+    ),
+    "referrer-policy": "no-referrer",
+    "x-content-type-options": "nosniff",
+}
 
 
 def _ui_file(name: str) -> bytes:
@@ -112,13 +125,13 @@ def routes(services: Services, monitoring: MonitoringService) -> list[BaseRoute]
         if request.url.path.endswith("/ui"):
             return RedirectResponse(request.url.path + "/", status_code=307)
         body, kind = files["index.html"]
-        return Response(body, media_type=kind, headers={"cache-control": "no-cache"})
+        return Response(body, media_type=kind, headers=PAGE_HEADERS)
 
     async def static(request: Request) -> Response:
         found = files.get(request.path_params["name"])
         if found is None:
             return _error(NotFound(f"no file {request.path_params['name']!r} in the status page"))
-        return Response(found[0], media_type=found[1], headers={"cache-control": "no-cache"})
+        return Response(found[0], media_type=found[1], headers=PAGE_HEADERS)
 
     def check_read(request: Request) -> None:
         if services.config.read_token:

@@ -29,12 +29,63 @@ function swatch(version) {
 function $(id) {
   return document.getElementById(id);
 }
-const TOKEN = new URLSearchParams(location.search).get("token");
+// The read token (servers started with --read-token) lives in this tab's sessionStorage, entered
+// in the sign-in form and sent as an Authorization header: never in a URL, where history, logs
+// and Referer headers would keep it. It is gone when the tab closes.
+const TOKEN_KEY = "modelserve.readToken";
+class SignInNeeded extends Error {}
+function readToken() {
+  return sessionStorage.getItem(TOKEN_KEY);
+}
+function dropTokenFromUrl() {
+  const query = new URLSearchParams(location.search);
+  if (!query.has("token")) return false;
+  query.delete("token");
+  const rest = query.toString();
+  history.replaceState(null, "", location.pathname + (rest ? "?" + rest : "") + location.hash);
+  return true;
+}
 async function getJSON(url) {
-  const headers = TOKEN ? { authorization: "Bearer " + TOKEN } : {};
+  const token = readToken();
+  const headers = token ? { authorization: "Bearer " + token } : {};
   const response = await fetch(url, { cache: "no-store", headers });
+  if (response.status === 401 || response.status === 403) {
+    throw new SignInNeeded(token ? "this token is not accepted" : "this server needs a read token");
+  }
   if (!response.ok) throw new Error(`${url}: HTTP ${response.status}`);
   return response.json();
+}
+function showSignIn(message) {
+  clearTimeout(state.timer);
+  $("signin-message").textContent = message;
+  $("signin").hidden = false;
+  $("main").hidden = true;
+  $("signout").hidden = true;
+  $("token-input").focus();
+}
+function setUpSignIn() {
+  $("signin").addEventListener("submit", (event) => {
+    event.preventDefault();
+    const value = $("token-input").value.trim();
+    if (!value) return;
+    sessionStorage.setItem(TOKEN_KEY, value);
+    $("token-input").value = "";
+    $("signin").hidden = true;
+    $("main").hidden = false;
+    begin();
+  });
+  $("signout").addEventListener("click", (event) => {
+    event.preventDefault();
+    sessionStorage.removeItem(TOKEN_KEY);
+    showSignIn("signed out");
+  });
+}
+function begin() {
+  start().catch((error) => {
+    if (error instanceof SignInNeeded) return showSignIn(error.message);
+    $("pulse").className = "pulse off";
+    $("updated").textContent = String(error.message || error);
+  });
 }
 
 async function start() {
@@ -42,6 +93,7 @@ async function start() {
   $("service").textContent = listing.service;
   const nav = $("models");
   nav.innerHTML = "";
+  $("signout").hidden = !readToken();
   for (const name of listing.models) {
     const button = document.createElement("button");
     button.textContent = name;
@@ -73,6 +125,7 @@ async function poll() {
     $("pulse").className = "pulse on";
     $("updated").textContent = "updated " + new Date(snapshot.generated_at * 1000).toLocaleTimeString();
   } catch (error) {
+    if (error instanceof SignInNeeded) return showSignIn(error.message);
     $("pulse").className = "pulse off";
     $("updated").textContent = String(error.message || error);
   }
@@ -475,7 +528,9 @@ function renderExperiment(s) {
     `<table><thead><tr><th>arm</th><th>assigned</th><th>outcomes</th><th>estimate</th><th>95% interval</th></tr></thead><tbody>${arms}</tbody></table>${comparisons}`;
 }
 
-start().catch((error) => {
-  $("pulse").className = "pulse off";
-  $("updated").textContent = String(error.message || error);
-});
+setUpSignIn();
+if (dropTokenFromUrl()) {
+  showSignIn("a token in the address is not used (history and logs keep it): enter it here");
+} else {
+  begin();
+}
