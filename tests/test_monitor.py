@@ -242,3 +242,15 @@ def test_shadow_outputs_are_a_distribution_of_their_own_from_any_thread() -> Non
     # The candidate ran only in shadow: its output shift against live reads what it predicted there.
     shift = monitor.output_shift("credit", "1", "2")
     assert shift and all(r.samples == 120 and r.reference_samples == 40 for r in shift)
+
+
+def test_has_pending_says_when_a_flush_has_work() -> None:
+    monitor = Monitor()
+    rng = np.random.default_rng(2)
+    assert not monitor.has_pending()
+    monitor.submit("m", "1", *request(rng))
+    assert monitor.has_pending()
+    monitor.flush()
+    assert not monitor.has_pending()
+    monitor.submit_shadow("m", "2", request(rng)[1])
+    assert monitor.has_pending() and monitor.flush() == 1 and not monitor.has_pending()

@@ -100,6 +100,10 @@ class Monitor:
             inputs, outputs = _sampled_rows(inputs, rows), _sampled_rows(outputs, rows)
         pending.append((model, version, inputs, outputs, self.clock()))
 
+    def has_pending(self) -> bool:
+        """Whether anything waits to be counted (a flush with nothing to do is skipped)."""
+        return bool(self._pending or self._shadow_pending)
+
     def submit_shadow(self, model: str, version: str, outputs: Mapping[str, np.ndarray]) -> None:
         """Queue a shadow run's outputs (any thread; references only, counted at the next `flush`)."""
         if len(self._shadow_pending) >= self.max_pending:

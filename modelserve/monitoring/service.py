@@ -191,7 +191,11 @@ class MonitoringService:
                 self.sample_history()
 
     async def flush(self) -> None:
-        """Count what is pending, in a worker thread (our own limiter: never anyio's default pool)."""
+        """Count what is pending, in a worker thread (our own limiter: never anyio's default pool).
+
+        Nothing pending, no thread hop: an idle server's ticks cost next to nothing."""
+        if not self.monitor.has_pending():
+            return
         if self._flush_limiter is None:
             self._flush_limiter = anyio.CapacityLimiter(1)
         await anyio.to_thread.run_sync(self.monitor.flush, limiter=self._flush_limiter)
