@@ -112,6 +112,25 @@ def test_labels_since_counts_by_wall_time_slot() -> None:
     assert tally.labelled_since("m", "1", 0.0) == (0, 0)
 
 
+def test_a_shadow_is_compared_on_the_very_rows_it_predicted() -> None:
+    """Live v1 served 4 labelled requests; shadow v2 predicted only 2 of them (the others were shed).
+    Per role each version counts its own rows; the pair counts the 2 rows both predicted."""
+    from modelserve.monitoring.outcomes import ACCURACY, LabelJoin, Prediction
+
+    tally = OutcomeTally(wall_clock=lambda: 1000.0)
+    join = LabelJoin(tally)
+    for i in range(4):
+        join.remember(f"r{i}", Prediction(model="m", version="1", kind=ACCURACY, values=np.array([1])))
+    join.add_shadow("r0", "2", np.array([0]))
+    join.add_shadow("r1", "2", np.array([1]))
+    for i in range(4):
+        join.resolve(f"r{i}", 1 if i != 1 else 0, model="m")
+    assert tally.labelled_since("m", "1", 0.0) == (3, 4)  # v1 served 4, right on 3
+    assert tally.labelled_since("m", "2", 0.0, role="shadow") == (0, 2)  # v2 wrong on both of its rows
+    assert tally.labelled_since("m", "2", 0.0) == (0, 0)  # it served nothing
+    assert tally.paired_since("m", "1", "2", 0.0) == (1, 0, 2)  # on the same 2 rows: v1 right once
+
+
 def test_the_example_plan_has_the_accuracy_gate_in_every_stage() -> None:
     plan = load_plan(PLAN)
     for stage in plan.stages:
@@ -206,8 +225,14 @@ def test_a_healthy_candidate_as_accurate_as_live_is_promoted(tmp_path: Path) -> 
 
     answer, _ = rollout_with_labels(tmp_path, copy_of_v1)
     assert answer["rollout"]["state"] == "promoted", answer["rollout"]
-    verdicts = [g["verdict"] for e in answer["events"] for g in e["gates"] if g["gate"] == "accuracy_vs_live"]
-    assert FAIL not in verdicts and PASS in verdicts
+    results = [(e, g) for e in answer["events"] for g in e["gates"] if g["gate"] == "accuracy_vs_live"]
+    assert FAIL not in [g["verdict"] for _, g in results] and PASS in [g["verdict"] for _, g in results]
+    # In the shadow stage both versions are judged on the same rows: a copy of v1 is exactly as right.
+    in_shadow = [
+        g for e, g in results if e["stage"] == "shadow" or e["message"].startswith("shadow passed")
+    ]  # the event that leaves a stage is stamped with the next one
+    shadow = [g for g in in_shadow if g["difference"] is not None]
+    assert shadow and all(g["samples"] == g["baseline_samples"] and g["difference"] == 0 for g in shadow)
 
 
 def test_a_plan_with_an_accuracy_gate_is_refused_without_monitoring(tmp_path: Path) -> None:

@@ -12,7 +12,9 @@ Where the primary and a shadow version predicted different classes for a labelle
 which one was right (`disagreements`): the question a shadow analysis has to answer.
 
 Label counts are also kept per 10-second slot of wall time (the last 24 hours), so a gate can ask
-for the labels that arrived since a rollout began (`labelled_since`), not since the process started.
+for the labels that arrived since a rollout began, not since the process started: per version and
+role (`labelled_since`: rows it served, or predicted as a shadow), and per (primary, shadow) pair on
+the very same rows (`paired_since`), the like-for-like comparison of a shadow stage.
 """
 
 from __future__ import annotations
@@ -102,35 +104,59 @@ class OutcomeTally:
         self._lock = threading.Lock()
         self._counts: dict[tuple[str, str, bool], _Counts] = {}
         self._wall_clock = wall_clock
-        #: (model, version) -> slot index -> [labelled, correct], oldest slot first.
-        self._slots: dict[tuple[str, str], dict[int, list[int]]] = {}
+        #: (model, version, role) or (model, primary, "paired:" + shadow) -> slot -> counts, oldest first.
+        self._slots: dict[tuple[str, str, str], dict[int, list[int]]] = {}
 
     def _both(self, model: str, version: str, experiment: bool) -> list[_Counts]:
         keys = [(model, version, False)] + ([(model, version, True)] if experiment else [])
         return [self._counts.setdefault(key, _Counts()) for key in keys]
 
-    def record_labels(self, model: str, version: str, correct: int, total: int, *, experiment: bool) -> None:
-        """Count `total` labelled rows of which `correct` were predicted right."""
-        slot = int(self._wall_clock() // SLOT_S)
+    def record_labels(
+        self, model: str, version: str, correct: int, total: int, *, experiment: bool, role: str = "primary"
+    ) -> None:
+        """Count `total` labelled rows of which `correct` were predicted right (by `version` serving
+        them, role "primary", or predicting them in shadow, role "shadow")."""
         with self._lock:
             for counts in self._both(model, version, experiment):
                 counts.labelled += total
                 counts.correct += correct
-            slots = self._slots.setdefault((model, version), {})
-            found = slots.setdefault(slot, [0, 0])
-            found[0] += total
-            found[1] += correct
-            while len(slots) > MAX_SLOTS:
-                del slots[next(iter(slots))]
+            self._add_to_slot((model, version, role), total, correct)
 
-    def labelled_since(self, model: str, version: str, since: float) -> tuple[int, int]:
-        """`(correct, labelled)` rows of `version` labelled at or after wall time `since` (to the 10 s
-        slot that holds it; at most the last 24 hours)."""
+    def record_paired(
+        self, model: str, primary: str, shadow: str, primary_correct: int, shadow_correct: int, total: int
+    ) -> None:
+        """Count `total` labelled rows that both the primary and a shadow version predicted."""
+        with self._lock:
+            self._add_to_slot((model, primary, "paired:" + shadow), total, primary_correct, shadow_correct)
+
+    def _add_to_slot(self, key: tuple[str, str, str], *counts: int) -> None:
+        slot = int(self._wall_clock() // SLOT_S)
+        slots = self._slots.setdefault(key, {})
+        found = slots.setdefault(slot, [0] * len(counts))
+        for i, count in enumerate(counts):
+            found[i] += count
+        while len(slots) > MAX_SLOTS:
+            del slots[next(iter(slots))]
+
+    def _since(self, key: tuple[str, str, str], since: float, width: int) -> list[int]:
         first = int(since // SLOT_S)
         with self._lock:
-            slots = self._slots.get((model, version), {})
-            found = [counts for slot, counts in slots.items() if slot >= first]
-        return sum(c[1] for c in found), sum(c[0] for c in found)
+            found = [list(c) for slot, c in self._slots.get(key, {}).items() if slot >= first]
+        return [sum(c[i] for c in found) for i in range(width)]
+
+    def labelled_since(
+        self, model: str, version: str, since: float, role: str = "primary"
+    ) -> tuple[int, int]:
+        """`(correct, labelled)` rows of `version` in `role` labelled at or after wall time `since` (to
+        the 10 s slot that holds it; at most the last 24 hours)."""
+        labelled, correct = self._since((model, version, role), since, 2)
+        return correct, labelled
+
+    def paired_since(self, model: str, primary: str, shadow: str, since: float) -> tuple[int, int, int]:
+        """`(primary correct, shadow correct, rows)` over the rows both versions predicted, labelled at
+        or after wall time `since`: the same rows, so the two accuracies compare like with like."""
+        rows, primary_correct, shadow_correct = self._since((model, primary, "paired:" + shadow), since, 3)
+        return primary_correct, shadow_correct, rows
 
     def record_errors(self, model: str, version: str, errors: np.ndarray, *, experiment: bool) -> None:
         """Count regression errors (prediction minus truth), one per row."""
@@ -364,11 +390,18 @@ class LabelJoin:
             if prediction.kind == ACCURACY and values.shape == prediction.values.shape:
                 self._count_disagreements(prediction, version, values, right)
         for version, per_row in right.items():
-            experiment = prediction.experiment and version == prediction.version
+            served = version == prediction.version
+            experiment = prediction.experiment and served
             if prediction.kind == ACCURACY:
                 self.tally.record_labels(
-                    prediction.model, version, int(per_row.sum()), per_row.size, experiment=experiment
-                )
+                    prediction.model, version, int(per_row.sum()), per_row.size, experiment=experiment,
+                    role="primary" if served else "shadow",
+                )  # fmt: skip
+                if not served and per_row.shape == right[prediction.version].shape:
+                    self.tally.record_paired(
+                        prediction.model, prediction.version, version,
+                        int(right[prediction.version].sum()), int(per_row.sum()), per_row.size,
+                    )  # fmt: skip
             else:
                 self.tally.record_errors(prediction.model, version, per_row, experiment=experiment)
         return JoinResult(request_id=request_id, prediction=prediction, right=right)

@@ -282,7 +282,9 @@ class RolloutController:
             else None
         )
         outcomes = (
-            self._outcomes(model, rollout.candidate, rollout.baseline_version, rollout.started_at)
+            self._outcomes(
+                model, rollout.candidate, rollout.baseline_version, rollout.started_at, stage.shadow
+            )
             if self._outcomes and "accuracy" in metrics
             else None
         )

@@ -11,8 +11,9 @@ from modelserve.rollout.gates import ExperimentEvidence, OutcomeEvidence, Shadow
 AgreementSource = Callable[[str, str], ShadowAgreement | None]
 #: `(model, candidate) -> the running experiment's verdict on the candidate, or None`.
 ExperimentSource = Callable[[str, str], ExperimentEvidence | None]
-#: `(model, candidate, baseline, since wall time) -> both versions' labelled outcomes since then`.
-OutcomeSource = Callable[[str, str, str, float], OutcomeEvidence | None]
+#: `(model, candidate, baseline, since wall time, shadow stage) -> both versions' labelled outcomes
+#: since then: in a shadow stage on the same rows, else each on the requests it served`.
+OutcomeSource = Callable[[str, str, str, float, bool], OutcomeEvidence | None]
 
 
 class RolloutTarget(Protocol):

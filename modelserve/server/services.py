@@ -498,11 +498,20 @@ def experiment_evidence(
 
 
 def outcome_evidence(
-    monitoring: MonitoringService, model: str, candidate: str, baseline: str, since: float
+    monitoring: MonitoringService, model: str, candidate: str, baseline: str, since: float, shadow: bool
 ) -> OutcomeEvidence:
-    """The rollout `accuracy` gate's input: both versions' labelled rows since the rollout began."""
-    correct, samples = monitoring.tally.labelled_since(model, candidate, since)
-    base_correct, base_samples = monitoring.tally.labelled_since(model, baseline, since)
+    """The rollout `accuracy` gate's input: both versions' labelled rows since the rollout began.
+
+    Like with like: in a shadow stage, the rows both predicted (the shadow's runs that were not shed);
+    in a canary stage, the requests each served (split by targeting key)."""
+    tally = monitoring.tally
+    if shadow:
+        base_correct, correct, rows = tally.paired_since(model, baseline, candidate, since)
+        return OutcomeEvidence(
+            correct=correct, samples=rows, baseline_correct=base_correct, baseline_samples=rows
+        )
+    correct, samples = tally.labelled_since(model, candidate, since)
+    base_correct, base_samples = tally.labelled_since(model, baseline, since)
     return OutcomeEvidence(
         correct=correct, samples=samples, baseline_correct=base_correct, baseline_samples=base_samples
     )
