@@ -69,3 +69,33 @@ async def test_a_canary_spread_over_three_replicas_passes_on_their_sum_only(tmp_
 
 def sample(windows: Any, version: str) -> Sample:
     return Sample.from_windows(windows, "fraud", version, "primary", 60)
+
+
+@pytest.mark.anyio
+async def test_compute_times_merge_over_replicas_like_latencies(tmp_path: Path) -> None:
+    """Shadow stages compare model-run CPU times: the leader's comes from every replica's runs."""
+    fleets = []
+    for index, name in enumerate(("a", "b", "c")):
+        coordinator = SqliteCoordinator(tmp_path / "state.db")
+        await coordinator.open()
+        windows = SlidingWindows(window_s=60, sub_windows=12)
+        for _ in range(30):  # each replica's runs take another time: a, b, c = 1, 2, 4 ms
+            windows.record("fraud", "2", "shadow", 0.01, compute_s=0.001 * 2**index)
+        fleet = FleetWindows(coordinator=coordinator, windows=windows, replica_id=name)
+        await fleet.publish()
+        await coordinator.put_snapshot("replicas", name, {"models": {}}, ttl_s=30)
+        fleets.append((coordinator, fleet))
+    leader = fleets[0][1]
+    alone = leader.windows.compute_histogram("fraud", "2", "shadow", 60)
+    assert alone.count == 30 and alone.quantile(0.99) == pytest.approx(0.001, rel=0.03)
+    await leader.refresh()
+    merged = leader.compute_histogram("fraud", "2", "shadow", 60)
+    assert merged.count == 90
+    assert merged.quantile(0.2) == pytest.approx(0.001, rel=0.03)
+    assert merged.quantile(0.5) == pytest.approx(0.002, rel=0.03)
+    assert merged.quantile(0.99) == pytest.approx(0.004, rel=0.03)
+    assert leader.histogram("fraud", "2", "shadow", 60).count == 90  # latencies still separate
+    shadow = Sample.from_windows(leader, "fraud", "2", "shadow", 60, compute=True)
+    assert shadow.requests == 90 and shadow.latency.count == 90
+    for coordinator, _ in fleets:
+        await coordinator.aclose()

@@ -1,10 +1,10 @@
 """Fleet-wide gate data: every replica's sliding windows, merged for the rollout leader.
 
-Each replica publishes its sub-windows (requests, errors, timeouts, latency buckets per
-`(model, version, role)`), stamped with wall-clock time, as its snapshot `windows/<replica>` about
+Each replica publishes its sub-windows (requests, errors, timeouts, latency and compute-time buckets
+per `(model, version, role)`), stamped with wall-clock time, as its snapshot `windows/<replica>` about
 once a second (idempotent: a retry overwrites, never double-counts). The leader's `FleetWindows`
-answers `snapshot()` like `SlidingWindows` does, from the sum of every replica's sub-windows inside
-the window: the histograms merge exactly.
+answers `snapshot()`, `histogram()` and `compute_histogram()` like `SlidingWindows` does, from the
+sum of every replica's sub-windows inside the window: the histograms merge exactly.
 
 A replica that serves (it reports in `replicas`) but whose windows are older than `max_lag_s` makes
 every snapshot empty, so the gates are inconclusive and hold: missing data never passes a stage.
@@ -58,11 +58,11 @@ class FleetWindows:
         series = []
         recorded = self.windows.keys()  # (model, version, role) of every series
         for model, version, role in recorded:
-            for start_mono, requests, errors, timeouts, histogram in self.windows.slices(
+            for start_mono, requests, errors, timeouts, latency, compute in self.windows.slices(
                 model, version, role
             ):
                 series.append([model, version, role, wall - (mono - start_mono), requests, errors, timeouts,
-                               _histogram_to_json(histogram)])  # fmt: skip
+                               _histogram_to_json(latency), _histogram_to_json(compute)])  # fmt: skip
         return {"time": wall, "sub_window_s": self.windows.sub_window_s, "series": series}
 
     async def publish(self) -> None:
@@ -82,20 +82,27 @@ class FleetWindows:
         )
 
     def _merged(
-        self, model: str, version: str, role: str, window_s: float | None, now: float | None
-    ) -> tuple[int, int, int, LogHistogram]:
+        self, model: str, version: str, role: str, window_s: float | None, now: float | None,
+        *, compute: bool = False,
+    ) -> tuple[int, int, int, LogHistogram]:  # fmt: skip
         span = min(window_s or self.windows.window_s, self.windows.window_s)
         if self.missing:
             return 0, 0, 0, LogHistogram()
         local = self.windows.snapshot(model, version, role, window_s, now)
-        histogram = self.windows.histogram(model, version, role, window_s, now)
+        if compute:
+            histogram = self.windows.compute_histogram(model, version, role, window_s, now)
+        else:
+            histogram = self.windows.histogram(model, version, role, window_s, now)
         requests, errors, timeouts = local.requests, local.errors, local.timeouts
         since = time.time() - span - self.windows.sub_window_s
         for body in self.remote.values():
-            for m, v, r, start, n, e, t, buckets in body.get("series", ()):
+            for m, v, r, start, n, e, t, latency, *rest in body.get("series", ()):
                 if (m, v, r) == (model, version, role) and start >= since:
                     requests, errors, timeouts = requests + n, errors + e, timeouts + t
-                    histogram.merge(_histogram_from_json(buckets))
+                    if not compute:
+                        histogram.merge(_histogram_from_json(latency))
+                    elif rest:  # a replica of an older release publishes no compute times
+                        histogram.merge(_histogram_from_json(rest[0]))
         return requests, errors, timeouts, histogram
 
     def snapshot(
@@ -115,10 +122,8 @@ class FleetWindows:
     def compute_histogram(
         self, model: str, version: str, role: str, window_s: float | None = None, now: float | None = None
     ) -> LogHistogram:
-        """Model-run CPU times: this replica's only (not published yet); empty while one is missing."""
-        if self.missing:
-            return LogHistogram()
-        return self.windows.compute_histogram(model, version, role, window_s, now)
+        """Model-run CPU times over every replica (empty while a replica is missing)."""
+        return self._merged(model, version, role, window_s, now, compute=True)[3]
 
     async def run(self) -> None:
         """Publish this replica's windows every `publish_s` until cancelled (every replica)."""

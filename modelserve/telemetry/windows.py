@@ -206,9 +206,12 @@ class SlidingWindows:
         requests, errors, timeouts, histogram = self._merge((model, version, role), window_s, now)
         return WindowStats.of(requests, errors, timeouts, histogram, span)
 
-    def slices(self, model: str, version: str, role: str) -> list[tuple[float, int, int, int, LogHistogram]]:
+    def slices(
+        self, model: str, version: str, role: str
+    ) -> list[tuple[float, int, int, int, LogHistogram, LogHistogram]]:
         """The series' sub-windows still in the ring that saw requests: (start on this window's clock,
-        requests, errors, timeouts, a copy of the latency histogram). For merging replicas' windows."""
+        requests, errors, timeouts, copies of the latency and compute-time histograms). For merging
+        replicas' windows."""
         newest = int(self._clock() // self.sub_window_s)
         found = []
         with self._lock:
@@ -217,10 +220,11 @@ class SlidingWindows:
                 return []
             for slot, epoch in enumerate(series.epochs):
                 if newest - self._slots < epoch <= newest and series.requests[slot]:
-                    copy = LogHistogram()
-                    copy.merge(series.histograms[slot])
+                    latency, compute = LogHistogram(), LogHistogram()
+                    latency.merge(series.histograms[slot])
+                    compute.merge(series.compute[slot])
                     found.append((epoch * self.sub_window_s, series.requests[slot], series.errors[slot],
-                                  series.timeouts[slot], copy))  # fmt: skip
+                                  series.timeouts[slot], latency, compute))  # fmt: skip
         return found
 
     def totals(self, model: str, version: str, role: str) -> SeriesTotals:
