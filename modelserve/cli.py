@@ -247,6 +247,7 @@ def serve_config(args: argparse.Namespace, environ: dict[str, str] | os._Environ
         replica_id=environ.get(POD_NAME_ENV) or None,
         memory_budget=_size(args.memory_budget),
         leader_lease_s=args.leader_lease,
+        metrics_dir=state_dir / "metrics" if args.workers > 1 else None,
     )
 
 

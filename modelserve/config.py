@@ -245,6 +245,9 @@ class ServerConfig:
     memory_budget: int | None = None  # bytes all warm versions may cost together (serving/memory.py)
     #: Shared state only: the rollout leader's lease; a new leader takes over within about this.
     leader_lease_s: float = 10.0
+    #: Worker processes of one machine: each writes its counters here, and `/metrics` on any of
+    #: them reports the sum (`telemetry/fleet_metrics.py`); `serve --workers N` sets it.
+    metrics_dir: Path | None = None
 
     def to_json(self) -> dict[str, Any]:
         """Every field as JSON values (how `serve --workers N` hands its configuration to each worker)."""

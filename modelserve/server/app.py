@@ -105,7 +105,10 @@ class ModelServe:
                 max_header_bytes=config.max_header_bytes,
             )
         ]  # fmt: skip
-        routes.append(Route(METRICS_PATH, metrics_app(services.metrics_registry)))
+        exposed = services.metrics_registry
+        if services.worker_metrics is not None:
+            exposed = services.worker_metrics.exposition()
+        routes.append(Route(METRICS_PATH, metrics_app(exposed)))
         telemetry = services.telemetry
         if telemetry is not None:
             # Metrics are recorded by the telemetry observer, once per inference: the middleware does spans.

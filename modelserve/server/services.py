@@ -63,6 +63,7 @@ from modelserve.state.coordinator import open_coordinator, replica_id
 from modelserve.state.flags import FlagFileSource
 from modelserve.state.policies import PolicyTable
 from modelserve.state.store import MemoryStateStore, StateStore
+from modelserve.telemetry.fleet_metrics import WorkerMetrics
 from modelserve.telemetry.service import TelemetryService, build_telemetry, rollout_readings
 from modelserve.telemetry.windows import SlidingWindows
 
@@ -121,6 +122,8 @@ class Services:
     hooks: Hooks
     #: What `/metrics` exposes; register your own `prometheus_client` collectors here.
     metrics_registry: CollectorRegistry
+    #: Set with `config.metrics_dir`: `/metrics` reports every worker's counts summed.
+    worker_metrics: WorkerMetrics | None = None
     replica: Replica
     telemetry: TelemetryService | None = None
     shadow: ShadowService | None = None
@@ -369,11 +372,16 @@ def build_services(
         progress = rollout.status if rollout is not None else None
         telemetry.metrics.set_rollout_source(partial(rollout_readings, registry, policies, progress))
 
+    worker_metrics = None
+    if config.metrics_dir is not None:
+        worker_metrics = WorkerMetrics(metrics_registry, config.metrics_dir)
+        hooks.tasks.append(worker_metrics.run)
+
     hooks.shutdown.append(replica.close)  # last: the hooks before it may still write state
     return Services(
         config=config, store=store, registry=registry, policies=policies, windows=windows, flags=flags,
         router=router, inference=InferencePath(registry, hooks.observers), hooks=hooks, replica=replica,
-        metrics_registry=metrics_registry,
+        metrics_registry=metrics_registry, worker_metrics=worker_metrics,
         telemetry=telemetry, shadow=shadow, experiments=experiments, rollout=rollout, audit=audit,
         monitoring=monitoring, withdrawn=withdrawn,
         tokens=Tokens(
