@@ -248,6 +248,8 @@ class ServerConfig:
     #: Worker processes of one machine: each writes its counters here, and `/metrics` on any of
     #: them reports the sum (`telemetry/fleet_metrics.py`); `serve --workers N` sets it.
     metrics_dir: Path | None = None
+    #: Shared state only: a replica that could not read it for this long cuts canary traffic to 0.
+    exposure_ttl_s: float = 60.0
 
     def to_json(self) -> dict[str, Any]:
         """Every field as JSON values (how `serve --workers N` hands its configuration to each worker)."""

@@ -21,6 +21,7 @@ def _every_field_set() -> ServerConfig:
         max_header_bytes=4567, max_json_bytes=8910, load_models=("credit", "iris"), webhooks=("http://127.0.0.1:9/hook",),
         coordinator="sqlite:///state/coordinator.db", replica_id="pod-1", memory_budget=1 << 20,
         leader_lease_s=3.0, metrics_dir=Path("/state/metrics"),
+        exposure_ttl_s=30.0,
     )  # fmt: skip
 
 

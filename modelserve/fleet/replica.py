@@ -46,6 +46,7 @@ class Replica:
         policies: PolicyTable,
         replica_id: str,
         model_names: Callable[[], list[str]],
+        exposure_ttl_s: float = 60.0,
     ) -> None:
         self.coordinator = coordinator
         self.store = store
@@ -54,8 +55,9 @@ class Replica:
         self.replica_id = replica_id
         self.model_names = model_names
         self.sync = PolicySync(
-            coordinator=coordinator, registry=registry, policies=policies, replica_id=replica_id
-        )
+            coordinator=coordinator, registry=registry, policies=policies, replica_id=replica_id,
+            exposure_ttl_s=exposure_ttl_s,
+        )  # fmt: skip
         self.commands = FleetCommands(sync=self.sync, registry=registry)
         policies.writer = self.write_policy
 
@@ -108,5 +110,6 @@ class Replica:
                 "backend": self.coordinator.backend,
                 "revision": applied.rev if applied is not None else None,
                 "error": self.sync.errors.get(model) or self.sync.backend_error,
+                "exposure_cut": self.sync.exposure_cut,
             }
         }

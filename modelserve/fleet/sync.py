@@ -12,6 +12,12 @@ Routing only ever targets READY versions, so a new candidate or weight is instal
 version finished loading: until then its share is served by the live version, and a *reduction* of
 exposure (abort, weight 0, shadow off) never waits for anything. The live version changes only after
 the new one is warm here.
+
+Unconfirmed exposure decays: a canary weight is only as good as the last time this replica read it
+from the shared state. When no read succeeded for `exposure_ttl_s` (the backend is down or cut off),
+every model's candidate weight drops to 0 here, with a warning and the reason in the status, while
+the live version keeps serving; the next successful read restores what the document says. Raising
+exposure needs the backend; cutting it never does.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ from typing import Any
 
 import anyio
 
-from modelserve.errors import Conflict, ModelServeError, NotReady
+from modelserve.errors import ConfigError, Conflict, ModelServeError, NotReady
 from modelserve.serving.registry import ModelRegistry
 from modelserve.state.coordinator import Coordinator, CoordinatorUnavailable
 from modelserve.state.desired import POLICY_FIELDS, DesiredModel, DesiredStates
@@ -50,6 +56,7 @@ class PolicySync:
         poll_s: float = 1.0,
         heartbeat_s: float = 1.0,
         replica_ttl_s: float = 5.0,
+        exposure_ttl_s: float = 60.0,
     ) -> None:
         self.coordinator = coordinator
         self.desired = DesiredStates(coordinator)
@@ -59,6 +66,13 @@ class PolicySync:
         self.poll_s = poll_s
         self.heartbeat_s = heartbeat_s
         self.replica_ttl_s = replica_ttl_s
+        if not exposure_ttl_s > 0:
+            raise ConfigError(f"the unconfirmed-exposure bound must be positive, got {exposure_ttl_s}")
+        self.exposure_ttl_s = exposure_ttl_s
+        #: Monotonic time of the last successful read of the shared state (confirms the exposure).
+        self.confirmed_at = time.monotonic()
+        #: Why the candidates' traffic is cut to 0 here (None while it is confirmed).
+        self.exposure_cut: str | None = None
         self.applied: dict[str, DesiredModel] = {}
         self.errors: dict[str, str] = {}
         #: model -> version of the warm set this replica could not load -> why (e.g. its memory budget).
@@ -129,6 +143,7 @@ class PolicySync:
         async with lock:
             if desired is None:
                 desired = await self.desired.get(model)
+                self.confirmed_at = time.monotonic()
             if desired is None and model in self.applied:  # the backend lost it: what we serve stands
                 desired = await self.desired.seed(model, self.applied[model].body())
             if desired is None or model not in self.registry.models:
@@ -151,12 +166,18 @@ class PolicySync:
                 self.applied[model] = desired
             return desired
 
+    def _install(self, desired: DesiredModel, live: str) -> None:
+        policy = dataclasses.replace(desired.policy(), live=live)
+        if self.exposure_cut is not None:
+            policy = dataclasses.replace(policy, canary_weight=0.0)
+        self.policies.install(policy)
+
     async def _reconcile(self, desired: DesiredModel) -> None:
         model, registry = desired.model, self.registry
         warm = registry.slots(model)
         live = warm.live_version or desired.live
         # 1. Routing now, on the live version we have: cuts of exposure take effect at once.
-        self.policies.install(dataclasses.replace(desired.policy(), live=live))
+        self._install(desired, live)
         # 2. The live version: switch to it once it is warm here (loading it first if need be).
         follows = desired.warm is not None  # the fleet's warm set decides what goes, not keep_warm here
         if live != desired.live:
@@ -174,7 +195,7 @@ class PolicySync:
         extra = desired.candidate
         if extra not in (None, desired.live, staged) and extra not in warm.versions:
             await registry.load_version(model, str(extra))
-        self.policies.install(dataclasses.replace(desired.policy(), live=desired.live))
+        self._install(desired, desired.live)
         # 4. The rest of the warm set: unload what left it, load what joined it.
         if follows:
             await self._reconcile_warm(desired)
@@ -212,6 +233,32 @@ class PolicySync:
                 self.backend_error = str(exc)
                 return
         self.backend_error = None
+
+    # -- unconfirmed exposure ----------------------------------------------------------------------
+
+    def guard_exposure(self) -> None:
+        """Cut every candidate's weight to 0 here once the shared state went unread for
+        `exposure_ttl_s`; put back what the applied documents say once a read succeeded again."""
+        unconfirmed_s = time.monotonic() - self.confirmed_at
+        if unconfirmed_s > self.exposure_ttl_s and self.exposure_cut is None:
+            self.exposure_cut = (
+                f"candidate traffic cut to 0: the shared state was not read for {unconfirmed_s:.0f} s "
+                f"(more than {self.exposure_ttl_s:g} s): {self.backend_error or 'no answer'}"
+            )
+            for model in sorted(self.applied):
+                policy = self.policies.get(model)
+                if policy is not None and policy.canary_weight > 0:
+                    log.warning("model %s: %s (candidate %s had %g %%)", model, self.exposure_cut,
+                                policy.candidate, policy.canary_weight)  # fmt: skip
+                    self.policies.install(dataclasses.replace(policy, canary_weight=0.0))
+        elif unconfirmed_s <= self.exposure_ttl_s and self.exposure_cut is not None:
+            self.exposure_cut = None
+            for model, desired in sorted(self.applied.items()):
+                policy = self.policies.get(model)
+                if policy is not None and desired.canary_weight != policy.canary_weight:
+                    log.warning("model %s: shared state read again: candidate %s back to %g %%",
+                                model, desired.candidate, desired.canary_weight)  # fmt: skip
+                    self.policies.install(dataclasses.replace(policy, canary_weight=desired.canary_weight))
 
     # -- publishing --------------------------------------------------------------------------------
 
@@ -312,6 +359,13 @@ class PolicySync:
         async with anyio.create_task_group() as group:
             group.start_soon(self._watch_forever)
             group.start_soon(self._poll_forever)
+            group.start_soon(self._guard_forever)
+
+    async def _guard_forever(self) -> None:
+        # Its own task: a read that hangs (not fails) must not delay the cut.
+        while True:
+            self.guard_exposure()
+            await anyio.sleep(min(1.0, self.exposure_ttl_s / 4))
 
     async def _watch_forever(self) -> None:
         while True:

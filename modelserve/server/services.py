@@ -219,6 +219,7 @@ def build_services(
     replica = Replica(
         coordinator=coordinator, store=store, local=local, registry=registry, policies=policies,
         replica_id=config.replica_id or replica_id(), model_names=partial(expected_models, config, registry),
+        exposure_ttl_s=config.exposure_ttl_s,
     )  # fmt: skip
     hooks.prepare.append(replica.open)
     hooks.startup.append(replica.start)
