@@ -28,7 +28,7 @@ BODY = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 16], "data
 
 @contextlib.contextmanager
 def fleet(
-    tmp: Path, coordinator: str, *, count: int = 3, lease_s: float = 10.0
+    tmp: Path, coordinator: str, *, count: int = 3, lease_s: float = 10.0, extra: tuple[str, ...] = ()
 ) -> Iterator[list[ServeProcess]]:
     repo = testing.repository(tmp / "models", {"fraud": {"1": 1, "2": 2}})
     (repo / "fraud" / "config.toml").write_text('live = "1"\n')
@@ -44,6 +44,7 @@ def fleet(
                 TOKEN,
                 "--leader-lease",
                 str(lease_s),
+                *extra,
             ],
             env={"POD_NAME": f"replica-{i}"},
             log_path=tmp / f"serve-{i}.log",
@@ -210,14 +211,22 @@ LEASE_S = 2.0
 
 
 def test_kill_9_of_the_rollout_leader_hands_the_rollout_to_another_replica(tmp_path: Path) -> None:
-    with fleet(tmp_path, f"sqlite://{tmp_path / 'coordinator.db'}", lease_s=LEASE_S) as processes:
+    receiver = _Receiver()
+    coordinator = f"sqlite://{tmp_path / 'coordinator.db'}"
+    hook = ("--webhook", receiver.url)
+    with receiver, fleet(tmp_path, coordinator, lease_s=LEASE_S, extra=hook) as processes:
         bases = [p.url for p in processes]
         admin(bases[1], "POST", "/admin/models/fraud/rollout", {"version": "2", "plan": PLAN})
         leader = _leader(processes)
+        wait_until(lambda: "started" in receiver.kinds(), 30, "the webhook of the start")
+        receiver.failing = True  # the leader's next deliveries fail (and are retried)...
         traffic = _Traffic(bases)
         # Mid-rollout: past the first stage, before the last.
         wait_until(lambda: traffic.step() and _stage_index(bases[0]) >= 1, 60, "stage 2")
+        sent_before = set(receiver.ids())
+        assert "advanced" not in receiver.kinds()
         leader.kill()  # SIGKILL: no shutdown, the lease stays until it expires
+        receiver.failing = False  # ...so the event of stage 2 is the next leader's to deliver
         killed_at = time.monotonic()
         survivors = [p for p in processes if p is not leader]
         traffic.bases = [p.url for p in survivors]
@@ -229,12 +238,64 @@ def test_kill_9_of_the_rollout_leader_hands_the_rollout_to_another_replica(tmp_p
                    90, "the rollout completes")  # fmt: skip
         events = _rollout(survivors[0].url)["events"]
         assert time.monotonic() - killed_at < 120
-    ids = [e["event_id"] for e in events]
+        ids = [e["event_id"] for e in events]
+        # Webhooks: the new leader resumed from the shared delivery cursor: every logged event
+        # arrived, and none the old leader had delivered was sent again (at most the one whose
+        # delivery was over but whose cursor write had not landed when it was killed).
+        wait_until(lambda: set(ids) <= set(receiver.ids()), 30, f"webhooks of {ids}: {receiver.ids()}")
+    received = receiver.ids()
+    again = [i for i in set(received) if received.count(i) > 1]
+    assert len(again) <= 1 and set(again) <= sent_before, (again, received)
     assert len(ids) == len(set(ids)), ids  # no event twice
     advanced = [e["stage_index"] for e in events if e["kind"] == "advanced"]
     assert advanced == [1, 2]  # each stage entered once: none skipped, none repeated
     assert [e["kind"] for e in events].count("promoted") == 1
     assert any(e["kind"] == "restored" and "stage clock kept" in e["message"] for e in events)
+
+
+class _Receiver:
+    """A webhook receiver on a free loopback port: records every rollout event posted to it."""
+
+    def __init__(self) -> None:
+        import json
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        bodies: list[dict[str, Any]] = []
+        self.bodies = bodies
+        self.failing = False
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers["content-length"])))
+                if not receiver.failing and "event_id" in body:  # rollout events (audit entries too)
+                    bodies.append(body)
+                self.send_response(503 if receiver.failing else 200)
+                self.send_header("content-length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> _Receiver:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(timeout=10)
+
+    def ids(self) -> list[str]:
+        return [str(b["event_id"]) for b in list(self.bodies)]
+
+    def kinds(self) -> list[str]:
+        return [str(b["kind"]) for b in list(self.bodies)]
 
 
 class _Traffic:

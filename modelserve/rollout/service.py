@@ -62,6 +62,12 @@ class SharedRolloutState(Protocol):
     async def flush(self) -> None: ...
 
 
+class Outbox(Protocol):
+    """Sends the logged events to the webhooks while this replica leads (`rollout.outbox`)."""
+
+    async def run(self, models: list[str]) -> None: ...
+
+
 class FleetGateData(WindowReader, Protocol):
     """Every replica's windows (`fleet.windows.FleetWindows`)."""
 
@@ -153,6 +159,7 @@ class RolloutService:
         self.leader: Leadership | None = None
         self.shared: SharedRolloutState | None = None
         self.fleet_windows: FleetGateData | None = None
+        self.outbox: Outbox | None = None
         self._notified: set[str] = set()
         self.shadow = shadow
         self.webhooks = webhooks
@@ -220,13 +227,20 @@ class RolloutService:
     # -- many replicas: one leader runs the controller; commands work on any replica -------------
 
     def share(
-        self, leader: Leadership, shared: SharedRolloutState, windows: FleetGateData | None = None
+        self,
+        leader: Leadership,
+        shared: SharedRolloutState,
+        windows: FleetGateData | None = None,
+        outbox: Outbox | None = None,
     ) -> None:
         """Run in a fleet: the controller acts only while `leader` leads; state is `shared`; gates
-        read `windows` (every replica's), refreshed before each round."""
+        read `windows` (every replica's), refreshed before each round; webhooks are sent by the
+        leader's `outbox` from the shared log and delivery cursor (not by the controller itself)."""
         self.leader, self.shared, self.fleet_windows = leader, shared, windows
         if windows is not None:
             self.controller.windows = windows
+        if outbox is not None:
+            self.outbox, self.controller.webhooks = outbox, None
 
     def _keys(self, models: list[str]) -> tuple[list[str], list[str]]:
         return [f"rollout.{m}" for m in models], [f"rollout-events.{m}" for m in models]
@@ -245,6 +259,8 @@ class RolloutService:
             async with anyio.create_task_group() as group:
                 group.start_soon(self.controller.run)
                 group.start_soon(self._adopt_forever, models)
+                if self.outbox is not None:
+                    group.start_soon(self.outbox.run, models)
         finally:
             self.controller.forget()
 
@@ -266,7 +282,7 @@ class RolloutService:
 
     def _notify_missed(self, model: str) -> None:
         """Webhooks for events another replica logged (a command it took); each id once."""
-        if self.webhooks is None:
+        if self.webhooks is None or self.outbox is not None:  # the outbox sends every logged event
             return
         for event in self._store.read_log(f"rollout-events.{model}"):
             event_id = str(event.get("event_id"))

@@ -3,7 +3,9 @@
 `notify()` only appends to a bounded per-URL queue and returns; when a queue is full the payload is
 dropped and counted, so a slow or dead receiver never blocks the controller or serving. `run()` (a
 task in the app's task group) delivers each queue in order, retrying failures (connection errors,
-non-2xx answers) with exponential backoff, and counts what it finally could not deliver.
+non-2xx answers) with exponential backoff, and counts what it finally could not deliver. A payload
+may carry `on_done(url, delivered)`, awaited once its delivery to a URL is over (sent, or given up):
+how the fleet's outbox advances its shared delivery cursor (`rollout/outbox.py`).
 Call `notify()` from the event loop only.
 """
 
@@ -11,7 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +22,9 @@ import httpx
 import orjson
 
 logger = logging.getLogger("modelserve.rollout.webhooks")
+
+#: Awaited when a payload's delivery to one URL is over: `(url, delivered)`.
+OnDone = Callable[[str, bool], Awaitable[None]]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -56,21 +61,26 @@ class WebhookNotifier:
         self.max_backoff_s = max_backoff_s
         self.timeout_s = timeout_s
         self._client = client
-        self._queues: dict[str, deque[bytes]] = {url: deque() for url in self.urls}
+        self._queues: dict[str, deque[tuple[bytes, OnDone | None]]] = {url: deque() for url in self.urls}
         self._wakeups: dict[str, anyio.Event] = {}
         self._drained: anyio.Event | None = None
         self._sent = self._failed = self._dropped = self._retries = 0
 
-    def notify(self, payload: dict[str, Any]) -> None:
-        """Queue `payload` for every URL; drops (and counts) it for a URL whose queue is full."""
+    def notify(
+        self, payload: dict[str, Any], *, urls: Sequence[str] | None = None, on_done: OnDone | None = None
+    ) -> None:
+        """Queue `payload` for every URL (or those of `urls`); drops (and counts) it for a URL whose
+        queue is full. `on_done(url, delivered)` is awaited when a URL's delivery is over."""
         if not self.urls:
             return
         body = orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY)
         for url, queue in self._queues.items():
+            if urls is not None and url not in urls:
+                continue
             if len(queue) >= self.max_queue:
                 self._dropped += 1
                 continue
-            queue.append(body)
+            queue.append((body, on_done))
             wakeup = self._wakeups.get(url)
             if wakeup is not None:
                 wakeup.set()
@@ -115,12 +125,18 @@ class WebhookNotifier:
             while not queue:
                 wakeup = self._wakeups[url] = anyio.Event()
                 await wakeup.wait()
-            await self._deliver(client, url, queue[0])
+            body, on_done = queue[0]
+            delivered = await self._deliver(client, url, body)
+            if on_done is not None:
+                try:
+                    await on_done(url, delivered)
+                except Exception:
+                    logger.exception("webhook %s: delivery callback failed", url)
             queue.popleft()  # only after delivery, so `queued` counts the one in flight
             if self._drained is not None and not any(self._queues.values()):
                 self._drained.set()
 
-    async def _deliver(self, client: httpx.AsyncClient, url: str, body: bytes) -> None:
+    async def _deliver(self, client: httpx.AsyncClient, url: str, body: bytes) -> bool:
         headers = {"content-type": "application/json"}
         for attempt in range(self.max_attempts):
             if attempt:
@@ -133,8 +149,9 @@ class WebhookNotifier:
             else:
                 if response.is_success:
                     self._sent += 1
-                    return
+                    return True
                 problem = f"HTTP {response.status_code}"
             logger.debug("webhook %s attempt %d failed: %s", url, attempt + 1, problem)
         self._failed += 1
         logger.warning("webhook %s: gave up after %d attempts (%s)", url, self.max_attempts, problem)
+        return False

@@ -47,6 +47,7 @@ from modelserve.monitoring.service import MonitoringService
 from modelserve.rollout.events import RolloutEvent
 from modelserve.rollout.gates import ExperimentEvidence, OutcomeEvidence
 from modelserve.rollout.guardrails import GUARDRAIL, GuardrailAction, Guardrails
+from modelserve.rollout.outbox import WebhookOutbox
 from modelserve.rollout.plan import RolloutPlan
 from modelserve.rollout.service import RolloutService
 from modelserve.rollout.webhooks import WebhookNotifier
@@ -340,7 +341,10 @@ def build_services(
         )  # fmt: skip
         hooks.status_providers.append(rollout.summary)
         if lease is not None and isinstance(store, CoordinatorStore):
-            rollout.share(lease, store, fleet_windows)
+            outbox = None
+            if webhooks is not None:
+                outbox = WebhookOutbox(coordinator=coordinator, notifier=webhooks, read_log=store.read_log)
+            rollout.share(lease, store, fleet_windows, outbox)
             leader_work.append(rollout.lead)
         else:
             hooks.startup.append(rollout.restore)
