@@ -400,3 +400,44 @@ def test_serve_workers_2_shares_one_state_between_its_worker_processes(tmp_path:
         assert (tmp_path / "state" / "coordinator.db").exists()
     finally:
         server.stop()
+
+
+SPREAD_PLAN = {
+    "name": "spread",
+    "interval_s": 0.2,
+    "window_s": 60.0,
+    "gates": [{"name": "errors", "metric": "error_rate", "mode": "absolute", "threshold": 0.5}],
+    "stages": [
+        {"name": "canary-5", "weight": 5, "min_duration_s": 1.0, "min_samples": 30},
+        {"name": "full", "weight": 100, "min_duration_s": 600.0, "min_samples": 100_000},
+    ],
+}
+
+
+def test_a_5_percent_canary_over_three_replicas_advances_on_their_sum_only(tmp_path: Path) -> None:
+    from modelserve.routing.hashing import sticky_bucket
+
+    # Keys in the 5 % canary (the hash every replica uses): 12 per replica, 30 needed, 36 in all.
+    canary_keys = [k for k in (f"user-{i}" for i in range(5000)) if sticky_bucket("fraud", k) < 500][:36]
+    with fleet(tmp_path, f"sqlite://{tmp_path / 'coordinator.db'}") as processes:
+        bases = [p.url for p in processes]
+        admin(bases[0], "POST", "/admin/models/fraud/rollout", {"version": "2", "plan": SPREAD_PLAN})
+        for base in bases:
+            on = f"5 % on {base}"
+            wait_until(lambda u=base: _policy(u)["canary_weight"] == 5 and _ready(u, "2"), 60, on)
+        leader = _leader(processes)
+        for base, keys in zip(bases[:2], (canary_keys[:12], canary_keys[12:24]), strict=True):
+            assert [version_for(base, k) for k in keys] == ["2"] * 12
+        # Two replicas' 24 together, each alone 12: the leader sees 24 < 30 and holds.
+        wait_until(lambda: _candidate_samples(leader.url) == 24, 30, "24 samples merged at the leader")
+        rollout = _rollout(leader.url)["rollout"]
+        assert rollout["stage"] == "canary-5" and rollout["state"] == "running", rollout
+        assert [version_for(bases[2], k) for k in canary_keys[24:]] == ["2"] * 12
+        wait_until(lambda: _stage_index(leader.url) == 1, 30, "canary-5 passed on 36 samples")
+        advanced = [e for e in _rollout(leader.url)["events"] if e["kind"] == "advanced"]
+        assert 24 < advanced[0]["data"]["candidate_requests"] <= 36  # more than any two replicas had
+
+
+def _candidate_samples(base: str) -> int:
+    gates = _rollout(base)["rollout"]["gates"]
+    return int(gates[0]["samples"]) if gates else 0
