@@ -17,7 +17,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.parser import text_string_to_metric_families
 
 from modelserve import testing
-from modelserve.telemetry.fleet_metrics import SUFFIX, WorkerMetrics, clear
+from modelserve.telemetry.fleet_metrics import SUFFIX, WorkerMetrics
 from modelserve.testing_processes import ServeProcess
 
 
@@ -60,11 +60,34 @@ def test_counters_and_histograms_add_up_over_workers_and_gauges_stay_the_answeri
     assert scraped[("app_weight", ())] == 0.05  # not 0.15: a gauge is not summed
     assert scraped == _samples(generate_latest(b.exposition()).decode())  # any worker: same totals
 
-    # b exits (or is killed): its last counts stay in the totals; a fresh start clears them all.
+    # b exits (or is killed): its last counts stay in the totals.
     scraped = _samples(generate_latest(_worker(tmp_path, 0, 0.0, "1").exposition()).decode())
     assert scraped[("app_requests_total", (("version", "1"),))] == 8
-    clear(tmp_path)
-    assert not list(tmp_path.glob(f"*{SUFFIX}"))
+
+
+def _dead_pid() -> int:
+    import subprocess
+    import sys
+
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    return process.pid
+
+
+def test_only_this_runs_workers_count_and_a_finished_runs_files_are_removed(tmp_path: Path) -> None:
+    """A run is the children of one supervisor: another live run's files are not summed, those of a
+    run whose supervisor is gone are deleted by the first flush of the next run."""
+    other_run = _worker(tmp_path, 7, 0.0, "1")
+    other_run.name = f"1-{other_run.name.split('-', 1)[1]}"  # pid 1 is alive: another run's supervisor
+    other_run.flush()
+    finished = _worker(tmp_path, 9, 0.0, "1")
+    finished.name = f"{_dead_pid()}-{finished.name.split('-', 1)[1]}"
+    finished.flush()
+    mine = _worker(tmp_path, 2, 0.0, "1")
+    mine.flush()
+    assert not (tmp_path / finished.name).exists() and (tmp_path / other_run.name).exists()
+    scraped = _samples(generate_latest(mine.exposition()).decode())
+    assert scraped[("app_requests_total", (("version", "1"),))] == 2
 
 
 def test_an_unchanged_worker_does_not_rewrite_its_file(tmp_path: Path) -> None:
@@ -119,13 +142,13 @@ def test_serve_workers_2_metrics_report_the_fleet_total_on_any_worker(tmp_path: 
     repo = testing.repository(tmp_path / "models", {"fraud": {"1": 1}})
     state = tmp_path / "state"
     (state / "metrics").mkdir(parents=True)
-    (state / "metrics" / f"1-stale{SUFFIX}").write_text("[]")  # a previous run's: cleared at start
+    stale = state / "metrics" / f"{_dead_pid()}-1-0{SUFFIX}"  # a previous run's: removed
+    stale.write_text("[]")
     server = ServeProcess(
         [str(repo), "--state-dir", str(state), "--workers", "2"], log_path=tmp_path / "serve.log"
     ).start()
     try:
         server.wait_ready()
-        assert not (state / "metrics" / f"1-stale{SUFFIX}").exists()
         sent = 0
         deadline = time.monotonic() + 60
         while len(list((state / "metrics").glob(f"*{SUFFIX}"))) < 2 or sent < 60:
@@ -135,12 +158,13 @@ def test_serve_workers_2_metrics_report_the_fleet_total_on_any_worker(tmp_path: 
             sent += 1
             time.sleep(0.01)
         _scrapes_agree(server.url, sent, 10.0)
+        assert not stale.exists()
         files = sorted((state / "metrics").glob(f"*{SUFFIX}"))
         per_worker = [_requests_total_of_file(path) for path in files]
         assert len(files) == 2 and all(n > 0 for n in per_worker), per_worker  # both served some
 
         # kill -9 of one worker: its counts stay; uvicorn starts a new worker, totals keep growing.
-        victim = int(files[0].name.split("-")[0])
+        victim = int(files[0].name.split("-")[1])
         os.kill(victim, signal.SIGKILL)
         for _ in range(10):
             answer = httpx.post(f"{server.url}/v2/models/fraud/infer", json=BODY, timeout=30)

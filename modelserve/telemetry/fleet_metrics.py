@@ -12,9 +12,12 @@ counted into a shared folder and the worker that answers a scrape adds up every 
 - **Gauges** are the answering worker's own: the gauges modelserve exports describe the shared
   state (canary weight, rollout stage) or this worker's view of it, which a sum would distort.
 - **Dead workers**: a worker's file stays after it exits or is killed, so totals never go back
-  (a `kill -9` loses at most its last `flush_s` of counts). `serve --workers N` empties the folder
-  when it starts, as the multiprocess mode asks; a file name carries the pid and a random suffix,
-  so a new worker that reuses a dead one's pid never overwrites its counts.
+  (a `kill -9` loses at most its last `flush_s` of counts); a file name carries the pid and a random
+  suffix, so a new worker that reuses a dead one's pid never overwrites its counts.
+- **One run**: the workers of one run are the children of one supervisor (`serve --workers N`,
+  `uvicorn --workers N`, gunicorn's master), so only files of workers with this worker's parent
+  count, and a worker starting removes those of parents that are gone (a previous run): no one has
+  to empty the folder between runs, as the multiprocess mode asks.
 
 Works on whatever is registered on the registry (modelserve's collectors and an app's own).
 """
@@ -49,8 +52,10 @@ class WorkerMetrics:
         self.registry = registry
         self.directory = Path(directory)
         self.flush_s = flush_s
-        self.name = f"{os.getpid()}-{secrets.token_hex(4)}{SUFFIX}"
+        self.run_prefix = f"{os.getppid()}-"
+        self.name = f"{self.run_prefix}{os.getpid()}-{secrets.token_hex(4)}{SUFFIX}"
         self._written = b""
+        self._removed_stale = False
 
     # -- this worker's file ------------------------------------------------------------------------
 
@@ -72,6 +77,9 @@ class WorkerMetrics:
         if data == self._written:
             return
         self.directory.mkdir(parents=True, exist_ok=True)
+        if not self._removed_stale:
+            remove_stale(self.directory)
+            self._removed_stale = True
         path = self.directory / self.name
         tmp = path.with_name(f".{path.name}.tmp")
         tmp.write_bytes(data)
@@ -102,7 +110,7 @@ class WorkerMetrics:
     def others(self) -> list[list[Any]]:
         """Every other worker's families, as last written (unreadable files are skipped)."""
         found: list[list[Any]] = []
-        for path in sorted(self.directory.glob(f"*{SUFFIX}")):
+        for path in sorted(self.directory.glob(f"{self.run_prefix}*{SUFFIX}")):
             if path.name == self.name:
                 continue
             try:
@@ -143,8 +151,19 @@ def _summed(family: Metric, remote: dict[tuple[str, tuple[tuple[str, str], ...]]
     return merged
 
 
-def clear(directory: Path) -> None:
-    """Remove every worker's file (before a fresh set of workers starts)."""
-    if directory.is_dir():
-        for path in directory.glob(f"*{SUFFIX}"):
+def remove_stale(directory: Path) -> None:
+    """Remove the files of runs whose supervisor (the workers' parent) is gone."""
+    for path in directory.glob(f"*{SUFFIX}"):
+        parent = path.name.split("-", 1)[0]
+        if parent.isdigit() and not _alive(int(parent)):
             path.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: only checks that the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
