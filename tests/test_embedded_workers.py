@@ -72,3 +72,67 @@ def test_an_embedded_app_under_uvicorn_workers_promotes_on_every_worker(tmp_path
         assert versions == {"2"}
     finally:
         stop_pid(process)
+
+
+README = Path(__file__).parent.parent / "README.md"
+
+
+def _readme_workers_example() -> tuple[str, str]:
+    """The README's multi-worker app (the python block saved as `workers_app.py`) and its command."""
+    text = README.read_text(encoding="utf-8")
+    section = text[text.index("Save this as `workers_app.py`") :]
+    code = section[section.index("```python\n") + len("```python\n") :]
+    code = code[: code.index("```")]
+    command = section[section.index("```bash\n") + len("```bash\n") :]
+    return code, command[: command.index("```")].strip()
+
+
+def test_the_readme_multi_worker_app_runs_as_written_and_reports_every_workers_requests(
+    tmp_path: Path,
+) -> None:
+    import shlex
+    import shutil
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    code, command = _readme_workers_example()
+    (tmp_path / "workers_app.py").write_text(code)
+    shutil.copytree(Path(__file__).parent.parent / "examples" / "models", tmp_path / "examples" / "models")
+    args = shlex.split(command)
+    assert args[0] == "uvicorn" and "--port" in args
+    port = free_port()
+    args[args.index("--port") + 1] = str(port)  # a free port instead of 8000, as the README test does
+    process = subprocess.Popen(
+        [sys.executable, "-m", *args], cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    base = f"http://127.0.0.1:{port}"
+    request = (Path(__file__).parent.parent / "examples" / "req.json").read_bytes()
+    metrics = tmp_path / ".modelserve-app" / "metrics"
+    try:
+        deadline = time.monotonic() + 90
+        sent = 0
+        while sent < 40 or len(list(metrics.glob("*.metrics.json"))) < 2:
+            assert time.monotonic() < deadline and process.poll() is None, "workers did not start"
+            try:  # a new connection each time: the kernel spreads them over both workers
+                answer = httpx.post(f"{base}/v2/models/credit/infer", content=request, timeout=30)
+                sent += answer.status_code == 200
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        assert httpx.get(f"{base}/healthz", timeout=10).json() == {"ok": True}
+        deadline = time.monotonic() + 10
+        agreeing = 0
+        while agreeing < 6:  # scrapes answered by either worker: each reports all the requests
+            assert time.monotonic() < deadline, "scrapes did not report every worker's requests"
+            text = httpx.get(f"{base}/metrics", timeout=10).text
+            total = sum(
+                s.value
+                for family in text_string_to_metric_families(text)
+                if family.name == "modelserve_requests"
+                for s in family.samples
+                if s.name == "modelserve_requests_total"
+            )
+            agreeing = agreeing + 1 if total == sent else 0
+            time.sleep(0.05 if total == sent else 0.2)
+        assert (tmp_path / ".modelserve-app" / "coordinator.db").exists()
+    finally:
+        stop_pid(process)
