@@ -1,11 +1,16 @@
 """Scaling out: `serve --workers 2` vs 1, and how fast a policy change reaches every process.
 
-    python benchmarks/workers.py [--seconds 10] [--connections 16] [--writes 100] [--watchers 4]
+    python benchmarks/workers.py [--seconds 10] [--rounds 3] [--connections 16] [--writes 100] [--watchers 4]
 
 In one run:
 1. req/s and latency of `modelserve serve --workers 1` and `--workers 2` on the 256-wide model
-   (256->512->512->10, V2 JSON), side by side, with wrk. Nothing is pinned: two workers need both
-   cores, and wrk shares them (as it would any load generator on this machine).
+   (256->512->512->10, V2 JSON), side by side, with wrk, in `--rounds` alternating rounds (1, 2, 1,
+   2, ...: a noisy host weighs on both alike); the median of each and their ratio, every round's
+   figures, and how the requests split over the two workers. Nothing is pinned: two workers need
+   both cores, and wrk shares them (as it would any load generator on this machine). Measuring starts
+   only once every worker published itself in the shared state: `/v2/health/ready` answers as soon
+   as one worker is ready, and wrk's keep-alive connections opened before the second one listens all
+   stay on the first (earlier runs measured that: 1.38x).
 2. Policy propagation per shared backend (SQLite, Redis): a writer process changes a model's
    desired-state document `--writes` times; `--watchers` other processes each watch the coordinator
    and re-read the document when told (what policy sync does before its in-memory swap). Reported:
@@ -41,36 +46,85 @@ GAP_S = 0.1
 KEY = "model.bench"
 
 
-def throughput(seconds: float, connections: int) -> list[list[object]]:
+def _all_workers_up(state: Path, workers: int, timeout_s: float = 120.0) -> None:
+    """Wait until `workers` replicas published themselves in the shared state (SQLite)."""
+
+    async def count() -> int:
+        coordinator = open_coordinator(f"sqlite://{state / 'coordinator.db'}", state_dir=None, replica="")
+        await coordinator.open()
+        try:
+            return len(await coordinator.snapshots("replicas"))
+        finally:
+            await coordinator.aclose()
+
+    deadline = time.monotonic() + timeout_s
+    while asyncio.run(count()) < workers:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{workers} workers did not all start within {timeout_s} s")
+        time.sleep(0.2)
+
+
+def _requests_per_worker(state: Path) -> dict[str, int]:
+    """Requests each worker served, from the files `/metrics` sums (`telemetry/fleet_metrics.py`)."""
+    counts = {}
+    for path in sorted((state / "metrics").glob("*.metrics.json")):
+        families = orjson.loads(path.read_bytes())
+        counts[path.name] = int(sum(
+            value for name, _, _, samples in families if name == "modelserve_requests"
+            for sample, _, value in samples if sample == "modelserve_requests_total"
+        ))  # fmt: skip
+    return counts
+
+
+Rows = list[list[object]]
+
+
+def throughput(seconds: float, connections: int, rounds: int) -> tuple[Rows, Rows]:
+    """Medians per server (with the ratio), and every round's figures."""
     harness.LOAD_CORE = "0,1"  # wrk may use either core, like the workers
     body = orjson.dumps(
         {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 256], "data": [0.1] * 256}]}
     )
-    rows: list[list[object]] = []
+    results: dict[int, list[harness.LoadResult]] = {1: [], 2: []}
+    per_round: list[list[object]] = []
     with tempfile.TemporaryDirectory() as tmp:
         repo = testing.repository(Path(tmp) / "models", {"wide": {"1": 1}}, widths=WIDE)
-        base = None
-        for workers in (1, 2):
-            state = Path(tmp) / f"state-{workers}"
-            server = ServeProcess(
-                [str(repo), "--state-dir", str(state), "--workers", str(workers)],
-                log_path=Path(tmp) / f"serve-{workers}.log",
-            )
-            server.start()
-            try:
-                server.wait_ready()
-                url = f"{server.url}/v2/models/wide/infer"
-                headers = {"content-type": "application/json"}
-                harness.wrk(url, body, headers, connections=connections, seconds=2)  # warm-up
-                result = harness.wrk(url, body, headers, connections=connections, seconds=seconds)
-            finally:
-                server.stop()
-            base = base or result.requests_per_s
-            rows.append([
-                f"--workers {workers}", result.requests_per_s, result.requests_per_s / base,
-                result.p50_ms, result.p99_ms, result.errors,
-            ])  # fmt: skip
-    return rows
+        for round_index in range(rounds):
+            for workers in (1, 2):
+                state = Path(tmp) / f"state-{workers}-{round_index}"
+                server = ServeProcess(
+                    [str(repo), "--state-dir", str(state), "--workers", str(workers)],
+                    log_path=Path(tmp) / f"serve-{workers}-{round_index}.log",
+                )
+                server.start()
+                try:
+                    server.wait_ready()
+                    if workers > 1:
+                        _all_workers_up(state, workers)
+                    url = f"{server.url}/v2/models/wide/infer"
+                    headers = {"content-type": "application/json"}
+                    harness.wrk(url, body, headers, connections=connections, seconds=2)  # warm-up
+                    before = _requests_per_worker(state) if workers > 1 else {}
+                    result = harness.wrk(url, body, headers, connections=connections, seconds=seconds)
+                    time.sleep(1.5)  # every worker's counts written (each second)
+                    after = _requests_per_worker(state) if workers > 1 else {}
+                finally:
+                    server.stop()
+                results[workers].append(result)
+                served = sorted((n - before.get(name, 0) for name, n in after.items()), reverse=True)
+                split = "/".join(str(n) for n in served) or "-"
+                per_round.append([round_index + 1, f"--workers {workers}", result.requests_per_s,
+                                  result.p50_ms, result.p99_ms, result.errors, split])  # fmt: skip
+    base = statistics.median(r.requests_per_s for r in results[1])
+    rows: list[list[object]] = []
+    for workers in (1, 2):
+        found = results[workers]
+        median = statistics.median(r.requests_per_s for r in found)
+        rows.append([
+            f"--workers {workers}", median, median / base, statistics.median(r.p50_ms for r in found),
+            statistics.median(r.p99_ms for r in found), sum(r.errors for r in found),
+        ])  # fmt: skip
+    return rows, per_round
 
 
 async def _watch(url: str, out: Path, count: int) -> None:
@@ -142,6 +196,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--writes", type=int, default=100)
     parser.add_argument("--watchers", type=int, default=4)
@@ -155,9 +210,12 @@ def main() -> None:
 
     print(f"cpus: {os.cpu_count()}, python {sys.version.split()[0]}")
     if not args.skip_http:
-        print(f"\n1. 256-wide model, V2 JSON, wrk -c{args.connections}, {args.seconds:g} s each")
-        rows = throughput(args.seconds, args.connections)
+        print(f"\n1. 256-wide model, V2 JSON, wrk -c{args.connections}, {args.seconds:g} s each, "
+              f"{args.rounds} alternating rounds; medians:")  # fmt: skip
+        rows, per_round = throughput(args.seconds, args.connections, args.rounds)
         print(table(["server", "req/s", "x 1 worker", "p50 ms", "p99 ms", "errors"], rows))
+        print("\nevery round (requests per worker while measured):")
+        print(table(["round", "server", "req/s", "p50 ms", "p99 ms", "errors", "per worker"], per_round))
 
     print(f"\n2. policy propagation: {args.writes} writes, {args.watchers} watcher processes")
     rows = []

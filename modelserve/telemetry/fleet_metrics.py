@@ -48,7 +48,7 @@ SUFFIX = ".metrics.json"
 class WorkerMetrics:
     """This worker's file in the shared folder, and the exposition summed over every worker's."""
 
-    def __init__(self, registry: CollectorRegistry, directory: Path, *, flush_s: float = 0.5) -> None:
+    def __init__(self, registry: CollectorRegistry, directory: Path, *, flush_s: float = 1.0) -> None:
         self.registry = registry
         self.directory = Path(directory)
         self.flush_s = flush_s
