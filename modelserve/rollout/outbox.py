@@ -78,7 +78,13 @@ class WebhookOutbox:
         fence = current_fence.get()
         self._queued = {}
         for model in models:
-            self._delivered[model] = await self._load(model, fence)
+            while True:
+                try:
+                    self._delivered[model] = await self._load(model, fence)
+                    break
+                except ModelServeError as exc:  # backend away: nothing is sent until the cursor is read
+                    log.warning("webhook cursor of %s cannot be read yet: %s", model, exc)
+                    await anyio.sleep(self.poll_s * 5)
         while True:
             for model in models:
                 self._send_new(model, fence)
