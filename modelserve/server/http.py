@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from starlette.types import Receive, Send
+from starlette.types import Message, Receive, Send
 
 from modelserve.errors import PayloadTooLarge, RequestError
 
@@ -28,30 +28,33 @@ def int_header(scope_headers: Iterable[tuple[bytes, bytes]], name: bytes) -> int
     return int(raw)
 
 
-async def read_body(receive: Receive, scope_headers: Iterable[tuple[bytes, bytes]], limit: int) -> bytes:
-    """The whole request body; PayloadTooLarge as soon as it is known to exceed `limit` bytes."""
+def _refuse_declared_excess(scope_headers: Iterable[tuple[bytes, bytes]], limit: int) -> None:
+    """PayloadTooLarge when the body's declared `Content-Length` exceeds `limit` (nothing read yet)."""
     declared = int_header(scope_headers, b"content-length")
     if declared is not None and declared > limit:
         raise PayloadTooLarge(f"request body of {declared} bytes exceeds the limit of {limit} bytes")
-    message = await receive()
-    body = message.get("body", b"")
-    if not message.get("more_body", False):
-        if len(body) > limit:
-            raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
-        result: bytes = body
-        return result
-    chunks = [body]
-    size = len(body)
-    while message.get("more_body", False):
+
+
+def _chunk(message: Message, size_before: int, limit: int) -> bytes:
+    """The body bytes of one received message, checked: a disconnect or a body past `limit` raises."""
+    if message["type"] == "http.disconnect":
+        raise RequestError("client disconnected before sending the whole body")
+    chunk: bytes = message.get("body", b"")
+    if size_before + len(chunk) > limit:
+        raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
+    return chunk
+
+
+async def _read_rest(receive: Receive, chunks: list[bytes], limit: int) -> list[bytes]:
+    """`chunks` (the body so far) with the rest of the body appended, message by message."""
+    size = sum(map(len, chunks))
+    while True:
         message = await receive()
-        if message["type"] == "http.disconnect":
-            raise RequestError("client disconnected before sending the whole body")
-        chunk = message.get("body", b"")
+        chunk = _chunk(message, size, limit)
         size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
         chunks.append(chunk)
-    return b"".join(chunks)
+        if not message.get("more_body", False):
+            return chunks
 
 
 async def read_chunks(
@@ -59,23 +62,19 @@ async def read_chunks(
 ) -> list[bytes]:
     """The request body as the chunks it arrived in (join them off the event loop: a large join is a
     copy); PayloadTooLarge as soon as it is known to exceed `limit` bytes."""
-    declared = int_header(scope_headers, b"content-length")
-    if declared is not None and declared > limit:
-        raise PayloadTooLarge(f"request body of {declared} bytes exceeds the limit of {limit} bytes")
-    chunks: list[bytes] = []
-    size = 0
-    more = True
-    while more:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise RequestError("client disconnected before sending the whole body")
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
-        chunks.append(chunk)
-        more = message.get("more_body", False)
-    return chunks
+    _refuse_declared_excess(scope_headers, limit)
+    return await _read_rest(receive, [], limit)
+
+
+async def read_body(receive: Receive, scope_headers: Iterable[tuple[bytes, bytes]], limit: int) -> bytes:
+    """The whole request body (`read_chunks` joined); PayloadTooLarge as soon as it is known to exceed
+    `limit` bytes."""
+    _refuse_declared_excess(scope_headers, limit)
+    message = await receive()
+    body = _chunk(message, 0, limit)
+    if not message.get("more_body", False):
+        return body  # the usual request: one message, no list and no join
+    return b"".join(await _read_rest(receive, [body], limit))
 
 
 async def send_response(send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:
