@@ -40,6 +40,7 @@ REASON_HEADER = "x-modelserve-reason"
 #: Exit status after the reader of stdout went away (as a process killed by SIGPIPE).
 EXIT_BROKEN_PIPE = 141
 GIL_SWITCH_INTERVAL_S = 0.0005
+MAX_OPTION_SECONDS = 3600.0  # durations given as options: an hour is past any sensible setting
 
 
 class ClientError(Exception):
@@ -140,6 +141,9 @@ def _serve(args: argparse.Namespace) -> int:
     from modelserve.serving.layout import check_repository
 
     _size(args.memory_budget)  # the options first (ClientError), then the repository, then the port
+    for option, seconds in (("--leader-lease", args.leader_lease), ("--exposure-ttl", args.exposure_ttl)):
+        _positive_seconds(seconds, option)
+    limits = _connection_limits(args)
     try:  # user mistakes end here, in one line, before a model loads or the state folder is touched
         check_repository(Path(args.repository))
         run_options = runner.RunOptions(
@@ -161,7 +165,6 @@ def _serve(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s:     %(name)s: %(message)s")
     from modelserve.server import connections
 
-    limits = _connection_limits(args)
     connections.configure(**limits)  # read deadlines and header bound of every connection
     guarded = connections.uvicorn_options(max_header_bytes=args.max_header_bytes)
     if args.workers > 1:
@@ -196,9 +199,7 @@ POD_NAME_ENV = "POD_NAME"
 def _connection_limits(args: argparse.Namespace) -> dict[str, Any]:
     """The read deadlines and header bound every connection gets (`server/connections.py`)."""
     for name in ("header_timeout", "body_timeout"):
-        value = getattr(args, name)
-        if not 0 < value <= 3600:
-            raise ClientError(f"--{name.replace('_', '-')} must be within 0..3600 seconds, got {value}")
+        _positive_seconds(getattr(args, name), f"--{name.replace('_', '-')}")
     if not 1024 <= args.max_header_bytes <= 1 << 24:
         raise ClientError(f"--max-header-bytes must be within 1024..16777216, got {args.max_header_bytes}")
     if not 0 < args.max_body_bytes <= 1 << 34:
@@ -247,6 +248,7 @@ def serve_config(args: argparse.Namespace, environ: dict[str, str] | os._Environ
         replica_id=environ.get(POD_NAME_ENV) or None,
         memory_budget=_size(args.memory_budget),
         leader_lease_s=args.leader_lease,
+        exposure_ttl_s=args.exposure_ttl,
         metrics_dir=state_dir / "metrics" if args.workers > 1 else None,
     )
 
@@ -346,6 +348,15 @@ def _size(text: str | None) -> int | None:
         return parse_size(text)
     except ConfigError as exc:
         raise ClientError(f"--memory-budget: {exc}") from None
+
+
+def _positive_seconds(value: float, option: str) -> None:
+    from modelserve import validation
+
+    try:
+        validation.number(value, option, low=0.0, low_open=True, high=MAX_OPTION_SECONDS)
+    except ModelServeError as exc:
+        raise ClientError(str(exc)) from None
 
 
 def render_status(status: dict[str, Any]) -> str:
@@ -625,6 +636,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=10.0,
         metavar="S",
         help="shared state: seconds of the rollout leader's lease (failover takes about this long)",
+    )
+    serve.add_argument(
+        "--exposure-ttl",
+        type=float,
+        default=60.0,
+        metavar="S",
+        help="shared state: a replica unable to read it for S seconds cuts canary traffic to 0 (default 60)",
     )
     serve.set_defaults(run=_serve)
 

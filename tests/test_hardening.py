@@ -489,7 +489,13 @@ def test_an_oversized_header_is_refused_while_it_arrives_never_parsed_whole(
 # -- 19: operator mistakes -------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("case", ["missing repo", "bad flags", "state dir is a file", "deep flags eval"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "missing repo", "bad flags", "state dir is a file", "deep flags eval",
+        "--leader-lease nan", "--exposure-ttl 0", "--header-timeout inf", "--body-timeout -1",
+    ],
+)  # fmt: skip
 def test_operator_mistakes_print_one_clear_line_not_a_traceback(
     tmp_path: Path, model_repo: Path, case: str
 ) -> None:
@@ -516,7 +522,7 @@ def test_operator_mistakes_print_one_clear_line_not_a_traceback(
         ],
         "state dir is a file": ["serve", str(model_repo), "--state-dir", str(tmp_path / "statefile")],
         "deep flags eval": ["flags", "eval", str(tmp_path / "deep.json"), "f", "--key", "k"],
-    }[case]
+    }.get(case) or ["serve", str(model_repo), "--state-dir", str(tmp_path / "s"), *case.split()]
     done = subprocess.run(
         [sys.executable, "-m", "modelserve.cli", *args, "--port", "0"] if args[0] == "serve" else
         [sys.executable, "-m", "modelserve.cli", *args],
@@ -525,3 +531,5 @@ def test_operator_mistakes_print_one_clear_line_not_a_traceback(
     assert done.returncode != 0
     assert "Traceback" not in done.stderr and done.stderr.strip().count("\n") == 0, done.stderr
     assert "modelserve" in done.stderr
+    if case.startswith("--"):  # a bad duration names its option, before any model loads
+        assert case.split()[0] in done.stderr and not (tmp_path / "s").exists(), done.stderr

@@ -59,3 +59,16 @@ def test_workers_enforce_the_scoped_tokens(tmp_path: Path) -> None:
             assert authorized.status_code == 200, authorized.text
     finally:
         server.stop()
+
+
+def test_the_fleet_timing_options_reach_the_server_config(tmp_path: Path) -> None:
+    from modelserve.cli import build_parser, serve_config
+
+    args = build_parser().parse_args(
+        ["serve", str(tmp_path), "--coordinator", f"sqlite:///{tmp_path}/c.db",
+         "--leader-lease", "3", "--exposure-ttl", "12.5"]
+    )  # fmt: skip
+    config = serve_config(args, {})
+    assert (config.leader_lease_s, config.exposure_ttl_s) == (3.0, 12.5)
+    default = build_parser().parse_args(["serve", str(tmp_path), "--coordinator", "sqlite:///x"])
+    assert serve_config(default, {}).exposure_ttl_s == 60.0
