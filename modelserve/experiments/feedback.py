@@ -20,7 +20,7 @@ and is ignored, and decisions pushed out by the size bound count in `evicted_dec
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -62,6 +62,8 @@ class Outcome:
 MAX_SEGMENT_CHARS = 128
 #: Targeting keys remembered per join for counting assignments once per key.
 MAX_COUNTED_KEYS = 100_000
+#: Ids listed per kind (unknown, duplicate) in the answer to a batch of outcomes.
+MAX_LISTED_IDS = 100
 
 _CONSUMED = object()  # marks an id whose outcome was counted, so a repeat is a duplicate
 
@@ -244,6 +246,24 @@ def segment_strings(segments: Mapping[str, Any] | None) -> dict[str, str]:
     """Segment attributes as strings, names and values cut to `MAX_SEGMENT_CHARS`; None values dropped."""
     cut = MAX_SEGMENT_CHARS
     return {str(k)[:cut]: str(v)[:cut] for k, v in (segments or {}).items() if v is not None}
+
+
+def tally_outcomes(request_ids: Iterable[str], statuses: Iterable[str]) -> dict[str, Any]:
+    """The answer to a batch of outcomes: how many were accepted, unknown or duplicates, and the
+    first `MAX_LISTED_IDS` ids of the last two kinds (so a client can resend or drop them)."""
+    result: dict[str, Any] = {
+        "accepted": 0,
+        "unknown": 0,
+        "duplicate": 0,
+        "unknown_ids": [],
+        "duplicate_ids": [],
+    }
+    for request_id, status in zip(request_ids, statuses, strict=True):
+        result[status] += 1
+        listed = result.get(f"{status}_ids")
+        if listed is not None and len(listed) < MAX_LISTED_IDS:
+            listed.append(request_id)
+    return result
 
 
 def parse_outcome(item: Any, index: int) -> tuple[str, Any, dict[str, Any] | None, dict[str, Any] | None]:

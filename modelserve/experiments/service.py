@@ -24,7 +24,7 @@ import numpy as np
 
 from modelserve.errors import ConfigError, Conflict, NotFound, RequestError
 from modelserve.experiments.experiment import parse_experiment_spec
-from modelserve.experiments.feedback import EXPERIMENT_REASONS, FeedbackJoin, parse_outcome
+from modelserve.experiments.feedback import EXPERIMENT_REASONS, FeedbackJoin, parse_outcome, tally_outcomes
 from modelserve.experiments.report import A_BETTER, INVALID
 from modelserve.experiments.running import RunningExperiment
 from modelserve.inference.path import InferenceRecord
@@ -51,7 +51,6 @@ class CandidateVerdict:
 REQUEST_ID_KEY = "modelserve.request_id"
 SEGMENT_PREFIX = b"x-segment-"
 SAVE_INTERVAL_S = 5.0
-MAX_LISTED_IDS = 100
 MAX_EVENTS = 100
 
 
@@ -223,20 +222,11 @@ class ExperimentService:
         parsed = [parse_outcome(item, i) for i, item in enumerate(items)]
         for request_id, value, _, guardrails in parsed:
             self.join.validate_outcome(request_id, value, guardrails=guardrails, model=model)
-        result: dict[str, Any] = {
-            "accepted": 0,
-            "unknown": 0,
-            "duplicate": 0,
-            "unknown_ids": [],
-            "duplicate_ids": [],
-        }
-        for request_id, value, segments, guardrails in parsed:
-            status = self.record_outcome(request_id, value, segments, guardrails=guardrails, model=model)
-            result[status] += 1
-            listed = result.get(f"{status}_ids")
-            if listed is not None and len(listed) < MAX_LISTED_IDS:
-                listed.append(request_id)
-        return result
+        statuses = [
+            self.record_outcome(request_id, value, segments, guardrails=guardrails, model=model)
+            for request_id, value, segments, guardrails in parsed
+        ]
+        return tally_outcomes((request_id for request_id, *_ in parsed), statuses)
 
     async def submit_outcomes(
         self, items: list[Mapping[str, Any]], *, model: str | None = None

@@ -47,12 +47,12 @@ from modelserve.experiments.feedback import (
     MAX_COUNTED_KEYS,
     parse_outcome,
     segment_strings,
+    tally_outcomes,
 )
 from modelserve.experiments.outbox import Outbox
 from modelserve.experiments.running import RunningExperiment
 from modelserve.experiments.service import (
     MAX_EVENTS,
-    MAX_LISTED_IDS,
     REQUEST_ID_KEY,
     ExperimentService,
     segment_attributes,
@@ -255,13 +255,6 @@ class FleetExperimentService(ExperimentService):
         parsed = [parse_outcome(item, i) for i, item in enumerate(items)]
         await self.adopt(model)
         experiment = self.experiments.get(model)
-        result: dict[str, Any] = {
-            "accepted": 0,
-            "unknown": 0,
-            "duplicate": 0,
-            "unknown_ids": [],
-            "duplicate_ids": [],
-        }
         if experiment is None:
             statuses: list[str] = ["unknown"] * len(parsed)
         else:
@@ -269,12 +262,7 @@ class FleetExperimentService(ExperimentService):
                 for _, value, _, guardrails in parsed:
                     experiment.counters.validate_outcome(value, guardrails)
             statuses = await self._join(model, experiment, parsed)
-        for (request_id, *_), status in zip(parsed, statuses, strict=True):
-            result[status] += 1
-            listed = result.get(f"{status}_ids")
-            if listed is not None and len(listed) < MAX_LISTED_IDS:
-                listed.append(request_id)
-        return result
+        return tally_outcomes((request_id for request_id, *_ in parsed), statuses)
 
     async def _join(
         self, model: str, experiment: RunningExperiment, parsed: list[tuple[str, Any, Any, Any]]
