@@ -45,6 +45,7 @@ class LeaderLease:
         self.renew_s = renew_s
         self.lease: Lease | None = None
         self.elections = 0
+        self.term_started_at: float | None = None  # wall clock, for status: when this term began
         self._valid_until = 0.0
 
     @property
@@ -81,6 +82,7 @@ class LeaderLease:
             while True:
                 if await self._renew():
                     self.elections += 1
+                    self.term_started_at = time.time()
                     log.info("%s is the leader (%s, token %s)", self.holder, self.name, self.fence)
                     async with anyio.create_task_group() as group:
                         group.start_soon(self._lead, while_leader)
@@ -91,6 +93,7 @@ class LeaderLease:
                                 group.cancel_scope.cancel()
                                 break
                     self.lease = None
+                    self.term_started_at = None
                     log.warning("%s stepped down as the leader (%s)", self.holder, self.name)
                 await anyio.sleep(self.renew_s)
         finally:

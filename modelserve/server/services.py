@@ -566,7 +566,9 @@ def record_rollout_event(
 
 def leader_status(lease: LeaderLease, model: str) -> dict[str, object]:
     """Whether this replica runs the rollouts, for the model's status."""
-    return {"rollout_leader": lease.is_leader}
+    leading = lease.is_leader
+    elected_at = lease.term_started_at if leading else None
+    return {"rollout_leader": leading, "rollout_leader_elected_at": elected_at}
 
 
 def routing_status(router: Router, flags: FlagFileSource | None, model: str) -> dict[str, object]:
