@@ -109,3 +109,43 @@ async def test_a_leader_cut_off_steps_down_and_its_late_writes_are_rejected(conn
             group.cancel_scope.cancel()
     finally:
         await b_conn.aclose()
+
+
+@pytest.mark.anyio
+async def test_a_backend_too_slow_to_answer_one_renewal_does_not_depose_the_leader(tmp_path: Path) -> None:
+    """A renewal with no answer within `renew_s` (a paused or busy backend) is not a refusal: the
+    leader keeps its term while its last renewal is fresh, instead of stepping down and starting over."""
+    import os
+    import signal
+
+    from modelserve.testing_processes import RedisServer, free_port
+
+    server = RedisServer(free_port(), data_dir=tmp_path).start()
+    conn = RedisCoordinator(server.url, prefix="slow:")
+    try:
+        await conn.open()
+        lease = LeaderLease(conn, "a", ttl_s=4.0, renew_s=0.3)
+        terms: list[object] = []
+
+        async def work() -> None:
+            terms.append(current_fence.get())
+            await anyio.sleep_forever()
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(lease.run, work)
+            with anyio.fail_after(5):
+                while not lease.is_leader:
+                    await anyio.sleep(0.01)
+            assert server.process is not None
+            os.kill(server.process.pid, signal.SIGSTOP)  # every renewal for 1 s gets no answer
+            try:
+                await anyio.sleep(1.0)
+                assert lease.is_leader
+            finally:
+                os.kill(server.process.pid, signal.SIGCONT)
+            await anyio.sleep(1.0)  # renewals answer again
+            assert lease.is_leader and lease.elections == 1 and len(terms) == 1
+            group.cancel_scope.cancel()
+    finally:
+        await conn.aclose()
+        server.stop()

@@ -61,11 +61,14 @@ class LeaderLease:
         started = time.monotonic()
         lease = None
         try:
-            with anyio.move_on_after(self.renew_s):
+            with anyio.move_on_after(self.renew_s) as slow:
                 lease = await self.coordinator.acquire_lease(self.name, self.holder, self.ttl_s)
         except CoordinatorUnavailable as exc:
             log.warning("leader lease %s: cannot renew: %s", self.name, exc)
             return self.is_leader  # keep acting only while the last renewal is fresh enough
+        if slow.cancelled_caught:  # no answer is not a refusal: a busy host or backend is slow
+            log.warning("leader lease %s: no answer within %g s", self.name, self.renew_s)
+            return self.is_leader
         if lease is None:
             self.lease = None
             return False
