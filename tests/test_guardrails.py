@@ -182,6 +182,35 @@ def test_a_promoted_version_that_regresses_inside_the_watch_window_gives_way_to_
     assert 'modelserve_guardrail_actions_total{action="rolled_back",model="fraud"} 1.0' in counted
 
 
+@pytest.mark.parametrize("restart_after_s", [0.0, 3.0])
+def test_a_server_restarted_inside_the_watch_window_watches_the_rest_of_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, restart_after_s: float
+) -> None:
+    """The promotion's time is in the durable desired state (as it is in the shared one, where a new
+    leader reads it): a restart inside the window still rolls a regressing version back; a restart
+    after the window has closed starts no watch."""
+    watch_s = 2.0 if restart_after_s else 60.0
+    repo = repo_with_failing_v2(tmp_path / "models", error_rate=0.3, watch_s=watch_s)
+    monkeypatch.setenv("MODELSERVE_ADMIN_TOKEN", TOKEN)
+    with running(repo, tmp_path / "state") as url:
+        assert main(["stage", "fraud", "2", "--url", url]) == 0
+        assert main(["promote", "fraud", "--url", url]) == 0  # no traffic yet: nothing to judge
+    time.sleep(restart_after_s)
+    with running(repo, tmp_path / "state") as url, Traffic(url) as traffic:
+        if restart_after_s:
+            served_at_least(traffic, "2", 200)  # far beyond the 30 samples that would act
+            status = get(url, "/admin/models/fraud")
+            assert status["live_version"] == "2" and status["guardrails"]["watching"] == []
+            assert status["guardrails"]["last_action"] is None
+            return
+        status = wait_for(url, lambda s: s["guardrails"]["last_action"] is not None)
+    action = status["guardrails"]["last_action"]
+    assert action["watched"] == "promotion_watch" and action["action"] == "rolled_back"
+    assert status["live_version"] == "1" and action["version"] == "2"
+    check_evidence(action, 30)
+    assert traffic.snapshot()[("2", 500)] > 0
+
+
 def test_guardrails_never_act_on_too_little_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     repo = repo_with_failing_v2(tmp_path / "models", error_rate=1.0, min_samples=100_000)
     monkeypatch.setenv("MODELSERVE_ADMIN_TOKEN", TOKEN)

@@ -15,6 +15,7 @@ everywhere and the answer names that replica and its reason, so a version is war
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -93,6 +94,7 @@ class FleetCommands:
             return {
                 "live": candidate,
                 "previous": now.live,
+                "promoted_at": time.time(),
                 "staged": None,
                 "candidate": None,
                 "canary_weight": 0.0,
@@ -127,6 +129,7 @@ class FleetCommands:
             return {
                 "live": target,
                 "previous": None,
+                "promoted_at": None,
                 "staged": now.live,
                 "candidate": None,
                 "canary_weight": 0.0,

@@ -10,7 +10,9 @@ rollout's stage (`evaluate_gates`: the default error, timeout and p95 gates, `mi
   window), against the control arm's; on failure the experiment stops;
 - a promotion, for `watch_s` after it: the new live version's requests since the switch, against
   the previous version's before the switch (it is kept warm); on failure the previous version is
-  live again.
+  live again. The promotion's time is in the shared desired state, so a new leader (or a restarted
+  server) inside the window watches the rest of it; the baseline is then what the previous
+  version's windows still hold.
 
 A failure is a non-dry-run gate verdict `fail`: the candidate worse than the baseline beyond doubt at
 the gate's confidence. Too little data is `inconclusive`, and nothing happens. The version acted
@@ -87,6 +89,15 @@ class GuardrailCommands(Protocol):
     async def rollback(self, model: str) -> object: ...
 
 
+@dataclass(frozen=True, slots=True)
+class Promotion:
+    """The promotion that made `live` live (from the shared desired state, so it outlives a leader)."""
+
+    previous: str
+    live: str
+    at: float  # wall clock
+
+
 class ExperimentArms(Protocol):
     """The running A/B experiments (`experiments.service.ExperimentService`, adapted)."""
 
@@ -122,6 +133,7 @@ class Guardrails:
         commands: GuardrailCommands,
         withdrawn: WithdrawnVersions,
         rollout_active: Callable[[str], bool],
+        last_promotion: Callable[[str], Promotion | None],
         experiments: ExperimentArms | None = None,
         on_action: Callable[[GuardrailAction], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
@@ -133,6 +145,7 @@ class Guardrails:
         self.commands = commands
         self.withdrawn = withdrawn
         self.rollout_active = rollout_active
+        self.last_promotion = last_promotion
         self.experiments = experiments
         self.on_action = on_action
         self._clock = clock
@@ -214,17 +227,21 @@ class Guardrails:
     def _follow_promotions(self, model: str, live: str, config: GuardrailConfig, now: float) -> None:
         seen = self._live.get(model)
         self._live[model] = live
-        if seen is None or seen == live:
+        if seen == live:
             return
         self._watches.pop((model, WATCH), None)
-        switch = self.registry.last_switch.get(model)
-        promoted = switch is not None and switch.action == "promote" and switch.to_version == live
-        if not promoted or config.watch_s <= 0 or switch is None or switch.from_version is None:
+        promotion = self.last_promotion(model)
+        if promotion is None or promotion.live != live or config.watch_s <= 0:
             return
-        previous = switch.from_version
-        baseline = Sample.from_windows(self.windows(), model, previous, "primary", WINDOW_S)
+        # Counted from the promotion itself: a leader elected (or a server restarted) inside the
+        # window watches the rest of it.
+        age = max(0.0, self._wall_clock() - promotion.at)
+        if age >= config.watch_s:
+            return
+        baseline = Sample.from_windows(self.windows(), model, promotion.previous, "primary", WINDOW_S)
+        since = now - age
         self._watches[(model, WATCH)] = _Watch(
-            WATCH, live, previous, since=now, baseline=baseline, until=now + config.watch_s
+            WATCH, live, promotion.previous, since=since, baseline=baseline, until=since + config.watch_s
         )
 
     def _follow_canary(self, model: str, live: str, config: GuardrailConfig, now: float) -> None:

@@ -38,6 +38,7 @@ from modelserve.experiments.service import ExperimentService
 from modelserve.experiments.shared import FleetExperimentService
 from modelserve.fleet.leader import LeaderLease
 from modelserve.fleet.replica import Replica
+from modelserve.fleet.sync import PolicySync
 from modelserve.fleet.windows import FleetWindows
 from modelserve.inference.path import InferencePath, InferenceRecord, Observer
 from modelserve.middleware.routing import ArmDecider, Router
@@ -46,7 +47,7 @@ from modelserve.monitoring.counters import EventCounters
 from modelserve.monitoring.service import MonitoringService
 from modelserve.rollout.events import RolloutEvent
 from modelserve.rollout.gates import ExperimentEvidence, OutcomeEvidence
-from modelserve.rollout.guardrails import GUARDRAIL, GuardrailAction, Guardrails
+from modelserve.rollout.guardrails import GUARDRAIL, GuardrailAction, Guardrails, Promotion
 from modelserve.rollout.outbox import WebhookOutbox
 from modelserve.rollout.plan import RolloutPlan
 from modelserve.rollout.service import RolloutService
@@ -353,6 +354,7 @@ def build_services(
         registry=registry, policies=policies, commands=replica.commands, withdrawn=withdrawn,
         windows=(lambda: rollout.controller.windows) if rollout is not None else (lambda: windows),
         rollout_active=(lambda model: model in rollout.controller.active_models()) if rollout else no_rollout,
+        last_promotion=partial(last_promotion, replica.sync),
         experiments=GuardedExperiments(experiments) if experiments is not None else None,
         on_action=partial(record_guardrail_action, audit, telemetry, monitoring, webhooks),
     )  # fmt: skip
@@ -401,6 +403,14 @@ async def run_together(work: list[Hook]) -> None:
     async with anyio.create_task_group() as group:
         for hook in work:
             group.start_soon(hook)
+
+
+def last_promotion(sync: PolicySync, model: str) -> Promotion | None:
+    """The promotion behind the live version this replica applied, if it was one (not a rollback)."""
+    desired = sync.applied.get(model)
+    if desired is None or desired.promoted_at is None or desired.previous is None:
+        return None
+    return Promotion(previous=desired.previous, live=desired.live, at=desired.promoted_at)
 
 
 def no_rollout(model: str) -> bool:

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import modelserve.validation as validation
 from modelserve.errors import ConfigError, RequestError
 from modelserve.routing.policy import ModelPolicy
 from modelserve.state.coordinator import Coordinator, Fence, cas_update
@@ -36,7 +37,7 @@ POLICY_FIELDS = (
     "shadow_sample_rate",
 )
 #: Fields only serving commands change (stage, promote, rollback, experiments).
-SERVING_FIELDS = ("live", "previous", "staged", "experiment", "warm", "pinned")
+SERVING_FIELDS = ("live", "previous", "staged", "experiment", "warm", "pinned", "promoted_at")
 
 
 def key_of(model: str) -> str:
@@ -66,6 +67,9 @@ class DesiredModel:
     warm: tuple[str, ...] | None = None
     #: Warm versions held on purpose (`load`, the version policy): `keep_warm` never unloads them.
     pinned: tuple[str, ...] = ()
+    #: When (wall clock) a promotion made `live` live, replacing `previous`; None after a rollback.
+    #: The post-promotion watch of a new leader or a restarted server starts from it.
+    promoted_at: float | None = None
 
     def policy(self) -> ModelPolicy:
         """The routing policy this revision asks for."""
@@ -135,6 +139,8 @@ def validate(changes: dict[str, Any]) -> dict[str, Any]:
             if isinstance(value, bool) or not isinstance(value, int | float):
                 raise ConfigError(f"{name} must be a number")
             value = float(value)
+        elif name == "promoted_at" and value is not None:
+            value = validation.number(value, "promoted_at", low=0.0, error=ConfigError)
         elif name == "allow_version_override" and not isinstance(value, bool):
             raise ConfigError("allow_version_override must be true or false")
         elif name == "targeting_header":
