@@ -151,3 +151,45 @@ class ServeProcess:
     def stop(self) -> None:
         if self.process is not None:
             stop_pid(self.process)
+
+
+@contextlib.contextmanager
+def serve_fleet(
+    repository: Path | Sequence[Path],
+    folder: Path,
+    coordinator: str,
+    *,
+    count: int = 3,
+    args: Sequence[str] = (),
+    first: int = 0,
+) -> Iterator[list[ServeProcess]]:
+    """`count` ready `serve` processes sharing `coordinator`, named `replica-<first>`, `replica-<first+1>`...
+
+    Each gets its own state folder and log in `folder`; `repository` may differ per replica (one path
+    per process). All are stopped by their PIDs on exit.
+    """
+    repositories = [repository] * count if isinstance(repository, Path) else list(repository)
+    processes = [
+        ServeProcess(
+            [
+                str(repositories[i]),
+                "--state-dir",
+                str(folder / f"state-{first + i}"),
+                "--coordinator",
+                coordinator,
+                *args,
+            ],
+            env={"POD_NAME": f"replica-{first + i}"},
+            log_path=folder / f"serve-{first + i}.log",
+        )
+        for i in range(count)
+    ]
+    try:
+        for process in processes:
+            process.start()
+        for process in processes:
+            process.wait_ready()
+        yield processes
+    finally:
+        for process in processes:
+            process.stop()

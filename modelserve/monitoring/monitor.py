@@ -29,6 +29,7 @@ import numpy as np
 from modelserve.monitoring.columns import tensor_columns
 from modelserve.monitoring.drift import ColumnDrift, Reference, js_distance, psi
 from modelserve.monitoring.histogram import ValueHistogram
+from modelserve.monitoring.snapshot import DistributionCounts, DriftCounts, distribution_counts, drift_counts
 from modelserve.monitoring.version import MonitorConfig, OutputDistribution, VersionMonitor
 
 __all__ = ["Monitor", "MonitorConfig"]
@@ -354,6 +355,23 @@ class Monitor:
                 )
             )
         return results
+
+    def export_counts(self) -> tuple[list[DistributionCounts], list[DriftCounts]]:
+        """Every version's distributions and drift windows as mergeable counts (the fleet snapshot)."""
+        self.flush()
+        with self._lock:
+            now = self.clock()
+            found = [
+                (m, v, monitor) for m, versions in self._versions.items() for v, monitor in versions.items()
+            ]
+            roles = ("primary", "shadow")
+            distributions = [distribution_counts(m, v, r, monitor) for m, v, monitor in found for r in roles]
+            drift = [
+                drift_counts(m, v, kind, tracker, now)
+                for m, v, monitor in found
+                for kind, tracker in (("inputs", monitor.input_drift), ("outputs", monitor.output_drift))
+            ]
+        return [d for d in distributions if d is not None], [d for d in drift if d is not None]
 
     def forget(self, model: str, version: str | None = None) -> None:
         with self._lock:

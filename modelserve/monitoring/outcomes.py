@@ -30,6 +30,7 @@ import numpy as np
 from cachetools import TTLCache
 
 from modelserve.experiments.stats import Interval, mean_interval, wilson_interval
+from modelserve.monitoring.snapshot import OutcomeCounts, OutcomeSlots
 
 ACCURACY = "accuracy"
 ERROR = "error"
@@ -157,6 +158,22 @@ class OutcomeTally:
         or after wall time `since`: the same rows, so the two accuracies compare like with like."""
         rows, primary_correct, shadow_correct = self._since((model, primary, "paired:" + shadow), since, 3)
         return primary_correct, shadow_correct, rows
+
+    def export_counts(self) -> tuple[list[OutcomeCounts], list[OutcomeSlots]]:
+        """Labelled and right rows per version, and per slot (the fleet snapshot's outcome part)."""
+        with self._lock:
+            overall = [
+                OutcomeCounts(model=m, version=v, labelled=c.labelled, correct=c.correct)
+                for (m, v, experiment), c in self._counts.items()
+                if not experiment and c.labelled
+            ]
+            slots = [
+                OutcomeSlots(
+                    model=m, version=v, role=role, slots=tuple((k, tuple(c)) for k, c in found.items())
+                )
+                for (m, v, role), found in self._slots.items()
+            ]
+        return overall, slots
 
     def record_errors(self, model: str, version: str, errors: np.ndarray, *, experiment: bool) -> None:
         """Count regression errors (prediction minus truth), one per row."""

@@ -26,6 +26,7 @@ from modelserve.errors import ConfigError, RequestError
 from modelserve.inference.path import InferenceRecord
 from modelserve.monitoring.counters import EventCounters
 from modelserve.monitoring.drift import ColumnDrift, DriftConfig
+from modelserve.monitoring.fleet import FleetMonitoring
 from modelserve.monitoring.history import History
 from modelserve.monitoring.monitor import Monitor, MonitorConfig
 from modelserve.monitoring.outcomes import LabelJoin, OutcomeTally, Prediction, predicted_values
@@ -92,7 +93,18 @@ class MonitoringService:
         self._totals: dict[tuple[str, str], tuple[int, int, float]] = {}
         self._agreements: dict[tuple[str, str], tuple[float, int]] = {}
         self.reference_errors: dict[str, str] = {}
+        #: Set in a fleet (`share`): every replica's figures, merged.
+        self.fleet: FleetMonitoring | None = None
         self._flush_limiter: anyio.CapacityLimiter | None = None
+
+    def share(self, fleet: FleetMonitoring) -> None:
+        """In a fleet: publish this replica's figures and read everyone's (the accuracy gate too)."""
+        self.fleet = fleet
+
+    @property
+    def outcomes(self) -> OutcomeTally | FleetMonitoring:
+        """What the accuracy gate reads: this process's labels, or the fleet's when in one."""
+        return self.fleet if self.fleet is not None else self.tally
 
     # -- configuration ---------------------------------------------------------------------------
 
@@ -347,23 +359,18 @@ class MonitoringService:
         return out
 
     def status(self, model: str) -> dict[str, Any]:
-        """A short monitoring summary for the model's status: drifted columns and accuracy per version."""
-        versions = {}
-        for version, data in self.versions(model).items():
-            drifted = [
-                d["column"] for kind in ("inputs", "outputs") for d in data["drift"][kind] if d["drifted"]
-            ]
-            versions[version] = {
-                "reference": data["reference"],
-                "drifted": drifted,
-                "accuracy": data["accuracy"]["accuracy"],
-                "labelled": data["accuracy"]["samples"],
-                "predictions": {
-                    "primary": _shares(data["distribution"]),
-                    "shadow": _shares(data["shadow_distribution"]),
-                },
+        """A short monitoring summary for the model's status: drifted columns and accuracy per version
+        (and the fleet's, in a fleet)."""
+        versions = {version: _summary(data) for version, data in self.versions(model).items()}
+        status: dict[str, Any] = {"versions": versions, "reference_error": self.reference_errors.get(model)}
+        if self.fleet is not None:
+            fleet = self.fleet.view(model)
+            fleet["versions"] = {
+                version: {**_summary(data), "not_mergeable": data["not_mergeable"]}
+                for version, data in fleet["versions"].items()
             }
-        return {"monitoring": {"versions": versions, "reference_error": self.reference_errors.get(model)}}
+            status["fleet"] = fleet
+        return {"monitoring": status}
 
     def output_shift(self, model: str) -> list[dict[str, Any]]:
         return [
@@ -372,6 +379,21 @@ class MonitoringService:
             if m == model
             for result in self.monitor.output_shift(model, live, candidate)
         ]
+
+
+def _summary(data: dict[str, Any]) -> dict[str, Any]:
+    """What the status shows of one version's figures (this replica's or the fleet's)."""
+    drift = data["drift"]
+    return {
+        "reference": data["reference"],
+        "drifted": [d["column"] for kind in ("inputs", "outputs") for d in drift[kind] if d["drifted"]],
+        "accuracy": data["accuracy"]["accuracy"],
+        "labelled": data["accuracy"]["samples"],
+        "predictions": {
+            "primary": _shares(data["distribution"]),
+            "shadow": _shares(data["shadow_distribution"]),
+        },
+    }
 
 
 def _shares(distribution: dict[str, Any]) -> dict[str, Any]:

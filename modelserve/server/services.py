@@ -44,6 +44,7 @@ from modelserve.inference.path import InferencePath, InferenceRecord, Observer
 from modelserve.middleware.routing import ArmDecider, Router
 from modelserve.monitoring.collector import MonitoringCollector
 from modelserve.monitoring.counters import EventCounters
+from modelserve.monitoring.fleet import FleetMonitoring
 from modelserve.monitoring.service import MonitoringService
 from modelserve.rollout.events import RolloutEvent
 from modelserve.rollout.gates import ExperimentEvidence, OutcomeEvidence
@@ -277,6 +278,14 @@ def build_services(
                 monitoring.monitor, monitoring.tally, monitoring.counters, shift_pairs=monitoring.shift_pairs
             )
         )
+        if replica.shared:  # every replica's figures merged; /metrics stays this replica's (Prometheus sums)
+            fleet_monitoring = FleetMonitoring(
+                coordinator=coordinator, monitor=monitoring.monitor, tally=monitoring.tally,
+                replica_id=replica.replica_id, config_for=monitoring.config_for,
+            )  # fmt: skip
+            monitoring.share(fleet_monitoring)
+            hooks.tasks.append(fleet_monitoring.run)
+            hooks.shutdown.append(fleet_monitoring.close)
 
     shadow = None
     if features.shadow:
@@ -527,7 +536,7 @@ def outcome_evidence(
 
     Like with like: in a shadow stage, the rows both predicted (the shadow's runs that were not shed);
     in a canary stage, the requests each served (split by targeting key)."""
-    tally = monitoring.tally
+    tally = monitoring.outcomes  # in a fleet: every replica's labels (zeros while one is missing: hold)
     if shadow:
         base_correct, correct, rows = tally.paired_since(model, baseline, candidate, since)
         return OutcomeEvidence(

@@ -1,0 +1,204 @@
+"""Monitoring figures of the whole fleet: every replica's snapshot, merged.
+
+Every replica publishes its `MonitoringSnapshot` (`monitoring/snapshot.py`) as `monitoring/<replica>`
+through the coordinator every `publish_s`, stamped with wall-clock time (idempotent: a retry
+overwrites, never double-counts; kept `ttl_s`), and reads everyone's. The fleet's figures are sums:
+
+- prediction distributions: histogram buckets and class counts add;
+- drift: the current windows add per column only between replicas whose reference has the same
+  fingerprint (a shared file reference); PSI and JS are computed on the summed bins (the PSI of the
+  fleet, not an average of PSIs). Replicas with another reference are listed as not mergeable;
+- accuracy: labelled and right rows add, overall and per 10 s slot (`labelled_since`, `paired_since`:
+  what the accuracy gate reads in a fleet).
+
+A replica that serves (it reports in `replicas`) with no snapshot, or whose snapshot is older than
+`max_lag_s` (and was not its last, written at shutdown), makes the figures incomplete: `missing`
+names it, and the gate's counts are zero, so the accuracy gate holds instead of deciding on part of
+the labels. A snapshot lives `ttl_s` after its replica stopped writing; then its counts leave the sums.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import anyio
+import anyio.to_thread
+
+from modelserve.experiments.stats import wilson_interval
+from modelserve.fleet.sync import REPLICAS
+from modelserve.monitoring.merge import merge_distributions, merge_drift
+from modelserve.monitoring.monitor import Monitor
+from modelserve.monitoring.outcomes import SLOT_S, OutcomeTally
+from modelserve.monitoring.snapshot import MonitoringSnapshot
+from modelserve.monitoring.version import MonitorConfig
+from modelserve.state.coordinator import Coordinator, CoordinatorUnavailable
+
+log = logging.getLogger("modelserve.monitoring")
+
+MONITORING = "monitoring"
+
+
+class FleetMonitoring:
+    """Publishes this replica's monitoring snapshot and merges everyone's (see the module docstring)."""
+
+    def __init__(
+        self,
+        *,
+        coordinator: Coordinator,
+        monitor: Monitor,
+        tally: OutcomeTally,
+        replica_id: str,
+        config_for: Callable[[str], MonitorConfig],
+        publish_s: float = 2.0,
+        max_lag_s: float = 6.0,
+        ttl_s: float = 60.0,
+    ) -> None:
+        self.coordinator = coordinator
+        self.monitor = monitor
+        self.tally = tally
+        self.replica_id = replica_id
+        self.config_for = config_for
+        self.publish_s, self.max_lag_s, self.ttl_s = publish_s, max_lag_s, ttl_s
+        #: Filled by `refresh()`: the other replicas' snapshots, and the replicas that serve.
+        self.remote: dict[str, MonitoringSnapshot] = {}
+        self.serving: set[str] = set()
+        self._limiter: anyio.CapacityLimiter | None = None
+
+    # -- publishing --------------------------------------------------------------------------------
+
+    def export(self, *, final: bool = False) -> MonitoringSnapshot:
+        """This replica's counts now (flushes the monitor: call off the event loop when it may be busy)."""
+        distributions, drift = self.monitor.export_counts()
+        outcomes, slots = self.tally.export_counts()
+        return MonitoringSnapshot(
+            replica=self.replica_id, time=time.time(), final=final, distributions=tuple(distributions),
+            drift=tuple(drift), outcomes=tuple(outcomes), slots=tuple(slots),
+        )  # fmt: skip
+
+    async def publish(self, *, final: bool = False) -> None:
+        if self._limiter is None:
+            self._limiter = anyio.CapacityLimiter(1)
+        snapshot = await anyio.to_thread.run_sync(lambda: self.export(final=final), limiter=self._limiter)
+        await self.coordinator.put_snapshot(MONITORING, self.replica_id, snapshot.to_json(), self.ttl_s)
+
+    async def refresh(self) -> None:
+        """Read every replica's snapshot and who serves."""
+        published = await self.coordinator.snapshots(MONITORING)
+        serving = await self.coordinator.snapshots(REPLICAS)
+        remote = {}
+        for replica, body in published.items():
+            snapshot = MonitoringSnapshot.from_json(body)
+            if snapshot is None:
+                log.warning("replica %s: monitoring snapshot not readable, left out", replica)
+            elif replica != self.replica_id:
+                remote[replica] = snapshot
+        self.remote, self.serving = remote, set(serving) - {self.replica_id}
+
+    async def run(self) -> None:
+        """Publish and refresh every `publish_s` until cancelled (every replica)."""
+        while True:
+            with contextlib.suppress(CoordinatorUnavailable):
+                await self.publish()
+                await self.refresh()
+            await anyio.sleep(self.publish_s)
+
+    async def close(self) -> None:
+        """At shutdown: the last snapshot, marked final (a replica that stopped is not missing)."""
+        with anyio.move_on_after(5.0), contextlib.suppress(CoordinatorUnavailable):
+            await self.publish(final=True)
+
+    # -- merged figures ----------------------------------------------------------------------------
+
+    def missing(self, now: float | None = None) -> list[str]:
+        """Replicas whose figures are not in the sums (none published) or are older than `max_lag_s`."""
+        now = time.time() if now is None else now
+        stale = {r for r, s in self.remote.items() if not s.final and now - s.time > self.max_lag_s}
+        return sorted(stale | (self.serving - set(self.remote)))
+
+    def labelled_since(
+        self, model: str, version: str, since: float, role: str = "primary"
+    ) -> tuple[int, int]:
+        """Like `OutcomeTally.labelled_since`, over every replica; (0, 0) while a replica is missing."""
+        labelled, correct = self._since(model, version, role, since, 2)
+        correct_here, labelled_here = self.tally.labelled_since(model, version, since, role)
+        return (0, 0) if self.missing() else (correct + correct_here, labelled + labelled_here)
+
+    def paired_since(self, model: str, primary: str, shadow: str, since: float) -> tuple[int, int, int]:
+        """Like `OutcomeTally.paired_since`, over every replica; zeros while a replica is missing."""
+        rows, primary_correct, shadow_correct = self._since(model, primary, "paired:" + shadow, since, 3)
+        here = self.tally.paired_since(model, primary, shadow, since)
+        if self.missing():
+            return 0, 0, 0
+        return primary_correct + here[0], shadow_correct + here[1], rows + here[2]
+
+    def _since(self, model: str, version: str, role: str, since: float, width: int) -> list[int]:
+        first = int(since // SLOT_S)
+        totals = [0] * width
+        for snapshot in self.remote.values():
+            for series in snapshot.slots:
+                if (series.model, series.version, series.role) == (model, version, role):
+                    for slot, counts in series.slots:
+                        if slot >= first:
+                            for i, count in enumerate(counts[:width]):
+                                totals[i] += count
+        return totals
+
+    def view(self, model: str) -> dict[str, Any]:
+        """The fleet's figures of `model` per version, shaped like `MonitoringService.versions` (JSON)."""
+        snapshots = [self.export(), *self.remote.values()]
+        config = self.config_for(model)
+        versions: dict[str, Any] = {}
+        found = {d.version for s in snapshots for d in s.distributions if d.model == model}
+        found |= {d.version for s in snapshots for d in s.drift if d.model == model}
+        found |= {o.version for s in snapshots for o in s.outcomes if o.model == model}
+        for version in sorted(found, key=lambda v: (len(v), v)):
+
+            def outputs(role: str, version: str = version) -> dict[str, Any]:
+                parts = (
+                    d
+                    for s in snapshots
+                    for d in s.distributions
+                    if (d.model, d.version, d.role) == (model, version, role)
+                )
+                return merge_distributions(parts, config.output_edges)
+
+            def drift(kind: str, version: str = version) -> dict[str, Any]:
+                parts = [
+                    (s.replica, d)
+                    for s in snapshots
+                    for d in s.drift
+                    if (d.model, d.version, d.kind) == (model, version, kind)
+                ]
+                return merge_drift(parts, config, prefer=self.replica_id)
+
+            outcomes = [o for s in snapshots for o in s.outcomes if (o.model, o.version) == (model, version)]
+            labelled, correct = sum(o.labelled for o in outcomes), sum(o.correct for o in outcomes)
+            interval = wilson_interval(correct, labelled) if labelled else None
+            inputs, outputs_drift = drift("inputs"), drift("outputs")
+            versions[version] = {
+                "distribution": outputs("primary"),
+                "shadow_distribution": outputs("shadow"),
+                "reference": inputs["reference"],
+                "drift": {"inputs": inputs["columns"], "outputs": outputs_drift["columns"]},
+                "not_mergeable": sorted(
+                    {r["replica"] for r in (*inputs["not_mergeable"], *outputs_drift["not_mergeable"])}
+                ),
+                "accuracy": {
+                    "kind": "accuracy" if labelled else None,
+                    "samples": labelled,
+                    "correct": correct,
+                    "accuracy": correct / labelled if labelled else None,
+                    "accuracy_interval": [interval.low, interval.high] if interval is not None else None,
+                },
+            }  # fmt: skip
+        missing = self.missing()
+        return {
+            "replicas": sorted(s.replica for s in snapshots),
+            "missing": missing,
+            "complete": not missing,
+            "versions": versions,
+        }

@@ -1,0 +1,226 @@
+"""One replica's monitoring as mergeable counts: what it publishes for the fleet view.
+
+A `MonitoringSnapshot` holds only additive numbers, so the fleet's figures are sums:
+
+- `DistributionCounts` per (model, version, role): rows, score histograms (fixed edges: bucket counts
+  and the sum of values) and class counts;
+- `DriftCounts` per (model, version, kind): the reference's bin counts and the current window's, with
+  the reference's `fingerprint` (a hash of its source, columns, bin edges and counts): two replicas'
+  windows add up only under the same fingerprint (the same file reference);
+- `OutcomeCounts` per (model, version): labelled rows and those predicted right, overall;
+- `OutcomeSlots` per (model, version, role or "paired:<shadow>"): the same counts per 10 s slot of
+  wall time, what the accuracy gate sums since a rollout began.
+
+Sizes are bounded by what the monitor keeps: 8 versions per model, 32 classes, capped columns,
+`bins + 1` counts per column, 8640 slots per series. `from_json` checks every field and returns None
+for a body it cannot read (a snapshot of another release, or damaged): it is left out, never raised.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from modelserve.monitoring.drift import DriftTracker
+from modelserve.monitoring.version import OutputDistribution, VersionMonitor
+
+Counts = tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DistributionCounts:
+    """What one version predicted in one role: rows, score histograms `(bucket counts, sum)`, classes."""
+
+    model: str
+    version: str
+    role: str
+    rows: int
+    histograms: Mapping[str, tuple[Counts, float]]
+    classes: Mapping[str, Mapping[str, int]]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DriftCounts:
+    """One version's drift tracker of one kind ("inputs" or "outputs"): reference and window bin counts."""
+
+    model: str
+    version: str
+    kind: str
+    fingerprint: str
+    source: str
+    columns: tuple[str, ...]
+    reference_rows: int
+    reference: tuple[Counts, ...]
+    current: tuple[Counts, ...]
+
+    def __post_init__(self) -> None:
+        widths = {len(row) for row in (*self.reference, *self.current)}
+        rows = len(self.columns)
+        if not rows or len(self.reference) != rows or len(self.current) != rows:
+            raise ValueError("drift counts need one reference and one window row per column")
+        if len(widths) != 1 or 0 in widths:
+            raise ValueError("drift counts need the same number of bins in every row")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OutcomeCounts:
+    """Labelled rows of one version (served or shadowed) and how many it predicted right."""
+
+    model: str
+    version: str
+    labelled: int
+    correct: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OutcomeSlots:
+    """Label counts per 10 s slot of wall time: `(slot, counts)`, counts as `OutcomeTally` keeps them."""
+
+    model: str
+    version: str
+    role: str
+    slots: tuple[tuple[int, Counts], ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MonitoringSnapshot:
+    """Everything one replica publishes (see the module docstring); `final` when it shut down."""
+
+    replica: str
+    time: float
+    final: bool = False
+    distributions: tuple[DistributionCounts, ...] = ()
+    drift: tuple[DriftCounts, ...] = ()
+    outcomes: tuple[OutcomeCounts, ...] = ()
+    slots: tuple[OutcomeSlots, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "replica": self.replica,
+            "time": self.time,
+            "final": self.final,
+            "distributions": [
+                [d.model, d.version, d.role, d.rows,
+                 {k: [list(c), s] for k, (c, s) in d.histograms.items()},
+                 {k: dict(v) for k, v in d.classes.items()}]
+                for d in self.distributions
+            ],
+            "drift": [
+                [d.model, d.version, d.kind, d.fingerprint, d.source, list(d.columns), d.reference_rows,
+                 [list(c) for c in d.reference], [list(c) for c in d.current]]
+                for d in self.drift
+            ],
+            "outcomes": [[o.model, o.version, o.labelled, o.correct] for o in self.outcomes],
+            "slots": [[s.model, s.version, s.role, [[k, list(c)] for k, c in s.slots]] for s in self.slots],
+        }  # fmt: skip
+
+    @classmethod
+    def from_json(cls, data: Any) -> MonitoringSnapshot | None:
+        """The snapshot in `data`, or None when any part of it is not what `to_json` writes."""
+        try:
+            return cls(
+                replica=_str(data["replica"]),
+                time=float(data["time"]),
+                final=bool(data.get("final", False)),
+                distributions=tuple(
+                    DistributionCounts(
+                        model=_str(m), version=_str(v), role=_str(r), rows=int(n),
+                        histograms={_str(k): (_counts(c), float(s)) for k, (c, s) in h.items()},
+                        classes={_str(k): {_str(n): int(x) for n, x in v.items()} for k, v in c.items()},
+                    )
+                    for m, v, r, n, h, c in data["distributions"]
+                ),
+                drift=tuple(
+                    DriftCounts(
+                        model=_str(m), version=_str(v), kind=_str(k), fingerprint=_str(f), source=_str(s),
+                        columns=tuple(_str(x) for x in _list(cols)), reference_rows=int(n),
+                        reference=tuple(_counts(x) for x in ref), current=tuple(_counts(x) for x in cur),
+                    )
+                    for m, v, k, f, s, cols, n, ref, cur in data["drift"]
+                ),
+                outcomes=tuple(
+                    OutcomeCounts(model=_str(m), version=_str(v), labelled=int(n), correct=int(c))
+                    for m, v, n, c in data["outcomes"]
+                ),
+                slots=tuple(
+                    OutcomeSlots(
+                        model=_str(m), version=_str(v), role=_str(r),
+                        slots=tuple((int(k), _counts(c)) for k, c in found),
+                    )
+                    for m, v, r, found in data["slots"]
+                ),
+            )  # fmt: skip
+        except (KeyError, TypeError, ValueError, AttributeError):
+            return None
+
+
+def _str(value: Any) -> str:
+    if not isinstance(value, str):
+        raise TypeError("expected a string")
+    return value
+
+
+def _list(value: Any) -> list[Any]:
+    if not isinstance(value, list):
+        raise TypeError("expected a list")
+    return value
+
+
+def _counts(values: Any) -> Counts:
+    return tuple(int(x) for x in _list(values))
+
+
+# -- export from the live monitor (called with the monitor's lock held) ---------------------------
+
+
+def distribution_counts(
+    model: str, version: str, role: str, monitor: VersionMonitor
+) -> DistributionCounts | None:
+    """The version's cumulative outputs in `role`, or None when it never had that role."""
+    outputs: OutputDistribution | None = monitor.distribution(role)
+    if outputs is None:
+        return None
+    return DistributionCounts(
+        model=model,
+        version=version,
+        role=role,
+        rows=monitor.rows if role == "primary" else monitor.shadow_rows,
+        histograms={k: (_counts(h.counts.tolist()), h.total) for k, h in outputs.histograms.items()},
+        classes={k: dict(c.counts) for k, c in outputs.classes.items()},
+    )
+
+
+def drift_counts(
+    model: str, version: str, kind: str, tracker: DriftTracker | None, now: float
+) -> DriftCounts | None:
+    """The tracker's reference and current window as counts, or None while it has no reference."""
+    if tracker is None or tracker.reference is None or tracker.window is None:
+        return None
+    reference = tracker.reference
+    current = tracker.window.total(now)
+    return DriftCounts(
+        model=model,
+        version=version,
+        kind=kind,
+        fingerprint=fingerprint(tracker),
+        source=tracker.reference_source,
+        columns=tracker.columns,
+        reference_rows=reference.rows,
+        reference=tuple(_counts(row.tolist()) for row in reference.counts),
+        current=tuple(_counts(row.tolist()) for row in current),
+    )
+
+
+def fingerprint(tracker: DriftTracker) -> str:
+    """Equal for two trackers whose bins and reference counts are equal (replicas sharing a file)."""
+    assert tracker.reference is not None
+    digest = hashlib.sha256(tracker.reference_source.encode())
+    digest.update("\0".join(tracker.columns).encode())
+    for edges in tracker.reference.edges:
+        digest.update(np.asarray(edges, dtype=np.float64).tobytes() + b"|")
+    digest.update(np.asarray(tracker.reference.counts, dtype=np.int64).tobytes())
+    return digest.hexdigest()[:16]

@@ -1,0 +1,305 @@
+"""Monitoring figures fleet-wide, over three real `modelserve serve` processes per shared backend.
+
+Each replica publishes its counts through the coordinator (SQLite, real Redis); any replica's `/ui`
+JSON and model status show the fleet's sums beside its own. Checked against direct computations on
+what the responses said: class counts and score histograms summed over replicas, drift PSI and JS of
+the summed bins (numpy, the formula written out), a replica with another reference kept apart, and a
+replica killed with SIGKILL named as missing. Every process is stopped by its PID; loops are bounded.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+
+from modelserve.monitoring.fleet import FleetMonitoring
+from modelserve.monitoring.histogram import SCORE_EDGES
+from modelserve.monitoring.monitor import Monitor, MonitorConfig
+from modelserve.monitoring.outcomes import OutcomeTally
+from modelserve.rollout.gates import INCONCLUSIVE, OutcomeEvidence, evaluate_gate
+from modelserve.rollout.plan import GateSpec, Stage
+from modelserve.rollout.sample import Sample
+from modelserve.state.sqlite_backend import SqliteCoordinator
+from modelserve.testing_processes import ServeProcess, serve_fleet
+
+EXAMPLES = Path(__file__).parent.parent / "examples"
+ROWS: list[list[float]] = [
+    json.loads(line)["input"] for line in (EXAMPLES / "labelled_traffic.jsonl").read_text().splitlines()
+]
+TRUTH: list[int] = [
+    int(json.loads(line)["label"]) for line in (EXAMPLES / "labelled_traffic.jsonl").read_text().splitlines()
+]
+TOKEN = "fleet-secret"
+AUTH = {"authorization": f"Bearer {TOKEN}"}
+#: A window longer than the module runs: every row sent is in the drift window, so sums are exact.
+MONITORING = 'reference = "reference.jsonl"\nmin_samples = 100\nwindow_s = 3600.0\n'
+
+
+@dataclass
+class Fleet:
+    """The replicas, and every row the live version served (the ground truth of the fleet's sums)."""
+
+    processes: list[ServeProcess]
+    folder: Path
+    coordinator: str
+    served: list[tuple[list[float], int, float]] = field(default_factory=list)  # row, label, P(1)
+
+    @property
+    def urls(self) -> list[str]:
+        return [p.url for p in self.processes]
+
+
+def credit_repo(folder: Path, monitoring: str) -> Path:
+    repo = folder / "models"
+    shutil.copytree(EXAMPLES / "models", repo)
+    shutil.copy(EXAMPLES / "labelled_traffic.jsonl", repo / "credit" / "reference.jsonl")
+    config = repo / "credit" / "config.toml"
+    config.write_text(config.read_text() + "\n[monitoring]\n" + monitoring)
+    return repo
+
+
+@pytest.fixture(scope="module", params=["sqlite", "redis"])
+def fleet(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
+    folder = tmp_path_factory.mktemp(f"fleet-monitoring-{request.param}")
+    if request.param == "sqlite":
+        coordinator = f"sqlite://{folder / 'coordinator.db'}"
+    else:
+        coordinator = request.getfixturevalue("redis_url").removesuffix("/0") + "/3"
+        import redis
+
+        redis.Redis.from_url(coordinator).flushdb()
+    repo = credit_repo(folder, MONITORING)
+    with serve_fleet(repo, folder, coordinator, args=["--admin-token", TOKEN]) as processes:
+        yield Fleet(processes, folder, coordinator)
+
+
+def infer(client: httpx.Client, base: str, row: list[float], request_id: str) -> tuple[int, float]:
+    body = {
+        "id": request_id,
+        "inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 20], "data": row}],
+    }
+    response = client.post(f"{base}/v2/models/credit/infer", json=body)
+    assert response.status_code == 200, response.text
+    assert response.headers["x-model-version"] == "1"
+    outputs = {o["name"]: o["data"] for o in response.json()["outputs"]}
+    return int(outputs["label"][0]), float(outputs["probabilities"][1])
+
+
+def serve_rows(fleet: Fleet, base: str, rows: list[list[float]], prefix: str) -> list[int]:
+    labels = []
+    with httpx.Client(timeout=30) as client:
+        for i, row in enumerate(rows):
+            label, p1 = infer(client, base, row, f"{prefix}-{i}")
+            fleet.served.append((row, label, p1))
+            labels.append(label)
+    return labels
+
+
+def page(base: str) -> dict[str, Any]:
+    response = httpx.get(f"{base}/ui/api/models/credit", timeout=30)
+    assert response.status_code == 200, response.text
+    monitoring: dict[str, Any] = response.json()["monitoring"]
+    return monitoring
+
+
+def status(base: str) -> dict[str, Any]:
+    response = httpx.get(f"{base}/admin/models/credit", headers=AUTH, timeout=30)
+    assert response.status_code == 200, response.text
+    monitoring: dict[str, Any] = response.json()["monitoring"]
+    return monitoring
+
+
+def wait_for(read: Callable[[], Any], check: Callable[[Any], bool], timeout_s: float, what: str) -> Any:
+    """Poll `read()` until `check` holds for what it returned (bounded); that last value."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = read()
+        if check(value):
+            return value
+        assert time.monotonic() < deadline, f"not within {timeout_s} s: {what}; last: {value}"
+        time.sleep(0.2)
+
+
+def histogram(values: list[float]) -> list[int]:
+    """Bucket counts as the monitor's histogram counts them (Prometheus `le`, float32 outputs)."""
+    index = np.searchsorted(np.asarray(SCORE_EDGES), np.asarray(values, dtype=np.float32).astype(np.float64))
+    return np.bincount(index, minlength=len(SCORE_EDGES) + 1).tolist()
+
+
+def test_class_counts_and_score_histograms_are_the_sum_over_three_replicas(fleet: Fleet) -> None:
+    a, b, c = fleet.urls
+    mine = serve_rows(fleet, a, ROWS[0:30], "classes-a")
+    serve_rows(fleet, b, ROWS[30:70], "classes-b")
+    serve_rows(fleet, c, ROWS[70:120], "classes-c")
+    classes = dict(Counter(str(label) for _, label, _ in fleet.served))
+    buckets = histogram([p1 for _, _, p1 in fleet.served])
+
+    def summed(monitoring: dict[str, Any]) -> bool:
+        found = monitoring["fleet"]["versions"].get("1", {}).get("distribution", {})
+        return (
+            found.get("classes", {}).get("label") == classes
+            and found["histograms"]["probabilities[1]"]["counts"] == buckets
+            and found["rows"] == len(fleet.served)
+        )
+
+    for base in (a, b, c):  # every replica shows the same fleet figures
+        monitoring = wait_for(lambda u=base: page(u), summed, 20, f"fleet class counts on {base}")
+        fleet_view = monitoring["fleet"]
+        assert fleet_view["complete"] is True and fleet_view["missing"] == []
+        assert fleet_view["replicas"] == ["replica-0", "replica-1", "replica-2"]
+    local = page(a)["versions"]["1"]["distribution"]  # beside them, the replica's own
+    assert local["classes"]["label"] == dict(Counter(str(label) for label in mine))
+    summary = wait_for(
+        lambda: status(b), lambda m: m["fleet"]["versions"]["1"]["predictions"]["primary"]["rows"] == 120, 20,
+        "fleet rows in the model status",
+    )  # fmt: skip
+    shares = summary["fleet"]["versions"]["1"]["predictions"]["primary"]["class_shares"]["label"]
+    assert shares == pytest.approx({name: count / 120 for name, count in classes.items()})
+    assert summary["versions"]["1"]["predictions"]["primary"]["rows"] == 40  # b's own, beside
+
+
+def reference_bins(column: int) -> tuple[np.ndarray, np.ndarray]:
+    """Interior deciles of the reference file's column (sample values), and its bin counts (NaN last)."""
+    values = np.asarray([row[column] for row in ROWS], dtype=np.float64)
+    edges = np.unique(np.quantile(values, np.linspace(0, 1, 11)[1:-1], method="lower"))
+    return edges, counts_in(edges, values)
+
+
+def counts_in(edges: np.ndarray, values: np.ndarray) -> np.ndarray:
+    index = np.searchsorted(edges, values, side="right")
+    return np.bincount(index, minlength=11)
+
+
+def psi_and_js(reference: np.ndarray, current: np.ndarray) -> tuple[float, float]:
+    p, q = reference / reference.sum(), current / current.sum()
+    pf, qf = np.maximum(p, 1e-4), np.maximum(q, 1e-4)
+    psi = float(np.sum((qf - pf) * np.log(qf / pf)))
+    m = (p + q) / 2
+    kl = [float(np.sum(x[x > 0] * np.log2(x[x > 0] / m[x > 0]))) for x in (p, q)]
+    return psi, float(np.sqrt(sum(kl) / 2))
+
+
+def test_shifted_traffic_on_one_replica_raises_the_fleet_drift_of_the_summed_bins(fleet: Fleet) -> None:
+    a, _, c = fleet.urls
+    amount = 4  # the credit amount: tripled on replica c only
+    shifted = [[v * 3 if j == amount else v for j, v in enumerate(row)] for row in ROWS[150:300]]
+    serve_rows(fleet, c, shifted, "drift-c")
+    edges, reference = reference_bins(amount)
+    current = counts_in(edges, np.asarray([row[amount] for row, _, _ in fleet.served], dtype=np.float64))
+    psi, js = psi_and_js(reference, current)
+    column = f"input[{amount}]"
+
+    def fleet_column(monitoring: dict[str, Any]) -> dict[str, Any]:
+        columns = monitoring["fleet"]["versions"]["1"]["drift"]["inputs"]
+        return next(d for d in columns if d["column"] == column)
+
+    monitoring = wait_for(
+        lambda: page(a), lambda m: fleet_column(m)["samples"] == len(fleet.served), 20, "drift summed"
+    )
+    found = fleet_column(monitoring)
+    assert found["psi"] == pytest.approx(psi, rel=1e-9) and found["js"] == pytest.approx(js, rel=1e-9)
+    assert found["drifted"] is True and psi > 0.2
+    assert monitoring["fleet"]["versions"]["1"]["reference"]["replicas"] == [
+        "replica-0",
+        "replica-1",
+        "replica-2",
+    ]
+    assert monitoring["fleet"]["versions"]["1"]["not_mergeable"] == []
+    own = next(d for d in page(c)["versions"]["1"]["drift"]["inputs"] if d["column"] == column)
+    assert own["samples"] < found["samples"] and own["psi"] != pytest.approx(psi)  # c alone drifts more
+    assert column in status(a)["fleet"]["versions"]["1"]["drifted"]
+
+
+def test_another_reference_is_kept_apart_and_a_killed_replica_makes_the_figures_incomplete(
+    fleet: Fleet,
+) -> None:
+    # A fourth replica captures its reference from its own traffic: its windows cannot add to the others'.
+    repo = credit_repo(
+        fleet.folder / "live", "min_samples = 100\nwindow_s = 3600.0\nreference_period_s = 0.1\n"
+    )
+    args = ["--admin-token", TOKEN]
+    with serve_fleet(repo, fleet.folder, fleet.coordinator, count=1, first=3, args=args) as (fourth,):
+        serve_rows(fleet, fourth.url, ROWS[180:280], "live-d")
+        # A live reference freezes when rows come after its period (0.1 s) with min_samples captured.
+        wait_for(
+            lambda: serve_rows(fleet, fourth.url, ROWS[280:281], f"live-d-{len(fleet.served)}")
+            and page(fourth.url)["versions"]["1"]["reference"],
+            lambda reference: reference["state"] == "ready", 20, "a live reference on the fourth replica",
+        )  # fmt: skip
+        a = fleet.urls[0]
+        monitoring = wait_for(
+            lambda: page(a), lambda m: m["fleet"]["versions"]["1"]["not_mergeable"] == ["replica-3"], 20,
+            "the live-captured reference listed apart",
+        )  # fmt: skip
+        versions = monitoring["fleet"]["versions"]["1"]
+        assert versions["distribution"]["rows"] == len(fleet.served)  # predictions still add up
+        assert versions["reference"]["replicas"] == ["replica-0", "replica-1", "replica-2"]
+        assert monitoring["fleet"]["complete"] is True
+        fourth.kill()
+        monitoring = wait_for(
+            lambda: page(a), lambda m: m["fleet"]["missing"] == ["replica-3"], 20, "missing"
+        )
+        assert monitoring["fleet"]["complete"] is False
+        assert status(a)["fleet"]["missing"] == ["replica-3"]
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.mark.anyio
+async def test_the_gate_counts_are_every_replicas_labels_and_none_while_one_is_missing(
+    tmp_path: Path,
+) -> None:
+    fleets = []
+    for index, name in enumerate(("a", "b", "c")):
+        coordinator = SqliteCoordinator(tmp_path / "state.db")
+        await coordinator.open()
+        tally = OutcomeTally()
+        tally.record_labels("credit", "2", 5 + index, 10, experiment=False)  # a: 5/10, b: 6/10, c: 7/10
+        tally.record_labels("credit", "1", 8, 10, experiment=False)
+        tally.record_paired("credit", "1", "2", 8, 5 + index, 10)
+        monitoring = FleetMonitoring(
+            coordinator=coordinator, monitor=Monitor(), tally=tally, replica_id=name,
+            config_for=lambda model: MonitorConfig(),
+        )  # fmt: skip
+        await monitoring.publish()
+        await coordinator.put_snapshot("replicas", name, {"models": {}}, ttl_s=30)
+        fleets.append((coordinator, monitoring))
+    leader = fleets[0][1]
+    since = time.time() - 60
+    assert leader.labelled_since("credit", "2", since) == (5, 10)  # before reading the others
+    await leader.refresh()
+    assert leader.labelled_since("credit", "2", since) == (18, 30)
+    assert leader.paired_since("credit", "1", "2", since) == (24, 18, 30)
+    assert leader.labelled_since("credit", "2", time.time() + 60) == (0, 0)  # labelled before `since`
+    # A replica that serves but published nothing: no counts at all, so the accuracy gate holds.
+    await fleets[0][0].put_snapshot("replicas", "d", {"models": {}}, ttl_s=30)
+    await leader.refresh()
+    assert leader.missing() == ["d"]
+    assert leader.labelled_since("credit", "2", since) == (0, 0)
+    assert leader.paired_since("credit", "1", "2", since) == (0, 0, 0)
+    (correct, samples), (base_correct, base_samples) = (
+        leader.labelled_since("credit", version, since) for version in ("2", "1")
+    )
+    evidence = OutcomeEvidence(
+        correct=correct, samples=samples, baseline_correct=base_correct, baseline_samples=base_samples
+    )
+    gate = GateSpec(name="accuracy", metric="accuracy", mode="relative", min_samples=20)
+    verdict = evaluate_gate(
+        gate, Stage(name="canary", weight=5), Sample(requests=0), Sample(requests=0), outcomes=evidence
+    )
+    assert verdict.verdict == INCONCLUSIVE and verdict.detail == "candidate has 0 of 20 labelled rows"
+    for coordinator, _ in fleets:
+        await coordinator.aclose()

@@ -1,0 +1,84 @@
+"""A replica's monitoring snapshot: exported from a real monitor, read back exactly, damage left out."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+import pytest
+
+from modelserve.monitoring.drift import DriftConfig
+from modelserve.monitoring.histogram import SCORE_EDGES
+from modelserve.monitoring.merge import merge_distributions, merge_drift
+from modelserve.monitoring.monitor import Monitor, MonitorConfig
+from modelserve.monitoring.outcomes import OutcomeTally
+from modelserve.monitoring.snapshot import MonitoringSnapshot
+
+CONFIG = MonitorConfig(drift=DriftConfig(min_samples=10))
+
+
+def fed_monitor(seed: int, shift: float = 0.0) -> Monitor:
+    rng = np.random.default_rng(seed)
+    monitor = Monitor(config_for=lambda model: CONFIG, clock=lambda: 100.0)
+    reference = rng.normal(size=(500, 3))
+    monitor.set_reference("m", "1", {"x": reference}, source="file")
+    inputs = rng.normal(size=(200, 3)) + shift
+    outputs = {"label": (inputs[:, 0] > 0).astype(np.int64), "score": 1 / (1 + np.exp(-inputs[:, 0]))}
+    monitor.submit("m", "1", {"x": inputs}, outputs)
+    return monitor
+
+
+def snapshot(monitor: Monitor, replica: str) -> MonitoringSnapshot:
+    tally = OutcomeTally(wall_clock=lambda: 1000.0)
+    tally.record_labels("m", "1", 7, 10, experiment=False)
+    distributions, drift = monitor.export_counts()
+    outcomes, slots = tally.export_counts()
+    return MonitoringSnapshot(
+        replica=replica, time=1.0, distributions=tuple(distributions), drift=tuple(drift),
+        outcomes=tuple(outcomes), slots=tuple(slots),
+    )  # fmt: skip
+
+
+def test_a_snapshot_reads_back_equal_through_json() -> None:
+    original = snapshot(fed_monitor(1), "a")
+    (primary,) = original.distributions
+    assert sum(primary.classes["label"].values()) == 200 and sum(primary.histograms["score"][0]) == 200
+    assert {d.kind for d in original.drift} == {"inputs"}  # outputs: no reference given
+    body = json.loads(json.dumps(original.to_json()))
+    assert MonitoringSnapshot.from_json(body) == original
+    assert original.outcomes[0].labelled == 10 and original.slots[0].slots == ((100, (10, 7)),)
+
+
+EMPTY = {"replica": "a", "time": 1, "distributions": [], "drift": [], "outcomes": [], "slots": []}
+
+
+@pytest.mark.parametrize(
+    "body",
+    [None, [], "x", {}, {"replica": 1, "time": 0}, {**EMPTY, "time": "soon"},
+     {**EMPTY, "distributions": [["m"]]}, {**EMPTY, "outcomes": [["m", "1", "x", 1]]},
+     {**EMPTY, "slots": [["m", "1", "r", 5]]},
+     {**EMPTY, "drift": [["m", "1", "inputs", "f", "file", "cols", 1, [], []]]}],
+)  # fmt: skip
+def test_a_damaged_snapshot_is_left_out_not_raised(body: Any) -> None:
+    assert MonitoringSnapshot.from_json(body) is None
+    assert MonitoringSnapshot.from_json(EMPTY) is not None
+
+
+def test_windows_add_only_under_the_same_reference() -> None:
+    same = [("a", snapshot(fed_monitor(1), "a")), ("b", snapshot(fed_monitor(2, shift=1.0), "b"))]
+    drift = [(r, d) for r, s in same for d in s.drift if d.kind == "inputs"]
+    merged = merge_drift(drift, CONFIG, prefer="a")
+    # Each monitor drew its own reference: two fingerprints, b is kept apart.
+    assert merged["not_mergeable"] == [
+        {"replica": "b", "fingerprint": drift[1][1].fingerprint, "source": "file"}
+    ]
+    assert all(c["samples"] == 200 for c in merged["columns"])
+    twin = snapshot(fed_monitor(1), "c")  # same reference rows: same fingerprint, windows add
+    drift.append(("c", next(d for d in twin.drift if d.kind == "inputs")))
+    merged = merge_drift(drift, CONFIG, prefer="a")
+    assert merged["reference"]["replicas"] == ["a", "c"] and all(
+        c["samples"] == 400 for c in merged["columns"]
+    )
+    classes = merge_distributions([s.distributions[0] for _, s in same], SCORE_EDGES)
+    assert classes["rows"] == 400 and sum(classes["classes"]["label"].values()) == 400
