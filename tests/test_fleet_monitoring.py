@@ -220,6 +220,52 @@ def test_shifted_traffic_on_one_replica_raises_the_fleet_drift_of_the_summed_bin
     assert column in status(a)["fleet"]["versions"]["1"]["drifted"]
 
 
+def post_labels(base: str, labels: list[dict[str, Any]]) -> dict[str, int]:
+    response = httpx.post(
+        f"{base}/v2/models/credit/labels", json={"labels": labels}, headers=AUTH, timeout=30
+    )
+    assert response.status_code == 200, response.text
+    answer: dict[str, int] = response.json()
+    return answer
+
+
+def test_a_label_posted_to_any_replica_joins_once_where_the_request_was_served(fleet: Fleet) -> None:
+    a, b, c = fleet.urls
+    rows = {base: list(range(start, start + 30)) for base, start in ((a, 0), (b, 100), (c, 200))}
+    predicted = {}
+    for base, indexes in rows.items():
+        labels = serve_rows(fleet, base, [ROWS[i] for i in indexes], f"label-{base[-5:]}")
+        predicted |= {
+            f"label-{base[-5:]}-{n}": (label, TRUTH[i])
+            for n, (i, label) in enumerate(zip(indexes, labels, strict=True))
+        }
+    truth = [{"request_id": rid, "label": t} for rid, (_, t) in predicted.items()]
+    served_by = {
+        base: [t for t in truth if t["request_id"].startswith(f"label-{base[-5:]}")] for base in (a, b, c)
+    }
+    # a's requests labelled on c, b's on a, c's on c itself.
+    assert post_labels(c, served_by[a] + served_by[c]) == {"accepted": 60, "unknown": 0, "duplicate": 0}
+    assert post_labels(a, served_by[b]) == {"accepted": 30, "unknown": 0, "duplicate": 0}
+    for base in (a, b, c):  # a repeat is a duplicate wherever it is posted
+        assert post_labels(base, served_by[a][:2]) == {"accepted": 0, "unknown": 0, "duplicate": 2}
+    assert post_labels(b, [{"request_id": "never-served", "label": 1}]) == {
+        "accepted": 0,
+        "unknown": 1,
+        "duplicate": 0,
+    }
+    correct = sum(label == t for label, t in predicted.values())
+
+    def accuracy(monitoring: dict[str, Any]) -> dict[str, Any]:
+        found: dict[str, Any] = monitoring["fleet"]["versions"]["1"]["accuracy"]
+        return found
+
+    found = wait_for(lambda: accuracy(page(b)), lambda f: f["samples"] == 90, 20, "fleet labels")
+    assert found["correct"] == correct and found["accuracy"] == pytest.approx(correct / 90)
+    # Each label counted once, by the replica it was posted to.
+    assert [page(u)["versions"]["1"]["accuracy"]["samples"] for u in (a, b, c)] == [30, 0, 60]
+    assert status(a)["fleet"]["versions"]["1"]["labelled"] == 90
+
+
 def test_another_reference_is_kept_apart_and_a_killed_replica_makes_the_figures_incomplete(
     fleet: Fleet,
 ) -> None:

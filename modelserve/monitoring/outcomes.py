@@ -278,7 +278,8 @@ def predicted_values(
     return None
 
 
-def _labels(values: np.ndarray) -> list[str]:
+def label_strings(values: np.ndarray) -> list[str]:
+    """Class labels as the join compares them: integral floats as integers, bytes decoded."""
     out = []
     for value in values.tolist():
         if isinstance(value, float) and value.is_integer():
@@ -292,11 +293,22 @@ def _labels(values: np.ndarray) -> list[str]:
 def score(kind: str, predicted: np.ndarray, truth: np.ndarray) -> np.ndarray:
     """Per row: True where a label was right (ACCURACY), or prediction minus truth (ERROR)."""
     if kind == ACCURACY:
-        return np.array([a == b for a, b in zip(_labels(predicted), _labels(truth), strict=True)])
+        return np.array([a == b for a, b in zip(label_strings(predicted), label_strings(truth), strict=True)])
     return predicted.astype(np.float64) - truth.astype(np.float64)
 
 
 _MISSING: Any = object()
+
+
+def expected_truth(prediction: Prediction, truth: Any) -> np.ndarray:
+    """`truth` as one value per row of `prediction`; ValueError when it cannot be scored against it."""
+    expected = np.atleast_1d(np.asarray(truth))
+    rows = prediction.values.shape[0]
+    if expected.ndim != 1 or expected.shape[0] != rows:
+        raise ValueError(f"the label must be one value per row: the request had {rows} row(s)")
+    if prediction.kind == ERROR and expected.dtype.kind not in "biuf":
+        raise ValueError("this model predicts numbers: the true value must be a number")
+    return expected
 
 
 @dataclass(slots=True)
@@ -389,16 +401,39 @@ class LabelJoin:
             if prediction is None:
                 self.duplicate += 1
                 return None
-            expected = np.atleast_1d(np.asarray(truth))
-            rows = prediction.values.shape[0]
-            if expected.ndim != 1 or expected.shape[0] != rows:
-                raise ValueError(f"the label must be one value per row: the request had {rows} row(s)")
-            if prediction.kind == ERROR and expected.dtype.kind not in "biuf":
-                raise ValueError("this model predicts numbers: the true value must be a number")
-            self._pending[request_id] = None  # a second label for this id is a duplicate
-            for alias in prediction.aliases:  # ... and for its other id (unless reused since)
-                if alias != request_id and self._pending.get(alias) is prediction:
-                    self._pending[alias] = None
+            expected_truth(prediction, truth)  # a bad label leaves the prediction waiting for a good one
+            self._consume(request_id, prediction)
+        return self.score(request_id, prediction, truth)
+
+    def take(self, request_id: str, model: str) -> Prediction | None:
+        """This process's copy of the request's prediction (with its shadows' predictions), marked
+        labelled here; None when it has none. The fleet's join (`monitoring/fleet_labels.py`) decides
+        once for the fleet, then scores this copy when the request was served here."""
+        with self._lock:
+            prediction = self._pending.get(request_id)
+            if prediction is None or prediction.model != model:
+                return None
+            self._consume(request_id, prediction)
+            return prediction
+
+    def count(self, outcome: str) -> None:
+        """Count a label that did not join: "unknown" or "duplicate" (decided by the fleet's join)."""
+        with self._lock:
+            if outcome == "duplicate":
+                self.duplicate += 1
+            else:
+                self.unknown += 1
+
+    def _consume(self, request_id: str, prediction: Prediction) -> None:
+        self._pending[request_id] = None  # a second label for this id is a duplicate
+        for alias in prediction.aliases:  # ... and for its other id (unless reused since)
+            if alias != request_id and self._pending.get(alias) is prediction:
+                self._pending[alias] = None
+
+    def score(self, request_id: str, prediction: Prediction, truth: Any) -> JoinResult:
+        """Count whether each version that predicted the request was right (ValueError: a bad label)."""
+        expected = expected_truth(prediction, truth)
+        with self._lock:
             self.joined += 1
             shadows = dict(prediction.shadows)
         right = {prediction.version: score(prediction.kind, prediction.values, expected)}
@@ -426,7 +461,9 @@ class LabelJoin:
     def _count_disagreements(
         self, prediction: Prediction, version: str, values: np.ndarray, right: Mapping[str, np.ndarray]
     ) -> None:
-        differ = np.array([a != b for a, b in zip(_labels(prediction.values), _labels(values), strict=True)])
+        differ = np.array(
+            [a != b for a, b in zip(label_strings(prediction.values), label_strings(values), strict=True)]
+        )
         if not differ.any():
             return
         with self._lock:

@@ -27,6 +27,7 @@ from modelserve.inference.path import InferenceRecord
 from modelserve.monitoring.counters import EventCounters
 from modelserve.monitoring.drift import ColumnDrift, DriftConfig
 from modelserve.monitoring.fleet import FleetMonitoring
+from modelserve.monitoring.fleet_labels import FleetLabels
 from modelserve.monitoring.history import History
 from modelserve.monitoring.monitor import Monitor, MonitorConfig
 from modelserve.monitoring.outcomes import LabelJoin, OutcomeTally, Prediction, predicted_values
@@ -93,13 +94,15 @@ class MonitoringService:
         self._totals: dict[tuple[str, str], tuple[int, int, float]] = {}
         self._agreements: dict[tuple[str, str], tuple[float, int]] = {}
         self.reference_errors: dict[str, str] = {}
-        #: Set in a fleet (`share`): every replica's figures, merged.
+        #: Set in a fleet (`share`): every replica's figures, merged; labels joined on any replica.
         self.fleet: FleetMonitoring | None = None
+        self.fleet_labels: FleetLabels | None = None
         self._flush_limiter: anyio.CapacityLimiter | None = None
 
-    def share(self, fleet: FleetMonitoring) -> None:
-        """In a fleet: publish this replica's figures and read everyone's (the accuracy gate too)."""
-        self.fleet = fleet
+    def share(self, fleet: FleetMonitoring, labels: FleetLabels) -> None:
+        """In a fleet: publish this replica's figures and read everyone's (the accuracy gate too), and
+        join labels posted to any replica."""
+        self.fleet, self.fleet_labels = fleet, labels
 
     @property
     def outcomes(self) -> OutcomeTally | FleetMonitoring:
@@ -131,31 +134,21 @@ class MonitoringService:
         if record.request_id is not None:
             found = predicted_values(outputs, config.label_output)
             if found is not None:
-                self.labels.remember(
-                    record.request_id,
-                    Prediction(
-                        model=model,
-                        version=decision.version,
-                        kind=found[0],
-                        values=found[1],
-                        experiment=decision.reason in EXPERIMENT_REASONS,
-                    ),
-                    also=record.client_request_id,
+                prediction = Prediction(
+                    model=model,
+                    version=decision.version,
+                    kind=found[0],
+                    values=found[1],
+                    experiment=decision.reason in EXPERIMENT_REASONS,
                 )
+                self.labels.remember(record.request_id, prediction, also=record.client_request_id)
+                if self.fleet_labels is not None:
+                    self.fleet_labels.remember(record.request_id, prediction, also=record.client_request_id)
 
     def record_labels(self, model: str, items: list[Mapping[str, Any]]) -> dict[str, int]:
-        """Join posted `{"request_id", "label"}` items (`"value"` for a regression); RequestError if bad."""
-        parsed = []
-        for index, item in enumerate(items):
-            if not isinstance(item, Mapping) or set(item) - {"request_id", "label", "value"}:
-                raise RequestError(f"label {index}: must be an object with request_id and label (or value)")
-            request_id = item.get("request_id")
-            if not isinstance(request_id, str) or not 0 < len(request_id) <= 128:
-                raise RequestError(f"label {index}: 'request_id' must be a string of 1..128 characters")
-            truth = item["label"] if "label" in item else item.get("value")
-            if truth is None or isinstance(truth, dict):
-                raise RequestError(f"label {index}: give the true 'label' (or 'value')")
-            parsed.append((request_id, truth))
+        """Join posted `{"request_id", "label"}` items (`"value"` for a regression) to this process's
+        predictions; RequestError if bad."""
+        parsed = parse_labels(items)
         before = (self.labels.joined, self.labels.unknown, self.labels.duplicate)
         for index, (request_id, truth) in enumerate(parsed):
             try:
@@ -167,6 +160,12 @@ class MonitoringService:
             "unknown": self.labels.unknown - before[1],
             "duplicate": self.labels.duplicate - before[2],
         }
+
+    async def submit_labels(self, model: str, items: list[Mapping[str, Any]]) -> dict[str, int]:
+        """`record_labels`, or in a fleet joined once to the prediction of whichever replica served it."""
+        if self.fleet_labels is None:
+            return self.record_labels(model, items)
+        return await self.fleet_labels.resolve(model, parse_labels(items))
 
     def on_shadow_result(self, result: Any) -> None:
         """A settled shadow run (`ShadowService.result_listeners`; any thread): remember its prediction
@@ -379,6 +378,22 @@ class MonitoringService:
             if m == model
             for result in self.monitor.output_shift(model, live, candidate)
         ]
+
+
+def parse_labels(items: list[Mapping[str, Any]]) -> list[tuple[str, Any]]:
+    """`(request id, truth)` of each posted label; RequestError naming the first bad one."""
+    parsed = []
+    for index, item in enumerate(items):
+        if not isinstance(item, Mapping) or set(item) - {"request_id", "label", "value"}:
+            raise RequestError(f"label {index}: must be an object with request_id and label (or value)")
+        request_id = item.get("request_id")
+        if not isinstance(request_id, str) or not 0 < len(request_id) <= 128:
+            raise RequestError(f"label {index}: 'request_id' must be a string of 1..128 characters")
+        truth = item["label"] if "label" in item else item.get("value")
+        if truth is None or isinstance(truth, dict):
+            raise RequestError(f"label {index}: give the true 'label' (or 'value')")
+        parsed.append((request_id, truth))
+    return parsed
 
 
 def _summary(data: dict[str, Any]) -> dict[str, Any]:

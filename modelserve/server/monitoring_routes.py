@@ -7,7 +7,8 @@
     GET  /ui/api/models/{model}           everything the page draws for one model (see `model_snapshot`)
     POST /v2/models/{model}/labels        `{"request_id": "...", "label": 1}` (or `"value": 3.2`),
                                           or `{"labels": [...]}`: true labels joined to what each
-                                          version predicted for that request (feedback scope)
+                                          version predicted for that request (feedback scope;
+                                          in a fleet on any replica, once)
 
 The page and its JSON are read-only and open, unless a read token is configured (`--read-token`):
 then the JSON needs the read (or admin) token. The page asks for it in a sign-in form, keeps it in
@@ -168,7 +169,7 @@ def routes(services: Services, monitoring: MonitoringService) -> list[BaseRoute]
                 raise RequestError(f'a batch is {{"labels": [...]}} with 1..{MAX_LABEL_BATCH} labels')
         else:
             items = [body]
-        return monitoring.record_labels(model, items)
+        return await monitoring.submit_labels(model, items)
 
     return [
         Route("/ui", page, methods=["GET"]),

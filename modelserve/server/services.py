@@ -45,6 +45,7 @@ from modelserve.middleware.routing import ArmDecider, Router
 from modelserve.monitoring.collector import MonitoringCollector
 from modelserve.monitoring.counters import EventCounters
 from modelserve.monitoring.fleet import FleetMonitoring
+from modelserve.monitoring.fleet_labels import FleetLabels
 from modelserve.monitoring.service import MonitoringService
 from modelserve.rollout.events import RolloutEvent
 from modelserve.rollout.gates import ExperimentEvidence, OutcomeEvidence
@@ -283,9 +284,10 @@ def build_services(
                 coordinator=coordinator, monitor=monitoring.monitor, tally=monitoring.tally,
                 replica_id=replica.replica_id, config_for=monitoring.config_for,
             )  # fmt: skip
-            monitoring.share(fleet_monitoring)
-            hooks.tasks.append(fleet_monitoring.run)
-            hooks.shutdown.append(fleet_monitoring.close)
+            fleet_labels = FleetLabels(coordinator, monitoring.labels)  # labels join on any replica
+            monitoring.share(fleet_monitoring, fleet_labels)
+            hooks.tasks.extend([fleet_monitoring.run, fleet_labels.run])
+            hooks.shutdown.extend([fleet_labels.close, fleet_monitoring.close])
 
     shadow = None
     if features.shadow:
