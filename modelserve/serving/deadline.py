@@ -8,7 +8,9 @@ more threads. Waiting for a token counts toward the deadline.
 
 The token is held on behalf of a `_Borrow`; whoever sees the run end last gives it back: the event
 loop when the caller was still waiting, else the worker thread (through `call_soon_threadsafe`,
-since a limiter belongs to its event loop).
+since a limiter belongs to its event loop). A run whose caller left before a worker thread started
+it never starts (the answer was a 504 already; a thread pool skips a job cancelled before it was
+picked up too), so the caller gives its token back at once.
 """
 
 from __future__ import annotations
@@ -27,27 +29,39 @@ from modelserve.errors import DeadlineExceeded
 T = TypeVar("T")
 
 
+class _CallerLeft(Exception):
+    """Raised in place of a run whose caller left before its thread started it (nobody sees it)."""
+
+
 class _Borrow:
     """One run's token: released exactly once, by the loop or by the thread that ran late."""
 
-    __slots__ = ("abandoned", "done", "lock")
+    __slots__ = ("done", "left", "lock", "started")
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
+        self.started = False
         self.done = False
-        self.abandoned = False
+        self.left = False
+
+    def starting_in_thread(self) -> bool:
+        """The thread is about to run it; False when the caller left already (do not run it)."""
+        with self.lock:
+            self.started = not self.left
+            return self.started
 
     def finished_in_thread(self) -> bool:
         """The run ended (in its thread); True when nobody waits for it any more (release it here)."""
         with self.lock:
             self.done = True
-            return self.abandoned
+            return self.left
 
     def left_by_caller(self) -> bool:
-        """The caller stops waiting; True when the run has ended already (release it now)."""
+        """The caller stops waiting; True when no thread runs it now (it ended, or never will start:
+        release it now)."""
         with self.lock:
-            self.abandoned = not self.done
-            return self.done
+            self.left = True
+            return self.done or not self.started
 
 
 async def run_with_deadline(
@@ -68,6 +82,8 @@ async def run_with_deadline(
     acquired = False
 
     def run() -> T:
+        if not borrow.starting_in_thread():
+            raise _CallerLeft  # nobody reads it: the caller answered 504 and gave the token back
         try:
             return func()
         finally:
