@@ -381,6 +381,8 @@ def render_status(status: dict[str, Any]) -> str:
         split += f", flag {policy['flag']}"
     if policy.get("shadow_versions"):
         split += f", shadow {','.join(policy['shadow_versions'])} at {policy['shadow_sample_rate']:g}"
+    if policy.get("request_timeout_s") is not None:  # a running rollout plan's, in place of config.toml's
+        split += f", request deadline {policy['request_timeout_s'] * 1000:g} ms (policy)"
     lines.append(split)
     metrics = status.get("metrics") or []
     if metrics:

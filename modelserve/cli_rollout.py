@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from modelserve.cli import ClientError, admin_call, client_parser, show
+from modelserve.errors import ConfigError
 from modelserve.rollout.events import (
     events_from_log,
     format_gate,
@@ -23,6 +24,7 @@ from modelserve.rollout.events import (
     split_rollouts,
 )
 from modelserve.rollout.gates import GateResult
+from modelserve.rollout.plan import plan_from_dict
 
 
 def register(commands: Any) -> None:
@@ -105,6 +107,10 @@ def read_plan(source: str) -> str | dict[str, Any]:
     except tomllib.TOMLDecodeError as exc:
         raise ClientError(f"plan {path} is not valid TOML: {exc}") from None
     plan.setdefault("name", path.stem)
+    try:  # checked here too: the message names the file, and TOML's inf/nan never reach JSON
+        plan_from_dict(plan, where=str(path))
+    except ConfigError as exc:
+        raise ClientError(str(exc)) from None
     return plan
 
 

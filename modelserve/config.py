@@ -11,7 +11,7 @@ Per model: `models/<name>/config.toml` (all keys optional)::
     max_batch_size = 1              # > 1: dynamic batching of concurrent requests (batch dim first)
     max_queue_delay_ms = 1.0        # how long a batch waits to fill
     request_timeout_ms = 30000.0    # request deadline: no answer by then -> 504, counted as a timeout
-                                    # (0: none); a rollout plan's request_timeout_ms overrides it
+                                    # (0: none); a running rollout plan's request_timeout_s overrides it
     keep_warm = 2                   # warm versions kept by stage/promote (live, candidate, previous...)
     latest = 3                      # or a version policy: the 3 highest versions loaded warm at start,
     versions = ["1", "2", "5"]      # or these versions (both pinned: never unloaded implicitly)
@@ -363,7 +363,7 @@ _SERVING_BOUNDS = {
     "warmup_runs": (1, 10_000),
     "max_batch_size": (1, 1 << 20),
     "max_queue_delay_ms": (0.0, 10_000.0),
-    "request_timeout_ms": (0.0, 3_600_000.0),
+    "request_timeout_ms": (0.0, validation.MAX_REQUEST_TIMEOUT_S * 1000.0),
 }
 _GUARDRAIL_BOUNDS = {
     "watch_s": (0.0, 30 * 86400.0),

@@ -21,6 +21,8 @@ from modelserve.errors import ModelServeError, RequestError
 #: Larger magnitudes are refused by default: their squares and sums overflow float64 (1e154² > 1e308).
 MAX_MAGNITUDE = 1e15
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+#: The longest request deadline anything may set (config.toml, a rollout plan, a policy): one hour.
+MAX_REQUEST_TIMEOUT_S = 3600.0
 
 
 def number(
@@ -59,6 +61,11 @@ def integer(
 ) -> int:
     """`value` as an int within [low, high]; whole floats such as 4.0 are accepted."""
     return int(number(value, name, low=low, high=high, integer=True, error=error))
+
+
+def request_timeout_s(value: Any, name: str, *, error: type[ModelServeError] = RequestError) -> float:
+    """A request deadline in seconds (a rollout plan's, a policy's): finite, > 0, at most an hour."""
+    return number(value, name, low=0.0, high=MAX_REQUEST_TIMEOUT_S, low_open=True, error=error)
 
 
 def flag(value: Any, name: str, *, error: type[ModelServeError] = RequestError) -> bool:

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import threading
 import time
+import tomllib
+from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import anyio
 import httpx
@@ -16,14 +19,18 @@ import numpy as np
 import pytest
 
 from modelserve import testing
+from modelserve.cli import main
 from modelserve.config import RuntimeOptions, parse_model_config
 from modelserve.errors import ConfigError, DeadlineExceeded
 from modelserve.serving.deadline import _Borrow, run_with_deadline
 from modelserve.serving.runtime import load_version
+from modelserve.testing_processes import ServeProcess
 
 BODY = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 16], "data": [0.25] * 16}]}
 TOKEN = "deadline-secret"
 AUTH = {"authorization": f"Bearer {TOKEN}"}
+#: This worktree's ports (the team shares the host).
+PORTS = (19300, 19301)
 
 
 def slow_repo(root: Path, *, timeout_ms: float, hang_s: float) -> Path:
@@ -241,3 +248,174 @@ def test_a_canary_that_times_out_is_rolled_back_by_the_timeout_gate_with_its_num
     assert timeouts["observed"] == 1.0 and timeouts["baseline"] == 0.0
     assert timeouts["samples"] >= 30 and timeouts["verdict"] == "fail"
     assert timeouts["difference_interval"][0] > timeouts["threshold"] - timeouts["baseline"]
+
+
+#: A plan's request deadline: well below the slow candidate's compute, far below the config's 30 s.
+PLAN_DEADLINE_S = 0.05
+SLOW_COMPUTE_MS = 150
+#: The plan file a user writes: one 50 % canary stage judged by the default plan's timeout gate alone
+#: (timeouts are errors too: no error gate may decide first).
+DEADLINE_PLAN = f"""
+name = "strict"
+interval_s = 0.1
+window_s = 60.0
+request_timeout_s = {PLAN_DEADLINE_S}
+
+[[gates]]
+name = "timeout_rate_vs_baseline"
+metric = "timeout_rate"
+mode = "relative"
+threshold = 2.0
+floor = 0.005
+
+[[stages]]
+name = "canary-50"
+weight = 50
+min_duration_s = 0.3
+min_samples = 30
+max_duration_s = 120
+"""
+
+
+def replica_status(url: str) -> dict[str, Any]:
+    answer = httpx.get(f"{url}/admin/models/fraud", headers=AUTH, timeout=30)
+    assert answer.status_code == 200, answer.text
+    return dict(answer.json())
+
+
+def current_rollout(url: str) -> dict[str, Any]:
+    """The rollout as the shared state has it (any replica answers; the leader runs it)."""
+    answer = httpx.get(f"{url}/admin/models/fraud/rollout", headers=AUTH, timeout=30)
+    assert answer.status_code == 200, answer.text
+    return dict(answer.json()["rollout"])
+
+
+def wait_for_deadline(urls: list[str], expected: float | None, processes: list[ServeProcess]) -> None:
+    """Until every replica's policy carries `expected` as the model's request deadline."""
+    limit = time.monotonic() + 30
+    while any(replica_status(url)["policy"]["request_timeout_s"] != expected for url in urls):
+        assert time.monotonic() < limit, [p.log_tail() for p in processes]
+        time.sleep(0.05)
+
+
+def pinned_to_candidate(url: str) -> httpx.Response:
+    return httpx.post(f"{url}/v2/models/fraud/versions/2/infer", json=BODY, timeout=30)
+
+
+def test_a_plans_request_timeout_s_rolls_a_slow_candidate_back_on_every_replica_then_config_deadline_is_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    repo = testing.repository(tmp_path / "models", {"fraud": {"1": 1, "2": 2}})
+    (repo / "fraud" / "config.toml").write_text(  # the config deadline: the default 30 s
+        f'live = "1"\n[serving]\nmax_concurrency = 1\n'
+        f'[testing.faults."2"]\nextra_latency_ms = {SLOW_COMPUTE_MS}\n'
+    )
+    plan_file = tmp_path / "strict.toml"
+    plan_file.write_text(DEADLINE_PLAN)
+    fleet = ["--coordinator", f"sqlite:///{tmp_path / 'fleet.db'}", "--admin-token", TOKEN]
+    processes = [
+        ServeProcess(
+            [str(repo), *fleet, "--state-dir", str(tmp_path / f"state-{i}")],
+            port=port,
+            env={"POD_NAME": f"replica-{i}"},
+            log_path=tmp_path / f"serve-{i}.log",
+        )
+        for i, port in enumerate(PORTS)
+    ]
+    monkeypatch.setenv("MODELSERVE_ADMIN_TOKEN", TOKEN)
+    counts: Counter[tuple[str, int]] = Counter()
+    errors: list[str] = []
+    stop = threading.Event()
+
+    def traffic(url: str, seed: int) -> None:
+        with httpx.Client(timeout=30) as client:
+            for i in range(1_000_000):
+                if stop.is_set():
+                    return
+                answer = client.post(
+                    f"{url}/v2/models/fraud/infer", json=BODY, headers={"x-user-id": f"u{seed}-{i}"}
+                )
+                counts[(answer.headers.get("x-model-version", "?"), answer.status_code)] += 1
+                if answer.status_code == 504:
+                    errors.append(answer.json()["error"])
+
+    try:
+        for process in processes:
+            process.start()
+        for process in processes:
+            process.wait_ready()
+        urls = [p.url for p in processes]
+        staged = httpx.post(
+            f"{urls[0]}/admin/models/fraud/stage", json={"version": "2"}, headers=AUTH, timeout=60
+        )
+        assert staged.status_code == 200, staged.text
+        for url in urls:  # the other replica loads the staged version within a poll or two
+            limit = time.monotonic() + 60
+            while pinned_to_candidate(url).status_code != 200:
+                assert time.monotonic() < limit, [p.log_tail() for p in processes]
+                time.sleep(0.05)
+        # The config deadline alone lets the slow candidate answer.
+        assert [pinned_to_candidate(url).status_code for url in urls] == [200, 200]
+
+        # Invalid deadlines are refused where they enter, naming the field; nothing starts.
+        bad_file = tmp_path / "bad.toml"
+        refusals = (("0", "a positive number at most 3600, got 0"), ("inf", "a finite number, got inf"))
+        for bad, message in refusals:
+            bad_file.write_text(
+                DEADLINE_PLAN.replace(f"request_timeout_s = {PLAN_DEADLINE_S}", f"request_timeout_s = {bad}")
+            )
+            assert main(["rollout", "start", "fraud", "2", "--plan", str(bad_file), "--url", urls[0]]) == 1
+            assert f"{bad_file}: request_timeout_s must be {message}" in capsys.readouterr().err
+        for path, body in (
+            (
+                "rollout",
+                {"version": "2", "plan": {**tomllib.loads(DEADLINE_PLAN), "request_timeout_s": 7200}},
+            ),
+            ("policy", {"request_timeout_s": -1}),
+        ):
+            refused = httpx.post(f"{urls[1]}/admin/models/fraud/{path}", json=body, headers=AUTH, timeout=30)
+            assert refused.status_code == 400, refused.text
+            assert "request_timeout_s must be a positive number at most 3600" in refused.json()["error"]
+        assert httpx.get(f"{urls[0]}/admin/models/fraud/rollout", headers=AUTH).json()["rollout"] is None
+
+        assert main(["rollout", "start", "fraud", "2", "--plan", str(plan_file), "--url", urls[0]]) == 0
+        wait_for_deadline(urls, PLAN_DEADLINE_S, processes)  # every replica applies the plan's deadline
+        capsys.readouterr()
+        assert main(["status", "fraud", "--url", urls[1]]) == 0
+        assert "request deadline 50 ms (policy)" in capsys.readouterr().out
+        threads = [threading.Thread(target=traffic, args=(url, n)) for n, url in enumerate(urls * 2)]
+        for thread in threads:
+            thread.start()
+        try:
+            limit = time.monotonic() + 120
+            while (rollout := current_rollout(urls[0]))["state"] in ("running", "paused"):
+                assert rollout["state"] == "running", rollout
+                assert time.monotonic() < limit, [p.log_tail() for p in processes]
+                time.sleep(0.1)
+        finally:
+            stop.set()
+            for thread in threads:
+                thread.join(timeout=30)
+        assert rollout["state"] == "rolled_back" and "timeout_rate_vs_baseline" in rollout["reason"]
+        wait_for_deadline(urls, None, processes)  # the rollout ended: the config deadline is back
+        after = [pinned_to_candidate(url) for url in urls]
+        statuses = [replica_status(url) for url in urls]
+    finally:
+        for process in processes:
+            process.stop()
+
+    assert [answer.status_code for answer in after] == [200, 200], [answer.text for answer in after]
+    # Under the plan's deadline every request the candidate got was a 504, and the live version's none.
+    assert counts[("2", 504)] >= 30 and counts[("2", 200)] == 0
+    assert counts[("1", 200)] > 0 and counts[("1", 504)] == 0
+    assert all(f"fraud version 2 did not answer within its deadline of {PLAN_DEADLINE_S * 1000:g} ms" in e
+               for e in errors)  # fmt: skip
+    # Counted per version, as timeouts (what the gate read), on the replicas that served them (the
+    # candidate's pinned requests before and after the rollout answered in time).
+    timeouts = 0
+    for status in statuses:
+        rows = {(m["version"], m["role"]): m for m in status["metrics"]}
+        slow = rows.get(("2", "primary"))
+        timeouts += round(slow["requests"] * slow["timeout_rate"]) if slow and slow["requests"] else 0
+        assert rows[("1", "primary")]["timeout_rate"] == 0.0
+    assert timeouts == counts[("2", 504)]

@@ -32,6 +32,14 @@ def test_a_plan_whose_stages_differ_writes_gates_per_stage_and_reads_back_equal(
     assert plan_from_dict(tomllib.loads(plan_to_toml(plan))) == plan
 
 
+def test_a_plans_request_deadline_is_written_and_reads_back_equal() -> None:
+    stages = [{"name": "a", "weight": 10}]
+    plan = plan_from_dict({"name": "strict", "request_timeout_s": 0.2, "stages": stages})
+    text = plan_to_toml(plan)
+    assert "request_timeout_s = 0.2" in text
+    assert plan_from_dict(tomllib.loads(text)) == plan
+
+
 def test_examples_hold_several_plans_and_default_toml_is_the_default_plan() -> None:
     files = sorted(PLANS.glob("*.toml"))
     assert len(files) >= 3

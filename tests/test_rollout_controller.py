@@ -56,6 +56,7 @@ class RecordingTarget:
         self.ready = {(MODEL, v) for v in ready}
         self.weights: dict[str, tuple[str, int]] = {}
         self.shadows: dict[str, str | None] = {}
+        self.deadlines: dict[str, float | None] = {}
         self.calls: list[tuple[Any, ...]] = []
         self.refuse_traffic = False
 
@@ -79,6 +80,10 @@ class RecordingTarget:
         self.calls.append(("promote", version))
         self.live[model] = version
         self.weights.pop(model, None)
+
+    async def set_deadline(self, model: str, timeout_s: float | None) -> None:
+        self.calls.append(("deadline", timeout_s))
+        self.deadlines[model] = timeout_s
 
 
 @dataclass
@@ -449,6 +454,45 @@ async def test_restart_resumes_at_the_saved_stage_and_keeps_the_event_log(tmp_pa
     assert [e.to_dict() for e in events[:-1]] == events_before
     assert events[-1].kind == "restored" and "minimum duration is observed again" in events[-1].message
     await after.run_until(lambda: after.state() == "promoted")
+
+
+@pytest.mark.anyio
+async def test_a_plans_request_deadline_is_set_before_any_traffic_and_cleared_when_the_rollout_ends() -> None:
+    promoted = Harness()
+    await promoted.controller.start(MODEL, CANDIDATE, make_plan(request_timeout_s=0.25))
+    assert promoted.target.calls[:2] == [("deadline", 0.25), ("traffic", CANDIDATE, 0)]
+    await promoted.run_until(lambda: promoted.state() == "promoted")
+    assert promoted.target.deadlines[MODEL] is None
+    calls = promoted.target.calls
+    assert calls.index(("deadline", None)) > calls.index(("promote", CANDIDATE))
+
+    rolled_back = Harness(Behaviour(error_every=20))
+    await rolled_back.controller.start(MODEL, CANDIDATE, make_plan(STAGES[1:], request_timeout_s=0.25))
+    await rolled_back.run_until(lambda: rolled_back.state() == "rolled_back")
+    assert rolled_back.target.deadlines[MODEL] is None
+
+    aborted = Harness()
+    await aborted.controller.start(MODEL, CANDIDATE, make_plan(request_timeout_s=0.25))
+    await aborted.controller.abort(MODEL)
+    assert aborted.target.deadlines[MODEL] is None
+
+    without = Harness()  # a plan without one never touches the model's deadline
+    await without.controller.start(MODEL, CANDIDATE, make_plan(STAGES[1:]))
+    await without.controller.abort(MODEL)
+    assert MODEL not in without.target.deadlines
+
+
+@pytest.mark.anyio
+async def test_a_restored_rollout_sets_its_plans_deadline_again_and_clears_it_when_it_ends(
+    tmp_path: Path,
+) -> None:
+    before = Harness(store=FileStateStore(tmp_path))
+    await before.controller.start(MODEL, CANDIDATE, make_plan(request_timeout_s=0.25))
+    after = Harness(store=FileStateStore(tmp_path))  # a new process, or a new leader
+    await after.controller.restore([MODEL])
+    assert after.target.deadlines[MODEL] == 0.25
+    await after.controller.abort(MODEL)
+    assert after.target.deadlines[MODEL] is None
 
 
 @pytest.mark.anyio

@@ -160,3 +160,29 @@ def test_plan_name_defaults_to_the_file_stem(tmp_path: Path) -> None:
 def test_absurd_plan_timing_is_refused_at_load(extra: dict[str, Any], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         plan_from_dict(_minimal(**extra))
+
+
+def test_request_timeout_s_is_read_kept_through_time_scale_and_round_trips() -> None:
+    plan = plan_from_dict(_minimal(request_timeout_s=0.5, time_scale=0.1))
+    assert plan.request_timeout_s == 0.5  # about requests, not the rollout's pace: never scaled
+    assert plan_from_dict(plan.to_dict()) == plan
+    assert plan_from_dict(_minimal()).request_timeout_s is None
+    assert plan_from_dict(_minimal(request_timeout_s=3600)).request_timeout_s == 3600.0
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        (0, "request_timeout_s must be a positive number at most 3600, got 0"),
+        (-1.0, "positive number"),
+        (3600.5, "at most 3600"),
+        (float("nan"), "finite"),
+        (float("inf"), "finite"),
+        ("30", "must be a number"),
+        (True, "must be a number"),
+    ],
+)
+def test_an_invalid_request_timeout_s_is_refused_at_load_naming_the_field(value: Any, message: str) -> None:
+    with pytest.raises(ConfigError, match=message) as refused:
+        plan_from_dict(_minimal(request_timeout_s=value), where="plan.toml")
+    assert str(refused.value).startswith("plan.toml: request_timeout_s")

@@ -39,6 +39,9 @@ def policies() -> PolicyTable:
         ("canary_weight", 250, "canary_weight is a percent of targeting keys, 0 to 100"),
         ("canary_weight", -1, "canary_weight is a percent"),
         ("shadow_sample_rate", 5, "shadow_sample_rate is a fraction of requests, 0 to 1"),
+        ("request_timeout_s", 0, "request_timeout_s must be a positive number at most 3600, got 0"),
+        ("request_timeout_s", 3601, "request_timeout_s must be a positive number at most 3600, got 3601"),
+        ("request_timeout_s", float("nan"), "request_timeout_s must be a finite number"),
     ],
 )
 def test_runtime_policy_changes_out_of_range_are_refused(field: str, value: float, message: str) -> None:
@@ -46,6 +49,13 @@ def test_runtime_policy_changes_out_of_range_are_refused(field: str, value: floa
     with pytest.raises(RequestError, match=message):
         table.update("credit", **{field: value})
     assert table.get("credit").canary_weight == 0.0  # type: ignore[union-attr]
+    assert table.get("credit").request_timeout_s is None  # type: ignore[union-attr]
+
+
+def test_a_policys_request_timeout_s_is_seconds_and_null_gives_the_config_deadline_back() -> None:
+    table = policies()
+    assert table.update("credit", request_timeout_s=0.25).request_timeout_s == 0.25
+    assert table.update("credit", request_timeout_s=None).request_timeout_s is None
 
 
 def test_config_out_of_range_weight_is_refused() -> None:

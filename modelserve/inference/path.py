@@ -27,6 +27,7 @@ from modelserve.errors import DeadlineExceeded, ModelServeError, NotFound, http_
 from modelserve.routing.decision import ROUTE_KEY, RouteDecision, RouteSource
 from modelserve.serving.registry import ModelRegistry
 from modelserve.serving.runtime import LoadedVersion
+from modelserve.state.policies import PolicyTable
 
 log = logging.getLogger("modelserve.inference")
 
@@ -70,13 +71,15 @@ Observer = Callable[[InferenceRecord], None]
 class InferencePath:
     """Resolve, run, observe: see the module docstring. Holds configuration only."""
 
-    def __init__(self, registry: ModelRegistry, observers: Sequence[Observer]) -> None:
+    def __init__(
+        self, registry: ModelRegistry, observers: Sequence[Observer], policies: PolicyTable | None = None
+    ) -> None:
         self.registry = registry
         #: Called in order after each inference; an observer's failure is logged, never raised.
         self.observers = observers
-        #: model -> request deadline in seconds (None: none) replacing the version's own
-        #: (`[serving] request_timeout_ms`) while a rollout plan sets one.
-        self.deadlines: dict[str, float | None] = {}
+        #: A model's policy may carry a request deadline (a running rollout plan's) that replaces each
+        #: version's own (`[serving] request_timeout_ms`) for as long as it is set.
+        self.policies = policies
 
     def begin(self, scope: Scope, model: str, pinned: str | None = None) -> InferenceRecord:
         """The call's record: the route decision and the loaded version serving it.
@@ -124,7 +127,10 @@ class InferencePath:
         loaded = record.loaded
         assert loaded is not None
         record.inputs = inputs
-        timeout_s = self.deadlines.get(record.model, loaded.timeout_s) if self.deadlines else loaded.timeout_s
+        timeout_s = loaded.timeout_s
+        policy = self.policies.get(record.model) if self.policies is not None else None
+        if policy is not None and policy.request_timeout_s is not None:
+            timeout_s = policy.request_timeout_s
         run_started = time.perf_counter()
         try:
             outputs, record.compute_s = await loaded.infer_measured(inputs, output_names, timeout_s)

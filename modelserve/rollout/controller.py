@@ -22,6 +22,10 @@ traffic, still compares against the baseline measured just before. A 100 % stage
 frozen baseline (what the live window still holds there was served before the stage began), and its
 latency is then not compared across time (see `rollout.gates.evaluate_gates`).
 
+A plan's `request_timeout_s` is set through the target before the first stage's traffic (and again
+whenever a stage is applied: a resume, a restore) and cleared when the rollout is promoted, rolled
+back or aborted, before that final state is saved (see `rollout.plan`).
+
 The controller changes serving only through `RolloutTarget`. Every change is an event (see
 `modelserve.rollout.events`), logged, appended to `rollout-events.<model>` in the state store, passed
 to `on_event` and queued for webhooks; the rollout's state is written to `rollout.<model>` after
@@ -348,6 +352,7 @@ class RolloutController:
             # Shadow off unconditionally: a skip to the end may leave a shadow stage behind.
             await self.target.set_shadow(rollout.model, rollout.candidate, False)
             await self.target.promote(rollout.model, rollout.candidate)
+            await self._clear_deadline(rollout)
             rollout.state, rollout.reason = "promoted", _promotion_reason(rollout)
             self._emit(rollout, "promoted", f"{rollout.candidate} is live", results, data)
             return
@@ -359,6 +364,8 @@ class RolloutController:
 
     async def _apply_stage(self, rollout: Rollout, *, previous_shadow: bool) -> None:
         stage = rollout.stage
+        if rollout.plan.request_timeout_s is not None:  # before any traffic: both versions under it
+            await self.target.set_deadline(rollout.model, rollout.plan.request_timeout_s)
         await self.target.set_traffic(rollout.model, rollout.candidate, stage.weight)
         if stage.shadow or previous_shadow:
             await self.target.set_shadow(rollout.model, rollout.candidate, stage.shadow)
@@ -367,6 +374,13 @@ class RolloutController:
         # Traffic first: it is what users see. The candidate stays loaded for a retry.
         await self.target.set_traffic(rollout.model, rollout.candidate, 0)
         await self.target.set_shadow(rollout.model, rollout.candidate, False)
+        await self._clear_deadline(rollout)
+
+    async def _clear_deadline(self, rollout: Rollout) -> None:
+        # Before the final state is saved: a failure here leaves the rollout active, and the next
+        # look (or a restore after a restart or a leader change) ends it, and clears it, again.
+        if rollout.plan.request_timeout_s is not None:
+            await self.target.set_deadline(rollout.model, None)
 
     # -- durability --------------------------------------------------------------------------------
 

@@ -6,6 +6,7 @@ A plan is a TOML file (read with tomllib) or the built-in `default` plan. Format
     interval_s = 1.0        # how often the controller evaluates the gates
     window_s = 10.0         # the longest window a look takes (it sees everything since its stage began)
     time_scale = 1.0        # optional: multiplies interval_s, window_s and every min_duration_s
+    request_timeout_s = 0.5 # optional: the model's request deadline while the rollout runs (below)
 
     # Gates checked in every stage. Leave out every [[gates]] table to get the default gates;
     # write `gates = []` for none. A gate on `shadow_agreement` applies only to shadow stages.
@@ -54,6 +55,15 @@ divides (a baseline of 0 is well defined): for rates the candidate may exceed th
 `max(threshold x baseline, baseline + floor)`, so the ratio governs slow (ms) models and the
 absolute floor keeps scheduler noise on µs models from counting. How the statistics decide (pass,
 fail, inconclusive) is in `modelserve.rollout.gates`.
+
+`request_timeout_s` (seconds, > 0, at most 3600; not scaled by `time_scale`: it is about requests,
+not the rollout's pace) replaces the model's `[serving] request_timeout_ms` while the rollout runs,
+for the live version and the candidate alike (a 504 counts as a timeout and an error of the version
+that missed it, so the timeout gates compare both under one deadline). Shadow runs keep their
+`[shadow] timeout_ms` (their clock starts at admission to a low-priority pool, and a shadow stage
+judges a slow candidate by the p95 of its compute time). It is part of the model's routing policy,
+so every replica applies it; the controller sets it before the first stage's traffic and clears it
+when the rollout is promoted, rolled back or aborted. Without it the config deadline applies.
 """
 
 from __future__ import annotations
@@ -124,6 +134,8 @@ class RolloutPlan:
     interval_s: float = 5.0
     window_s: float = 60.0
     time_scale: float = 1.0
+    #: The model's request deadline while the rollout runs (None: each version's config.toml one).
+    request_timeout_s: float | None = None
 
     def scaled(self, factor: float) -> RolloutPlan:
         """The same plan with every duration (interval, window, stage minimums) multiplied by `factor`."""
@@ -149,6 +161,7 @@ class RolloutPlan:
             "interval_s": self.interval_s,
             "window_s": self.window_s,
             "applied_time_scale": self.time_scale,
+            "request_timeout_s": self.request_timeout_s,
             "gates": [],
             "stages": [
                 {
@@ -242,7 +255,10 @@ def load_plan(source: str | Path) -> RolloutPlan:
     return plan_from_dict(data, default_name=path.stem, where=str(path))
 
 
-_PLAN_KEYS = {"name", "interval_s", "window_s", "time_scale", "applied_time_scale", "gates", "stages"}
+_PLAN_KEYS = {
+    "name", "interval_s", "window_s", "time_scale", "applied_time_scale", "request_timeout_s", "gates",
+    "stages",
+}  # fmt: skip
 _STAGE_KEYS = {"name", "weight", "shadow", "min_duration_s", "min_samples", "max_duration_s", "gates"}
 _GATE_KEYS = {f.name for f in dataclasses.fields(GateSpec)}
 
@@ -272,6 +288,7 @@ def plan_from_dict(data: dict[str, Any], *, default_name: str = "plan", where: s
         interval_s=_positive(data.get("interval_s", 5.0), f"{where}: interval_s"),
         window_s=_positive(data.get("window_s", 60.0), f"{where}: window_s"),
         time_scale=_positive(data.get("applied_time_scale", 1.0), f"{where}: applied_time_scale"),
+        request_timeout_s=_request_timeout(data.get("request_timeout_s"), f"{where}: request_timeout_s"),
     )
     if "time_scale" in data:
         factor = validation.number(
@@ -358,6 +375,11 @@ def _gate(raw: Any, where: str) -> GateSpec:
         dry_run=dry_run,
         confidence=confidence,
     )
+
+
+def _request_timeout(value: Any, where: str) -> float | None:
+    """None when left out (the saved form writes null too), else a deadline within (0, 1 h]."""
+    return None if value is None else validation.request_timeout_s(value, where, error=ConfigError)
 
 
 def _no_unknown_keys(raw: dict[str, Any], allowed: set[str], where: str) -> None:

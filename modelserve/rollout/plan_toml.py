@@ -36,6 +36,10 @@ def plan_to_toml(plan: RolloutPlan) -> str:
         f"interval_s = {_value(plan.interval_s)}  # how often the gates are evaluated",
         f"window_s = {_value(plan.window_s)}  # the longest window a look takes (all since its stage began)",
     ]
+    if plan.request_timeout_s is not None:
+        lines.append(
+            f"request_timeout_s = {_value(plan.request_timeout_s)}  # the request deadline while it runs"
+        )
     shared = _shared_gates(plan)
     if shared is None:
         lines.append("gates = []  # every stage lists its own gates below")

@@ -134,6 +134,11 @@ class ServingTarget:
         shadows = [v for v in (policy.shadow_versions if policy else ()) if v != version]
         await self.policies.change(model, candidate=None, canary_weight=0.0, shadow_versions=shadows)
 
+    async def set_deadline(self, model: str, timeout_s: float | None) -> None:
+        policy = self.policies.get(model)
+        if policy is None or policy.request_timeout_s != timeout_s:  # a restore re-applies: no new revision
+            await self.policies.change(model, request_timeout_s=timeout_s)
+
 
 class RolloutService:
     """Rollouts of one server: start (staging first), describe, and the controller that runs them."""

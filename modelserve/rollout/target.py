@@ -33,3 +33,7 @@ class RolloutTarget(Protocol):
 
     async def promote(self, model: str, version: str) -> None:
         """Make `version` live; the previous live version stays warm, the canary split is cleared."""
+
+    async def set_deadline(self, model: str, timeout_s: float | None) -> None:
+        """Give every request of the model (any version) `timeout_s` to answer; None: each version's
+        config.toml deadline again."""

@@ -25,6 +25,7 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import modelserve.validation as validation
 from modelserve.errors import ConfigError
 from modelserve.routing.decision import RouteDecision
 from modelserve.routing.flagd import Evaluation
@@ -47,6 +48,9 @@ class ModelPolicy:
     targeting_header: str = "x-user-id"
     shadow_versions: tuple[str, ...] = ()
     shadow_sample_rate: float = 1.0
+    #: The request deadline of every version of the model, replacing each version's config.toml one
+    #: while set (a running rollout plan's `request_timeout_s`); None: the config deadlines.
+    request_timeout_s: float | None = None
 
     def __post_init__(self) -> None:
         if not self.model or not self.live:
@@ -57,6 +61,9 @@ class ModelPolicy:
             raise ConfigError(
                 f"{self.model}: shadow sample_rate must be within 0..1, got {self.shadow_sample_rate}"
             )
+        if self.request_timeout_s is not None:
+            validation.request_timeout_s(self.request_timeout_s, f"{self.model}: request_timeout_s",
+                                         error=ConfigError)  # fmt: skip
 
     @property
     def canary_threshold(self) -> float:

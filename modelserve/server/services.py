@@ -398,7 +398,8 @@ def build_services(
     hooks.shutdown.append(replica.close)  # last: the hooks before it may still write state
     return Services(
         config=config, store=store, registry=registry, policies=policies, windows=windows, flags=flags,
-        router=router, inference=InferencePath(registry, hooks.observers), hooks=hooks, replica=replica,
+        router=router, inference=InferencePath(registry, hooks.observers, policies), hooks=hooks,
+        replica=replica,
         metrics_registry=metrics_registry, worker_metrics=worker_metrics,
         telemetry=telemetry, shadow=shadow, experiments=experiments, rollout=rollout, audit=audit,
         monitoring=monitoring, withdrawn=withdrawn,

@@ -35,6 +35,7 @@ POLICY_FIELDS = (
     "targeting_header",
     "shadow_versions",
     "shadow_sample_rate",
+    "request_timeout_s",
 )
 #: Fields only serving commands change (stage, promote, rollback, experiments).
 SERVING_FIELDS = ("live", "previous", "staged", "experiment", "warm", "pinned", "promoted_at")
@@ -62,6 +63,8 @@ class DesiredModel:
     targeting_header: str = "x-user-id"
     shadow_versions: tuple[str, ...] = ()
     shadow_sample_rate: float = 1.0
+    #: The model's request deadline while a rollout plan sets one (None: each version's config one).
+    request_timeout_s: float | None = None
     experiment: str | None = None
     #: Every version held warm on every replica (None: not recorded yet, each keeps what it has).
     warm: tuple[str, ...] | None = None
@@ -83,6 +86,7 @@ class DesiredModel:
             targeting_header=self.targeting_header,
             shadow_versions=self.shadow_versions,
             shadow_sample_rate=self.shadow_sample_rate,
+            request_timeout_s=self.request_timeout_s,
         )
 
     def wanted_versions(self) -> tuple[str, ...]:
@@ -141,6 +145,8 @@ def validate(changes: dict[str, Any]) -> dict[str, Any]:
             value = float(value)
         elif name == "promoted_at" and value is not None:
             value = validation.number(value, "promoted_at", low=0.0, error=ConfigError)
+        elif name == "request_timeout_s" and value is not None:
+            value = validation.request_timeout_s(value, name, error=ConfigError)
         elif name == "allow_version_override" and not isinstance(value, bool):
             raise ConfigError("allow_version_override must be true or false")
         elif name == "targeting_header":

@@ -43,6 +43,7 @@ MUTABLE_FIELDS = (
     "targeting_header",
     "shadow_versions",
     "shadow_sample_rate",
+    "request_timeout_s",
 )
 
 
@@ -165,6 +166,8 @@ def _apply(policy: ModelPolicy, changes: dict[str, Any]) -> ModelPolicy:
                 )
             if name == "shadow_sample_rate" and not 0.0 <= value <= 1.0:
                 raise ConfigError(f"shadow_sample_rate is a fraction of requests, 0 to 1, not {value:g}")
+        elif name == "request_timeout_s" and value is not None:
+            value = validation.request_timeout_s(value, name, error=ConfigError)
         elif name == "allow_version_override":
             value = validation.flag(value, name, error=ConfigError)
         elif name == "targeting_header":
