@@ -9,6 +9,7 @@ replica killed with SIGKILL named as missing. Every process is stopped by its PI
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import time
@@ -21,6 +22,7 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
+from playwright.sync_api import Page, sync_playwright
 
 from modelserve.monitoring.fleet import FleetMonitoring
 from modelserve.monitoring.histogram import SCORE_EDGES
@@ -39,6 +41,7 @@ ROWS: list[list[float]] = [
 TRUTH: list[int] = [
     int(json.loads(line)["label"]) for line in (EXAMPLES / "labelled_traffic.jsonl").read_text().splitlines()
 ]
+CHROMIUM = "/usr/bin/chromium"  # the Debian package; `.ci/run` installs it
 TOKEN = "fleet-secret"
 AUTH = {"authorization": f"Bearer {TOKEN}"}
 #: A window longer than the module runs: every row sent is in the drift window, so sums are exact.
@@ -263,7 +266,53 @@ def test_a_label_posted_to_any_replica_joins_once_where_the_request_was_served(f
     assert found["correct"] == correct and found["accuracy"] == pytest.approx(correct / 90)
     # Each label counted once, by the replica it was posted to.
     assert [page(u)["versions"]["1"]["accuracy"]["samples"] for u in (a, b, c)] == [30, 0, 60]
-    assert status(a)["fleet"]["versions"]["1"]["labelled"] == 90
+    # Every replica sees them within a publish and a refresh (2 s each).
+    wait_for(lambda: status(a), lambda m: m["fleet"]["versions"]["1"]["labelled"] == 90, 20, "labels on a")
+
+
+@contextlib.contextmanager
+def chromium(url: str) -> Iterator[Page]:
+    """The status page at `url` in a real headless Chromium (the Debian package)."""
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1600})
+            page.goto(f"{url}/ui")
+            yield page
+        finally:
+            browser.close()
+
+
+def test_the_status_page_shows_the_fleets_figures_and_the_replicas_own_on_request(fleet: Fleet) -> None:
+    b = fleet.urls[1]
+    mine = page(b)["versions"]["1"]
+    fleet_rows = len(fleet.served)
+    fleet_view = wait_for(
+        lambda: page(b)["fleet"],
+        lambda f: f["complete"] and f["versions"]["1"]["distribution"]["rows"] == fleet_rows
+        and f["versions"]["1"]["accuracy"]["samples"] == 90,
+        20, "every row in b's fleet view",
+    )  # fmt: skip
+    assert mine["distribution"]["rows"] < fleet_rows
+    input4 = next(d for d in fleet_view["versions"]["1"]["drift"]["inputs"] if d["column"] == "input[4]")
+    with chromium(b) as browser:
+        browser.wait_for_selector("#fleet-state:has-text('3 replicas, all reporting')", timeout=15_000)
+        assert browser.get_attribute("#scope-fleet", "class") == "active"
+        rows = browser.locator("#class-shares tbody tr[data-role='primary'] td").nth(2)
+        assert int(rows.inner_text()) == fleet_rows
+        drift = browser.locator("#drift tbody tr", has_text="input[4]").locator("td")
+        assert drift.nth(1).inner_text().startswith(f"{input4['psi']:.3f}") and drift.nth(
+            4
+        ).inner_text() == str(fleet_rows)
+        accuracy = browser.locator("#versions tbody tr").first.locator("td").nth(8).inner_text()
+        assert accuracy.endswith("n=90")  # every replica's labels
+        browser.click("#scope-replica")
+        assert int(rows.inner_text()) == mine["distribution"]["rows"]
+        assert (
+            browser.locator("#versions tbody tr").first.locator("td").nth(8).inner_text() == "\u2013"
+        )  # b joined none
+        browser.click("#scope-fleet")
+        assert int(rows.inner_text()) == fleet_rows
 
 
 def test_another_reference_is_kept_apart_and_a_killed_replica_makes_the_figures_incomplete(
@@ -283,12 +332,12 @@ def test_another_reference_is_kept_apart_and_a_killed_replica_makes_the_figures_
             lambda reference: reference["state"] == "ready", 20, "a live reference on the fourth replica",
         )  # fmt: skip
         a = fleet.urls[0]
-        monitoring = wait_for(
-            lambda: page(a), lambda m: m["fleet"]["versions"]["1"]["not_mergeable"] == ["replica-3"], 20,
-            "the live-captured reference listed apart",
+        monitoring = wait_for(  # listed apart; its predictions still add up
+            lambda: page(a), lambda m: m["fleet"]["versions"]["1"]["not_mergeable"] == ["replica-3"]
+            and m["fleet"]["versions"]["1"]["distribution"]["rows"] == len(fleet.served),
+            20, "the live-captured reference listed apart",
         )  # fmt: skip
         versions = monitoring["fleet"]["versions"]["1"]
-        assert versions["distribution"]["rows"] == len(fleet.served)  # predictions still add up
         assert versions["reference"]["replicas"] == ["replica-0", "replica-1", "replica-2"]
         assert monitoring["fleet"]["complete"] is True
         fourth.kill()
@@ -297,6 +346,9 @@ def test_another_reference_is_kept_apart_and_a_killed_replica_makes_the_figures_
         )
         assert monitoring["fleet"]["complete"] is False
         assert status(a)["fleet"]["missing"] == ["replica-3"]
+        with chromium(a) as browser:
+            browser.wait_for_selector("#fleet-state:has-text('incomplete')", timeout=15_000)
+            assert "no recent figures from replica-3" in browser.inner_text("#fleet-state")
 
 
 @pytest.fixture

@@ -84,8 +84,9 @@ def merge_drift(
             )
         )  # fmt: skip
     return {
-        "reference": {
-            "fingerprint": chosen, "source": first.source, "replicas": sorted(r for r, _ in members)
+        "reference": {  # shaped like one replica's reference state, with who shares it
+            "state": "ready", "source": first.source, "rows": first.reference_rows, "fingerprint": chosen,
+            "replicas": sorted(r for r, _ in members),
         },
         "columns": [c.to_dict() for c in sorted(columns, key=lambda c: -(c.psi or 0.0))],
         "not_mergeable": [

@@ -4,7 +4,9 @@
 
 const POLL_MS = 2000;
 const PALETTE = ["#3b5bdb", "#e8590c", "#2b8a3e", "#ae3ec9", "#1098ad", "#f08c00", "#c2255c", "#495057"];
-const state = { model: null, charts: {}, colors: {}, timer: null };
+// scope: in a fleet, the monitoring figures shown are the fleet's (every replica's counts merged) or
+// this replica's own; history charts and serving metrics are always this replica's.
+const state = { model: null, charts: {}, colors: {}, timer: null, scope: "fleet", last: null };
 
 function esc(value) {
   return String(value ?? "").replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" }[c]));
@@ -133,12 +135,18 @@ async function poll() {
 }
 
 function render(s) {
+  state.last = s;
+  const fleet = s.monitoring.fleet;
+  // `view`: the per-version monitoring figures drawn below, the fleet's or this replica's.
+  s.view = fleet && state.scope === "fleet" ? fleet.versions : s.monitoring.versions;
   const versions = new Set([
     ...(s.status.warm || []).map((w) => w.version),
     ...Object.keys(s.monitoring.history),
     ...Object.keys(s.monitoring.versions),
+    ...Object.keys(fleet ? fleet.versions : {}),
   ]);
   [...versions].sort(byVersion).forEach(color);
+  renderScope(s);
   renderCards(s);
   renderVersions(s);
   renderCharts(s);
@@ -147,6 +155,27 @@ function render(s) {
   renderTimeline(s);
   renderShadow(s);
   renderExperiment(s);
+}
+
+function renderScope(s) {
+  const fleet = s.monitoring.fleet;
+  $("scope").hidden = !fleet;
+  if (!fleet) return;
+  for (const button of document.querySelectorAll("#scope button")) {
+    button.classList.toggle("active", button.dataset.scope === state.scope);
+  }
+  const missing = fleet.missing.map((r) => esc(r)).join(", ");
+  $("fleet-state").innerHTML = fleet.complete
+    ? `<span class="muted">fleet: ${fleet.replicas.length} replicas, all reporting</span>`
+    : `<span class="warn">fleet figures incomplete: no recent figures from ${missing}</span>`;
+}
+function setUpScope() {
+  for (const button of document.querySelectorAll("#scope button")) {
+    button.addEventListener("click", () => {
+      state.scope = button.dataset.scope;
+      if (state.last) render(state.last);
+    });
+  }
 }
 
 function liveVersion(s) {
@@ -194,7 +223,7 @@ function renderCards(s) {
     $("rollout-sub").textContent = "no rollout yet";
   }
 
-  const monitored = s.monitoring.versions[live] || Object.values(s.monitoring.versions)[0];
+  const monitored = s.view[live] || Object.values(s.view)[0];
   if (!monitored) {
     $("drift-state").textContent = "–";
     $("drift-sub").textContent = "no traffic monitored yet";
@@ -227,7 +256,7 @@ function renderVersions(s) {
     .sort((a, b) => byVersion(a.version, b.version))
     .map((w) => {
       const m = metrics[w.version] || {};
-      const mon = s.monitoring.versions[w.version] || {};
+      const mon = s.view[w.version] || {};
       const acc = mon.accuracy || {};
       const ci = acc.accuracy_interval ? ` (${pct(acc.accuracy_interval[0])}–${pct(acc.accuracy_interval[1])})` : "";
       const accuracy = acc.accuracy === null || acc.accuracy === undefined ? "–" : `${pct(acc.accuracy)}${ci} · n=${acc.samples}`;
@@ -334,7 +363,7 @@ function pickColumn(histograms) {
 
 function distributionSeries(s) {
   // One series per version and role: what a version served (primary) and what it predicted in shadow.
-  const versions = Object.entries(s.monitoring.versions).sort((a, b) => byVersion(a[0], b[0]));
+  const versions = Object.entries(s.view).sort((a, b) => byVersion(a[0], b[0]));
   const series = [];
   for (const [v, m] of versions) {
     series.push({ version: v, role: "primary", label: `v${v}`, dist: m.distribution });
@@ -412,15 +441,16 @@ function renderDistribution(s) {
 
 function renderDrift(s) {
   const live = liveVersion(s);
-  const entries = s.monitoring.versions;
+  const entries = s.view;
   const version = live in entries ? live : Object.keys(entries)[0];
   const body = $("drift").querySelector("tbody");
   if (!version) {
     body.innerHTML = `<tr><td colspan="5" class="empty-note">no traffic monitored yet</td></tr>`;
     return;
   }
-  $("drift-version").textContent = `v${version}, current window vs reference`;
   const m = entries[version];
+  const apart = (m.not_mergeable || []).length ? ` · not merged (another reference): ${m.not_mergeable.join(", ")}` : "";
+  $("drift-version").textContent = `v${version}, current window vs reference${apart}`;
   const rows = [...m.drift.inputs.map((r) => ["input", r]), ...m.drift.outputs.map((r) => ["output", r])]
     .sort((a, b) => (b[1].psi || 0) - (a[1].psi || 0))
     .slice(0, 12);
@@ -529,6 +559,7 @@ function renderExperiment(s) {
 }
 
 setUpSignIn();
+setUpScope();
 if (dropTokenFromUrl()) {
   showSignIn("a token in the address is not used (history and logs keep it): enter it here");
 } else {
