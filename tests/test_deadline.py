@@ -22,7 +22,6 @@ from modelserve import testing
 from modelserve.cli import main
 from modelserve.config import RuntimeOptions, parse_model_config
 from modelserve.errors import ConfigError, DeadlineExceeded
-from modelserve.serving.deadline import _Borrow, run_with_deadline
 from modelserve.serving.runtime import load_version
 from modelserve.testing_processes import ServeProcess
 
@@ -72,52 +71,21 @@ def test_a_run_past_the_deadline_raises_and_its_runner_stays_taken_until_the_run
     async def scenario() -> tuple[float, float, float]:
         with pytest.raises(DeadlineExceeded, match="deadline of 50 ms \\(running\\)"):
             await loaded.infer_measured(feeds, None, 0.05)
-        held = loaded.limiter.borrowed_tokens  # the abandoned run still holds its runner
+        held = loaded.runner.in_use  # the abandoned run still holds its runner
         with pytest.raises(DeadlineExceeded, match="waiting for a free runner"):
             await loaded.infer_measured(feeds, None, 0.05)
         release.set()
         for _ in range(500):  # the run ends in its thread and gives the runner back on the loop
-            if loaded.limiter.borrowed_tokens == 0:
+            if loaded.runner.in_use == 0:
                 break
             await anyio.sleep(0.01)
-        freed = loaded.limiter.borrowed_tokens
+        freed = loaded.runner.in_use
         outputs, _ = await loaded.infer_measured(feeds, None, 5.0)
         return held, freed, float(outputs["probabilities"].sum())
 
     held, freed, total = anyio.run(scenario)
     assert held == 1 and freed == 0
     assert total == pytest.approx(1.0, rel=1e-5)
-
-
-def test_a_run_whose_deadline_passes_before_its_thread_starts_never_runs_and_gives_its_runner_back() -> None:
-    ran: list[bool] = []
-
-    async def scenario() -> tuple[float, list[bool]]:
-        runner, threads = anyio.CapacityLimiter(1), anyio.CapacityLimiter(1)
-        threads.acquire_on_behalf_of_nowait("another run")  # no worker thread free until the deadline
-        with pytest.raises(DeadlineExceeded, match="deadline of 50 ms"):
-            await run_with_deadline(lambda: ran.append(True), limiter=runner, hop=threads, timeout_s=0.05,
-                                    what="m version 1")  # fmt: skip
-        held = runner.borrowed_tokens  # given back at once: no thread will ever end this run
-        threads.release_on_behalf_of("another run")
-        await run_with_deadline(lambda: ran.append(True), limiter=runner, hop=threads, timeout_s=5.0,
-                                what="m version 1")  # fmt: skip
-        return held, list(ran)
-
-    held, runs = anyio.run(scenario)
-    assert held == 0 and runs == [True]  # the late run never ran; the next one did
-
-
-def test_a_run_left_before_its_thread_picked_it_up_is_skipped_by_the_thread() -> None:
-    # A worker thread may pick a job up after its caller left (anyio then skips a cancelled job
-    # itself, or not, depending on the moment): the borrow decides, under its lock, exactly once.
-    borrow = _Borrow()
-    assert borrow.left_by_caller()  # nothing runs it: the caller releases the token
-    assert not borrow.starting_in_thread()  # and the thread never starts it
-    running = _Borrow()
-    assert running.starting_in_thread()
-    assert not running.left_by_caller()  # the thread holds the token on until the run ends
-    assert running.finished_in_thread()  # and releases it then
 
 
 def test_batched_runs_keep_the_batch_whole_when_a_caller_reaches_its_deadline(tmp_path: Path) -> None:

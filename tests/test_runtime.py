@@ -40,18 +40,18 @@ def test_execution_mode_follows_config_and_warmup_timing(tmp_path: Path) -> None
     assert not slow_threshold.inline
 
 
-def test_thread_execution_uses_the_versions_own_limiter(tmp_path: Path) -> None:
+def test_thread_execution_uses_the_versions_own_runner(tmp_path: Path) -> None:
     loaded = load_version(
         "m", "1", testing.mlp(tmp_path / "m.onnx"), RuntimeOptions(execution="thread", max_concurrency=3)
     )
-    assert loaded.limiter.total_tokens == 3
+    assert loaded.runner.slots == 3
 
     async def main() -> dict[str, np.ndarray]:
         return await loaded.infer({"input": np.ones((2, 16), np.float32)})
 
     out = anyio.run(main)
     assert out["probabilities"].shape == (2, 2)
-    assert loaded.limiter.borrowed_tokens == 0
+    assert loaded.runner.in_use == 0
 
 
 def test_an_inline_version_runs_a_large_batch_on_a_worker_thread_not_the_event_loop(tmp_path: Path) -> None:

@@ -1,11 +1,11 @@
 """Dynamic batching: concurrent requests to one version run as one onnxruntime call.
 
 Requests whose inputs share everything but the first (batch) dimension are gathered for up to
-`max_queue_delay_ms` or until `max_batch_size` rows wait, concatenated along axis 0, run once on a
-worker thread (through the version's own limiter), and split back by row counts. The first request
-of a group leads it: it waits, runs the batch for everyone, and hands each caller its rows, so there
-is no background task to own or leak. The batch run is shielded: a client that disconnects while
-its batch runs cannot cancel the other callers' work.
+`max_queue_delay_ms` or until `max_batch_size` rows wait, concatenated along axis 0, run once on one
+of the version's worker threads (its `Runner`, one slot per batch), and split back by row counts.
+The first request of a group leads it: it waits, runs the batch for everyone, and hands each caller
+its rows, so there is no background task to own or leak. The batch run is shielded: a client that
+disconnects while its batch runs cannot cancel the other callers' work.
 
 Only versions whose every input has a dynamic first dimension can batch; others run as usual.
 """
@@ -14,10 +14,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 
 import anyio
-import anyio.to_thread
 import numpy as np
+
+from modelserve.serving.runner import Runner
 
 Outputs = dict[str, np.ndarray]
 RunBatch = Callable[[Mapping[str, np.ndarray], Sequence[str] | None], Outputs]
@@ -48,12 +50,12 @@ class Batcher:
         *,
         max_batch_size: int,
         max_queue_delay_s: float,
-        limiter: anyio.CapacityLimiter,
+        runner: Runner,
     ) -> None:
         self._run = run
         self.max_batch_size = max_batch_size
         self.max_queue_delay_s = max_queue_delay_s
-        self.limiter = limiter
+        self.runner = runner
         self._open: dict[GroupKey, _Group] = {}
         self.batches = 0
         self.batched_rows = 0
@@ -61,7 +63,7 @@ class Batcher:
     async def infer(self, feeds: Mapping[str, np.ndarray], output_names: Sequence[str] | None) -> Outputs:
         rows = _rows(feeds)
         if rows is None or rows >= self.max_batch_size:
-            return await anyio.to_thread.run_sync(self._run, feeds, output_names, limiter=self.limiter)
+            return await self.runner.run(partial(self._run, feeds, output_names))
         key = _key(feeds, output_names)
         group = self._open.get(key)
         if group is not None and group.size + rows <= self.max_batch_size:
@@ -84,9 +86,7 @@ class Batcher:
             self._close(group)
             with anyio.CancelScope(shield=True):
                 try:
-                    group.results = await anyio.to_thread.run_sync(
-                        self._run_group, group, output_names, limiter=self.limiter
-                    )
+                    group.results = await self.runner.run(partial(self._run_group, group, output_names))
                 except Exception as exc:
                     group.error = exc
                 finally:

@@ -3,8 +3,8 @@
 This module (with the rest of `serving/`) is the only place that imports onnxruntime. A version is
 READY only after a warm-up inference; the warm-up also times the model, which decides how requests run:
 a model that answers in a few microseconds runs inline on the event loop (a thread hop costs more than
-the model) when its inputs are small, anything slower, or larger, runs in a worker thread through the
-version's own `CapacityLimiter`.
+the model) when its inputs are small, anything slower, or larger, runs in one of the version's own
+worker threads (`serving/runner.py`: `max_concurrency` slots and the request deadline).
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-import anyio.to_thread
 import numpy as np
 import onnxruntime as ort
 
@@ -26,8 +25,8 @@ from modelserve.config import RuntimeOptions
 from modelserve.datatypes import ORT_TO_V2
 from modelserve.errors import DeadlineExceeded, InferenceError, LoadError, RequestError
 from modelserve.serving.batching import Batcher
-from modelserve.serving.deadline import run_with_deadline
 from modelserve.serving.memory import MemoryCost
+from modelserve.serving.runner import Runner
 from modelserve.serving.tensors import TensorSpec
 
 Outputs = dict[str, np.ndarray]
@@ -70,9 +69,8 @@ class LoadedVersion:
         self.path = path
         self.options = options
         self.state = VersionState.LOADING
-        self.limiter = anyio.CapacityLimiter(options.max_concurrency)
-        #: Worker threads of runs with a deadline (serving/deadline.py); `limiter` still bounds the runs.
-        self._hop = anyio.CapacityLimiter(options.max_concurrency)
+        #: Every run off the event loop: `max_concurrency` slots, worker threads, the deadline timer.
+        self.runner = Runner(options.max_concurrency, what=f"{model} version {version}")
         #: The request deadline from config.toml (`[serving] request_timeout_ms`); None: none.
         self.timeout_s = options.request_timeout_ms / 1000.0 or None
         self.warmup_latency_us: float | None = None
@@ -127,7 +125,7 @@ class LoadedVersion:
                 self.run,
                 max_batch_size=self.options.max_batch_size,
                 max_queue_delay_s=self.options.max_queue_delay_ms / 1000.0,
-                limiter=self.limiter,
+                runner=self.runner,
             )
         self.state = VersionState.READY
 
@@ -188,7 +186,7 @@ class LoadedVersion:
             return self.run(feeds, output_names)
         if self.batcher is not None:
             return await self.batcher.infer(feeds, output_names)
-        return await anyio.to_thread.run_sync(self.run, feeds, output_names, limiter=self.limiter)
+        return await self.runner.run(partial(self.run, feeds, output_names))
 
     async def infer_measured(
         self,
@@ -199,7 +197,7 @@ class LoadedVersion:
         """`infer` with the run's thread CPU time (None for a batched run: the batch shares it).
 
         With `timeout_s`, a run off the event loop raises DeadlineExceeded when no answer came in
-        time (serving/deadline.py); an inline run takes microseconds and is not interrupted.
+        time (serving/runner.py); an inline run takes microseconds and is not interrupted.
         """
         if self.inline and input_bytes(feeds) <= INLINE_MAX_BYTES:
             return self.run_measured(feeds, output_names)
@@ -214,14 +212,7 @@ class LoadedVersion:
                     f"{self.model} version {self.version} did not answer within its deadline of "
                     f"{timeout_s * 1000:g} ms (batched)"
                 ) from None
-        if timeout_s is None:
-            return await anyio.to_thread.run_sync(
-                self.run_measured, feeds, output_names, limiter=self.limiter
-            )
-        return await run_with_deadline(
-            partial(self.run_measured, feeds, output_names), limiter=self.limiter, hop=self._hop,
-            timeout_s=timeout_s, what=f"{self.model} version {self.version}",
-        )  # fmt: skip
+        return await self.runner.run(partial(self.run_measured, feeds, output_names), timeout_s)
 
     def describe(self) -> dict[str, object]:
         info: dict[str, object] = {
