@@ -418,6 +418,41 @@ def test_json_over_its_limit_is_refused_before_it_is_parsed_and_binary_tensors_o
         assert client.get("/v2/health/live").status_code == 200
 
 
+def test_a_large_binary_tensor_reaches_the_model_in_place_in_the_body_never_copied(
+    config: ServerConfig,
+) -> None:
+    data = np.random.default_rng(5).normal(size=(20_000, 16)).astype(np.float32).tobytes()  # 1.3 MB
+    tensor = {
+        "name": "input",
+        "datatype": "FP32",
+        "shape": [20_000, 16],
+        "parameters": {"binary_data_size": len(data)},
+    }
+    header = orjson.dumps({"id": "odd", "inputs": [tensor]})
+    assert len(header) % 4  # float32 data right after it is unaligned in a plain buffer: numpy would copy it
+    fed: list[np.ndarray] = []
+
+    def recording(run: Any) -> Any:
+        def recorded(names: Any, feeds: dict[str, np.ndarray], *args: Any) -> Any:
+            fed.append(feeds["input"])
+            return run(names, feeds, *args)
+
+        return recorded
+
+    app = create_app(config)
+    with serve(app) as server, httpx.Client(base_url=server.url) as client:
+        app.state.services.registry.slots("fraud").get().wrap_session(recording, describe={"test": "feeds"})
+        headers = {"inference-header-content-length": str(len(header))}
+        response = client.post("/v2/models/fraud/infer", content=header + data, headers=headers)
+        assert response.status_code == 200, response.text
+    (array,) = fed
+    assert array.tobytes() == data and array.flags.aligned and not array.flags.owndata
+    root: Any = array
+    while isinstance(root, np.ndarray):
+        root = root.base
+    assert isinstance(root, memoryview) and root.nbytes == len(header) + len(data)  # a view of the body
+
+
 def test_slow_clients_are_cut_off_and_never_stall_the_server(tmp_path: Path, model_repo: Path) -> None:
     server = ServeProcess(
         [

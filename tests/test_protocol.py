@@ -30,6 +30,7 @@ from modelserve.errors import (
     UnsupportedMediaType,
 )
 from modelserve.server import protocol
+from modelserve.server.http import body_buffer
 from modelserve.server.protocol import InferRequest, RequestedOutput
 from modelserve.serving.tensors import TensorSpec
 
@@ -147,6 +148,21 @@ def test_tritonclient_request_decodes_to_identical_array(datatype: str, binary: 
     )
     assert request.id == "42"
     assert_same(request.inputs["t"], sample)
+
+
+@pytest.mark.parametrize("datatype", DATATYPES)
+def test_a_binary_request_read_into_a_body_buffer_decodes_the_same_with_bytes_elements(datatype: str) -> None:
+    sample = SAMPLES[datatype]
+    body, header_length = triton_request({"t": sample}, binary=True)
+    assert header_length is not None
+    buffer = body_buffer(len(body), aligned_at=header_length)  # what a large body is read into
+    buffer[:] = body
+    request = protocol.decode_infer_request(
+        buffer, header_length=header_length, inputs=[spec_for("t", datatype)]
+    )
+    assert_same(request.inputs["t"], sample)
+    if datatype == "BYTES":  # elements are bytes, not views that would keep the whole body alive
+        assert {type(item) for item in request.inputs["t"].ravel()} == {bytes}
 
 
 @pytest.mark.parametrize("binary", [False, True], ids=["json", "binary"])

@@ -119,6 +119,7 @@ class GuardedH11Protocol(_Deadlines, H11Protocol):
 # Module-level classes, so `serve --workers N` can hand them to its spawned worker processes (pickled
 # by name).
 try:
+    from uvicorn.protocols.http.flow_control import HIGH_WATER_LIMIT
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 except ImportError:  # the `fast` extra is not installed: h11 serves
     HAVE_HTTPTOOLS = False
@@ -191,7 +192,19 @@ else:
         def on_body(self, body: bytes) -> None:
             if self._too_large:
                 return
-            super().on_body(body)
+            cycle = self.cycle
+            if cycle.body or cycle.response_complete or self.parser.should_upgrade():
+                if not isinstance(cycle.body, bytearray):  # a handed-over chunk not yet taken: accumulate
+                    cycle.body = bytearray(cycle.body)
+                super().on_body(body)
+            else:
+                # The application took everything before: hand it the parser's bytes as they are.
+                # uvicorn would append them to a bytearray and receive() copy that out again, two
+                # copies of every chunk on the event loop (bytes(a bytes object) is that object).
+                cycle.body = body  # type: ignore[assignment]
+                if len(body) > HIGH_WATER_LIMIT:
+                    self.flow.pause_reading()
+                cycle.message_event.set()
             self._arm(self.body_timeout_s, in_headers=False)
 
         def on_message_complete(self) -> None:

@@ -113,7 +113,7 @@ class InferRequest:
 
 
 def decode_infer_request(
-    body: bytes,
+    body: bytes | memoryview,
     *,
     header_length: int | None,
     inputs: Sequence[TensorSpec],

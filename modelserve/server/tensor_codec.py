@@ -77,7 +77,7 @@ def array_from_json(data: Any, spec: TensorSpec, shape: list[int]) -> np.ndarray
 
 
 def array_from_binary(
-    body: bytes, offset: int, nbytes: int, spec: TensorSpec, shape: list[int]
+    body: bytes | memoryview, offset: int, nbytes: int, spec: TensorSpec, shape: list[int]
 ) -> np.ndarray:
     """The array for an input's `nbytes` of binary data at `offset` in `body` (bounds already checked)."""
     name = spec.name
@@ -196,7 +196,7 @@ def _bytes_from_strings(flat: list[Any], name: str) -> np.ndarray:
     return array
 
 
-def _parse_bytes(body: bytes, offset: int, nbytes: int, count: int, name: str) -> np.ndarray:
+def _parse_bytes(body: bytes | memoryview, offset: int, nbytes: int, count: int, name: str) -> np.ndarray:
     end = offset + nbytes
     if count > nbytes // 4:  # every element takes at least its 4-byte length
         raise RequestError(f"input {name!r}: {nbytes} bytes cannot hold {count} BYTES elements")
@@ -211,7 +211,7 @@ def _parse_bytes(body: bytes, offset: int, nbytes: int, count: int, name: str) -
             raise RequestError(
                 f"input {name!r}: a BYTES element of {length} bytes runs past binary_data_size"
             )
-        items.append(body[position : position + length])
+        items.append(bytes(body[position : position + length]))  # a memoryview's slice is a view
         position += length
         if len(items) > count:
             break

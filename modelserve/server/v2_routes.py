@@ -31,7 +31,16 @@ from modelserve.inference.path import InferenceRecord
 from modelserve.server import protocol
 from modelserve.server.admin import REASON_HEADER, audit_snapshot
 from modelserve.server.auth import ADMIN, INFERENCE
-from modelserve.server.http import JSON_HEADERS, header, int_header, read_body, read_chunks, send_response
+from modelserve.server.http import (
+    JSON_HEADERS,
+    body_buffer,
+    declared_length,
+    header,
+    int_header,
+    read_body,
+    read_into,
+    send_response,
+)
 from modelserve.state.audit import Actor
 
 if TYPE_CHECKING:
@@ -90,12 +99,6 @@ def release_memory() -> None:
         _TRIM(0)
 
 
-def _join_and_decode(chunks: list[bytes], *, header_length: int | None, inputs: Any) -> protocol.InferRequest:
-    body = b"".join(chunks)  # in a worker thread: CPython copies a large join without the GIL
-    chunks.clear()
-    return protocol.decode_infer_request(body, header_length=header_length, inputs=inputs)
-
-
 class InferEndpoint:
     """POST /v2/models/{model}[/versions/{version}]/infer."""
 
@@ -110,8 +113,13 @@ class InferEndpoint:
         self, receive: Receive, headers: list[tuple[bytes, bytes]], header_length: int | None, inputs: Any
     ) -> protocol.InferRequest:
         async with self.large_bodies:
-            chunks = await read_chunks(receive, headers, self.services.config.max_body_bytes)
-            decode = partial(_join_and_decode, chunks, header_length=header_length, inputs=inputs)
+            size = declared_length(headers, self.services.config.max_body_bytes)
+            assert size is not None  # a large body is one that declares its size
+            # Binary tensor data starts right after the JSON header: aligned there, numpy uses it in place.
+            allocate = partial(body_buffer, size, aligned_at=header_length or 0)
+            buffer = await anyio.to_thread.run_sync(allocate, limiter=self.large_bodies_threads)
+            body = await read_into(receive, buffer)
+            decode = partial(protocol.decode_infer_request, body, header_length=header_length, inputs=inputs)
             return await anyio.to_thread.run_sync(decode, limiter=self.large_bodies_threads)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
