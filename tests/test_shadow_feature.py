@@ -126,6 +126,59 @@ def test_shadows_are_shed_and_counted_while_the_event_loop_lags(repo: Path, tmp_
         assert (stats["samples"], stats["dropped"]) == (0, 5)
 
 
+def slow_inline_model(path: Path, products: int = 12) -> Path:
+    """16 -> 2 softmax that first multiplies 1024 x 1024 matrices made from the input `products`
+    times (~20 ms each here): a model that holds the event loop when it runs inline."""
+    rng = np.random.default_rng(0)
+    size = 1024
+    nodes = [
+        helper.make_node("MatMul", ["input", "widen"], ["row"]),
+        helper.make_node("Transpose", ["row"], ["column"]),
+        helper.make_node("MatMul", ["column", "row"], ["m0"]),
+        *(helper.make_node("MatMul", [f"m{i}", "eye"], [f"m{i + 1}"]) for i in range(products)),
+        helper.make_node("ReduceSum", [f"m{products}"], ["total"], keepdims=0),
+        helper.make_node("Mul", ["total", "zero"], ["nothing"]),
+        helper.make_node("MatMul", ["input", "head"], ["scores"]),
+        helper.make_node("Add", ["scores", "nothing"], ["logits"]),
+        helper.make_node("Softmax", ["logits"], ["probabilities"], axis=-1),
+    ]
+    graph = helper.make_graph(
+        nodes, "slow",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 16])],
+        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, [1, 2])],
+        initializer=[
+            numpy_helper.from_array(rng.normal(0, 0.01, (16, size)).astype(np.float32), "widen"),
+            numpy_helper.from_array(np.eye(size, dtype=np.float32), "eye"),
+            numpy_helper.from_array(rng.normal(0, 1, (16, 2)).astype(np.float32), "head"),
+            numpy_helper.from_array(np.array(0.0, np.float32), "zero"),
+        ],
+    )  # fmt: skip
+    return _save(graph, path)
+
+
+def test_shadows_are_shed_and_counted_while_the_server_itself_holds_its_loop(tmp_path: Path) -> None:
+    # The live version runs inline on the event loop for ~250 ms a request: the server's own work
+    # makes the loop late, so its shadows are shed (counted), and every primary still answers.
+    repo = tmp_path / "models"
+    for version in ("1", "2"):
+        slow_inline_model(repo / "slow" / version / "model.onnx")
+    (repo / "slow" / "config.toml").write_text(
+        'live = "1"\n[serving]\nexecution = "inline"\nwarmup_runs = 1\n[shadow]\nmax_in_flight = 64\n'
+    )
+    app = create_app(ServerConfig(repository=repo, state_dir=tmp_path / "state", admin_token=TOKEN))
+    services = app.state.services
+    x = np.random.default_rng(3).normal(size=(1, 16)).astype(np.float32)
+    with testing.serve(app) as running, httpx.Client(base_url=running.url, timeout=60) as client:
+        assert _shadow(client, "slow", "2").status_code == 200
+        answers = [_infer(client, "slow", x).status_code for _ in range(8)]
+        assert services.shadow.runner.wait_idle(60)
+        shadow = client.get("/admin/models/slow", headers=AUTH).json()["shadow"]
+    assert answers == [200] * 8
+    stats = shadow["stats"]["2"]
+    assert shadow["shed_behind"] >= 1 and stats["dropped"] >= shadow["shed_behind"]
+    assert stats["samples"] + stats["dropped"] + stats["errors"] + stats["timeouts"] == 8
+
+
 def _infer(client: httpx.Client, model: str, x: np.ndarray) -> httpx.Response:
     body = {
         "inputs": [{"name": "input", "datatype": "FP32", "shape": list(x.shape), "data": x.ravel().tolist()}]

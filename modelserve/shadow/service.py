@@ -5,8 +5,10 @@
 dedicated pool of low-priority threads with an admission bound that drops and counts; never anyio's
 pool, never the primary's limiter). A shadow version whose warm-up showed it runs in a few µs can
 instead run on the event loop right there (`[shadow] on_loop = true`): every request is then compared,
-and the primary pays the shadow's time. Shadows are skipped (counted as dropped) while the event loop
-is behind, so a saturated server sheds them first.
+and the primary pays the shadow's time. Shadows are skipped (counted as dropped, and as `shed_behind`)
+while the event loop is behind by the server's own doing (its callbacks, or its threads holding the
+GIL), so a saturated server sheds them first; a loop that is late because other processes have the
+host's CPUs sheds nothing, since that frees nothing for the primary (`shadow/lag.py`).
 
 Every outcome is recorded per shadow version in the runner's stats, in the sliding windows (role
 "shadow": the rollout gates read it), through `TelemetryService.on_shadow_result` (metrics and a span
@@ -16,12 +18,9 @@ linked to the request) when telemetry is on, and in the JSONL sink (`shadow/sink
 from __future__ import annotations
 
 import random
-import time
 from collections.abc import Callable
 from functools import partial
 from typing import Any
-
-import anyio
 
 import modelserve.validation as validation
 from modelserve.config import ShadowConfig
@@ -31,6 +30,7 @@ from modelserve.rollout.gates import ShadowAgreement
 from modelserve.rollout.sample import stage_samples
 from modelserve.serving.registry import ModelRegistry
 from modelserve.serving.runtime import LoadedVersion
+from modelserve.shadow.lag import LoopLag
 from modelserve.shadow.report import recommend, report_stage
 from modelserve.shadow.runner import ShadowResult, ShadowRunner
 from modelserve.shadow.sink import JsonlSink
@@ -46,9 +46,8 @@ MAX_IN_FLIGHT = 64
 MAX_SHADOW_INPUT_BYTES = 8 * 1024 * 1024
 #: How much the shadow threads lower their priority (nice); 19 is the lowest priority.
 POOL_NICE = 19
-#: Shadows are skipped while the event loop runs this late (it is saturated).
+#: Shadows are skipped while the event loop runs this late by the server's own doing (shadow/lag.py).
 MAX_LOOP_LAG_S = 0.05
-LAG_PROBE_INTERVAL_S = 0.1
 
 
 class ShadowService:
@@ -68,9 +67,10 @@ class ShadowService:
         self.windows = windows
         self.telemetry = telemetry
         self.sink = sink
-        self.loop_lag_s = 0.0
+        self.loop = LoopLag()
         #: Shadows are shed while the loop lags more than this (inf: never shed, every request compared).
         self.max_loop_lag_s = MAX_LOOP_LAG_S
+        #: Shadow runs shed because the server itself was behind (its own loop lag; also `dropped`).
         self.skipped_behind = 0
         self.max_input_bytes = MAX_SHADOW_INPUT_BYTES
         #: Called with every settled shadow run, on the thread that settled it (e.g. the label join).
@@ -92,7 +92,7 @@ class ShadowService:
         # A queued shadow run keeps the request's tensors alive: beyond a size, shed it (counted as
         # dropped) so a client's huge batches cannot pile up max_in_flight copies in memory.
         oversized = sum(int(getattr(a, "nbytes", 0)) for a in record.inputs.values()) > self.max_input_bytes
-        behind = oversized or self.loop_lag_s > self.max_loop_lag_s
+        behind = oversized or self.loop.own_s > self.max_loop_lag_s
         telemetry = self.telemetry
         link = (
             telemetry.request_span_context(record)
@@ -201,7 +201,8 @@ class ShadowService:
                 "versions": list(policy.shadow_versions) if policy is not None else [],
                 "sample_rate": policy.shadow_sample_rate if policy is not None else None,
                 "in_flight": self.runner.in_flight,
-                "loop_lag_s": round(self.loop_lag_s, 6),
+                **self.loop.describe(),
+                "shed_behind": self.skipped_behind,
                 "stats": versions,
             }
         }
@@ -222,10 +223,7 @@ class ShadowService:
 
     async def watch_loop_lag(self) -> None:
         """Measure how late the event loop wakes up; `observe` sheds shadows while it is behind."""
-        while True:
-            started = time.perf_counter()
-            await anyio.sleep(LAG_PROBE_INTERVAL_S)
-            self.loop_lag_s = max(0.0, time.perf_counter() - started - LAG_PROBE_INTERVAL_S)
+        await self.loop.run()
 
     def close(self) -> None:
         """Stop the runner (waiting briefly for running shadows), then flush and close the sink."""

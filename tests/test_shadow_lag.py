@@ -1,0 +1,86 @@
+"""`LoopLag` on a real event loop: the server's own lateness is told apart from the host's.
+
+The host's part is made real by busy processes on the loop thread's CPU (the loop thread then waits
+for that CPU: Linux counts it in the thread's schedstat); the server's own by callbacks that hold the
+loop. Only the server's own lag sheds shadow runs (tests/test_shadow_feature.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from modelserve.shadow.lag import LoopLag, cpu_wait_clock
+
+pytestmark = pytest.mark.skipif(
+    not Path(f"/proc/self/task/{os.getpid()}/schedstat").exists(), reason="needs Linux schedstat"
+)
+
+
+def probes(seconds: float, during: object = None) -> list[tuple[float, float, float]]:
+    """(lag, CPU wait, own) of every probe of a fresh `LoopLag` over `seconds`, on a new loop."""
+
+    async def watch() -> list[tuple[float, float, float]]:
+        lag = LoopLag(0.05)
+        task = asyncio.create_task(lag.run())
+        seen = []
+        deadline = time.perf_counter() + seconds
+        while time.perf_counter() < deadline:
+            await asyncio.sleep(0.05)
+            if callable(during):
+                during()
+            seen.append((lag.lag_s, lag.cpu_wait_s, lag.own_s))
+        task.cancel()
+        return seen
+
+    return asyncio.run(watch())
+
+
+def test_the_loop_threads_wait_for_a_cpu_is_read_from_the_kernel() -> None:
+    waited = cpu_wait_clock()
+    first = waited()
+    assert first is not None and first >= 0.0
+    busy_until = time.perf_counter() + 0.05
+    while time.perf_counter() < busy_until:
+        pass
+    second = waited()
+    assert second is not None and second >= first  # cumulative
+
+
+def test_lag_from_busy_processes_on_the_loops_cpu_is_the_hosts_not_the_servers() -> None:
+    core = max(os.sched_getaffinity(0))
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {core})  # this (the loop's) thread only
+    burners = []
+    try:
+        probes(0.2)  # settled on the core before the host gets busy
+        burners = [
+            subprocess.Popen(["taskset", "-c", str(core), sys.executable, "-c", "while True: pass"])
+            for _ in range(4)
+        ]
+        seen = probes(1.5)
+    finally:
+        for burner in burners:
+            burner.kill()
+            burner.wait()
+        os.sched_setaffinity(0, before)
+    lag, cpu_wait = sum(s[0] for s in seen), sum(s[1] for s in seen)
+    assert lag > 0.02  # the host did make the loop late
+    assert cpu_wait >= 0.8 * lag, seen  # and it is counted as the host's
+    assert max(own for _, _, own in seen) < 0.05, seen  # no probe would shed a shadow
+
+
+def test_lag_from_the_loops_own_callbacks_is_the_servers() -> None:
+    def hold_the_loop() -> None:
+        busy_until = time.perf_counter() + 0.15
+        while time.perf_counter() < busy_until:
+            pass
+
+    seen = probes(1.0, hold_the_loop)
+    assert max(own for _, _, own in seen) > 0.05, seen
