@@ -86,23 +86,27 @@ def fleet(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
         yield Fleet(processes, folder, coordinator)
 
 
-def infer(client: httpx.Client, base: str, row: list[float], request_id: str) -> tuple[int, float]:
+def infer(
+    client: httpx.Client, base: str, row: list[float], request_id: str, *, key: str | None = None
+) -> tuple[int, float, str]:
+    """(label, P(class 1), version that served) of one identified request."""
     body = {
         "id": request_id,
         "inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 20], "data": row}],
     }
-    response = client.post(f"{base}/v2/models/credit/infer", json=body)
+    headers = {"x-user-id": key} if key is not None else {}
+    response = client.post(f"{base}/v2/models/credit/infer", json=body, headers=headers)
     assert response.status_code == 200, response.text
-    assert response.headers["x-model-version"] == "1"
     outputs = {o["name"]: o["data"] for o in response.json()["outputs"]}
-    return int(outputs["label"][0]), float(outputs["probabilities"][1])
+    return int(outputs["label"][0]), float(outputs["probabilities"][1]), response.headers["x-model-version"]
 
 
 def serve_rows(fleet: Fleet, base: str, rows: list[list[float]], prefix: str) -> list[int]:
     labels = []
     with httpx.Client(timeout=30) as client:
         for i, row in enumerate(rows):
-            label, p1 = infer(client, base, row, f"{prefix}-{i}")
+            label, p1, version = infer(client, base, row, f"{prefix}-{i}")
+            assert version == "1"
             fleet.served.append((row, label, p1))
             labels.append(label)
     return labels
@@ -401,3 +405,97 @@ async def test_the_gate_counts_are_every_replicas_labels_and_none_while_one_is_m
     assert verdict.verdict == INCONCLUSIVE and verdict.detail == "candidate has 0 of 20 labelled rows"
     for coordinator, _ in fleets:
         await coordinator.aclose()
+
+
+#: A gate that passes on any accuracy once it has 40 labelled candidate rows; stages that never end.
+GATE_PLAN = {
+    "name": "fleet-accuracy",
+    "interval_s": 0.3,
+    "window_s": 600.0,
+    "gates": [
+        {"name": "accuracy", "metric": "accuracy", "mode": "absolute", "threshold": 0.05, "min_samples": 40}
+    ],
+    "stages": [
+        {"name": "canary", "weight": 50, "min_duration_s": 3600, "min_samples": 1, "max_duration_s": 3600}
+    ],
+}
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "redis"])
+def test_the_accuracy_gate_decides_on_every_replicas_labels_and_holds_when_one_is_killed(
+    backend: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    if backend == "sqlite":
+        coordinator = f"sqlite://{tmp_path / 'coordinator.db'}"
+    else:
+        coordinator = request.getfixturevalue("redis_url").removesuffix("/0") + "/4"
+        import redis
+
+        redis.Redis.from_url(coordinator).flushdb()
+    repo = credit_repo(tmp_path, "min_samples = 100\n")
+    with serve_fleet(
+        repo, tmp_path, coordinator, args=["--admin-token", TOKEN, "--leader-lease", "2"]
+    ) as three:
+        leader = wait_for(lambda: next((p for p in three if status_of(p.url).get("rollout_leader")), None),
+                          lambda found: found is not None, 30, "a rollout leader")  # fmt: skip
+        rollout = {"version": "2", "plan": GATE_PLAN}
+        started = httpx.post(
+            f"{three[0].url}/admin/models/credit/rollout", json=rollout, headers=AUTH, timeout=60
+        )
+        assert started.status_code == 200, started.text
+        wait_for(
+            lambda: rollout_of(leader.url),
+            lambda r: (r["rollout"] or {}).get("state") == "running",
+            30,
+            "running",
+        )
+        for process in three:  # every replica routes half the keys to the candidate
+            wait_for(
+                lambda u=process.url: status_of(u)["policy"]["canary_weight"], lambda w: w == 50, 30, "canary"
+            )
+        # 40 requests per replica, each labelled on the next replica: about 20 candidate rows each.
+        served: list[tuple[str, str, int]] = []  # (request id, version, truth)
+        with httpx.Client(timeout=30) as client:
+            for r, process in enumerate(three):
+                for row in range(40 * r, 40 * r + 40):
+                    *_, version = infer(client, process.url, ROWS[row], f"g-{row}", key=f"u{row}")
+                    served.append((f"g-{row}", version, TRUTH[row]))
+        per_replica = [sum(v == "2" for _, v, _ in served[40 * r : 40 * r + 40]) for r in range(3)]
+        candidate_rows = sum(per_replica)
+        assert max(per_replica) < 40 <= candidate_rows  # no replica alone has enough
+        for r in range(3):
+            labels = [{"request_id": rid, "label": t} for rid, _, t in served[40 * r : 40 * r + 40]]
+            assert post_labels(three[(r + 1) % 3].url, labels)["accepted"] == 40
+        passed = wait_for(
+            lambda: accuracy_gate(leader.url), lambda g: g is not None and g["verdict"] == "pass", 30, "pass"
+        )
+        assert max(per_replica) < 40 <= passed["samples"] <= candidate_rows  # more than one replica's labels
+        # A replica that stops publishing: the gate reads no labels at all and holds.
+        victim = next(p for p in three if p is not leader)
+        victim.kill()
+        held = wait_for(
+            lambda: accuracy_gate(leader.url), lambda g: g["verdict"] == "inconclusive", 30, "held"
+        )
+        assert held["samples"] == 0 and held["detail"] == "candidate has 0 of 40 labelled rows"
+        assert rollout_of(leader.url)["rollout"]["state"] == "running"
+        assert status_of(leader.url)["monitoring"]["fleet"]["missing"] == [victim.env["POD_NAME"]]  # type: ignore[index]
+
+
+def status_of(base: str) -> dict[str, Any]:
+    response = httpx.get(f"{base}/admin/models/credit", headers=AUTH, timeout=30)
+    assert response.status_code == 200, response.text
+    found: dict[str, Any] = response.json()
+    return found
+
+
+def rollout_of(base: str) -> dict[str, Any]:
+    response = httpx.get(f"{base}/admin/models/credit/rollout", headers=AUTH, timeout=30)
+    assert response.status_code == 200, response.text
+    found: dict[str, Any] = response.json()
+    return found
+
+
+def accuracy_gate(base: str) -> dict[str, Any] | None:
+    """The accuracy gate's latest result among the rollout's events (on the leader)."""
+    results = [g for e in rollout_of(base)["events"] for g in e.get("gates", ()) if g["gate"] == "accuracy"]
+    return results[-1] if results else None
