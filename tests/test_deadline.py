@@ -10,6 +10,8 @@ import threading
 import time
 import tomllib
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -270,17 +272,50 @@ def pinned_to_candidate(url: str) -> httpx.Response:
     return httpx.post(f"{url}/v2/models/fraud/versions/2/infer", json=BODY, timeout=30)
 
 
-def test_a_plans_request_timeout_s_rolls_a_slow_candidate_back_on_every_replica_then_config_deadline_is_back(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
+class Traffic:
+    """Real V2 requests from two threads per replica, fresh targeting keys; answers per (version,
+    status) and the 504 messages."""
+
+    def __init__(self, urls: list[str]) -> None:
+        self.counts: Counter[tuple[str, int]] = Counter()
+        self.errors: list[str] = []
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._drive, args=(u, n)) for n, u in enumerate(urls * 2)]
+
+    def _drive(self, url: str, seed: int) -> None:
+        with httpx.Client(timeout=30) as client:
+            for i in range(1_000_000):
+                if self._stop.is_set():
+                    return
+                answer = client.post(
+                    f"{url}/v2/models/fraud/infer", json=BODY, headers={"x-user-id": f"u{seed}-{i}"}
+                )
+                self.counts[(answer.headers.get("x-model-version", "?"), answer.status_code)] += 1
+                if answer.status_code == 504:
+                    self.errors.append(answer.json()["error"])
+
+    def __enter__(self) -> Traffic:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=30)
+
+
+@contextmanager
+def slow_candidate_fleet(tmp_path: Path) -> Iterator[list[ServeProcess]]:
+    """Two `modelserve serve` replicas on one SQLite coordinator (leader lease 2 s): `fraud` v1 live,
+    v2 computing SLOW_COMPUTE_MS per request, staged and READY on both; the config deadline: 30 s."""
     repo = testing.repository(tmp_path / "models", {"fraud": {"1": 1, "2": 2}})
-    (repo / "fraud" / "config.toml").write_text(  # the config deadline: the default 30 s
+    (repo / "fraud" / "config.toml").write_text(
         f'live = "1"\n[serving]\nmax_concurrency = 1\n'
         f'[testing.faults."2"]\nextra_latency_ms = {SLOW_COMPUTE_MS}\n'
     )
-    plan_file = tmp_path / "strict.toml"
-    plan_file.write_text(DEADLINE_PLAN)
-    fleet = ["--coordinator", f"sqlite:///{tmp_path / 'fleet.db'}", "--admin-token", TOKEN]
+    fleet = ["--coordinator", f"sqlite:///{tmp_path / 'fleet.db'}", "--leader-lease", "2"]
+    fleet += ["--admin-token", TOKEN]
     processes = [
         ServeProcess(
             [str(repo), *fleet, "--state-dir", str(tmp_path / f"state-{i}")],
@@ -290,38 +325,44 @@ def test_a_plans_request_timeout_s_rolls_a_slow_candidate_back_on_every_replica_
         )
         for i, port in enumerate(PORTS)
     ]
-    monkeypatch.setenv("MODELSERVE_ADMIN_TOKEN", TOKEN)
-    counts: Counter[tuple[str, int]] = Counter()
-    errors: list[str] = []
-    stop = threading.Event()
-
-    def traffic(url: str, seed: int) -> None:
-        with httpx.Client(timeout=30) as client:
-            for i in range(1_000_000):
-                if stop.is_set():
-                    return
-                answer = client.post(
-                    f"{url}/v2/models/fraud/infer", json=BODY, headers={"x-user-id": f"u{seed}-{i}"}
-                )
-                counts[(answer.headers.get("x-model-version", "?"), answer.status_code)] += 1
-                if answer.status_code == 504:
-                    errors.append(answer.json()["error"])
-
     try:
         for process in processes:
             process.start()
         for process in processes:
             process.wait_ready()
-        urls = [p.url for p in processes]
         staged = httpx.post(
-            f"{urls[0]}/admin/models/fraud/stage", json={"version": "2"}, headers=AUTH, timeout=60
+            f"{processes[0].url}/admin/models/fraud/stage", json={"version": "2"}, headers=AUTH, timeout=60
         )
         assert staged.status_code == 200, staged.text
-        for url in urls:  # the other replica loads the staged version within a poll or two
+        for process in processes:  # the other replica loads the staged version within a poll or two
             limit = time.monotonic() + 60
-            while pinned_to_candidate(url).status_code != 200:
+            while pinned_to_candidate(process.url).status_code != 200:
                 assert time.monotonic() < limit, [p.log_tail() for p in processes]
                 time.sleep(0.05)
+        yield processes
+    finally:
+        for process in processes:
+            process.stop()
+
+
+def wait_for_the_end(url: str, processes: list[ServeProcess]) -> dict[str, Any]:
+    """The rollout once it is no longer active (it never pauses here: it is decided in time)."""
+    limit = time.monotonic() + 120
+    while (rollout := current_rollout(url))["state"] in ("running", "paused"):
+        assert rollout["state"] == "running", rollout
+        assert time.monotonic() < limit, [p.log_tail() for p in processes]
+        time.sleep(0.1)
+    return rollout
+
+
+def test_a_plans_request_timeout_s_rolls_a_slow_candidate_back_on_every_replica_then_config_deadline_is_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    plan_file = tmp_path / "strict.toml"
+    plan_file.write_text(DEADLINE_PLAN)
+    monkeypatch.setenv("MODELSERVE_ADMIN_TOKEN", TOKEN)
+    with slow_candidate_fleet(tmp_path) as processes:
+        urls = [p.url for p in processes]
         # The config deadline alone lets the slow candidate answer.
         assert [pinned_to_candidate(url).status_code for url in urls] == [200, 200]
 
@@ -351,33 +392,20 @@ def test_a_plans_request_timeout_s_rolls_a_slow_candidate_back_on_every_replica_
         capsys.readouterr()
         assert main(["status", "fraud", "--url", urls[1]]) == 0
         assert "request deadline 50 ms (policy)" in capsys.readouterr().out
-        threads = [threading.Thread(target=traffic, args=(url, n)) for n, url in enumerate(urls * 2)]
-        for thread in threads:
-            thread.start()
-        try:
-            limit = time.monotonic() + 120
-            while (rollout := current_rollout(urls[0]))["state"] in ("running", "paused"):
-                assert rollout["state"] == "running", rollout
-                assert time.monotonic() < limit, [p.log_tail() for p in processes]
-                time.sleep(0.1)
-        finally:
-            stop.set()
-            for thread in threads:
-                thread.join(timeout=30)
+        with Traffic(urls) as traffic:
+            rollout = wait_for_the_end(urls[0], processes)
         assert rollout["state"] == "rolled_back" and "timeout_rate_vs_baseline" in rollout["reason"]
         wait_for_deadline(urls, None, processes)  # the rollout ended: the config deadline is back
         after = [pinned_to_candidate(url) for url in urls]
         statuses = [replica_status(url) for url in urls]
-    finally:
-        for process in processes:
-            process.stop()
 
     assert [answer.status_code for answer in after] == [200, 200], [answer.text for answer in after]
     # Under the plan's deadline every request the candidate got was a 504, and the live version's none.
+    counts = traffic.counts
     assert counts[("2", 504)] >= 30 and counts[("2", 200)] == 0
     assert counts[("1", 200)] > 0 and counts[("1", 504)] == 0
     assert all(f"fraud version 2 did not answer within its deadline of {PLAN_DEADLINE_S * 1000:g} ms" in e
-               for e in errors)  # fmt: skip
+               for e in traffic.errors)  # fmt: skip
     # Counted per version, as timeouts (what the gate read), on the replicas that served them (the
     # candidate's pinned requests before and after the rollout answered in time).
     timeouts = 0
@@ -387,3 +415,30 @@ def test_a_plans_request_timeout_s_rolls_a_slow_candidate_back_on_every_replica_
         timeouts += round(slow["requests"] * slow["timeout_rate"]) if slow and slow["requests"] else 0
         assert rows[("1", "primary")]["timeout_rate"] == 0.0
     assert timeouts == counts[("2", 504)]
+
+
+def test_a_new_leader_after_kill_9_keeps_the_plans_deadline_and_clears_it_when_the_rollout_ends(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    plan_file = tmp_path / "strict.toml"
+    plan_file.write_text(DEADLINE_PLAN)
+    monkeypatch.setenv("MODELSERVE_ADMIN_TOKEN", TOKEN)
+    with slow_candidate_fleet(tmp_path) as processes:
+        urls = [p.url for p in processes]
+        assert main(["rollout", "start", "fraud", "2", "--plan", str(plan_file), "--url", urls[0]]) == 0
+        wait_for_deadline(urls, PLAN_DEADLINE_S, processes)  # no traffic yet: nothing is decided
+        limit = time.monotonic() + 30
+        while not any(leading := [replica_status(url)["rollout_leader"] for url in urls]):
+            assert time.monotonic() < limit
+            time.sleep(0.05)
+        leader, survivor = (0, 1) if leading[0] else (1, 0)
+        processes[leader].kill()  # no chance to clear anything
+        survivor_url = urls[survivor]
+        assert replica_status(survivor_url)["policy"]["request_timeout_s"] == PLAN_DEADLINE_S
+        with Traffic([survivor_url]) as traffic:  # the survivor takes the lease and runs the rollout
+            rollout = wait_for_the_end(survivor_url, processes)
+        assert rollout["state"] == "rolled_back" and "timeout_rate_vs_baseline" in rollout["reason"]
+        wait_for_deadline([survivor_url], None, processes)
+        assert replica_status(survivor_url)["rollout_leader"] is True
+        assert pinned_to_candidate(survivor_url).status_code == 200
+    assert traffic.counts[("2", 504)] >= 30 and traffic.counts[("1", 504)] == 0
