@@ -173,12 +173,15 @@ def _serve(args: argparse.Namespace) -> int:
         os.environ[WORKER_CONFIG_ENV] = json.dumps(handoff)
         runner.run_workers(worker_serving, sock, run_options, workers=args.workers, uvicorn_options=guarded)
         return 0
+    from modelserve.server import heap
     from modelserve.server.app import ModelServe
 
     ms = ModelServe(config, **serve_extras(os.environ))
     # The process is ours: a short GIL switch interval bounds how long the event loop can wait for a
-    # shadow worker thread that holds the GIL in Python code (default 5 ms, i.e. a p99 spike).
+    # shadow worker thread that holds the GIL in Python code (default 5 ms, i.e. a p99 spike), and
+    # fixed C heap thresholds let a huge request's memory go back to the OS.
     sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
+    heap.fix_thresholds()
 
     def drain() -> None:
         ms.services.draining = True
@@ -256,7 +259,7 @@ def serve_config(args: argparse.Namespace, environ: dict[str, str] | os._Environ
 def worker_app() -> Any:
     """The app of one `serve --workers N` worker process (uvicorn calls this factory in each)."""
     from modelserve.config import ServerConfig
-    from modelserve.server import connections
+    from modelserve.server import connections, heap
     from modelserve.server.app import create_app
 
     raw = json.loads(os.environ[WORKER_CONFIG_ENV])
@@ -268,6 +271,7 @@ def worker_app() -> Any:
     if config.replica_id:  # several workers share one pod name
         config = dataclasses.replace(config, replica_id=f"{config.replica_id}:{os.getpid()}")
     sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
+    heap.fix_thresholds()
     return create_app(config, **serve_extras(os.environ))
 
 

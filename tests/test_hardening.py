@@ -11,6 +11,7 @@ import logging
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,6 +28,7 @@ from modelserve import testing
 from modelserve.config import ServerConfig
 from modelserve.server.admin import admin_endpoint
 from modelserve.server.app import ModelServe, create_app
+from modelserve.serving.runtime import LoadedVersion
 from modelserve.testing import serve
 from modelserve.testing_processes import ServeProcess
 
@@ -451,6 +453,28 @@ def test_a_large_binary_tensor_reaches_the_model_in_place_in_the_body_never_copi
     while isinstance(root, np.ndarray):
         root = root.base
     assert isinstance(root, memoryview) and root.nbytes == len(header) + len(data)  # a view of the body
+
+
+def test_a_large_request_shrinks_its_versions_arena_once_answered_and_a_small_one_does_not(
+    config: ServerConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    shrunk: list[str] = []
+    released = threading.Event()
+    shrink = LoadedVersion.shrink_arena
+
+    def recorded(self: LoadedVersion) -> None:
+        shrink(self)
+        shrunk.append(self.version)
+        released.set()
+
+    monkeypatch.setattr(LoadedVersion, "shrink_arena", recorded)
+    with serve(create_app(config)) as server, httpx.Client(base_url=server.url) as client:
+        assert client.post("/v2/models/fraud/infer", content=_body(4)).status_code == 200
+        content, headers = _binary(20_000)  # 1.3 MB: a large body
+        response = client.post("/v2/models/fraud/infer", content=content, headers=headers)
+        assert response.status_code == 200
+        assert released.wait(30)
+    assert shrunk == [response.headers["x-model-version"]]
 
 
 def test_slow_clients_are_cut_off_and_never_stall_the_server(tmp_path: Path, model_repo: Path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import tracemalloc
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -113,6 +114,21 @@ def test_a_huge_request_counts_a_bounded_evenly_spaced_sample_of_its_rows() -> N
     assert set(dist["classes"]["label"]) == {"1"}
     monitor.submit("m", "2", {"input": np.zeros((100, 3), np.float32)}, {"label": labels[:100]})
     assert monitor.distribution("m", "2")["rows"] == 100  # a normal batch counts every row
+
+
+def test_a_huge_requests_arrays_are_not_held_until_the_flush() -> None:
+    from modelserve.monitoring.monitor import MAX_ROWS_PER_REQUEST
+
+    monitor = Monitor()
+    rows = 10 * MAX_ROWS_PER_REQUEST
+    inputs = {"input": np.ones((rows, 3), np.float32)}
+    outputs = {"label": np.ones(rows, np.int64)}
+    held = [weakref.ref(inputs["input"]), weakref.ref(outputs["label"])]
+    monitor.submit("m", "1", inputs, outputs)
+    del inputs, outputs  # the request is answered: its body and onnxruntime's buffers may go
+    assert [ref() for ref in held] == [None, None]  # only the sampled rows wait, copied
+    monitor.flush()
+    assert monitor.distribution("m", "1")["rows"] == MAX_ROWS_PER_REQUEST
 
 
 def test_requests_with_other_shapes_are_grouped_apart() -> None:

@@ -97,3 +97,24 @@ def test_runtime_errors_are_typed(tmp_path: Path) -> None:
         loaded.run({"input": np.ones((1, 5), np.float32)})
     with pytest.raises((RequestError, InferenceError)):
         loaded.run({"wrong": np.ones((1, 16), np.float32)})
+
+
+def test_an_arena_shrink_after_a_large_batch_leaves_the_version_serving(tmp_path: Path) -> None:
+    loaded = load_version("m", "1", testing.mlp(tmp_path / "m.onnx", (16, 8, 2)), RuntimeOptions())
+    batch = np.ones((200_000, 16), np.float32)  # 12.8 MB: run with shrinkage, outputs in the arena
+    expected = loaded.run({"input": batch[:1]})["probabilities"]
+    outputs = loaded.run({"input": batch})
+    del outputs
+    loaded.shrink_arena()
+    again = loaded.run({"input": batch[:1]})["probabilities"]
+    np.testing.assert_array_equal(again, expected)
+
+
+def test_an_arena_shrink_that_fails_is_logged_never_raised(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    loaded = load_version("m", "1", testing.mlp(tmp_path / "m.onnx", (16, 8, 2)), RuntimeOptions())
+    loaded.session = None  # type: ignore[assignment]  # e.g. torn down by an unload meanwhile
+    with caplog.at_level("DEBUG", logger="modelserve.serving"):
+        loaded.shrink_arena()
+    assert "arena shrink" in caplog.text

@@ -1,11 +1,12 @@
 """`Monitor`: prediction distributions and drift per model version, fed in batches off the hot path.
 
 The request path only calls `submit` (a bounded append of references to the request's arrays: no
-numpy work, no allocation beyond a tuple); `flush`, run by a periodic task and before every read,
-concatenates what is pending per version and counts it in one vectorised pass. When more than
-`max_pending` requests wait, new ones are dropped and counted (`dropped`), so memory stays bounded
-under any load; `sample_every` = k keeps one request in k; a request of more than
-`MAX_ROWS_PER_REQUEST` rows counts that many of them, evenly spaced.
+numpy work, no allocation beyond a tuple, but for the few rows a huge request is sampled to);
+`flush`, run by a periodic task and before every read, concatenates what is pending per version and
+counts it in one vectorised pass. When more than `max_pending` requests wait, new ones are dropped
+and counted (`dropped`), so memory stays bounded under any load; `sample_every` = k keeps one
+request in k; a request of more than `MAX_ROWS_PER_REQUEST` rows counts that many of them, evenly
+spaced.
 
 A shadow version's outputs (`submit_shadow`, from the shadow pool's threads) are counted apart, as
 the version's role "shadow" distribution: what the candidate would have predicted on live traffic.
@@ -34,15 +35,17 @@ from modelserve.monitoring.version import MonitorConfig, OutputDistribution, Ver
 
 __all__ = ["Monitor", "MonitorConfig"]
 
-#: Rows of one request that are counted: a larger batch counts evenly spaced rows (views, no copy),
-#: so one huge request costs a bounded flush (counting holds the GIL while the event loop waits).
+#: Rows of one request that are counted: a larger batch counts evenly spaced rows, so one huge
+#: request costs a bounded flush (counting holds the GIL while the event loop waits).
 MAX_ROWS_PER_REQUEST = 4096
 
 
 def _sampled_rows(tensors: Mapping[str, np.ndarray], rows: int) -> Mapping[str, np.ndarray]:
+    """Copies of evenly spaced rows (at most `MAX_ROWS_PER_REQUEST`): a view would keep the whole
+    request, its body and onnxruntime's output buffers, alive until the next flush."""
     step = -(-rows // MAX_ROWS_PER_REQUEST)
     return {
-        name: value[::step] if value.ndim and value.shape[0] == rows else value
+        name: value[::step].copy() if value.ndim and value.shape[0] == rows else value
         for name, value in tensors.items()
     }
 

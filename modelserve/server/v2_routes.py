@@ -8,7 +8,6 @@ what the client gets. `InferFastPath` sends infer requests past Starlette's rout
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import re
 import uuid
@@ -28,7 +27,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 import modelserve.validation as validation
 from modelserve.errors import ModelServeError, NotFound, NotReady, PayloadTooLarge, RequestError, http_status
 from modelserve.inference.path import InferenceRecord
-from modelserve.server import protocol
+from modelserve.server import heap, protocol
 from modelserve.server.admin import REASON_HEADER, audit_snapshot
 from modelserve.server.auth import ADMIN, INFERENCE
 from modelserve.server.http import (
@@ -45,6 +44,7 @@ from modelserve.state.audit import Actor
 
 if TYPE_CHECKING:
     from modelserve.server.services import Services
+    from modelserve.serving.runtime import LoadedVersion
 
 log = logging.getLogger("modelserve.server")
 
@@ -83,20 +83,12 @@ def echoable_id(value: str | None) -> str | None:
     return value if value is not None and _ECHOABLE.match(value) else None
 
 
-def _malloc_trim() -> Any:
-    try:
-        return ctypes.CDLL("libc.so.6").malloc_trim
-    except (OSError, AttributeError):  # not glibc: nothing to trim
-        return None
-
-
-_TRIM = _malloc_trim()
-
-
-def release_memory() -> None:
-    """Return freed heap memory to the OS (glibc `malloc_trim`); a no-op elsewhere."""
-    if _TRIM is not None:
-        _TRIM(0)
+def release_memory(version: LoadedVersion | None) -> None:
+    """Give back what a large request grew: `version`'s onnxruntime arena, then the heaps' free pages
+    (`server/heap.py`). Blocking: call it in a thread."""
+    if version is not None:
+        version.shrink_arena()
+    heap.trim()
 
 
 class InferEndpoint:
@@ -126,11 +118,14 @@ class InferEndpoint:
         services = self.services
         services.requests_in_flight += 1  # a drain shows how many requests it still waits for
         try:
-            await self._infer(scope, receive, send)
+            large_run = await self._infer(scope, receive, send)
         finally:
             services.requests_in_flight -= 1
+        if large_run is not None:  # only now is nothing of the request referenced any more
+            await anyio.to_thread.run_sync(release_memory, large_run, limiter=self.large_bodies_threads)
 
-    async def _infer(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _infer(self, scope: Scope, receive: Receive, send: Send) -> LoadedVersion | None:
+        """Answer one infer request; the version it ran if the request was large (memory to give back)."""
         services = self.services
         path = services.inference
         params = scope["path_params"]
@@ -218,11 +213,10 @@ class InferEndpoint:
         if request_id is not None:
             response_headers.append((b"x-request-id", request_id.encode("latin-1", "replace")))
         await send_response(send, status, payload, response_headers)
-        if record is not None:
-            path.finish(record)
-        if large:  # give the freed buffers of a large body back to the OS (glibc keeps them otherwise)
-            del payload, record
-            await anyio.to_thread.run_sync(release_memory, limiter=self.large_bodies_threads)
+        if record is None:
+            return None
+        path.finish(record)
+        return record.loaded if large else None
 
 
 class InferFastPath:

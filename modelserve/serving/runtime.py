@@ -10,6 +10,7 @@ worker threads (`serving/runner.py`: `max_concurrency` slots and the request dea
 from __future__ import annotations
 
 import enum
+import logging
 import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -28,6 +29,8 @@ from modelserve.serving.batching import Batcher
 from modelserve.serving.memory import MemoryCost
 from modelserve.serving.runner import Runner
 from modelserve.serving.tensors import TensorSpec
+
+log = logging.getLogger("modelserve.serving")
 
 Outputs = dict[str, np.ndarray]
 #: skl2onnx wraps a classifier's probabilities in a ZipMap (a list of dicts) unless told not to.
@@ -166,6 +169,19 @@ class LoadedVersion:
             raise RequestError(f"{self.model} version {self.version}: {_first_line(exc)}") from exc
         except Exception as exc:
             raise InferenceError(f"{self.model} version {self.version} failed: {_first_line(exc)}") from exc
+
+    def shrink_arena(self) -> None:
+        """Give back the arena memory a large batch made onnxruntime allocate. Blocking: call it in a
+        thread once that batch's outputs are gone.
+
+        onnxruntime shrinks its arena only at the end of a run (`SHRINK_ARENA_BYTES`); the large run's
+        outputs were still held then, so their buffers stayed. A batch-1 run with shrinkage frees them.
+        """
+        feeds = {spec.name: _synthetic(spec) for spec in self.inputs}
+        try:
+            self.session.run(self.output_names, feeds, _SHRINK)
+        except Exception:  # best effort (the version may be unloading): the memory stays until next time
+            log.debug("arena shrink of %s version %s failed", self.model, self.version, exc_info=True)
 
     def run_measured(
         self, feeds: Mapping[str, np.ndarray], output_names: Sequence[str] | None = None
