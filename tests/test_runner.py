@@ -6,6 +6,7 @@ host's speed; the model runs themselves are tested through `LoadedVersion` in te
 
 from __future__ import annotations
 
+import asyncio
 import threading
 
 import anyio
@@ -120,3 +121,16 @@ def test_a_runner_serves_calls_from_a_new_event_loop_after_the_first_closed() ->
     runner.close()
     with pytest.raises(RuntimeError, match="closed"):
         anyio.run(runner.run, lambda: 0)
+
+
+def test_a_wait_for_a_batch_expires_on_the_shared_timer_and_the_batch_result_reaches_the_patient() -> None:
+    async def scenario() -> object:
+        runner = Runner(1, what=WHAT)
+        loop = asyncio.get_running_loop()
+        hurried, patient = loop.create_future(), loop.create_future()
+        with pytest.raises(DeadlineExceeded, match=r"deadline of 50 ms \(batched\)"):
+            await runner.wait(hurried, 0.05)
+        loop.call_later(0.1, patient.set_result, "rows")  # the batch ends after the hurried one left
+        return await runner.wait(patient, 5.0)
+
+    assert anyio.run(scenario) == "rows"

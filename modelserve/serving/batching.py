@@ -12,6 +12,7 @@ Only versions whose every input has a dynamic first dimension can batch; others 
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -32,7 +33,8 @@ class _Group:
     feeds: list[Mapping[str, np.ndarray]] = field(default_factory=list)
     rows: list[int] = field(default_factory=list)
     full: anyio.Event = field(default_factory=anyio.Event)
-    done: anyio.Event = field(default_factory=anyio.Event)
+    #: One per caller whose rows ride in the batch (the leader, index 0, runs it and has none).
+    waiters: list[asyncio.Future[Outputs]] = field(default_factory=list)
     results: list[Outputs] | None = None
     error: BaseException | None = None
 
@@ -60,23 +62,27 @@ class Batcher:
         self.batches = 0
         self.batched_rows = 0
 
-    async def infer(self, feeds: Mapping[str, np.ndarray], output_names: Sequence[str] | None) -> Outputs:
+    async def infer(
+        self,
+        feeds: Mapping[str, np.ndarray],
+        output_names: Sequence[str] | None,
+        timeout_s: float | None = None,
+    ) -> Outputs:
+        """This call's rows of a batch; a follower past `timeout_s` gets DeadlineExceeded (the batch runs
+        on), the leader answers when its batch does."""
         rows = _rows(feeds)
         if rows is None or rows >= self.max_batch_size:
-            return await self.runner.run(partial(self._run, feeds, output_names))
+            return await self.runner.run(partial(self._run, feeds, output_names), timeout_s)
         key = _key(feeds, output_names)
         group = self._open.get(key)
         if group is not None and group.size + rows <= self.max_batch_size:
-            index = len(group.rows)
             group.feeds.append(feeds)
             group.rows.append(rows)
+            waiter: asyncio.Future[Outputs] = asyncio.get_running_loop().create_future()
+            group.waiters.append(waiter)
             if group.size >= self.max_batch_size:
                 self._close(group)
-            await group.done.wait()
-            if group.error is not None:
-                raise group.error
-            assert group.results is not None
-            return group.results[index]
+            return await self.runner.wait(waiter, timeout_s)
         group = _Group(key, [feeds], [rows])
         self._open[key] = group  # a full group that was replaced keeps running on its own leader
         try:
@@ -90,7 +96,7 @@ class Batcher:
                 except Exception as exc:
                     group.error = exc
                 finally:
-                    group.done.set()
+                    _answer(group)
         if group.error is not None:
             raise group.error
         assert group.results is not None
@@ -112,6 +118,17 @@ class Batcher:
         bounds = np.cumsum(group.rows)[:-1]
         split = {name: np.split(value, bounds, axis=0) for name, value in outputs.items()}
         return [{name: parts[i] for name, parts in split.items()} for i in range(len(group.rows))]
+
+
+def _answer(group: _Group) -> None:
+    """Hand each waiting follower its rows, or the batch's error (those that left are skipped)."""
+    for index, waiter in enumerate(group.waiters, start=1):
+        if waiter.done():
+            continue
+        if group.results is not None:
+            waiter.set_result(group.results[index])
+        else:
+            waiter.set_exception(group.error or RuntimeError("the batch was not run"))
 
 
 def _rows(feeds: Mapping[str, np.ndarray]) -> int | None:

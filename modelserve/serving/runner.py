@@ -22,8 +22,8 @@ head in O(1), and the timer fires about once per `timeout_s`, not once per call.
 jobs from a `SimpleQueue`, without anyio's per-call checkpoint, cancel scope and limiter. Measured in
 `benchmarks/deadline.py` (figures in docs/guardrails.md).
 
-A batched call with a deadline keeps anyio's own deadline around its wait for the batch (the
-leader's run is shielded, see `runtime.LoadedVersion.infer_measured`); the batch takes one slot.
+A dynamic batch takes one slot; a caller whose rows ride in another caller's batch waits for it
+through `wait`, on the same timer (504 "(batched)"), while the batch runs on for the others.
 
 Everything but the worker threads' own loop runs on the event loop (no locks). The threads are
 daemons, started as slots are first used, and stop when the runner is closed or garbage collected
@@ -50,21 +50,22 @@ T = TypeVar("T")
 class _Call(Generic[T]):
     """One call: its function, the future its caller awaits, its deadline; `running` once started."""
 
-    __slots__ = ("deadline", "func", "future", "loop", "runner", "running")
+    __slots__ = ("batched", "deadline", "func", "future", "loop", "runner", "running")
 
-    def __init__(self, runner: Runner, func: Callable[[], T], future: asyncio.Future[T]) -> None:
+    def __init__(self, runner: Runner, func: Callable[[], T] | None, future: asyncio.Future[T]) -> None:
         self.runner = runner
-        self.func = func
+        self.func = func  # None: a wait for a batch another call runs (`Runner.wait`)
         self.future = future
         self.loop = future.get_loop()
         self.deadline = math.inf  # the loop's time; set when the call has a deadline
         self.running = False
+        self.batched = func is None
 
     def execute(self) -> None:
         """In a worker thread: run, then hand the outcome to the loop (which frees the slot)."""
         result: Any = None
         error: BaseException | None = None
-        if not self.future.done():  # else its deadline passed before a thread got to it: skip it
+        if self.func is not None and not self.future.done():  # else its deadline passed: skip it
             try:
                 result = self.func()
             except BaseException as exc:  # the caller gets it, whatever it is
@@ -130,9 +131,24 @@ class Runner:
         try:
             return await call.future
         finally:
-            expiring = self._deadlines.get(timeout_s) if timeout_s is not None else None
-            while expiring and expiring[0].future.done():  # it ended: off the timer's list at once
-                expiring.popleft()
+            self._settled(timeout_s)
+
+    async def wait(self, future: asyncio.Future[T], timeout_s: float | None) -> T:
+        """`future`, settled elsewhere (a batch another call runs), within `timeout_s` (DeadlineExceeded
+        "(batched)" else; the batch runs on for the others); the same timer as `run`."""
+        if timeout_s is None:
+            return await future
+        self._watch(_Call(self, None, future), future.get_loop(), timeout_s)
+        try:
+            return await future
+        finally:
+            self._settled(timeout_s)
+
+    def _settled(self, timeout_s: float | None) -> None:
+        """A call ended: finished calls leave the head of the timer's list at once."""
+        expiring = self._deadlines.get(timeout_s) if timeout_s is not None else None
+        while expiring and expiring[0].future.done():
+            expiring.popleft()
 
     def close(self) -> None:
         """Stop the worker threads once the runs they have finish (as garbage collection would); no
@@ -205,6 +221,7 @@ class Runner:
                 call = expiring.popleft()
                 if not call.future.done():
                     where = "running" if call.running else "waiting for a free runner"
+                    where = "batched" if call.batched else where
                     call.future.set_exception(DeadlineExceeded(
                         f"{self.what} did not answer within its deadline of {timeout_s * 1000:g} ms ({where})"
                     ))  # fmt: skip

@@ -18,13 +18,12 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-import anyio
 import numpy as np
 import onnxruntime as ort
 
 from modelserve.config import RuntimeOptions
 from modelserve.datatypes import ORT_TO_V2
-from modelserve.errors import DeadlineExceeded, InferenceError, LoadError, RequestError
+from modelserve.errors import InferenceError, LoadError, RequestError
 from modelserve.serving.batching import Batcher
 from modelserve.serving.memory import MemoryCost
 from modelserve.serving.runner import Runner
@@ -218,16 +217,7 @@ class LoadedVersion:
         if self.inline and input_bytes(feeds) <= INLINE_MAX_BYTES:
             return self.run_measured(feeds, output_names)
         if self.batcher is not None:
-            if timeout_s is None:
-                return await self.batcher.infer(feeds, output_names), None
-            try:  # anyio's deadline: a native cancel would break the batch leader's shielded run
-                with anyio.fail_after(timeout_s):
-                    return await self.batcher.infer(feeds, output_names), None
-            except TimeoutError:
-                raise DeadlineExceeded(
-                    f"{self.model} version {self.version} did not answer within its deadline of "
-                    f"{timeout_s * 1000:g} ms (batched)"
-                ) from None
+            return await self.batcher.infer(feeds, output_names, timeout_s), None
         return await self.runner.run(partial(self.run_measured, feeds, output_names), timeout_s)
 
     def describe(self) -> dict[str, object]:
