@@ -8,6 +8,7 @@ loop. Only the server's own lag sheds shadow runs (tests/test_shadow_feature.py)
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import subprocess
 import sys
@@ -53,23 +54,34 @@ def test_the_loop_threads_wait_for_a_cpu_is_read_from_the_kernel() -> None:
     assert second is not None and second >= first  # cumulative
 
 
+#: Probes a loop pinned to one CPU in a fresh interpreter (no thread of this test process can hold
+#: its GIL), first alone, then with `burners` busy processes on that CPU; prints the busy probes.
+PINNED_PROBES = """
+import json, os, subprocess, sys
+sys.path[:0] = [{root!r}]
+from tests.test_shadow_lag import probes
+core = int(sys.argv[1])
+os.sched_setaffinity(0, {{core}})
+probes(0.2)
+busy = "import time\\nend = time.monotonic() + 30\\nwhile time.monotonic() < end: pass"  # ends by itself
+burners = [subprocess.Popen(["taskset", "-c", str(core), sys.executable, "-c", busy]) for _ in range(4)]
+try:
+    print(json.dumps(probes(1.5)))
+finally:
+    for burner in burners:
+        burner.kill()
+        burner.wait()
+"""
+
+
 def test_lag_from_busy_processes_on_the_loops_cpu_is_the_hosts_not_the_servers() -> None:
     core = max(os.sched_getaffinity(0))
-    before = os.sched_getaffinity(0)
-    os.sched_setaffinity(0, {core})  # this (the loop's) thread only
-    burners = []
-    try:
-        probes(0.2)  # settled on the core before the host gets busy
-        burners = [
-            subprocess.Popen(["taskset", "-c", str(core), sys.executable, "-c", "while True: pass"])
-            for _ in range(4)
-        ]
-        seen = probes(1.5)
-    finally:
-        for burner in burners:
-            burner.kill()
-            burner.wait()
-        os.sched_setaffinity(0, before)
+    root = str(Path(__file__).resolve().parents[1])
+    child = subprocess.run(
+        [sys.executable, "-c", PINNED_PROBES.format(root=root), str(core)],
+        capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    seen = json.loads(child.stdout)
     lag, cpu_wait = sum(s[0] for s in seen), sum(s[1] for s in seen)
     assert lag > 0.02  # the host did make the loop late
     assert cpu_wait >= 0.8 * lag, seen  # and it is counted as the host's
