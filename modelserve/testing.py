@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import random
 import socket
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -222,3 +224,51 @@ def serve(app: Any, **uvicorn_options: Any) -> Iterator[RunningServer]:
         server.should_exit = True
         thread.join(timeout=30)
         sock.close()
+
+
+class Traffic:
+    """Real V2 requests from client threads, each with a fresh random targeting key (`x-user-id`),
+    until the block ends; counts the answers per (served version, HTTP status).
+
+    `body` is a request body, or a function of each thread's `random.Random` giving one per request.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        model: str = "fraud",
+        threads: int = 3,
+        body: dict[str, Any] | Callable[[random.Random], dict[str, Any]],
+    ) -> None:
+        self.url = f"{url}/v2/models/{model}/infer"
+        self.body = body
+        self.counts: Counter[tuple[str, int]] = Counter()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._drive, args=(i,), daemon=True) for i in range(threads)]
+
+    def _drive(self, seed: int) -> None:
+        import httpx
+
+        rng = random.Random(seed)
+        with httpx.Client(timeout=30) as client:
+            while not self._stop.is_set():
+                body = self.body(rng) if callable(self.body) else self.body
+                answer = client.post(self.url, json=body, headers={"x-user-id": f"u{rng.randrange(10**9)}"})
+                with self._lock:
+                    self.counts[(answer.headers.get("x-model-version", "?"), answer.status_code)] += 1
+
+    def snapshot(self) -> Counter[tuple[str, int]]:
+        with self._lock:
+            return Counter(self.counts)
+
+    def __enter__(self) -> Traffic:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=30)

@@ -14,7 +14,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -193,3 +193,27 @@ def serve_fleet(
     finally:
         for process in processes:
             process.stop()
+
+
+def shared_state_url(backend: str, folder: Path, redis_url: str | None = None, *, db: int = 1) -> str:
+    """A coordinator URL for a test fleet: a SQLite file in `folder`, or an emptied database `db` of
+    the redis-server at `redis_url` (each test module its own db, so fleets never see each other)."""
+    if backend == "sqlite":
+        return f"sqlite://{folder / 'coordinator.db'}"
+    if redis_url is None:
+        raise ValueError("a redis fleet needs the redis-server's URL")
+    url = f"{redis_url.rsplit('/', 1)[0]}/{db}"
+    import redis
+
+    redis.Redis.from_url(url).flushdb()
+    return url
+
+
+def wait_until(check: Callable[[], object], timeout_s: float, what: str, *, poll_s: float = 0.01) -> float:
+    """Poll `check()` until it is true, at most `timeout_s` (then AssertionError naming `what`);
+    the seconds it took."""
+    started = time.monotonic()
+    while not check():
+        assert time.monotonic() - started < timeout_s, f"not within {timeout_s} s: {what}"
+        time.sleep(poll_s)
+    return time.monotonic() - started

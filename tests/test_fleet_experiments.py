@@ -18,7 +18,14 @@ import httpx
 import pytest
 
 from modelserve import testing
-from modelserve.testing_processes import RedisServer, ServeProcess, free_port
+from modelserve.testing_processes import (
+    RedisServer,
+    ServeProcess,
+    free_port,
+    serve_fleet,
+    shared_state_url,
+    wait_until,
+)
 
 TOKEN = "fleet-secret"
 AUTH = {"authorization": f"Bearer {TOKEN}"}
@@ -30,37 +37,13 @@ BINARY = {"name": "conversion", "kind": "binary"}
 def fleet(tmp: Path, coordinator: str, *, count: int = 3) -> Iterator[list[ServeProcess]]:
     repo = testing.repository(tmp / "models", {"fraud": {"1": 1, "2": 2}})
     (repo / "fraud" / "config.toml").write_text('live = "1"\n')
-    processes = [
-        ServeProcess(
-            [
-                str(repo),
-                "--state-dir",
-                str(tmp / f"state-{i}"),
-                "--coordinator",
-                coordinator,
-                "--admin-token",
-                TOKEN,
-                "--leader-lease",
-                "2",
-            ],
-            env={"POD_NAME": f"replica-{i}"},
-            log_path=tmp / f"serve-{i}.log",
-        )
-        for i in range(count)
-    ]
-    try:
-        for process in processes:
-            process.start()
-        for process in processes:
-            process.wait_ready()
+    args = ["--admin-token", TOKEN, "--leader-lease", "2"]
+    with serve_fleet(repo, tmp, coordinator, count=count, args=args) as processes:
         # Version 2 warm on every replica (staged: the desired state asks each one to load it).
         call(processes[0].url, "POST", "/admin/models/fraud/stage", {"version": "2"})
         for process in processes:
             wait_until(lambda u=process.url: _ready(u, "2"), 60, f"version 2 warm on {process.url}")
         yield processes
-    finally:
-        for process in processes:
-            process.stop()
 
 
 @pytest.fixture(scope="module", params=["sqlite", "redis"])
@@ -68,13 +51,8 @@ def three(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[list[ServeProcess]]:
     tmp = tmp_path_factory.mktemp(f"fleet-experiments-{request.param}")
-    if request.param == "sqlite":
-        coordinator = f"sqlite://{tmp / 'coordinator.db'}"
-    else:
-        coordinator = request.getfixturevalue("redis_url").removesuffix("/0") + "/2"
-        import redis
-
-        redis.Redis.from_url(coordinator).flushdb()
+    redis_url = request.getfixturevalue("redis_url") if request.param == "redis" else None
+    coordinator = shared_state_url(request.param, tmp, redis_url, db=2)
     with fleet(tmp, coordinator) as processes:
         yield processes
 
@@ -100,14 +78,6 @@ def stop_if_running(base: str) -> None:
 def report(base: str) -> dict[str, Any]:
     document: dict[str, Any] = call(base, "GET", "/admin/models/fraud/experiment")
     return document
-
-
-def wait_until(check: Any, timeout_s: float, what: str) -> float:
-    started = time.monotonic()
-    while not check():
-        assert time.monotonic() - started < timeout_s, f"not within {timeout_s} s: {what}"
-        time.sleep(0.02)
-    return time.monotonic() - started
 
 
 def serve(client: httpx.Client, base: str, key: str) -> tuple[str, str, str | None]:

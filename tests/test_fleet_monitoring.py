@@ -32,7 +32,7 @@ from modelserve.rollout.gates import INCONCLUSIVE, OutcomeEvidence, evaluate_gat
 from modelserve.rollout.plan import GateSpec, Stage
 from modelserve.rollout.sample import Sample
 from modelserve.state.sqlite_backend import SqliteCoordinator
-from modelserve.testing_processes import ServeProcess, serve_fleet
+from modelserve.testing_processes import ServeProcess, serve_fleet, shared_state_url
 
 EXAMPLES = Path(__file__).parent.parent / "examples"
 ROWS: list[list[float]] = [
@@ -74,13 +74,8 @@ def credit_repo(folder: Path, monitoring: str) -> Path:
 @pytest.fixture(scope="module", params=["sqlite", "redis"])
 def fleet(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     folder = tmp_path_factory.mktemp(f"fleet-monitoring-{request.param}")
-    if request.param == "sqlite":
-        coordinator = f"sqlite://{folder / 'coordinator.db'}"
-    else:
-        coordinator = request.getfixturevalue("redis_url").removesuffix("/0") + "/3"
-        import redis
-
-        redis.Redis.from_url(coordinator).flushdb()
+    redis_url = request.getfixturevalue("redis_url") if request.param == "redis" else None
+    coordinator = shared_state_url(request.param, folder, redis_url, db=3)
     repo = credit_repo(folder, MONITORING)
     with serve_fleet(repo, folder, coordinator, args=["--admin-token", TOKEN]) as processes:
         yield Fleet(processes, folder, coordinator)

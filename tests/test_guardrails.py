@@ -7,9 +7,7 @@ carries the gates' evidence into the status, the audit log and the counters. Too
 
 from __future__ import annotations
 
-import threading
 import time
-from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -40,38 +38,8 @@ def repo_with_failing_v2(
     return repo
 
 
-class Traffic:
-    """Real V2 requests from two threads with fresh targeting keys; counts answers per version."""
-
-    def __init__(self, url: str) -> None:
-        self.url = f"{url}/v2/models/fraud/infer"
-        self.counts: Counter[tuple[str, int]] = Counter()
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._drive, args=(n,)) for n in range(2)]
-
-    def _drive(self, n: int) -> None:
-        with httpx.Client(timeout=30) as client:
-            for i in range(1_000_000):
-                if self._stop.is_set():
-                    return
-                answer = client.post(self.url, json=BODY, headers={"x-user-id": f"user-{n}-{i}"})
-                with self._lock:
-                    self.counts[(answer.headers.get("x-model-version", "?"), answer.status_code)] += 1
-
-    def snapshot(self) -> Counter[tuple[str, int]]:
-        with self._lock:
-            return Counter(self.counts)
-
-    def __enter__(self) -> Traffic:
-        for thread in self._threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(timeout=30)
+def client_load(url: str) -> testing.Traffic:
+    return testing.Traffic(url, threads=2, body=BODY)
 
 
 @contextmanager
@@ -97,7 +65,7 @@ def wait_for(url: str, predicate: Callable[[dict[str, Any]], bool], timeout: flo
         time.sleep(0.05)
 
 
-def served_at_least(traffic: Traffic, version: str, count: int, timeout: float = 60.0) -> None:
+def served_at_least(traffic: testing.Traffic, version: str, count: int, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while sum(n for (v, _), n in traffic.snapshot().items() if v == version) < count:
         assert time.monotonic() < deadline
@@ -128,7 +96,7 @@ def test_manual_canary_of_a_failing_version_goes_back_to_0_and_the_version_needs
 ) -> None:
     repo = repo_with_failing_v2(tmp_path / "models", error_rate=0.5)
     monkeypatch.setenv("MODELSERVE_ADMIN_TOKEN", TOKEN)
-    with running(repo, tmp_path / "state") as url, Traffic(url) as traffic:
+    with running(repo, tmp_path / "state") as url, client_load(url) as traffic:
         assert main(["stage", "fraud", "2", "--url", url]) == 0
         assert main(["canary", "fraud", "50", "--url", url]) == 0
         status = wait_for(url, lambda s: s["guardrails"]["last_action"] is not None)
@@ -159,7 +127,7 @@ def test_a_promoted_version_that_regresses_inside_the_watch_window_gives_way_to_
 ) -> None:
     repo = repo_with_failing_v2(tmp_path / "models", error_rate=0.3, watch_s=60.0)
     monkeypatch.setenv("MODELSERVE_ADMIN_TOKEN", TOKEN)
-    with running(repo, tmp_path / "state") as url, Traffic(url) as traffic:
+    with running(repo, tmp_path / "state") as url, client_load(url) as traffic:
         served_at_least(traffic, "1", 60)  # the baseline: version 1's requests before the switch
         assert main(["stage", "fraud", "2", "--url", url]) == 0
         assert main(["promote", "fraud", "--url", url]) == 0
@@ -196,7 +164,7 @@ def test_a_server_restarted_inside_the_watch_window_watches_the_rest_of_it(
         assert main(["stage", "fraud", "2", "--url", url]) == 0
         assert main(["promote", "fraud", "--url", url]) == 0  # no traffic yet: nothing to judge
     time.sleep(restart_after_s)
-    with running(repo, tmp_path / "state") as url, Traffic(url) as traffic:
+    with running(repo, tmp_path / "state") as url, client_load(url) as traffic:
         if restart_after_s:
             served_at_least(traffic, "2", 200)  # far beyond the 30 samples that would act
             status = get(url, "/admin/models/fraud")
@@ -214,7 +182,7 @@ def test_a_server_restarted_inside_the_watch_window_watches_the_rest_of_it(
 def test_guardrails_never_act_on_too_little_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     repo = repo_with_failing_v2(tmp_path / "models", error_rate=1.0, min_samples=100_000)
     monkeypatch.setenv("MODELSERVE_ADMIN_TOKEN", TOKEN)
-    with running(repo, tmp_path / "state") as url, Traffic(url) as traffic:
+    with running(repo, tmp_path / "state") as url, client_load(url) as traffic:
         assert main(["stage", "fraud", "2", "--url", url]) == 0
         assert main(["canary", "fraud", "50", "--url", url]) == 0
         served_at_least(traffic, "2", 100)  # every one of them failed, over many looks
@@ -228,7 +196,7 @@ def test_guardrails_never_act_on_too_little_data(tmp_path: Path, monkeypatch: py
 
 def test_a_failing_ab_arm_stops_the_experiment_with_the_evidence(tmp_path: Path) -> None:
     repo = repo_with_failing_v2(tmp_path / "models", error_rate=0.5)
-    with running(repo, tmp_path / "state") as url, Traffic(url):
+    with running(repo, tmp_path / "state") as url, client_load(url):
         loaded = httpx.post(f"{url}/admin/models/fraud/load", json={"version": "2"}, headers=AUTH, timeout=30)
         assert loaded.status_code == 200, loaded.text
         started = httpx.post(
@@ -252,33 +220,12 @@ def test_a_failing_ab_arm_stops_the_experiment_with_the_evidence(tmp_path: Path)
 def test_in_a_fleet_only_the_rollout_leader_acts_and_the_canary_goes_to_0_on_every_replica(
     tmp_path: Path,
 ) -> None:
-    from modelserve.testing_processes import ServeProcess
+    from modelserve.testing_processes import serve_fleet
 
     repo = repo_with_failing_v2(tmp_path / "models", error_rate=0.5)
     coordinator = f"sqlite:///{tmp_path / 'fleet.db'}"
-    processes = [
-        ServeProcess(
-            [
-                str(repo),
-                "--state-dir",
-                str(tmp_path / f"state-{i}"),
-                "--coordinator",
-                coordinator,
-                "--admin-token",
-                TOKEN,
-                "--leader-lease",
-                "2",
-            ],
-            env={"POD_NAME": f"replica-{i}"},
-            log_path=tmp_path / f"serve-{i}.log",
-        )
-        for i in range(2)
-    ]
-    try:
-        for process in processes:
-            process.start()
-        for process in processes:
-            process.wait_ready()
+    args = ["--admin-token", TOKEN, "--leader-lease", "2"]
+    with serve_fleet(repo, tmp_path, coordinator, count=2, args=args) as processes:
         a, b = (p.url for p in processes)
         staged = httpx.post(f"{a}/admin/models/fraud/stage", json={"version": "2"}, headers=AUTH, timeout=60)
         assert staged.status_code == 200, staged.text
@@ -288,16 +235,13 @@ def test_in_a_fleet_only_the_rollout_leader_acts_and_the_canary_goes_to_0_on_eve
             time.sleep(0.05)
         canary = httpx.post(f"{b}/admin/models/fraud/canary", json={"percent": 50}, headers=AUTH, timeout=60)
         assert canary.status_code == 200, canary.text
-        with Traffic(a), Traffic(b):
+        with client_load(a), client_load(b):
             deadline = time.monotonic() + 90
             while not all(get(url, "/admin/models/fraud")["policy"]["canary_weight"] == 0 for url in (a, b)):
                 assert time.monotonic() < deadline, [p.log_tail() for p in processes]
                 time.sleep(0.1)
         statuses = [get(url, "/admin/models/fraud") for url in (a, b)]
         counted = [metric(url, "modelserve_guardrail_actions_total") for url in (a, b)]
-    finally:
-        for process in processes:
-            process.stop()
     leaders = [s["rollout_leader"] for s in statuses]
     assert sorted(leaders) == [False, True]
     leader, follower = (statuses[0], statuses[1]) if leaders[0] else (statuses[1], statuses[0])

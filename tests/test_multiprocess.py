@@ -19,47 +19,21 @@ import httpx
 import pytest
 
 from modelserve import testing
-from modelserve.testing_processes import ServeProcess
+from modelserve.testing_processes import ServeProcess, serve_fleet, shared_state_url, wait_until
 
 TOKEN = "fleet-secret"
 AUTH = {"authorization": f"Bearer {TOKEN}"}
 BODY = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 16], "data": [0.5] * 16}]}
 
 
-@contextlib.contextmanager
 def fleet(
     tmp: Path, coordinator: str, *, count: int = 3, lease_s: float = 10.0, extra: tuple[str, ...] = ()
-) -> Iterator[list[ServeProcess]]:
+) -> contextlib.AbstractContextManager[list[ServeProcess]]:
+    """`count` replicas of `fraud` (v1 live, v2 on disk) sharing `coordinator`."""
     repo = testing.repository(tmp / "models", {"fraud": {"1": 1, "2": 2}})
     (repo / "fraud" / "config.toml").write_text('live = "1"\n')
-    processes = [
-        ServeProcess(
-            [
-                str(repo),
-                "--state-dir",
-                str(tmp / f"state-{i}"),
-                "--coordinator",
-                coordinator,
-                "--admin-token",
-                TOKEN,
-                "--leader-lease",
-                str(lease_s),
-                *extra,
-            ],
-            env={"POD_NAME": f"replica-{i}"},
-            log_path=tmp / f"serve-{i}.log",
-        )
-        for i in range(count)
-    ]
-    try:
-        for process in processes:
-            process.start()
-        for process in processes:
-            process.wait_ready()
-        yield processes
-    finally:
-        for process in processes:
-            process.stop()
+    args = ["--admin-token", TOKEN, "--leader-lease", str(lease_s), *extra]
+    return serve_fleet(repo, tmp, coordinator, count=count, args=args)
 
 
 def admin(
@@ -77,27 +51,13 @@ def version_for(base: str, key: str) -> str:
     return response.headers["x-model-version"]
 
 
-def wait_until(check: Any, timeout_s: float, what: str) -> float:
-    """Poll `check()` until true (bounded); the seconds it took."""
-    started = time.monotonic()
-    while not check():
-        assert time.monotonic() - started < timeout_s, f"not within {timeout_s} s: {what}"
-        time.sleep(0.01)
-    return time.monotonic() - started
-
-
 @pytest.fixture(scope="module", params=["sqlite", "redis"])
 def three(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[list[ServeProcess]]:
     tmp = tmp_path_factory.mktemp(f"fleet-{request.param}")
-    if request.param == "sqlite":
-        coordinator = f"sqlite://{tmp / 'coordinator.db'}"
-    else:
-        coordinator = request.getfixturevalue("redis_url").removesuffix("/0") + "/1"
-        import redis
-
-        redis.Redis.from_url(coordinator).flushdb()
+    redis_url = request.getfixturevalue("redis_url") if request.param == "redis" else None
+    coordinator = shared_state_url(request.param, tmp, redis_url, db=1)
     with fleet(tmp, coordinator) as processes:
         yield processes
 

@@ -8,7 +8,6 @@ reason. Every process is stopped by its PID; every loop is bounded.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -16,7 +15,7 @@ import httpx
 import pytest
 
 from modelserve import testing
-from modelserve.testing_processes import ServeProcess
+from modelserve.testing_processes import serve_fleet, shared_state_url, wait_until
 
 TOKEN = "fleet-secret"
 AUTH = {"authorization": f"Bearer {TOKEN}"}
@@ -30,49 +29,24 @@ BUDGET_OF_C = "32M"
 @pytest.fixture(scope="module", params=["sqlite", "redis"])
 def three(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[str]]:
     tmp = tmp_path_factory.mktemp(f"warm-fleet-{request.param}")
-    if request.param == "sqlite":
-        coordinator = f"sqlite://{tmp / 'coordinator.db'}"
-    else:
-        coordinator = request.getfixturevalue("redis_url").removesuffix("/0") + "/2"
-        import redis
-
-        redis.Redis.from_url(coordinator).flushdb()
+    redis_url = request.getfixturevalue("redis_url") if request.param == "redis" else None
+    coordinator = shared_state_url(request.param, tmp, redis_url, db=2)
     repo = testing.repository(tmp / "models", {"fraud": {"1": 1, "2": 2, "3": 3}})
     testing.mlp(repo / "fraud" / "4" / "model.onnx", BIG_WIDTHS, seed=4)
     (repo / "fraud" / "config.toml").write_text('live = "1"\n')
-    processes = [
-        ServeProcess(
-            [str(repo), "--state-dir", str(tmp / f"state-{i}"), "--coordinator", coordinator,
-             "--admin-token", TOKEN, *(["--memory-budget", BUDGET_OF_C] if i == 2 else [])],
-            env={"POD_NAME": f"replica-{i}"},
-            log_path=tmp / f"serve-{i}.log",
-        )
-        for i in range(3)
-    ]
-    try:
-        for process in processes:
-            process.start()
-        for process in processes:
-            process.wait_ready()
-        yield [p.url for p in processes]
-    finally:
-        for process in processes:
-            process.stop()
+    admin_token = ["--admin-token", TOKEN]
+    budget = [*admin_token, "--memory-budget", BUDGET_OF_C]
+    with (
+        serve_fleet(repo, tmp, coordinator, count=2, args=admin_token) as unbounded,
+        serve_fleet(repo, tmp, coordinator, count=1, first=2, args=budget) as bounded,
+    ):
+        yield [p.url for p in (*unbounded, *bounded)]
 
 
 def admin(base: str, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
     response = httpx.request(method, f"{base}{path}", json=body, headers=AUTH, timeout=60)
     assert response.status_code < 400, response.text
     return response.json()
-
-
-def wait_until(check: Any, timeout_s: float, what: str) -> float:
-    """Poll `check()` until true (bounded); the seconds it took."""
-    started = time.monotonic()
-    while not check():
-        assert time.monotonic() - started < timeout_s, f"not within {timeout_s} s: {what}"
-        time.sleep(0.01)
-    return time.monotonic() - started
 
 
 def ready(base: str, version: str) -> bool:

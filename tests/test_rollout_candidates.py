@@ -132,36 +132,11 @@ def features(rng: random.Random) -> list[float]:
     return row
 
 
-class Traffic:
-    """Client threads sending random rows; counts answers per (version, status)."""
+def client_load(url: str) -> testing.Traffic:
+    def body(rng: random.Random) -> dict[str, Any]:
+        return {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 16], "data": features(rng)}]}
 
-    def __init__(self, url: str, threads: int = 3) -> None:
-        self.url = f"{url}/v2/models/fraud/infer"
-        self.counts: Counter[tuple[str, int]] = Counter()
-        self.lock = threading.Lock()
-        self.stop = threading.Event()
-        self.threads = [threading.Thread(target=self.drive, args=(i,), daemon=True) for i in range(threads)]
-
-    def drive(self, seed: int) -> None:
-        rng = random.Random(seed)
-        with httpx.Client(timeout=30) as client:
-            while not self.stop.is_set():
-                body = {
-                    "inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 16], "data": features(rng)}]
-                }
-                response = client.post(self.url, json=body, headers={"x-user-id": f"u{rng.randrange(10**9)}"})
-                with self.lock:
-                    self.counts[(response.headers.get("x-model-version", "?"), response.status_code)] += 1
-
-    def __enter__(self) -> Traffic:
-        for thread in self.threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        for thread in self.threads:
-            thread.join(timeout=30)
+    return testing.Traffic(url, body=body)
 
 
 def admin(url: str, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
@@ -178,7 +153,7 @@ def roll_out(tmp_path: Path, kind: str) -> tuple[dict[str, Any], Counter[tuple[s
     # Shed no shadow for loop lag: on a busy test host the loop is late all the time, and the shadow
     # stage would starve (the rollout then pauses, undecided: correct, but not what is tested here).
     modelserve.services.shadow.max_loop_lag_s = math.inf
-    with testing.serve(modelserve.app()) as server, Traffic(server.url) as traffic:
+    with testing.serve(modelserve.app()) as server, client_load(server.url) as traffic:
         url = server.url
         time.sleep(0.3)  # a baseline for the live version
         admin(url, "POST", "/admin/models/fraud/rollout", {"version": "2", "plan": PLAN})

@@ -7,11 +7,9 @@ from `serving/faults.py` through the repository's config.toml, so no part of the
 from __future__ import annotations
 
 import contextlib
-import random
 import socket
 import threading
 import time
-from collections import Counter
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -71,39 +69,8 @@ def quick_plan(*stages: tuple[str, int, int], latency_floor_s: float = 0.0) -> d
     }
 
 
-class Traffic:
-    """Real V2 requests from threads (random targeting keys), counting answers per version and status."""
-
-    def __init__(self, url: str, *, threads: int = 3, model: str = "fraud") -> None:
-        self.url = f"{url}/v2/models/{model}/infer"
-        self.counts: Counter[tuple[str, int]] = Counter()
-        self.marks: list[Counter[tuple[str, int]]] = []
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._drive, args=(i,), daemon=True) for i in range(threads)]
-
-    def _drive(self, seed: int) -> None:
-        rng = random.Random(seed)
-        with httpx.Client(timeout=30) as client:
-            while not self._stop.is_set():
-                response = client.post(self.url, json=BODY, headers={"x-user-id": f"u{rng.randrange(10**9)}"})
-                key = (response.headers.get("x-model-version", "?"), response.status_code)
-                with self._lock:
-                    self.counts[key] += 1
-
-    def snapshot(self) -> Counter[tuple[str, int]]:
-        with self._lock:
-            return Counter(self.counts)
-
-    def __enter__(self) -> Traffic:
-        for thread in self._threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(timeout=30)
+def client_load(url: str) -> testing.Traffic:
+    return testing.Traffic(url, body=BODY)
 
 
 def admin(url: str, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
@@ -150,7 +117,7 @@ def test_healthy_candidate_passes_every_stage_and_is_promoted_with_gate_numbers_
 ) -> None:
     repo = fraud_repo(tmp_path / "models")
     plan = quick_plan(("canary-10", 10, 30), ("canary-50", 50, 60), ("full", 100, 60), latency_floor_s=0.05)
-    with running(repo, tmp_path / "state") as url, Traffic(url) as traffic:
+    with running(repo, tmp_path / "state") as url, client_load(url) as traffic:
         started = admin(url, "POST", "/admin/models/fraud/rollout", {"version": "2", "plan": plan})
         assert started["rollout"]["stage"] == "canary-10" and started["rollout"]["weight"] == 10
         refused = httpx.post(
@@ -187,7 +154,7 @@ def test_error_regression_holds_the_stage_then_is_rolled_back_and_gets_no_more_t
 ) -> None:
     repo = fraud_repo(tmp_path / "models", "error_rate = 0.05\nseed = 7")
     plan = quick_plan(("canary-50", 50, 200))
-    with running(repo, tmp_path / "state") as url, Traffic(url) as traffic:
+    with running(repo, tmp_path / "state") as url, client_load(url) as traffic:
         admin(url, "POST", "/admin/models/fraud/rollout", {"version": "2", "plan": plan})
         done = wait_for(url, finished)
         after_rollback = traffic.snapshot()
@@ -224,7 +191,7 @@ def test_latency_regression_is_rolled_back_by_the_p95_gate(tmp_path: Path) -> No
     # The tiny model answers in microseconds; 5 ms extra makes the candidate far more than 3x slower.
     repo = fraud_repo(tmp_path / "models", "extra_latency_ms = 5.0")
     plan = quick_plan(("canary-50", 50, 60))
-    with running(repo, tmp_path / "state") as url, Traffic(url):
+    with running(repo, tmp_path / "state") as url, client_load(url):
         admin(url, "POST", "/admin/models/fraud/rollout", {"version": "2", "plan": plan})
         done = wait_for(url, finished)
     assert done["rollout"]["state"] == "rolled_back"
@@ -335,7 +302,7 @@ def test_webhook_receiver_gets_every_event_and_a_dead_receiver_never_holds_up_se
     try:
         with Receiver() as receiver:
             webhooks = (dead_url, receiver.url)
-            with running(repo, tmp_path / "state", webhooks=webhooks) as url, Traffic(url) as traffic:
+            with running(repo, tmp_path / "state", webhooks=webhooks) as url, client_load(url) as traffic:
                 admin(url, "POST", "/admin/models/fraud/rollout", {"version": "2", "plan": plan})
                 done = wait_for(url, finished)
                 deadline = time.monotonic() + 10

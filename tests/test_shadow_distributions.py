@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import math
 import shutil
-import time
 from pathlib import Path
 
 import httpx
@@ -21,7 +20,6 @@ from prometheus_client.parser import text_string_to_metric_families
 from modelserve import testing
 from modelserve.config import ServerConfig
 from modelserve.server.app import ModelServe
-from modelserve.shadow.service import ShadowService
 
 EXAMPLES = Path(__file__).parent.parent / "examples"
 CHROMIUM = "/usr/bin/chromium"
@@ -32,18 +30,6 @@ def predict(version: str, rows: np.ndarray) -> np.ndarray:
     path = EXAMPLES / "models" / "credit" / version / "model.onnx"
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     return np.asarray(session.run(["label"], {"input": rows})[0])
-
-
-def settled(shadow: ShadowService, runs: int) -> None:
-    """Wait until `runs` shadow runs of credit v2 were admitted and settled (see test_shadow_labels)."""
-    deadline = time.monotonic() + 60
-    while True:
-        stats = shadow.runner.stats("credit", "2").snapshot(examples=False)
-        if stats["runs"] + stats["dropped"] >= runs:
-            break
-        assert time.monotonic() < deadline, stats
-        time.sleep(0.001)
-    assert shadow.runner.wait_idle(30)
 
 
 def test_a_shadow_versions_predictions_show_in_metrics_status_and_the_page(tmp_path: Path) -> None:
@@ -75,7 +61,8 @@ def test_a_shadow_versions_predictions_show_in_metrics_status_and_the_page(tmp_p
             body = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 20], "data": row.tolist()}]}
             response = client.post("/v2/models/credit/infer", json=body, headers={"x-user-id": f"u{i}"})
             assert response.status_code == 200
-            settled(services.shadow, i + 1)  # one at a time: the admission bound never drops
+            # one at a time: the admission bound never drops
+            assert services.shadow.runner.wait_settled("credit", "2", i + 1)
         stats = services.shadow.runner.stats("credit", "2").snapshot(examples=False)
         assert stats["samples"] == len(rows)  # every run compared: its outputs reached the monitor
         metrics = client.get("/metrics").text

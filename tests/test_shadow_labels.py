@@ -6,7 +6,6 @@ import hashlib
 import json
 import math
 import shutil
-import time
 from pathlib import Path
 
 import httpx
@@ -16,7 +15,6 @@ import onnxruntime as ort
 from modelserve import testing
 from modelserve.config import ServerConfig
 from modelserve.server.app import ModelServe
-from modelserve.shadow.service import ShadowService
 
 EXAMPLES = Path(__file__).parent.parent / "examples"
 AUTH = {"authorization": "Bearer t"}
@@ -28,24 +26,6 @@ def predict(version: str, rows: np.ndarray) -> np.ndarray:
     path = EXAMPLES / "models" / "credit" / version / "model.onnx"
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     return np.asarray(session.run(["label"], {"input": rows})[0])
-
-
-def settled(shadow: ShadowService, runs: int) -> None:
-    """Wait until `runs` shadow runs of credit v2 were admitted and settled, listeners included.
-
-    The client sees a response before the server's observer has even admitted its shadow run, so
-    `wait_idle` alone can return while the run is still to come (and its prediction would miss the
-    label). A run is counted (compared, error, timeout or dropped) before its listeners are called
-    and leaves the in-flight set after them: count first, then idle.
-    """
-    deadline = time.monotonic() + 60
-    while True:
-        stats = shadow.runner.stats("credit", "2").snapshot(examples=False)
-        if stats["runs"] + stats["dropped"] >= runs:
-            break
-        assert time.monotonic() < deadline, stats
-        time.sleep(0.001)
-    assert shadow.runner.wait_idle(30)
 
 
 def test_labels_say_which_version_was_right_where_live_and_shadow_disagreed(tmp_path: Path) -> None:
@@ -74,7 +54,8 @@ def test_labels_say_which_version_was_right_where_live_and_shadow_disagreed(tmp_
             }
             response = client.post("/v2/models/credit/infer", json=body, headers={"x-user-id": f"user{i}"})
             assert response.status_code == 200
-            settled(services.shadow, i + 1)  # one at a time: the admission bound never drops
+            # one at a time: the admission bound never drops
+            assert services.shadow.runner.wait_settled("credit", "2", i + 1)
         labels = [{"request_id": f"c{i}", "label": row["label"]} for i, row in enumerate(data)]
         answer = client.post("/v2/models/credit/labels", json={"labels": labels}, headers=AUTH).json()
         assert answer["accepted"] == len(data)

@@ -268,6 +268,23 @@ class ShadowRunner:
         with self._idle:
             return self._idle.wait_for(lambda: not self._in_flight, timeout)
 
+    def wait_settled(self, model: str, version: str, runs: int, timeout: float = 60.0) -> bool:
+        """Block until `runs` runs of `version` were counted (compared, error, timeout or dropped) and
+        none is in flight, listeners included; False on timeout. For tests and benchmarks.
+
+        A client has its response before the server admits the request's shadow run, so `wait_idle`
+        alone can return while that run is still to come. A run is counted before its listeners are
+        called and leaves the in-flight set after them: count first, then idle.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            counted = self.stats(model, version).snapshot(examples=False)
+            if counted["runs"] + counted["dropped"] >= runs:
+                return self.wait_idle(max(0.0, deadline - time.monotonic()))
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.001)
+
     def close(self, timeout: float | None = 5.0) -> bool:
         """Refuse new runs, drop queued ones, wait up to `timeout` for running ones; True when idle.
 
