@@ -118,6 +118,8 @@ class FleetLabels:
         self._queued: deque[tuple[float, str, Prediction]] = deque()
         self.dropped = 0
         self._lock = anyio.Lock()
+        #: Set when something is queued (the writer's cue: an idle replica's writer sleeps).
+        self._cue = anyio.Event()
 
     # -- request path (no I/O) ---------------------------------------------------------------------
 
@@ -132,6 +134,7 @@ class FleetLabels:
         while len(self._queued) > self.max_queued:
             self._queued.popleft()
             self.dropped += 1
+        self._cue.set()
 
     # -- writing -----------------------------------------------------------------------------------
 
@@ -153,14 +156,18 @@ class FleetLabels:
                     raise
 
     async def run(self) -> None:
-        """Store queued predictions every `flush_s` until cancelled."""
+        """Store what is queued, in batches, until cancelled (asleep while nothing is)."""
         while True:
-            await anyio.sleep(self.flush_s)
+            await self._cue.wait()
+            await anyio.sleep(max(self.flush_s, self.settle_s))  # gather a batch; let shadows settle
+            self._cue = anyio.Event()
             try:
                 await self.flush()
             except CoordinatorUnavailable as exc:
                 log.warning("predictions not shared for labels yet: %s", exc)
                 await anyio.sleep(1.0)
+            if self._queued:  # not settled yet, or not stored: go round again
+                self._cue.set()
 
     async def close(self) -> None:
         """At shutdown: store what is queued (bounded)."""
