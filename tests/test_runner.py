@@ -7,6 +7,7 @@ host's speed; the model runs themselves are tested through `LoadedVersion` in te
 from __future__ import annotations
 
 import asyncio
+import gc
 import threading
 
 import anyio
@@ -134,3 +135,24 @@ def test_a_wait_for_a_batch_expires_on_the_shared_timer_and_the_batch_result_rea
         return await runner.wait(patient, 5.0)
 
     assert anyio.run(scenario) == "rows"
+
+
+def test_the_threads_of_a_runner_nobody_holds_end_even_while_its_deadline_timer_is_armed() -> None:
+    # An unloaded version's runner: its timer (armed for a 30 s deadline) must not keep it alive.
+    def named() -> int:
+        return sum(t.name == "modelserve unloaded version 7" for t in threading.enumerate())
+
+    async def scenario() -> tuple[int, int]:
+        runner: Runner | None = Runner(2, what="unloaded version 7")
+        assert runner is not None
+        await runner.run(lambda: None, 30.0)
+        started = named()
+        runner = None
+        gc.collect()
+        for _ in range(500):
+            if named() == 0:
+                break
+            await anyio.sleep(0.01)
+        return started, named()
+
+    assert anyio.run(scenario) == (1, 0)

@@ -81,6 +81,14 @@ def _work(jobs: SimpleQueue[_Call[Any] | None]) -> None:
         del call  # an idle thread keeps nothing alive
 
 
+def _expire(runner: weakref.ref[Runner]) -> None:
+    """The deadline timer's callback: it holds the runner weakly, so an unloaded version's runner
+    (and its threads) go at once, not when its last deadline would have passed."""
+    alive = runner()
+    if alive is not None:
+        alive._expire()
+
+
 def _stop(jobs: SimpleQueue[_Call[Any] | None], threads: list[int]) -> None:
     for _ in range(threads[0]):
         jobs.put(None)
@@ -105,6 +113,7 @@ class Runner:
         self._timer_at = 0.0
         self._timer_loop: asyncio.AbstractEventLoop | None = None
         self._finalizer = weakref.finalize(self, _stop, self._jobs, self._threads)
+        self._weak = weakref.ref(self)
 
     @property
     def in_use(self) -> int:
@@ -207,7 +216,7 @@ class Runner:
         if self._timer is not None:
             self._timer.cancel()
         self._timer_at = when
-        self._timer = loop.call_at(when, self._expire)
+        self._timer = loop.call_at(when, _expire, self._weak)
 
     def _expire(self) -> None:
         """The timer: settle every call past its deadline with a 504, then wait for the next one."""
