@@ -6,6 +6,8 @@ timeout gates read), and never holds more worker threads than its `max_concurren
 
 from __future__ import annotations
 
+import random
+import socket
 import threading
 import time
 import tomllib
@@ -30,8 +32,24 @@ from modelserve.testing_processes import ServeProcess
 BODY = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 16], "data": [0.25] * 16}]}
 TOKEN = "deadline-secret"
 AUTH = {"authorization": f"Bearer {TOKEN}"}
-#: This worktree's ports (the team shares the host).
-PORTS = (19300, 19301)
+#: The ports this work may use on the shared host; runs of these tests may overlap (a full suite
+#: elsewhere), so each run takes ports of the range that are free at the time.
+PORT_RANGE = range(19300, 19400)
+
+
+def free_ports(count: int) -> list[int]:
+    """`count` ports of PORT_RANGE that nothing is bound to now, in random order."""
+    found: list[int] = []
+    for port in random.sample(PORT_RANGE, len(PORT_RANGE)):
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        found.append(port)
+        if len(found) == count:
+            return found
+    raise RuntimeError(f"fewer than {count} free ports in {PORT_RANGE}")
 
 
 def slow_repo(root: Path, *, timeout_ms: float, hang_s: float) -> Path:
@@ -323,7 +341,7 @@ def slow_candidate_fleet(tmp_path: Path) -> Iterator[list[ServeProcess]]:
             env={"POD_NAME": f"replica-{i}"},
             log_path=tmp_path / f"serve-{i}.log",
         )
-        for i, port in enumerate(PORTS)
+        for i, port in enumerate(free_ports(2))
     ]
     try:
         for process in processes:
