@@ -278,6 +278,11 @@ def current_rollout(url: str) -> dict[str, Any]:
     return dict(answer.json()["rollout"])
 
 
+def has_rollout(url: str) -> bool:
+    answer = httpx.get(f"{url}/admin/models/fraud/rollout", headers=AUTH, timeout=30)
+    return answer.status_code == 200 and answer.json()["rollout"] is not None
+
+
 def wait_for_deadline(urls: list[str], expected: float | None, processes: list[ServeProcess]) -> None:
     """Until every replica's policy carries `expected` as the model's request deadline."""
     limit = time.monotonic() + 30
@@ -393,16 +398,13 @@ def test_a_plans_request_timeout_s_rolls_a_slow_candidate_back_on_every_replica_
             )
             assert main(["rollout", "start", "fraud", "2", "--plan", str(bad_file), "--url", urls[0]]) == 1
             assert f"{bad_file}: request_timeout_s must be {message}" in capsys.readouterr().err
-        for path, body in (
-            (
-                "rollout",
-                {"version": "2", "plan": {**tomllib.loads(DEADLINE_PLAN), "request_timeout_s": 7200}},
-            ),
-            ("policy", {"request_timeout_s": -1}),
+        too_long = {"version": "2", "plan": {**tomllib.loads(DEADLINE_PLAN), "request_timeout_s": 7200}}
+        for path, body, expected in (
+            ("rollout", too_long, "request_timeout_s must be a positive number at most 3600"),
+            ("policy", {"request_timeout_s": 0.05}, "request_timeout_s is set by a running rollout's plan"),
         ):
             refused = httpx.post(f"{urls[1]}/admin/models/fraud/{path}", json=body, headers=AUTH, timeout=30)
-            assert refused.status_code == 400, refused.text
-            assert "request_timeout_s must be a positive number at most 3600" in refused.json()["error"]
+            assert refused.status_code == 400 and expected in refused.json()["error"], refused.text
         assert httpx.get(f"{urls[0]}/admin/models/fraud/rollout", headers=AUTH).json()["rollout"] is None
 
         assert main(["rollout", "start", "fraud", "2", "--plan", str(plan_file), "--url", urls[0]]) == 0
@@ -445,6 +447,10 @@ def test_a_new_leader_after_kill_9_keeps_the_plans_deadline_and_clears_it_when_t
         urls = [p.url for p in processes]
         assert main(["rollout", "start", "fraud", "2", "--plan", str(plan_file), "--url", urls[0]]) == 0
         wait_for_deadline(urls, PLAN_DEADLINE_S, processes)  # no traffic yet: nothing is decided
+        limit = time.monotonic() + 30
+        while not all(has_rollout(url) for url in urls):  # its state is shared (written behind)
+            assert time.monotonic() < limit
+            time.sleep(0.05)
         limit = time.monotonic() + 30
         while not any(leading := [replica_status(url)["rollout_leader"] for url in urls]):
             assert time.monotonic() < limit

@@ -496,6 +496,17 @@ async def test_a_restored_rollout_sets_its_plans_deadline_again_and_clears_it_wh
 
 
 @pytest.mark.anyio
+async def test_a_restore_clears_a_deadline_no_active_rollout_owns(tmp_path: Path) -> None:
+    ended = Harness(store=FileStateStore(tmp_path))
+    await ended.controller.start(MODEL, CANDIDATE, make_plan(request_timeout_s=0.25))
+    await ended.controller.abort(MODEL)
+    after = Harness(store=FileStateStore(tmp_path))
+    after.target.deadlines[MODEL] = 0.25  # the end was not applied before the crash
+    await after.controller.restore([MODEL, "other"])
+    assert after.target.deadlines == {MODEL: None, "other": None}  # "other": its start was lost
+
+
+@pytest.mark.anyio
 async def test_restart_keeps_a_pause(tmp_path: Path) -> None:
     before = Harness(store=FileStateStore(tmp_path))
     await _run_to_stage(before, "canary-5")

@@ -394,13 +394,15 @@ class RolloutController:
         paused with the reason; a non-ready candidate also gets no traffic or shadow.
 
         `keep_clock`: a leader taking over from another replica keeps the stage's clock (see
-        `rollout_from_state`).
+        `rollout_from_state`). A model without an active rollout gets its config deadline back (a plan's
+        `request_timeout_s` left behind by a crash is cleared).
         """
         restored = []
         for model in models:
             async with self._lock:
                 rollout = self._load(model, keep_clock=keep_clock)
                 if rollout is None or rollout.state not in ACTIVE_STATES:
+                    await self._clear_orphan_deadline(model)
                     continue
                 now = self._clock()
                 problem = await self._unsafe_reason(rollout)
@@ -423,6 +425,14 @@ class RolloutController:
                     )
                 restored.append(rollout.status(now))
         return restored
+
+    async def _clear_orphan_deadline(self, model: str) -> None:
+        # A plan's deadline no active rollout owns: its end was not applied before a crash, or its
+        # start was lost before its state was saved (a no-op when the model has none).
+        try:
+            await self.target.set_deadline(model, None)
+        except Exception:  # the next restore (restart, leader term) tries again
+            logger.exception("model %s: cannot clear a request deadline no rollout owns", model)
 
     def _load(self, model: str, *, keep_clock: bool) -> Rollout | None:
         """The saved rollout of `model` (and its events) into memory, nothing applied."""

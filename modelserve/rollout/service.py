@@ -136,7 +136,8 @@ class ServingTarget:
 
     async def set_deadline(self, model: str, timeout_s: float | None) -> None:
         policy = self.policies.get(model)
-        if policy is None or policy.request_timeout_s != timeout_s:  # a restore re-applies: no new revision
+        current = policy.request_timeout_s if policy is not None else None
+        if current != timeout_s:  # a restore re-applies (or clears) it: no new revision when it holds
             await self.policies.change(model, request_timeout_s=timeout_s)
 
 

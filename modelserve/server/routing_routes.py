@@ -53,6 +53,11 @@ def routes(services: Services) -> list[BaseRoute]:
         live = slots.live.version if slots.live is not None else None
         if isinstance(shadows, list) and live is not None and live in [str(v) for v in shadows]:
             raise RequestError(f"version {live} is the live version of {model!r}; shadow another one")
+        if "request_timeout_s" in body:  # owned by rollouts: a restore clears one no rollout owns
+            raise RequestError(
+                "request_timeout_s is set by a running rollout's plan and cleared when it ends; a model's "
+                "own request deadline is [serving] request_timeout_ms in its config.toml"
+            )
         policies.check(model, **body)  # typed, finite, bounded: refused before any replica sees it
         desired = await commands.update_policy(model, body, expect_rev=if_match(request))
         return {**model_status(services, model), "revision": desired.rev}
