@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import http.client
+import socket
 from collections.abc import Iterator
 from typing import Any, ClassVar
 
@@ -82,3 +84,63 @@ def test_a_chunked_body_of_many_small_pieces_arrives_whole(recording: RunningSer
 
     answer = httpx.post(recording.url + "/", content=pieces(), timeout=30).json()
     assert answer["sha256"] == hashlib.sha256(data).hexdigest() and answer["copied"] == 0
+
+
+async def refuse_uploads(scope: Scope, receive: Receive, send: Send) -> None:
+    """Answers 413 and closes without reading the body, as the V2 routes do for a body over the limit."""
+    if scope["type"] != "http":
+        return
+    await send_response(send, 413, b'{"error": "too large"}', [(b"connection", b"close")])
+
+
+@pytest.fixture
+def refusing() -> Iterator[RunningServer]:
+    with serve(refuse_uploads, http=connections.GuardedHttpProtocol, lifespan="off") as server:
+        yield server
+
+
+def _upload(server: RunningServer, size: int) -> int:
+    """POST `size` bytes with Python's http.client, which sends the whole body before it reads."""
+    connection = http.client.HTTPConnection(server.host, server.port, timeout=30)
+    try:
+        connection.request("POST", "/", body=b"x" * size)
+        return connection.getresponse().status
+    finally:
+        connection.close()
+
+
+def _answer_until_closed(sock: socket.socket) -> bytes:
+    """Everything the server sends until it closes; a reset fails the test."""
+    answer = b""
+    while chunk := sock.recv(65536):
+        answer += chunk
+    return answer
+
+
+def test_a_client_still_uploading_reads_the_413_rather_than_a_reset(refusing: RunningServer) -> None:
+    assert [_upload(refusing, size) for size in (2_000_000, 30_000_000)] == [413, 413]
+
+
+def test_an_oversized_header_is_answered_431_and_the_connection_ends_cleanly(refusing: RunningServer) -> None:
+    with socket.create_connection((refusing.host, refusing.port), timeout=30) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nx-big: " + b"v" * 2_000_000 + b"\r\n\r\n")
+        sock.shutdown(socket.SHUT_WR)
+        assert _answer_until_closed(sock).startswith(b"HTTP/1.1 431")
+
+
+def test_lingering_ends_after_its_byte_bound(
+    refusing: RunningServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(connections.GuardedHttpProtocol, "linger_bytes", 1_000_000)
+    with pytest.raises(OSError):  # the server stopped reading: the rest of the upload meets a reset
+        _upload(refusing, 64_000_000)
+
+
+def test_lingering_ends_after_its_time_bound(
+    refusing: RunningServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(connections.GuardedHttpProtocol, "linger_s", 0.2)
+    with socket.create_connection((refusing.host, refusing.port), timeout=30) as sock:
+        sock.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n\r\n" + b"x" * 1000)
+        # ... and never sends the rest nor closes: the server closes after linger_s, not body_timeout_s
+        assert _answer_until_closed(sock).startswith(b"HTTP/1.1 413")

@@ -28,6 +28,8 @@ from typing import Any
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from modelserve.server.lingering import Lingering
+
 #: Defaults: generous for real clients on slow links, short enough that thousands of stalled
 #: connections cannot pile up.
 HEADER_TIMEOUT_S = 10.0
@@ -53,8 +55,9 @@ _TIMEOUT_408 = _raw_response(408, b"Request Timeout", b"request headers not rece
 _TOO_LARGE_431 = _raw_response(431, b"Request Header Fields Too Large", b"request headers too large")
 
 
-class _Deadlines:
-    """The read-deadline timer both protocols share (one timer per connection, on the event loop)."""
+class _Deadlines(Lingering):
+    """The read-deadline timer both protocols share (one timer per connection, on the event loop),
+    and their lingering close (`server/lingering.py`)."""
 
     header_timeout_s = HEADER_TIMEOUT_S
     body_timeout_s = BODY_TIMEOUT_S
@@ -81,7 +84,7 @@ class _Deadlines:
             return
         if self._in_headers:  # nothing reached the application yet: it is ours to answer
             self.transport.write(_TIMEOUT_408)
-        self.transport.close()  # a body in progress: the handler's receive() sees a disconnect
+        self._close_now()  # a body in progress: the handler's receive() sees a disconnect
 
 
 class GuardedH11Protocol(_Deadlines, H11Protocol):
@@ -93,14 +96,21 @@ class GuardedH11Protocol(_Deadlines, H11Protocol):
         self._in_headers = True
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
+        super().connection_made(self._linger_setup(transport))
         self._arm(self.header_timeout_s, in_headers=True)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        self._linger_done()
         super().connection_lost(exc)
 
+    def _client_still_sending(self) -> bool:
+        return self.conn.their_state is h11.SEND_BODY
+
     def data_received(self, data: bytes) -> None:
+        if self._lingering:
+            self._discard(data)
+            return
         super().data_received(data)
         state = self.conn.their_state
         if state is h11.SEND_BODY:
@@ -139,14 +149,22 @@ else:
             self._too_large = False
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-            super().connection_made(transport)
+            super().connection_made(self._linger_setup(transport))
             self._arm(self.header_timeout_s, in_headers=True)
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._disarm()
+            self._linger_done()
             super().connection_lost(exc)
 
+        def _client_still_sending(self) -> bool:
+            headers_due = self._reading_headers and (self._raw_header_bytes > 0 or self._too_large)
+            return headers_due or (self.cycle is not None and self.cycle.more_body)
+
         def data_received(self, data: bytes) -> None:
+            if self._lingering:
+                self._discard(data)
+                return
             if self._too_large:
                 return
             if self._reading_headers:
