@@ -27,7 +27,7 @@ from playwright.sync_api import Page, sync_playwright
 from modelserve.monitoring.fleet import FleetMonitoring
 from modelserve.monitoring.histogram import SCORE_EDGES
 from modelserve.monitoring.monitor import Monitor, MonitorConfig
-from modelserve.monitoring.outcomes import OutcomeTally
+from modelserve.monitoring.outcomes import ACCURACY, LabelJoin, OutcomeTally, Prediction
 from modelserve.rollout.gates import INCONCLUSIVE, OutcomeEvidence, evaluate_gate
 from modelserve.rollout.plan import GateSpec, Stage
 from modelserve.rollout.sample import Sample
@@ -398,6 +398,33 @@ async def test_the_gate_counts_are_every_replicas_labels_and_none_while_one_is_m
         gate, Stage(name="canary", weight=5), Sample(requests=0), Sample(requests=0), outcomes=evidence
     )
     assert verdict.verdict == INCONCLUSIVE and verdict.detail == "candidate has 0 of 20 labelled rows"
+    for coordinator, _ in fleets:
+        await coordinator.aclose()
+
+
+@pytest.mark.anyio
+async def test_who_was_right_where_live_and_shadow_disagreed_adds_up_over_replicas(tmp_path: Path) -> None:
+    fleets = []
+    for name, truth in (("a", [0, 0, 0]), ("b", [1, 1, 0])):
+        coordinator = SqliteCoordinator(tmp_path / "state.db")
+        await coordinator.open()
+        tally = OutcomeTally()
+        join = LabelJoin(tally)  # live v1 said [1, 1, 0], shadow v2 said [0, 1, 1]: rows 0 and 2 differ
+        join.remember(
+            "r", Prediction(model="credit", version="1", kind=ACCURACY, values=np.asarray([1, 1, 0]))
+        )
+        join.add_shadow("r", "2", np.asarray([0, 1, 1]))
+        join.resolve("r", truth)
+        monitoring = FleetMonitoring(
+            coordinator=coordinator, monitor=Monitor(), tally=tally, labels=join, replica_id=name,
+            config_for=lambda model: MonitorConfig(),
+        )  # fmt: skip
+        await monitoring.publish()
+        fleets.append((coordinator, monitoring))
+    await fleets[0][1].refresh()
+    (pair,) = fleets[0][1].view("credit")["disagreements"]
+    # a: truth [0, 0, 0]: v1 right on row 2, v2 on row 0; b: truth [1, 1, 0]: v1 right on both rows.
+    assert (pair["disagreeing_rows"], pair["primary_right"], pair["shadow_right"]) == (4, 3, 1)
     for coordinator, _ in fleets:
         await coordinator.aclose()
 

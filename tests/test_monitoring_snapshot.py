@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -12,7 +13,7 @@ from modelserve.monitoring.drift import DriftConfig
 from modelserve.monitoring.histogram import SCORE_EDGES
 from modelserve.monitoring.merge import merge_distributions, merge_drift
 from modelserve.monitoring.monitor import Monitor, MonitorConfig
-from modelserve.monitoring.outcomes import OutcomeTally
+from modelserve.monitoring.outcomes import ACCURACY, LabelJoin, OutcomeTally, Prediction
 from modelserve.monitoring.snapshot import MonitoringSnapshot
 
 CONFIG = MonitorConfig(drift=DriftConfig(min_samples=10))
@@ -32,11 +33,15 @@ def fed_monitor(seed: int, shift: float = 0.0) -> Monitor:
 def snapshot(monitor: Monitor, replica: str) -> MonitoringSnapshot:
     tally = OutcomeTally(wall_clock=lambda: 1000.0)
     tally.record_labels("m", "1", 7, 10, experiment=False)
+    join = LabelJoin(tally)  # v1 served [1, 0], shadow v2 said [0, 0]; the truth [0, 0]
+    join.remember("r", Prediction(model="m", version="1", kind=ACCURACY, values=np.asarray([1, 0])))
+    join.add_shadow("r", "2", np.asarray([0, 0]))
+    join.resolve("r", [0, 0])
     distributions, drift = monitor.export_counts()
     outcomes, slots = tally.export_counts()
     return MonitoringSnapshot(
         replica=replica, time=1.0, distributions=tuple(distributions), drift=tuple(drift),
-        outcomes=tuple(outcomes), slots=tuple(slots),
+        outcomes=tuple(outcomes), slots=tuple(slots), disagreements=tuple(join.export_disagreements()),
     )  # fmt: skip
 
 
@@ -47,7 +52,11 @@ def test_a_snapshot_reads_back_equal_through_json() -> None:
     assert {d.kind for d in original.drift} == {"inputs"}  # outputs: no reference given
     body = json.loads(json.dumps(original.to_json()))
     assert MonitoringSnapshot.from_json(body) == original
-    assert original.outcomes[0].labelled == 10 and original.slots[0].slots == ((100, (10, 7)),)
+    assert original.outcomes[0].labelled == 12 and original.slots[0].slots == ((100, (12, 8)),)
+    (disagreed,) = original.disagreements
+    assert (disagreed.primary, disagreed.shadow, disagreed.rows, disagreed.shadow_right) == ("1", "2", 1, 1)
+    older = {key: value for key, value in body.items() if key != "disagreements"}  # an older release's
+    assert MonitoringSnapshot.from_json(older) == replace(original, disagreements=())
 
 
 EMPTY = {"replica": "a", "time": 1, "distributions": [], "drift": [], "outcomes": [], "slots": []}

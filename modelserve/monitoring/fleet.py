@@ -32,7 +32,7 @@ from modelserve.experiments.stats import wilson_interval
 from modelserve.fleet.sync import REPLICAS
 from modelserve.monitoring.merge import merge_distributions, merge_drift
 from modelserve.monitoring.monitor import Monitor
-from modelserve.monitoring.outcomes import SLOT_S, OutcomeTally
+from modelserve.monitoring.outcomes import SLOT_S, DisagreementCounts, LabelJoin, OutcomeTally
 from modelserve.monitoring.snapshot import MonitoringSnapshot
 from modelserve.monitoring.version import MonitorConfig
 from modelserve.state.coordinator import Coordinator, CoordinatorUnavailable
@@ -51,6 +51,7 @@ class FleetMonitoring:
         coordinator: Coordinator,
         monitor: Monitor,
         tally: OutcomeTally,
+        labels: LabelJoin | None = None,
         replica_id: str,
         config_for: Callable[[str], MonitorConfig],
         publish_s: float = 2.0,
@@ -60,6 +61,7 @@ class FleetMonitoring:
         self.coordinator = coordinator
         self.monitor = monitor
         self.tally = tally
+        self.labels = labels
         self.replica_id = replica_id
         self.config_for = config_for
         self.publish_s, self.max_lag_s, self.ttl_s = publish_s, max_lag_s, ttl_s
@@ -74,9 +76,11 @@ class FleetMonitoring:
         """This replica's counts now (flushes the monitor: call off the event loop when it may be busy)."""
         distributions, drift = self.monitor.export_counts()
         outcomes, slots = self.tally.export_counts()
+        disagreements = self.labels.export_disagreements() if self.labels is not None else []
         return MonitoringSnapshot(
             replica=self.replica_id, time=time.time(), final=final, distributions=tuple(distributions),
             drift=tuple(drift), outcomes=tuple(outcomes), slots=tuple(slots),
+            disagreements=tuple(disagreements),
         )  # fmt: skip
 
     async def publish(self, *, final: bool = False) -> None:
@@ -195,10 +199,17 @@ class FleetMonitoring:
                     "accuracy_interval": [interval.low, interval.high] if interval is not None else None,
                 },
             }  # fmt: skip
+        pairs: dict[tuple[str, str], DisagreementCounts] = {}
+        for d in (d for s in snapshots for d in s.disagreements if d.model == model):
+            counts = pairs.setdefault((d.primary, d.shadow), DisagreementCounts())
+            counts.rows += d.rows
+            counts.primary_right += d.primary_right
+            counts.shadow_right += d.shadow_right
         missing = self.missing()
         return {
             "replicas": sorted(s.replica for s in snapshots),
             "missing": missing,
             "complete": not missing,
             "versions": versions,
+            "disagreements": [counts.to_dict(model, *pair) for pair, counts in sorted(pairs.items())],
         }

@@ -30,7 +30,7 @@ import numpy as np
 from cachetools import TTLCache
 
 from modelserve.experiments.stats import Interval, mean_interval, wilson_interval
-from modelserve.monitoring.snapshot import OutcomeCounts, OutcomeSlots
+from modelserve.monitoring.snapshot import DisagreementTotals, OutcomeCounts, OutcomeSlots
 
 ACCURACY = "accuracy"
 ERROR = "error"
@@ -387,6 +387,21 @@ class LabelJoin:
         with self._lock:
             found = sorted((key, counts) for key, counts in self._disagreements.items() if key[0] == model)
         return [counts.to_dict(*key) for key, counts in found]
+
+    def export_disagreements(self) -> list[DisagreementTotals]:
+        """Every (model, primary, shadow) pair's disagreement counts (the fleet snapshot's part)."""
+        with self._lock:
+            return [
+                DisagreementTotals(
+                    model=m,
+                    primary=p,
+                    shadow=v,
+                    rows=c.rows,
+                    primary_right=c.primary_right,
+                    shadow_right=c.shadow_right,
+                )
+                for (m, p, v), c in self._disagreements.items()
+            ]
 
     def resolve(self, request_id: str, truth: Any, *, model: str | None = None) -> JoinResult | None:
         """Score the request's versions against `truth` (a scalar, or one value per row).

@@ -9,7 +9,9 @@ A `MonitoringSnapshot` holds only additive numbers, so the fleet's figures are s
   windows add up only under the same fingerprint (the same file reference);
 - `OutcomeCounts` per (model, version): labelled rows and those predicted right, overall;
 - `OutcomeSlots` per (model, version, role or "paired:<shadow>"): the same counts per 10 s slot of
-  wall time, what the accuracy gate sums since a rollout began.
+  wall time, what the accuracy gate sums since a rollout began;
+- `DisagreementTotals` per (model, primary, shadow): labelled rows where the two predicted other
+  classes, and which one was right.
 
 Sizes are bounded by what the monitor keeps: 8 versions per model, 32 classes, capped columns,
 `bins + 1` counts per column, 8640 slots per series. `from_json` checks every field and returns None
@@ -87,6 +89,18 @@ class OutcomeSlots:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class DisagreementTotals:
+    """Labelled rows where a shadow version predicted another class than the primary, and who was right."""
+
+    model: str
+    primary: str
+    shadow: str
+    rows: int
+    primary_right: int
+    shadow_right: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class MonitoringSnapshot:
     """Everything one replica publishes (see the module docstring); `final` when it shut down."""
 
@@ -97,6 +111,7 @@ class MonitoringSnapshot:
     drift: tuple[DriftCounts, ...] = ()
     outcomes: tuple[OutcomeCounts, ...] = ()
     slots: tuple[OutcomeSlots, ...] = ()
+    disagreements: tuple[DisagreementTotals, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -116,6 +131,10 @@ class MonitoringSnapshot:
             ],
             "outcomes": [[o.model, o.version, o.labelled, o.correct] for o in self.outcomes],
             "slots": [[s.model, s.version, s.role, [[k, list(c)] for k, c in s.slots]] for s in self.slots],
+            "disagreements": [
+                [d.model, d.primary, d.shadow, d.rows, d.primary_right, d.shadow_right]
+                for d in self.disagreements
+            ],
         }  # fmt: skip
 
     @classmethod
@@ -152,6 +171,13 @@ class MonitoringSnapshot:
                         slots=tuple((int(k), _counts(c)) for k, c in found),
                     )
                     for m, v, r, found in data["slots"]
+                ),
+                disagreements=tuple(  # absent from an older release's snapshot
+                    DisagreementTotals(
+                        model=_str(m), primary=_str(p), shadow=_str(v), rows=int(n), primary_right=int(pr),
+                        shadow_right=int(sr),
+                    )
+                    for m, p, v, n, pr, sr in data.get("disagreements", ())
                 ),
             )  # fmt: skip
         except (KeyError, TypeError, ValueError, AttributeError):

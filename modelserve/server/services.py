@@ -282,7 +282,7 @@ def build_services(
         if replica.shared:  # every replica's figures merged; /metrics stays this replica's (Prometheus sums)
             fleet_monitoring = FleetMonitoring(
                 coordinator=coordinator, monitor=monitoring.monitor, tally=monitoring.tally,
-                replica_id=replica.replica_id, config_for=monitoring.config_for,
+                labels=monitoring.labels, replica_id=replica.replica_id, config_for=monitoring.config_for,
             )  # fmt: skip
             fleet_labels = FleetLabels(coordinator, monitoring.labels)  # labels join on any replica
             monitoring.share(fleet_monitoring, fleet_labels)

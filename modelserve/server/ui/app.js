@@ -525,7 +525,8 @@ function renderShadow(s) {
         .join("") +
       `</tbody></table>`
     : "";
-  const labelled = (s.monitoring.disagreements || [])
+  const fleet = s.monitoring.fleet;
+  const labelled = ((fleet && state.scope === "fleet" ? fleet.disagreements : s.monitoring.disagreements) || [])
     .map(
       (d) =>
         `<div class="who-right">On <b>${d.disagreeing_rows}</b> labelled rows where v${esc(d.primary_version)} and v${esc(d.shadow_version)} disagreed: ` +
