@@ -6,8 +6,6 @@ timeout gates read), and never holds more worker threads than its `max_concurren
 
 from __future__ import annotations
 
-import random
-import socket
 import threading
 import time
 import tomllib
@@ -27,31 +25,11 @@ from modelserve.cli import main
 from modelserve.config import RuntimeOptions, parse_model_config
 from modelserve.errors import ConfigError, DeadlineExceeded
 from modelserve.serving.runtime import load_version
-from modelserve.testing_processes import ServeProcess
+from modelserve.testing_processes import ServeProcess, serve_fleet
 
 BODY = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 16], "data": [0.25] * 16}]}
 TOKEN = "deadline-secret"
 AUTH = {"authorization": f"Bearer {TOKEN}"}
-#: The ports this work may use on the shared host; runs of these tests may overlap (a full suite
-#: elsewhere), so each run takes ports of the range that are free at the time.
-PORT_RANGE = range(19300, 19400)
-
-
-def free_ports(count: int) -> list[int]:
-    """`count` ports of PORT_RANGE that nothing is bound to now, in random order."""
-    found: list[int] = []
-    for port in random.sample(PORT_RANGE, len(PORT_RANGE)):
-        with socket.socket() as probe:
-            try:
-                probe.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        found.append(port)
-        if len(found) == count:
-            return found
-    raise RuntimeError(f"fewer than {count} free ports in {PORT_RANGE}")
-
-
 def slow_repo(root: Path, *, timeout_ms: float, hang_s: float) -> Path:
     """`fraud` v1 (live, healthy) and v2, which blocks `hang_s` on every run, both with a deadline."""
     repo = testing.repository(root, {"fraud": {"1": 1, "2": 2}})
@@ -337,22 +315,9 @@ def slow_candidate_fleet(tmp_path: Path) -> Iterator[list[ServeProcess]]:
         f'live = "1"\n[serving]\nmax_concurrency = 1\n'
         f'[testing.faults."2"]\nextra_latency_ms = {SLOW_COMPUTE_MS}\n'
     )
-    fleet = ["--coordinator", f"sqlite:///{tmp_path / 'fleet.db'}", "--leader-lease", "2"]
-    fleet += ["--admin-token", TOKEN]
-    processes = [
-        ServeProcess(
-            [str(repo), *fleet, "--state-dir", str(tmp_path / f"state-{i}")],
-            port=port,
-            env={"POD_NAME": f"replica-{i}"},
-            log_path=tmp_path / f"serve-{i}.log",
-        )
-        for i, port in enumerate(free_ports(2))
-    ]
-    try:
-        for process in processes:
-            process.start()
-        for process in processes:
-            process.wait_ready()
+    coordinator = f"sqlite:///{tmp_path / 'fleet.db'}"
+    args = ["--leader-lease", "2", "--admin-token", TOKEN]
+    with serve_fleet(repo, tmp_path, coordinator, count=2, args=args) as processes:
         staged = httpx.post(
             f"{processes[0].url}/admin/models/fraud/stage", json={"version": "2"}, headers=AUTH, timeout=60
         )
@@ -363,9 +328,6 @@ def slow_candidate_fleet(tmp_path: Path) -> Iterator[list[ServeProcess]]:
                 assert time.monotonic() < limit, [p.log_tail() for p in processes]
                 time.sleep(0.05)
         yield processes
-    finally:
-        for process in processes:
-            process.stop()
 
 
 def wait_for_the_end(url: str, processes: list[ServeProcess]) -> dict[str, Any]:
