@@ -13,7 +13,14 @@ from modelserve.monitoring.drift import DriftConfig
 from modelserve.monitoring.histogram import SCORE_EDGES
 from modelserve.monitoring.merge import merge_distributions, merge_drift
 from modelserve.monitoring.monitor import Monitor, MonitorConfig
-from modelserve.monitoring.outcomes import ACCURACY, LabelJoin, OutcomeTally, Prediction
+from modelserve.monitoring.outcomes import (
+    ACCURACY,
+    LabelCounts,
+    LabelJoin,
+    OutcomeTally,
+    Prediction,
+    summarize,
+)
 from modelserve.monitoring.snapshot import MonitoringSnapshot
 
 CONFIG = MonitorConfig(drift=DriftConfig(min_samples=10))
@@ -91,3 +98,26 @@ def test_windows_add_only_under_the_same_reference() -> None:
     )
     classes = merge_distributions([s.distributions[0] for _, s in same], SCORE_EDGES)
     assert classes["rows"] == 400 and sum(classes["classes"]["label"].values()) == 400
+
+
+def test_regression_errors_of_two_replicas_merge_exactly_through_their_snapshots() -> None:
+    rng = np.random.default_rng(7)
+    errors = [rng.normal(0.3, 2.0, size=n) for n in (137, 59)]
+    merged = LabelCounts()
+    for part in errors:
+        tally = OutcomeTally()
+        tally.record_errors("m", "1", part, experiment=False)
+        (counts,), _ = tally.export_counts()
+        body = json.loads(json.dumps(MonitoringSnapshot(replica="r", time=1.0, outcomes=(counts,)).to_json()))
+        read = MonitoringSnapshot.from_json(body)
+        assert read is not None
+        (o,) = read.outcomes
+        merged.merge(LabelCounts(o.labelled, o.correct, o.valued, o.abs_mean, o.abs_m2, o.sq_sum))
+    whole = OutcomeTally()
+    whole.record_errors("m", "1", np.concatenate(errors), experiment=False)
+    fleet, alone = summarize("m", "1", merged), whole.summary("m", "1")
+    assert fleet.kind == alone.kind == "error" and fleet.samples == alone.samples == 196
+    assert fleet.mean_abs_error == pytest.approx(alone.mean_abs_error, rel=1e-12)
+    assert fleet.rmse == pytest.approx(alone.rmse, rel=1e-12)
+    assert fleet.abs_error_interval is not None and alone.abs_error_interval is not None
+    assert fleet.abs_error_interval.low == pytest.approx(alone.abs_error_interval.low, rel=1e-12)

@@ -28,11 +28,17 @@ from typing import Any
 import anyio
 import anyio.to_thread
 
-from modelserve.experiments.stats import wilson_interval
 from modelserve.fleet.sync import REPLICAS
 from modelserve.monitoring.merge import merge_distributions, merge_drift
 from modelserve.monitoring.monitor import Monitor
-from modelserve.monitoring.outcomes import SLOT_S, DisagreementCounts, LabelJoin, OutcomeTally
+from modelserve.monitoring.outcomes import (
+    SLOT_S,
+    DisagreementCounts,
+    LabelCounts,
+    LabelJoin,
+    OutcomeTally,
+    summarize,
+)
 from modelserve.monitoring.snapshot import MonitoringSnapshot
 from modelserve.monitoring.version import MonitorConfig
 from modelserve.state.coordinator import Coordinator, CoordinatorUnavailable
@@ -179,9 +185,9 @@ class FleetMonitoring:
                 ]
                 return merge_drift(parts, config, prefer=self.replica_id)
 
-            outcomes = [o for s in snapshots for o in s.outcomes if (o.model, o.version) == (model, version)]
-            labelled, correct = sum(o.labelled for o in outcomes), sum(o.correct for o in outcomes)
-            interval = wilson_interval(correct, labelled) if labelled else None
+            labelled = LabelCounts()
+            for o in (o for s in snapshots for o in s.outcomes if (o.model, o.version) == (model, version)):
+                labelled.merge(LabelCounts(o.labelled, o.correct, o.valued, o.abs_mean, o.abs_m2, o.sq_sum))
             inputs, outputs_drift = drift("inputs"), drift("outputs")
             versions[version] = {
                 "distribution": outputs("primary"),
@@ -191,13 +197,7 @@ class FleetMonitoring:
                 "not_mergeable": sorted(
                     {r["replica"] for r in (*inputs["not_mergeable"], *outputs_drift["not_mergeable"])}
                 ),
-                "accuracy": {
-                    "kind": "accuracy" if labelled else None,
-                    "samples": labelled,
-                    "correct": correct,
-                    "accuracy": correct / labelled if labelled else None,
-                    "accuracy_interval": [interval.low, interval.high] if interval is not None else None,
-                },
+                "accuracy": summarize(model, version, labelled).to_dict(),
             }  # fmt: skip
         pairs: dict[tuple[str, str], DisagreementCounts] = {}
         for d in (d for s in snapshots for d in s.disagreements if d.model == model):

@@ -75,7 +75,9 @@ class OutcomeSummary:
 
 
 @dataclass(slots=True)
-class _Counts:
+class LabelCounts:
+    """Labelled rows (classes) and the running error statistics (values) of one version; mergeable."""
+
     labelled: int = 0
     correct: int = 0
     valued: int = 0
@@ -97,20 +99,33 @@ class _Counts:
         self.valued = n
         self.sq_sum += float((errors.astype(np.float64) ** 2).sum())
 
+    def merge(self, other: LabelCounts) -> None:
+        """Add `other`'s counts (another replica's): the error statistics combine exactly (Chan)."""
+        self.labelled += other.labelled
+        self.correct += other.correct
+        n_a, n_b = self.valued, other.valued
+        if n_b:
+            n = n_a + n_b
+            delta = other.abs_mean - self.abs_mean
+            self.abs_mean += delta * n_b / n
+            self.abs_m2 += other.abs_m2 + delta * delta * n_a * n_b / n
+            self.valued = n
+            self.sq_sum += other.sq_sum
+
 
 class OutcomeTally:
     """Per (model, version) outcome counts, overall and within experiments. Thread-safe."""
 
     def __init__(self, *, wall_clock: Callable[[], float] = time.time) -> None:
         self._lock = threading.Lock()
-        self._counts: dict[tuple[str, str, bool], _Counts] = {}
+        self._counts: dict[tuple[str, str, bool], LabelCounts] = {}
         self._wall_clock = wall_clock
         #: (model, version, role) or (model, primary, "paired:" + shadow) -> slot -> counts, oldest first.
         self._slots: dict[tuple[str, str, str], dict[int, list[int]]] = {}
 
-    def _both(self, model: str, version: str, experiment: bool) -> list[_Counts]:
+    def _both(self, model: str, version: str, experiment: bool) -> list[LabelCounts]:
         keys = [(model, version, False)] + ([(model, version, True)] if experiment else [])
-        return [self._counts.setdefault(key, _Counts()) for key in keys]
+        return [self._counts.setdefault(key, LabelCounts()) for key in keys]
 
     def record_labels(
         self, model: str, version: str, correct: int, total: int, *, experiment: bool, role: str = "primary"
@@ -163,9 +178,18 @@ class OutcomeTally:
         """Labelled and right rows per version, and per slot (the fleet snapshot's outcome part)."""
         with self._lock:
             overall = [
-                OutcomeCounts(model=m, version=v, labelled=c.labelled, correct=c.correct)
+                OutcomeCounts(
+                    model=m,
+                    version=v,
+                    labelled=c.labelled,
+                    correct=c.correct,
+                    valued=c.valued,
+                    abs_mean=c.abs_mean,
+                    abs_m2=c.abs_m2,
+                    sq_sum=c.sq_sum,
+                )
                 for (m, v, experiment), c in self._counts.items()
-                if not experiment and c.labelled
+                if not experiment and (c.labelled or c.valued)
             ]
             slots = [
                 OutcomeSlots(
@@ -201,31 +225,40 @@ class OutcomeTally:
         """Accuracy (Wilson interval) or mean absolute error (t interval) of `version`, with samples."""
         with self._lock:
             found = self._counts.get((model, version, experiment_only))
-            counts = _Counts(**{name: getattr(found, name) for name in _Counts.__slots__}) if found else None
-        if counts is None or (counts.labelled == 0 and counts.valued == 0):
-            return OutcomeSummary(model=model, version=version, kind=None, samples=0)
-        if counts.labelled >= counts.valued:
-            n = counts.labelled
-            return OutcomeSummary(
-                model=model,
-                version=version,
-                kind=ACCURACY,
-                samples=n,
-                correct=counts.correct,
-                accuracy=counts.correct / n,
-                accuracy_interval=wilson_interval(counts.correct, n, alpha=alpha),
+            counts = (
+                LabelCounts(**{name: getattr(found, name) for name in LabelCounts.__slots__})
+                if found
+                else None
             )
-        n = counts.valued
-        variance = counts.abs_m2 / (n - 1) if n > 1 else 0.0
+        return summarize(model, version, counts if counts is not None else LabelCounts(), alpha=alpha)
+
+
+def summarize(model: str, version: str, counts: LabelCounts, *, alpha: float = 0.05) -> OutcomeSummary:
+    """Accuracy (Wilson interval) or mean absolute error (t interval) of `counts`, with samples."""
+    if counts.labelled == 0 and counts.valued == 0:
+        return OutcomeSummary(model=model, version=version, kind=None, samples=0)
+    if counts.labelled >= counts.valued:
+        n = counts.labelled
         return OutcomeSummary(
             model=model,
             version=version,
-            kind=ERROR,
+            kind=ACCURACY,
             samples=n,
-            mean_abs_error=counts.abs_mean,
-            abs_error_interval=mean_interval(n, counts.abs_mean, variance, alpha=alpha),
-            rmse=math.sqrt(counts.sq_sum / n),
+            correct=counts.correct,
+            accuracy=counts.correct / n,
+            accuracy_interval=wilson_interval(counts.correct, n, alpha=alpha),
         )
+    n = counts.valued
+    variance = counts.abs_m2 / (n - 1) if n > 1 else 0.0
+    return OutcomeSummary(
+        model=model,
+        version=version,
+        kind=ERROR,
+        samples=n,
+        mean_abs_error=counts.abs_mean,
+        abs_error_interval=mean_interval(n, counts.abs_mean, variance, alpha=alpha),
+        rmse=math.sqrt(counts.sq_sum / n),
+    )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

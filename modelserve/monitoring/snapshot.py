@@ -70,12 +70,17 @@ class DriftCounts:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class OutcomeCounts:
-    """Labelled rows of one version (served or shadowed) and how many it predicted right."""
+    """Labelled rows of one version (served or shadowed) and how many it predicted right; for values
+    (a regressor), how many and the running mean, squared deviations and squares of the |errors|."""
 
     model: str
     version: str
     labelled: int
     correct: int
+    valued: int = 0
+    abs_mean: float = 0.0
+    abs_m2: float = 0.0
+    sq_sum: float = 0.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -129,7 +134,10 @@ class MonitoringSnapshot:
                  [list(c) for c in d.reference], [list(c) for c in d.current]]
                 for d in self.drift
             ],
-            "outcomes": [[o.model, o.version, o.labelled, o.correct] for o in self.outcomes],
+            "outcomes": [
+                [o.model, o.version, o.labelled, o.correct, o.valued, o.abs_mean, o.abs_m2, o.sq_sum]
+                for o in self.outcomes
+            ],
             "slots": [[s.model, s.version, s.role, [[k, list(c)] for k, c in s.slots]] for s in self.slots],
             "disagreements": [
                 [d.model, d.primary, d.shadow, d.rows, d.primary_right, d.shadow_right]
@@ -161,10 +169,7 @@ class MonitoringSnapshot:
                     )
                     for m, v, k, f, s, cols, n, ref, cur in data["drift"]
                 ),
-                outcomes=tuple(
-                    OutcomeCounts(model=_str(m), version=_str(v), labelled=int(n), correct=int(c))
-                    for m, v, n, c in data["outcomes"]
-                ),
+                outcomes=tuple(_outcome_counts(found) for found in data["outcomes"]),
                 slots=tuple(
                     OutcomeSlots(
                         model=_str(m), version=_str(v), role=_str(r),
@@ -182,6 +187,15 @@ class MonitoringSnapshot:
             )  # fmt: skip
         except (KeyError, TypeError, ValueError, AttributeError):
             return None
+
+
+def _outcome_counts(found: Any) -> OutcomeCounts:
+    m, v, n, c, *errors = _list(found)  # an older release wrote no error statistics
+    valued, abs_mean, abs_m2, sq_sum = errors if errors else (0, 0.0, 0.0, 0.0)
+    return OutcomeCounts(
+        model=_str(m), version=_str(v), labelled=int(n), correct=int(c), valued=int(valued),
+        abs_mean=float(abs_mean), abs_m2=float(abs_m2), sq_sum=float(sq_sum),
+    )  # fmt: skip
 
 
 def _str(value: Any) -> str:
