@@ -76,6 +76,8 @@ class FleetGateData(WindowReader, Protocol):
 
 #: How often the leader looks for rollouts started or changed on other replicas.
 ADOPT_INTERVAL_S = 0.5
+#: How long an operator command's answer waits for its state to reach the shared backend.
+COMMAND_WRITE_WAIT_S = 10.0
 
 T = TypeVar("T")
 
@@ -299,9 +301,15 @@ class RolloutService:
     async def act(self, model: str, action: Callable[[], Awaitable[T]]) -> T:
         """Run an operator command: on the leader directly; elsewhere on the shared state as it is
         now (the leader adopts the result within `ADOPT_INTERVAL_S`), sending no webhooks (the
-        leader does)."""
-        if self.leader is None or self.shared is None or self.leader.is_leader:
+        leader does). Either way the answer waits until the command's state is written: an
+        acknowledged command survives a kill -9 that follows it."""
+        if self.leader is None or self.shared is None:
             return await action()
+        if self.leader.is_leader:
+            try:
+                return await action()
+            finally:
+                await self._written()
         await self.shared.reload(*self._keys([model]))
         await self.controller.adopt(model)
         webhooks, self.controller.webhooks = self.controller.webhooks, None
@@ -309,8 +317,16 @@ class RolloutService:
             return await action()
         finally:
             self.controller.webhooks = webhooks
-            await self.shared.flush()
+            await self._written()
             self.controller.forget(model)
+
+    async def _written(self) -> None:
+        """Wait (bounded: the backend may be away) until the shared state has what was just written."""
+        assert self.shared is not None
+        with anyio.move_on_after(COMMAND_WRITE_WAIT_S) as waited:
+            await self.shared.flush()
+        if waited.cancelled_caught:
+            log.warning("rollout command: its state is not written yet (the backend is slow or away)")
 
     async def current(self, model: str) -> dict[str, Any]:
         """`describe` from the shared state when another replica leads."""
