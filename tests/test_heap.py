@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import gc
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from modelserve.server import heap
@@ -53,3 +55,24 @@ def _retained_mb(mode: str) -> int:
 def test_pinned_thresholds_give_a_pool_threads_freed_buffers_back_after_a_trim() -> None:
     assert _retained_mb("pinned") <= 4
     assert _retained_mb("default") >= 16  # what glibc's moving thresholds keep, trim or not
+
+
+def _mapped(address: int) -> bool:
+    with open("/proc/self/maps") as maps:
+        for line in maps:
+            low, high = (int(bound, 16) for bound in line.split()[0].split("-"))
+            if low <= address < high:
+                return True
+    return False
+
+
+def test_populated_pages_are_writable_and_unmapped_once_the_last_view_is_gone() -> None:
+    view = heap.populated_pages(3 << 20)[100:]  # as a body buffer is used: a slice, then an array
+    view[:5] = b"hello"
+    array = np.frombuffer(view, dtype=np.uint8)
+    address = array.ctypes.data
+    del view
+    assert bytes(array[:5]) == b"hello" and _mapped(address)  # the array keeps the pages
+    del array
+    gc.collect()
+    assert not _mapped(address)

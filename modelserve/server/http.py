@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import mmap
 from collections.abc import AsyncIterator, Iterable
 
 from starlette.types import Message, Receive, Send
 
 from modelserve.errors import PayloadTooLarge, RequestError
+from modelserve.server import heap
 
 JSON_HEADERS = [(b"content-type", b"application/json")]
 #: `body_buffer` puts the chosen byte of a body on this boundary (a cache line: more than any dtype needs).
 BODY_ALIGNMENT = 64
-_POPULATE = getattr(mmap, "MAP_POPULATE", 0)  # Linux: the kernel maps every page up front
 
 
 def header(scope_headers: Iterable[tuple[bytes, bytes]], name: bytes) -> bytes | None:
@@ -77,12 +76,11 @@ async def read_body(receive: Receive, scope_headers: Iterable[tuple[bytes, bytes
 def body_buffer(size: int, aligned_at: int = 0) -> memoryview:
     """`size` writable bytes for a request body, with byte `aligned_at` on a `BODY_ALIGNMENT` boundary
     (binary tensor data after a JSON header of that length is then used in place: numpy and
-    onnxruntime copy unaligned data) and every page already mapped. Blocking: the kernel zeroes the
-    pages (~0.3 ms a MB); call it in a thread, so that the event loop filling it (`read_into`) never
-    takes a page fault (a fresh 58 MB body took ~30 ms of faults on the loop)."""
-    start = -aligned_at % BODY_ALIGNMENT  # an anonymous mapping starts on a page
-    pages = mmap.mmap(-1, max(1, start + size), flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | _POPULATE)
-    return memoryview(pages)[start : start + size]
+    onnxruntime copy unaligned data) and every page already in (`heap.populated_pages`). Blocking:
+    call it in a thread, so that the event loop filling it (`read_into`) never takes a page fault (a
+    fresh 58 MB body took ~30 ms of faults on the loop)."""
+    start = -aligned_at % BODY_ALIGNMENT  # a mapping starts on a page
+    return heap.populated_pages(max(1, start + size))[start : start + size]
 
 
 async def read_into(receive: Receive, body: memoryview) -> memoryview:
