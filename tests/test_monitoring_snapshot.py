@@ -59,7 +59,10 @@ def test_a_snapshot_reads_back_equal_through_json() -> None:
     assert {d.kind for d in original.drift} == {"inputs"}  # outputs: no reference given
     body = json.loads(json.dumps(original.to_json()))
     assert MonitoringSnapshot.from_json(body) == original
-    assert original.outcomes[0].labelled == 12 and original.slots[0].slots == ((100, (12, 8)),)
+    assert original.outcomes[0].labelled == 12 and (original.slots[0].slots, original.slots[0].counts) == (
+        (100,),
+        ((12,), (8,)),
+    )
     (disagreed,) = original.disagreements
     assert (disagreed.primary, disagreed.shadow, disagreed.rows, disagreed.shadow_right) == ("1", "2", 1, 1)
     older = {key: value for key, value in body.items() if key != "disagreements"}  # an older release's
@@ -73,7 +76,9 @@ EMPTY = {"replica": "a", "time": 1, "distributions": [], "drift": [], "outcomes"
     "body",
     [None, [], "x", {}, {"replica": 1, "time": 0}, {**EMPTY, "time": "soon"},
      {**EMPTY, "distributions": [["m"]]}, {**EMPTY, "outcomes": [["m", "1", "x", 1]]},
-     {**EMPTY, "slots": [["m", "1", "r", 5]]},
+     {**EMPTY, "slots": [["m", "1", "r", 5]]}, {**EMPTY, "slots": [["m", "1", "r", [1, 2], [[3]]]]},
+     {**EMPTY, "outcomes": [["m", "1", 1, 1, "x", 0, 0, 0]]},
+     {**EMPTY, "distributions": [["m", "1", "p", 1, {"s": [["a"], 0]}, {}]]},
      {**EMPTY, "drift": [["m", "1", "inputs", "f", "file", "cols", 1, [], []]]}],
 )  # fmt: skip
 def test_a_damaged_snapshot_is_left_out_not_raised(body: Any) -> None:
@@ -121,3 +126,18 @@ def test_regression_errors_of_two_replicas_merge_exactly_through_their_snapshots
     assert fleet.rmse == pytest.approx(alone.rmse, rel=1e-12)
     assert fleet.abs_error_interval is not None and alone.abs_error_interval is not None
     assert fleet.abs_error_interval.low == pytest.approx(alone.abs_error_interval.low, rel=1e-12)
+
+
+def test_a_day_of_label_slots_is_bounded_and_reads_back_exactly() -> None:
+    clock = [1.7e9]
+    tally = OutcomeTally(wall_clock=lambda: clock[0])
+    for slot in range(8640 + 100):  # labels in every 10 s slot for longer than a day: the oldest go
+        clock[0] = 1.7e9 + 10 * slot
+        for version in ("1", "2"):
+            tally.record_labels("m", version, slot % 4, 5, experiment=False)
+    _, slots = tally.export_counts()
+    snapshot = MonitoringSnapshot(replica="a", time=1.0, slots=tuple(slots))
+    body = json.dumps(snapshot.to_json())
+    assert [len(series.slots) for series in slots] == [8640, 8640]
+    assert len(body) < 200_000  # two series of a day: about 160 kB
+    assert MonitoringSnapshot.from_json(json.loads(body)) == snapshot

@@ -27,6 +27,7 @@ from typing import Any
 
 import anyio
 import anyio.to_thread
+import numpy as np
 
 from modelserve.fleet.sync import REPLICAS
 from modelserve.monitoring.merge import merge_distributions, merge_drift
@@ -78,14 +79,15 @@ class FleetMonitoring:
 
     # -- publishing --------------------------------------------------------------------------------
 
-    def export(self, *, final: bool = False) -> MonitoringSnapshot:
-        """This replica's counts now (flushes the monitor: call off the event loop when it may be busy)."""
+    def export(self, *, final: bool = False, slots: bool = True) -> MonitoringSnapshot:
+        """This replica's counts now (flushes the monitor: call off the event loop when it may be busy);
+        without the label slots when not `slots` (the gate reads this replica's own from its tally)."""
         distributions, drift = self.monitor.export_counts()
-        outcomes, slots = self.tally.export_counts()
+        outcomes, series = self.tally.export_counts(slots=slots)
         disagreements = self.labels.export_disagreements() if self.labels is not None else []
         return MonitoringSnapshot(
             replica=self.replica_id, time=time.time(), final=final, distributions=tuple(distributions),
-            drift=tuple(drift), outcomes=tuple(outcomes), slots=tuple(slots),
+            drift=tuple(drift), outcomes=tuple(outcomes), slots=tuple(series),
             disagreements=tuple(disagreements),
         )  # fmt: skip
 
@@ -96,17 +98,21 @@ class FleetMonitoring:
         await self.coordinator.put_snapshot(MONITORING, self.replica_id, snapshot.to_json(), self.ttl_s)
 
     async def refresh(self) -> None:
-        """Read every replica's snapshot and who serves."""
+        """Read every replica's snapshot and who serves (read back in a worker thread: a day of
+        label slots is a few hundred kB of JSON per replica)."""
         published = await self.coordinator.snapshots(MONITORING)
         serving = await self.coordinator.snapshots(REPLICAS)
-        remote = {}
-        for replica, body in published.items():
-            snapshot = MonitoringSnapshot.from_json(body)
-            if snapshot is None:
-                log.warning("replica %s: monitoring snapshot not readable, left out", replica)
-            elif replica != self.replica_id:
-                remote[replica] = snapshot
-        self.remote, self.serving = remote, set(serving) - {self.replica_id}
+        others = {replica: body for replica, body in published.items() if replica != self.replica_id}
+        if self._limiter is None:
+            self._limiter = anyio.CapacityLimiter(1)
+        parsed = await anyio.to_thread.run_sync(
+            lambda: {replica: MonitoringSnapshot.from_json(body) for replica, body in others.items()},
+            limiter=self._limiter,
+        )
+        for replica in sorted(r for r, snapshot in parsed.items() if snapshot is None):
+            log.warning("replica %s: monitoring snapshot not readable, left out", replica)
+        self.remote = {r: snapshot for r, snapshot in parsed.items() if snapshot is not None}
+        self.serving = set(serving) - {self.replica_id}
 
     async def run(self) -> None:
         """Publish and refresh every `publish_s` until cancelled (every replica)."""
@@ -150,16 +156,15 @@ class FleetMonitoring:
         totals = [0] * width
         for snapshot in self.remote.values():
             for series in snapshot.slots:
-                if (series.model, series.version, series.role) == (model, version, role):
-                    for slot, counts in series.slots:
-                        if slot >= first:
-                            for i, count in enumerate(counts[:width]):
-                                totals[i] += count
+                if (series.model, series.version, series.role) == (model, version, role) and series.slots:
+                    recent = np.asarray(series.slots) >= first
+                    for i, column in enumerate(series.counts[:width]):
+                        totals[i] += int(np.asarray(column)[recent].sum())
         return totals
 
     def view(self, model: str) -> dict[str, Any]:
         """The fleet's figures of `model` per version, shaped like `MonitoringService.versions` (JSON)."""
-        snapshots = [self.export(), *self.remote.values()]
+        snapshots = [self.export(slots=False), *self.remote.values()]
         config = self.config_for(model)
         versions: dict[str, Any] = {}
         found = {d.version for s in snapshots for d in s.distributions if d.model == model}

@@ -174,8 +174,9 @@ class OutcomeTally:
         rows, primary_correct, shadow_correct = self._since((model, primary, "paired:" + shadow), since, 3)
         return primary_correct, shadow_correct, rows
 
-    def export_counts(self) -> tuple[list[OutcomeCounts], list[OutcomeSlots]]:
-        """Labelled and right rows per version, and per slot (the fleet snapshot's outcome part)."""
+    def export_counts(self, *, slots: bool = True) -> tuple[list[OutcomeCounts], list[OutcomeSlots]]:
+        """Labelled and right rows per version, and per slot unless not `slots` (the fleet snapshot's
+        outcome part; a day of slots is most of its size and export time)."""
         with self._lock:
             overall = [
                 OutcomeCounts(
@@ -191,13 +192,17 @@ class OutcomeTally:
                 for (m, v, experiment), c in self._counts.items()
                 if not experiment and (c.labelled or c.valued)
             ]
-            slots = [
+            series = [
                 OutcomeSlots(
-                    model=m, version=v, role=role, slots=tuple((k, tuple(c)) for k, c in found.items())
+                    model=m,
+                    version=v,
+                    role=role,
+                    slots=tuple(found),
+                    counts=tuple(zip(*found.values(), strict=True)),
                 )
-                for (m, v, role), found in self._slots.items()
+                for (m, v, role), found in (self._slots.items() if slots else ())
             ]
-        return overall, slots
+        return overall, series
 
     def record_errors(self, model: str, version: str, errors: np.ndarray, *, experiment: bool) -> None:
         """Count regression errors (prediction minus truth), one per row."""
