@@ -203,7 +203,7 @@ def test_shifted_traffic_on_one_replica_raises_the_fleet_drift_of_the_summed_bin
 
     def fleet_column(monitoring: dict[str, Any]) -> dict[str, Any]:
         columns = monitoring["fleet"]["versions"]["1"]["drift"]["inputs"]
-        return next(d for d in columns if d["column"] == column)
+        return next((d for d in columns if d["column"] == column), {"samples": None})  # None: not yet
 
     monitoring = wait_for(
         lambda: page(a), lambda m: fleet_column(m)["samples"] == len(fleet.served), 20, "drift summed"
@@ -255,6 +255,21 @@ def test_a_label_posted_to_any_replica_joins_once_where_the_request_was_served(f
         "unknown": 1,
         "duplicate": 0,
     }
+    # Hostile input is a 4xx or counted, never a 500: odd ids, a label of the wrong shape (refused after
+    # its record was taken, as documented: the request cannot be labelled again).
+    odd = [
+        {"request_id": rid, "label": 1} for rid in ("ü/../label:x", "a" * 128, "*", "label:credit/label-a")
+    ]
+    assert post_labels(c, odd) == {"accepted": 0, "unknown": 4, "duplicate": 0}
+    serve_rows(fleet, a, [ROWS[5]], "hostile")  # served as "hostile-0"
+    refused = [
+        {"request_id": "hostile-0", "label": [1, 0]}, {"request_id": "x" * 129, "label": 1},
+        {"labels": [{"request_id": "hostile-0"}]}, {"labels": "x"}, {"request_id": 5, "label": 1},
+    ]  # fmt: skip
+    for body in refused:
+        response = httpx.post(f"{b}/v2/models/credit/labels", json=body, headers=AUTH, timeout=30)
+        assert response.status_code == 400, (body, response.text)
+    assert post_labels(b, [{"request_id": "hostile-0", "label": 1}])["duplicate"] == 1
     correct = sum(label == t for label, t in predicted.values())
 
     def accuracy(monitoring: dict[str, Any]) -> dict[str, Any]:
