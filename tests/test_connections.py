@@ -117,8 +117,10 @@ def _answer_until_closed(sock: socket.socket) -> bytes:
     return answer
 
 
-def test_a_client_still_uploading_reads_the_413_rather_than_a_reset(refusing: RunningServer) -> None:
-    assert [_upload(refusing, size) for size in (2_000_000, 30_000_000)] == [413, 413]
+@pytest.mark.parametrize("protocol", ["GuardedHttpProtocol", "GuardedH11Protocol"])
+def test_a_client_still_uploading_reads_the_413_rather_than_a_reset(protocol: str) -> None:
+    with serve(refuse_uploads, http=getattr(connections, protocol), lifespan="off") as server:
+        assert [_upload(server, size) for size in (2_000_000, 30_000_000)] == [413, 413]
 
 
 def test_an_oversized_header_is_answered_431_and_the_connection_ends_cleanly(refusing: RunningServer) -> None:
