@@ -4,7 +4,9 @@ give its memory back?
 For each attack a prober (a process of its own, so the attack's client work never delays it) asks
 `/v2/health/live` every 20 ms while the attack runs; the table shows
 the liveness latency (p50 / p99 / max, and probes that got no answer within 5 s), the server's
-resident memory before, at its peak and 3 s after, and what the attack itself got back.
+resident memory before, at its peak and 3 s after, the CPU time the server used meanwhile (all
+threads, including the 3 s after: the figure that hardly moves with the host's load), and what
+the attack itself got back.
 
     python benchmarks/attacks.py                      # this tree
     python benchmarks/attacks.py --compare /work/wt/base   # and another checkout, side by side
@@ -56,6 +58,14 @@ def rss_mb(pid: int) -> float:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) / 1024
     return 0.0
+
+
+def cpu_s(pid: int) -> float:
+    """The process's CPU time so far (user + system, every thread): on a shared host latency swings
+    with scheduling, the CPU an attack costs the server hardly."""
+    with open(f"/proc/{pid}/stat") as handle:
+        fields = handle.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def binary_body(rows: int, seed: int = 0) -> tuple[bytes, dict[str, str]]:
@@ -137,6 +147,7 @@ def probe(url: str, pid: int, started: Any, stop: Any, results: Any) -> None:
 def measured(url: str, pid: int, attack: Callable[[], str]) -> dict[str, Any]:
     """Run `attack` while a prober process probes liveness and samples memory."""
     before = rss_mb(pid)
+    cpu_before = cpu_s(pid)
     context = multiprocessing.get_context("spawn")
     started, stop, results = context.Event(), context.Event(), context.Queue()
     prober = context.Process(target=probe, args=(url, pid, started, stop, results))
@@ -162,6 +173,7 @@ def measured(url: str, pid: int, attack: Callable[[], str]) -> dict[str, Any]:
         "rss before MB": before,
         "rss peak MB": peak,
         "rss after MB": rss_mb(pid),
+        "server cpu s": cpu_s(pid) - cpu_before,
         "outcome": outcome,
     }
 
@@ -298,14 +310,16 @@ def main() -> None:
         trees = {"compare": args.compare.resolve(), **trees}
     for label, tree in trees.items():
         print(f"\n## {label}: {tree}")
-        print("| attack | live p50 / p99 / max ms | no answer | RSS before / peak / after MB | outcome |")
-        print("|---|---|---|---|---|")
+        columns = "live p50 / p99 / max ms | no answer | RSS before / peak / after MB | server CPU s"
+        print(f"| attack | {columns} | outcome |")
+        print("|---|---|---|---|---|---|")
         for name, r in run(tree, args.only).items():
             live = "/".join(
                 "-" if r[k] is None else f"{r[k]:.1f}" for k in ("live p50 ms", "live p99 ms", "live max ms")
             )
             rss = f"{r['rss before MB']:.0f} / {r['rss peak MB']:.0f} / {r['rss after MB']:.0f}"
-            print(f"| {name} | {live} | {r['no answer']} | {rss} | {r['outcome']} |", flush=True)
+            cpu = f"{r['server cpu s']:.2f}"
+            print(f"| {name} | {live} | {r['no answer']} | {rss} | {cpu} | {r['outcome']} |", flush=True)
 
 
 if __name__ == "__main__":
