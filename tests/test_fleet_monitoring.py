@@ -320,11 +320,17 @@ def test_the_status_page_shows_the_fleets_figures_and_the_replicas_own_on_reques
         ).inner_text() == str(fleet_rows)
         accuracy = browser.locator("#versions tbody tr").first.locator("td").nth(8).inner_text()
         assert accuracy.endswith("n=90")  # every replica's labels
+        # The accuracy chart over time: the fleet's series has points (a history point every 5 s).
+        chart = "figure[data-metric='accuracy']"
+        browser.wait_for_selector(f"{chart}[data-series='fleet_accuracy'] canvas", timeout=20_000)
+        assert "fleet" in browser.inner_text(f"{chart} .title")
         browser.click("#scope-replica")
         assert int(rows.inner_text()) == mine["distribution"]["rows"]
         assert (
             browser.locator("#versions tbody tr").first.locator("td").nth(8).inner_text() == "\u2013"
         )  # b joined none
+        assert browser.get_attribute(chart, "data-series") == "accuracy"
+        assert "no data yet" in browser.inner_text(chart)
         browser.click("#scope-fleet")
         assert int(rows.inner_text()) == fleet_rows
 

@@ -289,6 +289,19 @@ class MonitoringService:
                 point[f"drift_{kind}"] = max(values) if values else None
         for (model, version), point in points.items():
             point["accuracy"] = self.tally.summary(model, version).accuracy
+        if self.fleet is not None:  # the fleet's accuracy and input drift beside (`fleet_` series)
+            for model in sorted({model for model, _ in points}):
+                for version, data in self.fleet.view(model)["versions"].items():
+                    judged = [
+                        d["psi"]
+                        for d in data["drift"]["inputs"]
+                        if d["psi"] is not None and d["drifted"] is not None
+                    ]
+                    points.setdefault((model, version), {}).update(
+                        fleet_accuracy=data["accuracy"]["accuracy"],
+                        fleet_drift_inputs=max(judged, default=None),
+                    )
+        for (model, version), point in points.items():
             self.history.append(model, version, t, point)
 
     def _agreement_point(self, model: str, version: str) -> dict[str, float | None]:

@@ -296,16 +296,21 @@ function aligned(history, metric, scale = 1) {
 function renderCharts(s) {
   const history = s.monitoring.history;
   $("history-note").textContent = `one point every ${s.monitoring.history_interval_s} s`;
+  const fleetScope = Boolean(s.monitoring.fleet) && state.scope === "fleet";
   for (const figure of document.querySelectorAll("figure.chart")) {
     const metric = figure.dataset.metric;
-    const { versions, data } = aligned(history, metric, Number(figure.dataset.scale || 1));  // s -> ms
+    // Accuracy and input drift have fleet series too (every replica's counts merged); the others are this replica's.
+    const series = fleetScope && figure.dataset.fleet === "1" ? "fleet_" + metric : metric;
+    const title = figure.dataset.title + (series === metric ? "" : " · fleet");
+    figure.dataset.series = series;
+    const { versions, data } = aligned(history, series, Number(figure.dataset.scale || 1));  // s -> ms
     const points = data[0].length;
     figure.dataset.points = String(versions.length ? points : 0);
-    const key = metric + "|" + versions.join(",");
+    const key = series + "|" + versions.join(",");
     if (!versions.length || !points) {
       if (state.charts[metric]) state.charts[metric].destroy();
       delete state.charts[metric];
-      figure.innerHTML = `<div class="title">${esc(figure.dataset.title)}</div><div class="empty">no data yet</div>`;
+      figure.innerHTML = `<div class="title">${esc(title)}</div><div class="empty">no data yet</div>`;
       continue;
     }
     const existing = state.charts[metric];
@@ -314,7 +319,7 @@ function renderCharts(s) {
       continue;
     }
     if (existing) existing.destroy();
-    figure.innerHTML = `<div class="title">${esc(figure.dataset.title)}</div>`;
+    figure.innerHTML = `<div class="title">${esc(title)}</div>`;
     const percent = figure.dataset.percent === "1";
     const opts = {
       width: Math.max(240, figure.clientWidth - 12),
