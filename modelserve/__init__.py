@@ -28,6 +28,7 @@ from modelserve.errors import (
     NotReady,
     PayloadTooLarge,
     RequestError,
+    RequestTimeout,
     UnsupportedMediaType,
 )
 from modelserve.routing.decision import RouteDecision
@@ -50,6 +51,7 @@ __all__ = [
     "NotReady",
     "PayloadTooLarge",
     "RequestError",
+    "RequestTimeout",
     "RouteDecision",
     "ServerConfig",
     "UnsupportedMediaType",

@@ -4,6 +4,7 @@ ModelServeError
 ├── ConfigError              bad config.toml / plan / flags file (operator error)
 ├── RequestError             anything a client sent wrong             -> 400
 │   ├── PayloadTooLarge                                               -> 413
+│   ├── RequestTimeout       the body arrived too slowly              -> 408
 │   └── UnsupportedMediaType                                          -> 415
 ├── NotFound                 unknown model or version                 -> 404
 ├── NotReady                 model known but not READY                -> 503
@@ -31,6 +32,10 @@ class RequestError(ModelServeError):
 
 class PayloadTooLarge(RequestError):
     """The request body exceeds the configured limit (HTTP 413)."""
+
+
+class RequestTimeout(RequestError):
+    """The request body did not arrive in the time the server gives it (HTTP 408)."""
 
 
 class UnsupportedMediaType(RequestError):
@@ -74,6 +79,8 @@ def http_status(exc: BaseException) -> int:
     if isinstance(exc, RequestError):
         if isinstance(exc, PayloadTooLarge):
             return 413
+        if isinstance(exc, RequestTimeout):
+            return 408
         if isinstance(exc, UnsupportedMediaType):
             return 415
         return 400

@@ -6,6 +6,7 @@ Every test runs a real server (uvicorn on a loopback socket, or a `modelserve se
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import socket
@@ -453,6 +454,43 @@ def test_a_large_binary_tensor_reaches_the_model_in_place_in_the_body_never_copi
     while isinstance(root, np.ndarray):
         root = root.base
     assert isinstance(root, memoryview) and root.nbytes == len(header) + len(data)  # a view of the body
+
+
+def test_a_large_body_trickled_in_gets_408_and_gives_the_large_body_slot_back(
+    config: ServerConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Large bodies are read one at a time; a client sending one slowly (each chunk in time for the
+    connection's idle timeout) is cut off at the minimum rate, and the next large request serves."""
+    from modelserve.server import v2_routes
+
+    monkeypatch.setattr(v2_routes, "LARGE_BODY_GRACE_S", 1.0)  # 2 MB at 1 MB/s: 3 s in all
+    data = np.zeros((32_768, 16), dtype=np.float32).tobytes()  # 2 MB
+    sizes = {"binary_data_size": len(data)}
+    tensor = {"name": "input", "datatype": "FP32", "shape": [32_768, 16], "parameters": sizes}
+    header = orjson.dumps({"inputs": [tensor]})
+    lengths = f"inference-header-content-length: {len(header)}\r\ncontent-length: {len(header) + len(data)}"
+    with serve(create_app(config)) as server, socket.create_connection((server.host, server.port)) as slow:
+        slow.sendall(
+            b"POST /v2/models/fraud/infer HTTP/1.1\r\nhost: x\r\ncontent-type: application/octet-stream\r\n"
+            + lengths.encode() + b"\r\n\r\n" + header
+        )
+        started = time.monotonic()
+        slow.settimeout(0.2)
+        answer = b""
+        while not answer and time.monotonic() - started < 20:
+            with contextlib.suppress(OSError):
+                slow.sendall(b"\0" * 1024)  # 5 kB/s: alive, far too slow
+            with contextlib.suppress(TimeoutError):
+                answer = slow.recv(65536)
+        took = time.monotonic() - started
+        with httpx.Client(base_url=server.url) as client:
+            served = client.post(
+                "/v2/models/fraud/infer", content=header + data,
+                headers={"inference-header-content-length": str(len(header))}, timeout=30,
+            )  # fmt: skip
+    assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
+    assert b"did not arrive within 3 s" in answer and 2.5 < took < 15
+    assert served.status_code == 200, served.text
 
 
 def test_a_large_request_shrinks_its_versions_arena_once_answered_and_a_small_one_does_not(

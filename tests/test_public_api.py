@@ -23,6 +23,7 @@ PUBLIC = [
     "NotReady",
     "PayloadTooLarge",
     "RequestError",
+    "RequestTimeout",
     "RouteDecision",
     "ServerConfig",
     "UnsupportedMediaType",

@@ -25,7 +25,15 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 import modelserve.validation as validation
-from modelserve.errors import ModelServeError, NotFound, NotReady, PayloadTooLarge, RequestError, http_status
+from modelserve.errors import (
+    ModelServeError,
+    NotFound,
+    NotReady,
+    PayloadTooLarge,
+    RequestError,
+    RequestTimeout,
+    http_status,
+)
 from modelserve.inference.path import InferenceRecord
 from modelserve.server import heap, protocol
 from modelserve.server.admin import REASON_HEADER, audit_snapshot
@@ -61,6 +69,9 @@ LIFESPAN_NOT_RUN = (
 #: Bodies larger than this are decoded off the event loop, one at a time (a 60 MB JSON body takes
 #: over a second to decode; a few kB take microseconds, cheaper than any thread hop).
 LARGE_BODY_BYTES = 1024 * 1024
+#: A large body must arrive within this grace plus its size at this rate (bytes/s), else 408.
+LARGE_BODY_GRACE_S = 10.0
+LARGE_BODY_MIN_RATE = 1024 * 1024
 #: Requests whose body is a handful of options (the repository index) may not send more than this.
 SMALL_BODY_BYTES = 64 * 1024
 #: Route reasons whose requests join outcomes posted back by request id (experiments, bandits).
@@ -110,7 +121,16 @@ class InferEndpoint:
             # Binary tensor data starts right after the JSON header: aligned there, numpy uses it in place.
             allocate = partial(body_buffer, size, aligned_at=header_length or 0)
             buffer = await anyio.to_thread.run_sync(allocate, limiter=self.large_bodies_threads)
-            body = await read_into(receive, buffer)
+            # One large body at a time: a client trickling one in must not hold the slot for ever
+            # (the connection's idle timeout restarts with every chunk), so it gets a minimum rate.
+            allowed_s = LARGE_BODY_GRACE_S + size / LARGE_BODY_MIN_RATE
+            with anyio.move_on_after(allowed_s) as late:
+                body = await read_into(receive, buffer)
+            if late.cancelled_caught:
+                raise RequestTimeout(
+                    f"the request body of {size} bytes did not arrive within {allowed_s:.0f} s "
+                    f"(large bodies must arrive at {LARGE_BODY_MIN_RATE // 1024} kB/s or faster)"
+                )
             decode = partial(protocol.decode_infer_request, body, header_length=header_length, inputs=inputs)
             return await anyio.to_thread.run_sync(decode, limiter=self.large_bodies_threads)
 
@@ -203,7 +223,7 @@ class InferEndpoint:
                 )
             payload = protocol.error_body(str(exc) if isinstance(exc, ModelServeError) else "internal error")
             response_headers = list(JSON_HEADERS)
-            if status == 413:  # the rest of the body is not wanted: closing stops the upload
+            if status in (408, 413):  # the rest of the body is not wanted: closing stops the upload
                 response_headers.append((b"connection", b"close"))
             if status == 401:
                 response_headers.append((b"www-authenticate", b"Bearer"))
