@@ -450,6 +450,43 @@ async def test_who_was_right_where_live_and_shadow_disagreed_adds_up_over_replic
         await coordinator.aclose()
 
 
+@pytest.mark.anyio
+async def test_candidate_vs_live_outputs_compare_the_fleets_summed_windows(tmp_path: Path) -> None:
+    rng = np.random.default_rng(5)
+    served: dict[str, list[np.ndarray]] = {"1": [], "2": []}
+    fleets = []
+    for name, shift in (("a", 0.0), ("b", 0.8)):
+        coordinator = SqliteCoordinator(tmp_path / "state.db")
+        await coordinator.open()
+        monitor = Monitor(clock=lambda: 100.0)
+        for version, rows in (("1", 300), ("2", 100)):  # candidate scores higher on b only
+            logit = rng.normal(size=rows) + (shift if version == "2" else 0.0)
+            score = (1 / (1 + np.exp(-logit))).astype(np.float32)  # as a model outputs them
+            monitor.submit("credit", version, {"x": score[:, None]}, {"score": score})
+            served[version].append(score)
+        monitoring = FleetMonitoring(
+            coordinator=coordinator, monitor=monitor, tally=OutcomeTally(), replica_id=name,
+            config_for=lambda model: MonitorConfig(),
+        )  # fmt: skip
+        await monitoring.publish()
+        fleets.append((coordinator, monitoring))
+    await fleets[0][1].refresh()
+    (found,) = fleets[0][1].view("credit", [("1", "2")])["output_shift"]
+    live, candidate = (histogram(np.concatenate(served[v]).tolist()) for v in ("1", "2"))
+    psi, js = psi_and_js(np.asarray(live, dtype=np.float64), np.asarray(candidate, dtype=np.float64))
+    assert (found["version"], found["baseline"], found["samples"], found["reference_samples"]) == (
+        "2",
+        "1",
+        200,
+        600,
+    )
+    assert found["psi"] == pytest.approx(psi, rel=1e-9) and found["js"] == pytest.approx(js, rel=1e-9)
+    alone = fleets[0][1].monitor.output_shift("credit", "1", "2")[0]
+    assert alone.samples == 100 and alone.psi != pytest.approx(psi)  # a's own windows differ
+    for coordinator, _ in fleets:
+        await coordinator.aclose()
+
+
 #: A gate that passes on any accuracy once it has 40 labelled candidate rows; stages that never end.
 GATE_PLAN = {
     "name": "fleet-accuracy",

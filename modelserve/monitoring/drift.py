@@ -23,7 +23,7 @@ percentile about 0.08; a window with fewer rows is "not enough data" (`drifted` 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -227,3 +227,29 @@ class DriftTracker:
                 )
             )
         return results
+
+
+def compare_windows(
+    base: Mapping[str, np.ndarray], other: Mapping[str, np.ndarray], config: DriftConfig
+) -> list[ColumnDrift]:
+    """PSI and JS of `other`'s bucket counts against `base`'s, per column both have (candidate vs
+    live outputs); `drifted` is None until both have `min_samples` rows."""
+    results = []
+    for column, counts in base.items():
+        if column not in other:
+            continue
+        samples, base_samples = int(other[column].sum()), int(counts.sum())
+        enough = min(samples, base_samples) >= config.min_samples
+        value = psi(counts, other[column]) if samples and base_samples else None
+        results.append(
+            ColumnDrift(
+                column=column,
+                psi=value,
+                js=js_distance(counts, other[column]) if samples and base_samples else None,
+                threshold=config.threshold,
+                samples=samples,
+                reference_samples=base_samples,
+                drifted=(value is not None and value > config.threshold) if enough else None,
+            )
+        )
+    return results

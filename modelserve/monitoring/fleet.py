@@ -22,7 +22,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import anyio
@@ -30,7 +30,8 @@ import anyio.to_thread
 import numpy as np
 
 from modelserve.fleet.sync import REPLICAS
-from modelserve.monitoring.merge import merge_distributions, merge_drift
+from modelserve.monitoring.drift import compare_windows
+from modelserve.monitoring.merge import merge_distributions, merge_drift, merge_windows
 from modelserve.monitoring.monitor import Monitor
 from modelserve.monitoring.outcomes import (
     SLOT_S,
@@ -162,8 +163,9 @@ class FleetMonitoring:
                         totals[i] += int(np.asarray(column)[recent].sum())
         return totals
 
-    def view(self, model: str) -> dict[str, Any]:
-        """The fleet's figures of `model` per version, shaped like `MonitoringService.versions` (JSON)."""
+    def view(self, model: str, shift_pairs: Iterable[tuple[str, str]] = ()) -> dict[str, Any]:
+        """The fleet's figures of `model` per version, shaped like `MonitoringService.versions` (JSON),
+        and the output shift of each `(live, candidate)` of `shift_pairs` over the summed windows."""
         snapshots = [self.export(slots=False), *self.remote.values()]
         config = self.config_for(model)
         versions: dict[str, Any] = {}
@@ -210,6 +212,24 @@ class FleetMonitoring:
             counts.rows += d.rows
             counts.primary_right += d.primary_right
             counts.shadow_right += d.shadow_right
+
+        def outputs_of(version: str, role: str) -> dict[str, np.ndarray]:
+            return merge_windows(
+                d
+                for s in snapshots
+                for d in s.distributions
+                if (d.model, d.version, d.role) == (model, version, role)
+            )
+
+        shift = []
+        for live, candidate in shift_pairs:
+            other = outputs_of(candidate, "primary")
+            if not any(counts.sum() for counts in other.values()):  # a shadow-only candidate
+                other = outputs_of(candidate, "shadow")
+            shift += [
+                {"version": candidate, "baseline": live, **result.to_dict()}
+                for result in compare_windows(outputs_of(live, "primary"), other, config.drift)
+            ]
         missing = self.missing()
         return {
             "replicas": sorted(s.replica for s in snapshots),
@@ -217,4 +237,5 @@ class FleetMonitoring:
             "complete": not missing,
             "versions": versions,
             "disagreements": [counts.to_dict(model, *pair) for pair, counts in sorted(pairs.items())],
+            "output_shift": shift,
         }

@@ -50,6 +50,19 @@ def merge_distributions(found: Iterable[DistributionCounts], edges: tuple[float,
     }
 
 
+def merge_windows(found: Iterable[DistributionCounts]) -> dict[str, np.ndarray]:
+    """Summed output bucket counts over the drift window, per column (columns of other shapes left out)."""
+    sums: dict[str, np.ndarray] = {}
+    for part in found:
+        for column, counts in part.window.items():
+            before = sums.get(column)
+            if before is None:
+                sums[column] = np.asarray(counts, dtype=np.int64)
+            elif before.shape == (len(counts),):
+                sums[column] = before + np.asarray(counts, dtype=np.int64)
+    return sums
+
+
 def merge_drift(
     found: list[tuple[str, DriftCounts]], config: MonitorConfig, *, prefer: str
 ) -> dict[str, Any]:

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from modelserve.monitoring.columns import tensor_columns
-from modelserve.monitoring.drift import ColumnDrift, Reference, js_distance, psi
+from modelserve.monitoring.drift import ColumnDrift, Reference, compare_windows
 from modelserve.monitoring.histogram import ValueHistogram
 from modelserve.monitoring.snapshot import DistributionCounts, DriftCounts, distribution_counts, drift_counts
 from modelserve.monitoring.version import MonitorConfig, OutputDistribution, VersionMonitor
@@ -338,26 +338,7 @@ class Monitor:
             if shadow is not None and not any(counts.sum() for counts in other.values()):
                 other = shadow.windowed(now)  # a shadow-only candidate: what it predicted on the same traffic
             config = self.config_for(model).drift
-        results = []
-        for column, counts in base.items():
-            if column not in other:
-                continue
-            samples = int(other[column].sum())
-            base_samples = int(counts.sum())
-            enough = min(samples, base_samples) >= config.min_samples
-            value = psi(counts, other[column]) if samples and base_samples else None
-            results.append(
-                ColumnDrift(
-                    column=column,
-                    psi=value,
-                    js=js_distance(counts, other[column]) if samples and base_samples else None,
-                    threshold=config.threshold,
-                    samples=samples,
-                    reference_samples=base_samples,
-                    drifted=(value is not None and value > config.threshold) if enough else None,
-                )
-            )
-        return results
+        return compare_windows(base, other, config)
 
     def export_counts(self) -> tuple[list[DistributionCounts], list[DriftCounts]]:
         """Every version's distributions and drift windows as mergeable counts (the fleet snapshot)."""
@@ -367,8 +348,11 @@ class Monitor:
             found = [
                 (m, v, monitor) for m, versions in self._versions.items() for v, monitor in versions.items()
             ]
-            roles = ("primary", "shadow")
-            distributions = [distribution_counts(m, v, r, monitor) for m, v, monitor in found for r in roles]
+            distributions = [
+                distribution_counts(m, v, role, monitor, now)
+                for m, v, monitor in found
+                for role in ("primary", "shadow")
+            ]
             drift = [
                 drift_counts(m, v, kind, tracker, now)
                 for m, v, monitor in found

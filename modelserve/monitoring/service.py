@@ -104,6 +104,13 @@ class MonitoringService:
         join labels posted to any replica."""
         self.fleet, self.fleet_labels = fleet, labels
 
+    def fleet_view(self, model: str) -> dict[str, Any] | None:
+        """The fleet's figures of `model` (None in one process), with candidate vs live output shifts."""
+        if self.fleet is None:
+            return None
+        pairs = [(live, candidate) for m, live, candidate in self.shift_pairs() if m == model]
+        return self.fleet.view(model, pairs)
+
     @property
     def outcomes(self) -> OutcomeTally | FleetMonitoring:
         """What the accuracy gate reads: this process's labels, or the fleet's when in one."""
@@ -375,8 +382,8 @@ class MonitoringService:
         (and the fleet's, in a fleet)."""
         versions = {version: _summary(data) for version, data in self.versions(model).items()}
         status: dict[str, Any] = {"versions": versions, "reference_error": self.reference_errors.get(model)}
-        if self.fleet is not None:
-            fleet = self.fleet.view(model)
+        fleet = self.fleet_view(model)
+        if fleet is not None:
             fleet["versions"] = {
                 version: {**_summary(data), "not_mergeable": data["not_mergeable"]}
                 for version, data in fleet["versions"].items()

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -35,7 +35,8 @@ Counts = tuple[int, ...]
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class DistributionCounts:
-    """What one version predicted in one role: rows, score histograms `(bucket counts, sum)`, classes."""
+    """What one version predicted in one role: rows, score histograms `(bucket counts, sum)`, classes,
+    and per output column its bucket counts over the drift window (candidate vs live comparisons)."""
 
     model: str
     version: str
@@ -43,6 +44,7 @@ class DistributionCounts:
     rows: int
     histograms: Mapping[str, tuple[Counts, float]]
     classes: Mapping[str, Mapping[str, int]]
+    window: Mapping[str, Counts] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -133,7 +135,7 @@ class MonitoringSnapshot:
             "distributions": [
                 [d.model, d.version, d.role, d.rows,
                  {k: [list(c), s] for k, (c, s) in d.histograms.items()},
-                 {k: dict(v) for k, v in d.classes.items()}]
+                 {k: dict(v) for k, v in d.classes.items()}, {k: list(c) for k, c in d.window.items()}]
                 for d in self.distributions
             ],
             "drift": [
@@ -162,14 +164,7 @@ class MonitoringSnapshot:
                 replica=_str(data["replica"]),
                 time=float(data["time"]),
                 final=bool(data.get("final", False)),
-                distributions=tuple(
-                    DistributionCounts(
-                        model=_str(m), version=_str(v), role=_str(r), rows=int(n),
-                        histograms={_str(k): (_counts(c), float(s)) for k, (c, s) in h.items()},
-                        classes={_str(k): {_str(n): int(x) for n, x in v.items()} for k, v in c.items()},
-                    )
-                    for m, v, r, n, h, c in data["distributions"]
-                ),
+                distributions=tuple(_distribution_counts(found) for found in data["distributions"]),
                 drift=tuple(
                     DriftCounts(
                         model=_str(m), version=_str(v), kind=_str(k), fingerprint=_str(f), source=_str(s),
@@ -197,6 +192,16 @@ class MonitoringSnapshot:
             )  # fmt: skip
         except (KeyError, TypeError, ValueError, AttributeError):
             return None
+
+
+def _distribution_counts(found: Any) -> DistributionCounts:
+    m, v, r, n, h, c, *window = _list(found)  # an older release wrote no window
+    return DistributionCounts(
+        model=_str(m), version=_str(v), role=_str(r), rows=int(n),
+        histograms={_str(k): (_counts(x), float(total)) for k, (x, total) in h.items()},
+        classes={_str(k): {_str(name): int(x) for name, x in named.items()} for k, named in c.items()},
+        window={_str(k): _counts(x) for k, x in (window[0] if window else {}).items()},
+    )  # fmt: skip
 
 
 def _outcome_counts(found: Any) -> OutcomeCounts:
@@ -237,7 +242,7 @@ def _counts(values: Any) -> Counts:
 
 
 def distribution_counts(
-    model: str, version: str, role: str, monitor: VersionMonitor
+    model: str, version: str, role: str, monitor: VersionMonitor, now: float
 ) -> DistributionCounts | None:
     """The version's cumulative outputs in `role`, or None when it never had that role."""
     outputs: OutputDistribution | None = monitor.distribution(role)
@@ -250,6 +255,7 @@ def distribution_counts(
         rows=monitor.rows if role == "primary" else monitor.shadow_rows,
         histograms={k: (_counts(h.counts.tolist()), h.total) for k, h in outputs.histograms.items()},
         classes={k: dict(c.counts) for k, c in outputs.classes.items()},
+        window={k: _counts(counts.tolist()) for k, counts in outputs.windowed(now).items()},
     )
 
 

@@ -109,7 +109,7 @@ def model_snapshot(services: Services, monitoring: MonitoringService, model: str
             "history_interval_s": monitoring.history_interval_s,
             "reference_error": monitoring.reference_errors.get(model),
             # In a fleet, every replica's figures merged (`monitoring/fleet.py`); None in one process.
-            "fleet": monitoring.fleet.view(model) if monitoring.fleet is not None else None,
+            "fleet": monitoring.fleet_view(model),
         },
     }
     if services.experiments is not None:

@@ -433,7 +433,9 @@ function renderDistribution(s) {
     });
     parts.push(`<table id="class-shares"><thead><tr><th>version</th><th>${esc(output)} shares</th><th>rows</th></tr></thead><tbody>${rows.join("")}</tbody></table>`);
   }
-  const shift = s.monitoring.output_shift.filter((r) => r.psi !== null);
+  const fleet = s.monitoring.fleet;
+  const shifts = fleet && state.scope === "fleet" ? fleet.output_shift : s.monitoring.output_shift;
+  const shift = shifts.filter((r) => r.psi !== null);
   if (shift.length) {
     parts.push(
       `<div class="muted">candidate vs live outputs (PSI, current window): ` +
