@@ -487,6 +487,29 @@ async def test_candidate_vs_live_outputs_compare_the_fleets_summed_windows(tmp_p
         await coordinator.aclose()
 
 
+@pytest.mark.anyio
+async def test_an_unreadable_snapshot_is_left_out_its_replica_missing_and_logged_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    coordinator = SqliteCoordinator(tmp_path / "state.db")
+    await coordinator.open()
+    monitoring = FleetMonitoring(
+        coordinator=coordinator, monitor=Monitor(), tally=OutcomeTally(), replica_id="a",
+        config_for=lambda model: MonitorConfig(),
+    )  # fmt: skip
+    await coordinator.put_snapshot("monitoring", "x", {"replica": "x", "time": "later", "drift": 7}, ttl_s=30)
+    await coordinator.put_snapshot("replicas", "x", {"models": {}}, ttl_s=30)
+    with caplog.at_level("WARNING", logger="modelserve.monitoring"):
+        for _ in range(3):
+            await monitoring.refresh()
+    assert monitoring.remote == {} and monitoring.missing() == ["x"]
+    assert monitoring.view("credit")["complete"] is False
+    assert [r.getMessage() for r in caplog.records].count(
+        "replica x: monitoring snapshot not readable, left out (it counts as missing)"
+    ) == 1
+    await coordinator.aclose()
+
+
 #: A gate that passes on any accuracy once it has 40 labelled candidate rows; stages that never end.
 GATE_PLAN = {
     "name": "fleet-accuracy",

@@ -9,7 +9,11 @@ overwrites, never double-counts; kept `ttl_s`), and reads everyone's. The fleet'
   fingerprint (a shared file reference); PSI and JS are computed on the summed bins (the PSI of the
   fleet, not an average of PSIs). Replicas with another reference are listed as not mergeable;
 - accuracy: labelled and right rows add, overall and per 10 s slot (`labelled_since`, `paired_since`:
-  what the accuracy gate reads in a fleet).
+  what the accuracy gate reads in a fleet); a regressor's error statistics combine exactly; who was
+  right where a shadow disagreed adds up;
+- candidate vs live outputs: PSI and JS of the summed output windows of the two versions.
+
+Staleness compares wall clocks: the replicas' clocks must agree to well within `max_lag_s` (NTP).
 
 A replica that serves (it reports in `replicas`) with no snapshot, or whose snapshot is older than
 `max_lag_s` (and was not its last, written at shutdown), makes the figures incomplete: `missing`
@@ -77,6 +81,7 @@ class FleetMonitoring:
         self.remote: dict[str, MonitoringSnapshot] = {}
         self.serving: set[str] = set()
         self._limiter: anyio.CapacityLimiter | None = None
+        self._unread: set[str] = set()  # replicas whose snapshot could not be read (warned once)
 
     # -- publishing --------------------------------------------------------------------------------
 
@@ -110,8 +115,12 @@ class FleetMonitoring:
             lambda: {replica: MonitoringSnapshot.from_json(body) for replica, body in others.items()},
             limiter=self._limiter,
         )
-        for replica in sorted(r for r, snapshot in parsed.items() if snapshot is None):
-            log.warning("replica %s: monitoring snapshot not readable, left out", replica)
+        unreadable = {replica for replica, snapshot in parsed.items() if snapshot is None}
+        for replica in sorted(unreadable - self._unread):  # warned once per replica, not every refresh
+            log.warning(
+                "replica %s: monitoring snapshot not readable, left out (it counts as missing)", replica
+            )
+        self._unread |= unreadable
         self.remote = {r: snapshot for r, snapshot in parsed.items() if snapshot is not None}
         self.serving = set(serving) - {self.replica_id}
 
