@@ -228,36 +228,46 @@ def serve(app: Any, **uvicorn_options: Any) -> Iterator[RunningServer]:
 
 class Traffic:
     """Real V2 requests from client threads, each with a fresh random targeting key (`x-user-id`),
-    until the block ends; counts the answers per (served version, HTTP status).
+    until the block ends; counts the answers per (served version, HTTP status) and keeps the error
+    messages of answers of 500 and above (the first `MAX_KEPT_ERRORS`).
 
-    `body` is a request body, or a function of each thread's `random.Random` giving one per request.
+    `url` is one server or several (`threads` threads for each); `body` is a request body, or a
+    function of each thread's `random.Random` giving one per request.
     """
+
+    MAX_KEPT_ERRORS = 1000
 
     def __init__(
         self,
-        url: str,
+        url: str | Sequence[str],
         *,
         model: str = "fraud",
         threads: int = 3,
         body: dict[str, Any] | Callable[[random.Random], dict[str, Any]],
     ) -> None:
-        self.url = f"{url}/v2/models/{model}/infer"
+        urls = [url] if isinstance(url, str) else list(url)
         self.body = body
         self.counts: Counter[tuple[str, int]] = Counter()
+        self.errors: list[str] = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._drive, args=(i,), daemon=True) for i in range(threads)]
+        self._threads = [
+            threading.Thread(target=self._drive, args=(f"{base}/v2/models/{model}/infer", seed), daemon=True)
+            for seed, base in enumerate(urls * threads)
+        ]
 
-    def _drive(self, seed: int) -> None:
+    def _drive(self, url: str, seed: int) -> None:
         import httpx
 
         rng = random.Random(seed)
         with httpx.Client(timeout=30) as client:
             while not self._stop.is_set():
                 body = self.body(rng) if callable(self.body) else self.body
-                answer = client.post(self.url, json=body, headers={"x-user-id": f"u{rng.randrange(10**9)}"})
+                answer = client.post(url, json=body, headers={"x-user-id": f"u{rng.randrange(10**9)}"})
                 with self._lock:
                     self.counts[(answer.headers.get("x-model-version", "?"), answer.status_code)] += 1
+                    if answer.status_code >= 500 and len(self.errors) < self.MAX_KEPT_ERRORS:
+                        self.errors.append(answer.json().get("error", answer.text))
 
     def snapshot(self) -> Counter[tuple[str, int]]:
         with self._lock:

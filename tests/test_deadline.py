@@ -9,7 +9,6 @@ from __future__ import annotations
 import threading
 import time
 import tomllib
-from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -273,39 +272,6 @@ def pinned_to_candidate(url: str) -> httpx.Response:
     return httpx.post(f"{url}/v2/models/fraud/versions/2/infer", json=BODY, timeout=30)
 
 
-class Traffic:
-    """Real V2 requests from two threads per replica, fresh targeting keys; answers per (version,
-    status) and the 504 messages."""
-
-    def __init__(self, urls: list[str]) -> None:
-        self.counts: Counter[tuple[str, int]] = Counter()
-        self.errors: list[str] = []
-        self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._drive, args=(u, n)) for n, u in enumerate(urls * 2)]
-
-    def _drive(self, url: str, seed: int) -> None:
-        with httpx.Client(timeout=30) as client:
-            for i in range(1_000_000):
-                if self._stop.is_set():
-                    return
-                answer = client.post(
-                    f"{url}/v2/models/fraud/infer", json=BODY, headers={"x-user-id": f"u{seed}-{i}"}
-                )
-                self.counts[(answer.headers.get("x-model-version", "?"), answer.status_code)] += 1
-                if answer.status_code == 504:
-                    self.errors.append(answer.json()["error"])
-
-    def __enter__(self) -> Traffic:
-        for thread in self._threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(timeout=30)
-
-
 @contextmanager
 def slow_candidate_fleet(tmp_path: Path) -> Iterator[list[ServeProcess]]:
     """Two `modelserve serve` replicas on one SQLite coordinator (leader lease 2 s): `fraud` v1 live,
@@ -374,7 +340,7 @@ def test_a_plans_request_timeout_s_rolls_a_slow_candidate_back_on_every_replica_
         capsys.readouterr()
         assert main(["status", "fraud", "--url", urls[1]]) == 0
         assert "request deadline 50 ms (policy)" in capsys.readouterr().out
-        with Traffic(urls) as traffic:
+        with testing.Traffic(urls, threads=2, body=BODY) as traffic:
             rollout = wait_for_the_end(urls[0], processes)
         assert rollout["state"] == "rolled_back" and "timeout_rate_vs_baseline" in rollout["reason"]
         wait_for_deadline(urls, None, processes)  # the rollout ended: the config deadline is back
@@ -421,7 +387,8 @@ def test_a_new_leader_after_kill_9_keeps_the_plans_deadline_and_clears_it_when_t
         processes[leader].kill()  # no chance to clear anything
         survivor_url = urls[survivor]
         assert replica_status(survivor_url)["policy"]["request_timeout_s"] == PLAN_DEADLINE_S
-        with Traffic([survivor_url]) as traffic:  # the survivor takes the lease and runs the rollout
+        # the survivor takes the lease and runs the rollout
+        with testing.Traffic(survivor_url, threads=2, body=BODY) as traffic:
             rollout = wait_for_the_end(survivor_url, processes)
         assert rollout["state"] == "rolled_back" and "timeout_rate_vs_baseline" in rollout["reason"]
         wait_for_deadline([survivor_url], None, processes)
