@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -341,3 +343,30 @@ async def test_a_burst_of_redis_calls_shares_a_bounded_pool_of_connections(redis
     finally:
         await coordinator.aclose()
         await observer.aclose()
+
+
+def _open_sqlite(path: str, start: Any) -> str:
+    """In a process of its own: open the coordinator on `path` once every process is ready to."""
+    from modelserve.state.sqlite_backend import SqliteCoordinator
+
+    start.wait()
+    coordinator = SqliteCoordinator(path)
+    try:
+        asyncio.run(coordinator.open())
+    except Exception as exc:
+        return repr(exc)
+    asyncio.run(coordinator.aclose())
+    return "open"
+
+
+def test_processes_starting_together_on_a_new_sqlite_file_all_open_it(tmp_path: Path) -> None:
+    """`serve --workers N` starts its workers at once on a fresh coordinator.db: they race to switch
+    it to WAL, and SQLite answers the losers 'database is locked' without waiting."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    for trial in range(3):
+        path = str(tmp_path / f"trial-{trial}.db")
+        with context.Manager() as manager, context.Pool(8) as pool:
+            start = manager.Barrier(8)
+            assert pool.starmap(_open_sqlite, [(path, start)] * 8) == ["open"] * 8
