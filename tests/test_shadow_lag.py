@@ -84,7 +84,8 @@ def test_lag_from_busy_processes_on_the_loops_cpu_is_the_hosts_not_the_servers()
     seen = json.loads(child.stdout)
     lag, cpu_wait = sum(s[0] for s in seen), sum(s[1] for s in seen)
     assert lag > 0.02  # the host did make the loop late
-    assert cpu_wait >= 0.8 * lag, seen  # and it is counted as the host's
+    # and it is counted as the host's: what is left is a timer's slack per probe (under a ms each)
+    assert lag - cpu_wait <= 0.2 * lag + 0.001 * len(seen), seen
     assert max(own for _, _, own in seen) < 0.05, seen  # no probe would shed a shadow
 
 
