@@ -61,6 +61,9 @@ class ExperimentService:
     inference observer.
     """
 
+    #: Why `record_outcome(s)` cannot count here (outcomes join elsewhere: a fleet); None: they can.
+    synchronous_outcomes_refused: str | None = None
+
     def __init__(
         self,
         *,
@@ -210,6 +213,7 @@ class ExperimentService:
         model: str | None = None,
     ) -> str:
         """Count one outcome: "accepted", "unknown" or "duplicate"; RequestError on a bad value."""
+        self._refuse_synchronous_outcomes()
         duplicates = self.join.duplicate_outcomes
         outcome = self.join.record_outcome(request_id, value, segments, guardrails=guardrails, model=model)
         if outcome is not None:
@@ -219,6 +223,7 @@ class ExperimentService:
 
     def record_outcomes(self, items: list[Mapping[str, Any]], *, model: str | None = None) -> dict[str, Any]:
         """Check every outcome, then count them all; a bad one fails the batch before anything counts."""
+        self._refuse_synchronous_outcomes()
         parsed = [parse_outcome(item, i) for i, item in enumerate(items)]
         for request_id, value, _, guardrails in parsed:
             self.join.validate_outcome(request_id, value, guardrails=guardrails, model=model)
@@ -227,6 +232,10 @@ class ExperimentService:
             for request_id, value, segments, guardrails in parsed
         ]
         return tally_outcomes((request_id for request_id, *_ in parsed), statuses)
+
+    def _refuse_synchronous_outcomes(self) -> None:
+        if self.synchronous_outcomes_refused is not None:
+            raise ConfigError(self.synchronous_outcomes_refused)
 
     async def submit_outcomes(
         self, items: list[Mapping[str, Any]], *, model: str | None = None

@@ -93,6 +93,8 @@ def definition(experiment: RunningExperiment) -> dict[str, Any]:
 class FleetExperimentService(ExperimentService):
     """`ExperimentService` over a shared coordinator (see the module docstring)."""
 
+    synchronous_outcomes_refused = IN_A_FLEET
+
     def __init__(
         self,
         *,
@@ -231,20 +233,6 @@ class FleetExperimentService(ExperimentService):
         merged.add_assignment(self.outbox.fields(counts_key(model, experiment.experiment_id)), arm)
 
     # -- outcomes ----------------------------------------------------------------------------------
-
-    def record_outcome(
-        self,
-        request_id: str,
-        value: Any,
-        segments: Mapping[str, Any] | None = None,
-        *,
-        guardrails: Mapping[str, Any] | None = None,
-        model: str | None = None,
-    ) -> str:
-        raise ConfigError(IN_A_FLEET)
-
-    def record_outcomes(self, items: list[Mapping[str, Any]], *, model: str | None = None) -> dict[str, Any]:
-        raise ConfigError(IN_A_FLEET)
 
     async def submit_outcomes(
         self, items: list[Mapping[str, Any]], *, model: str | None = None
