@@ -31,6 +31,11 @@ class LingeringTransport:
     def __init__(self, transport: asyncio.Transport, protocol: Lingering) -> None:
         self._transport = transport
         self._protocol = protocol
+        # What every request calls, bound once: `__getattr__` would look them up on each call.
+        self.write = transport.write
+        self.get_extra_info = transport.get_extra_info
+        self.pause_reading = transport.pause_reading
+        self.resume_reading = transport.resume_reading
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._transport, name)
