@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import tracemalloc
 import weakref
@@ -129,6 +130,61 @@ def test_a_huge_requests_arrays_are_not_held_until_the_flush() -> None:
     assert [ref() for ref in held] == [None, None]  # only the sampled rows wait, copied
     monitor.flush()
     assert monitor.distribution("m", "1")["rows"] == MAX_ROWS_PER_REQUEST
+
+
+def test_a_wide_output_is_queued_as_its_counted_columns_not_as_the_buffer_it_views() -> None:
+    """A large request's output viewing a bigger buffer (as onnxruntime's do): the buffer is not
+    held until the flush, and the columns counted are the same."""
+    monitor = Monitor()
+    rows, classes = 2000, 1000
+    buffer = np.random.default_rng(0).random((rows, classes)).astype(np.float32)
+    owner = weakref.ref(buffer)
+    inputs = {"input": np.ones((rows, 3), np.float32)}
+    monitor.submit("m", "1", inputs, {"probabilities": buffer[:, :]})
+    del buffer
+    assert owner() is None
+    dist = monitor.distribution("m", "1")
+    assert dist["rows"] == rows
+    assert len(dist["histograms"]) == 8  # the first score columns, as for any wide output
+    outputs = monitor.drift("m", "1")
+    assert outputs["reference"]["state"] == "capturing"
+
+
+def test_queued_bytes_are_bounded_and_what_is_past_the_bound_is_dropped_and_counted() -> None:
+    from modelserve.monitoring.monitor import MAX_PENDING_BYTES
+
+    monitor = Monitor(config_for=lambda model: MonitorConfig(max_columns=32))
+    wide = np.ones((4096, 100), np.float64)  # queued as 4096 x 32 float64: 1 MiB a request
+    accepted = MAX_PENDING_BYTES // (4096 * 32 * 8 + 4096 * 8)
+    tracemalloc.start()
+    try:
+        for _ in range(accepted + 20):
+            monitor.submit("m", "1", {"input": wide}, {"y": np.zeros(4096)})
+        held = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    assert monitor.dropped == 20
+    assert held <= MAX_PENDING_BYTES * 1.05
+    assert monitor.flush() == accepted
+
+
+def test_queued_requests_make_no_work_for_the_garbage_collector() -> None:
+    """Thousands of requests wait between flushes: queueing them allocates no object the collector
+    tracks (a tuple per request made a full collection every few seconds at full load)."""
+    monitor = Monitor()
+    rng = np.random.default_rng(0)
+    requests = [request(rng) for _ in range(2000)]
+    gc.collect()
+    gc.disable()
+    try:
+        before = gc.get_count()[0]
+        for inputs, outputs in requests:
+            monitor.submit("m", "1", inputs, outputs)
+        tracked = gc.get_count()[0] - before
+    finally:
+        gc.enable()
+    assert tracked < 20
+    assert monitor.flush() == 2000
 
 
 def test_requests_with_other_shapes_are_grouped_apart() -> None:

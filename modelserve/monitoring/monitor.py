@@ -1,12 +1,12 @@
 """`Monitor`: prediction distributions and drift per model version, fed in batches off the hot path.
 
-The request path only calls `submit` (a bounded append of references to the request's arrays: no
-numpy work, no allocation beyond a tuple, but for the few rows a huge request is sampled to);
-`flush`, run by a periodic task and before every read, concatenates what is pending per version and
-counts it in one vectorised pass. When more than `max_pending` requests wait, new ones are dropped
-and counted (`dropped`), so memory stays bounded under any load; `sample_every` = k keeps one
-request in k; a request of more than `MAX_ROWS_PER_REQUEST` rows counts that many of them, evenly
-spaced.
+The request path only calls `submit`: a bounded append of references to the request's arrays (no
+numpy work, no allocation), but for a large request, whose counted rows and columns are copied so its
+body and onnxruntime's buffers are not held; `flush`, run by a periodic task and before every read,
+concatenates what is pending per version and counts it in one vectorised pass. When more than
+`max_pending` requests, or `MAX_PENDING_BYTES` of tensors, wait, new ones are dropped and counted
+(`dropped`), so memory stays bounded under any load; `sample_every` = k keeps one request in k; a
+large request of more than `MAX_ROWS_PER_REQUEST` rows counts that many of them, evenly spaced.
 
 A shadow version's outputs (`submit_shadow`, from the shadow pool's threads) are counted apart, as
 the version's role "shadow" distribution: what the candidate would have predicted on live traffic.
@@ -19,10 +19,12 @@ Thread-safe: one lock guards all state, so a metrics collector may read from ano
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Mapping
+from operator import itemgetter
 from typing import Any
 
 import numpy as np
@@ -38,19 +40,76 @@ __all__ = ["Monitor", "MonitorConfig"]
 #: Rows of one request that are counted: a larger batch counts evenly spaced rows, so one huge
 #: request costs a bounded flush (counting holds the GIL while the event loop waits).
 MAX_ROWS_PER_REQUEST = 4096
+#: A request whose tensors are larger is queued as what is counted of it, copied (`_retained`).
+LARGE_REQUEST_BYTES = 64 * 2**10
+#: Bytes of queued tensors past which new requests are dropped (and counted) until the next flush.
+MAX_PENDING_BYTES = 64 * 2**20
 
 
-def _sampled_rows(tensors: Mapping[str, np.ndarray], rows: int) -> Mapping[str, np.ndarray]:
-    """Copies of evenly spaced rows (at most `MAX_ROWS_PER_REQUEST`): a view would keep the whole
-    request, its body and onnxruntime's output buffers, alive until the next flush."""
-    step = -(-rows // MAX_ROWS_PER_REQUEST)
-    return {
-        name: value[::step].copy() if value.ndim and value.shape[0] == rows else value
-        for name, value in tensors.items()
-    }
+def _retained(tensors: Mapping[str, np.ndarray], max_columns: int) -> dict[str, np.ndarray]:
+    """What counting reads of a large request's tensors, copied.
+
+    A view would keep the request's body, or onnxruntime's output buffer, alive until the flush. A
+    tensor keeps its first `max_columns` columns (per row, flattened) and, past
+    `MAX_ROWS_PER_REQUEST` rows, evenly spaced rows: all that is counted. A scalar, or a tensor whose
+    rows differ from the first one's, is never counted: it is left out.
+    """
+    retained = {}
+    rows = -1
+    for name, value in tensors.items():
+        if not value.ndim or rows not in (-1, value.shape[0]):
+            continue
+        rows = value.shape[0]
+        if value.ndim > 2 or (value.ndim == 2 and value.shape[1] > max_columns):
+            value = value.reshape(rows, -1)[:, :max_columns]
+        retained[name] = value[:: -(-rows // MAX_ROWS_PER_REQUEST)].copy()
+    return retained
+
+
+def _size(tensors: Mapping[str, np.ndarray]) -> int:
+    size = 0
+    for value in tensors.values():
+        size += value.nbytes
+    return size
 
 
 Tensors = Mapping[str, np.ndarray]
+
+
+class _Queued:
+    """One version's requests waiting for a flush, and the time of the last one."""
+
+    __slots__ = ("inputs", "outputs", "stamp")
+
+    def __init__(self) -> None:
+        self.inputs: list[Tensors] = []
+        self.outputs: list[Tensors] = []
+        self.stamp = 0.0
+
+    def concatenated(self) -> list[tuple[dict[str, np.ndarray], dict[str, np.ndarray]]]:
+        """The requests as few batches as their tensors allow: one per set of tensor names (requests
+        may ask for some outputs only), request by request where shapes do not concatenate."""
+        inputs, outputs = self.inputs, self.outputs
+        # The common case in C loops: as many names everywhere, and each request has the first's.
+        if len(set(map(len, inputs))) == 1 and len(set(map(len, outputs))) == 1:
+            with contextlib.suppress(KeyError):
+                return _concatenated_or_each(inputs, outputs)
+        by_names: dict[tuple[Any, ...], tuple[list[Tensors], list[Tensors]]] = {}
+        for i, o in zip(inputs, outputs, strict=True):
+            group = by_names.setdefault((*i, "", *o), ([], []))
+            group[0].append(i)
+            group[1].append(o)
+        return [batch for group in by_names.values() for batch in _concatenated_or_each(*group)]
+
+
+def _concatenated_or_each(
+    inputs: list[Tensors], outputs: list[Tensors]
+) -> list[tuple[dict[str, np.ndarray], dict[str, np.ndarray]]]:
+    """One batch of the requests (same tensor names), or one per request if their shapes differ."""
+    try:
+        return [(_concatenate(inputs), _concatenate(outputs))]
+    except ValueError:
+        return [(dict(i), dict(o)) for i, o in zip(inputs, outputs, strict=True)]
 
 
 class Monitor:
@@ -70,7 +129,12 @@ class Monitor:
         self.max_versions = max_versions
         self.dropped = 0
         self.skipped = 0  # batches whose tensors could not be concatenated (shapes changed)
-        self._pending: list[tuple[str, str, Mapping[str, np.ndarray], Mapping[str, np.ndarray], float]] = []
+        #: Queued requests by model and version. Only lists of the request's own dicts, which hold
+        #: arrays alone: the garbage collector does not track them, so queueing thousands of requests
+        #: between flushes adds no collections (a tuple per request did: a full one every few seconds).
+        self._pending: dict[str, dict[str, _Queued]] = {}
+        self._queued = 0
+        self._queued_bytes = 0
         #: Shadow outputs, appended from the shadow pool's threads (a deque: thread-safe appends).
         self._shadow_pending: deque[tuple[str, str, Mapping[str, np.ndarray], float]] = deque()
         self._lock = threading.Lock()
@@ -86,9 +150,8 @@ class Monitor:
     def submit(
         self, model: str, version: str, inputs: Mapping[str, np.ndarray], outputs: Mapping[str, np.ndarray]
     ) -> None:
-        """Queue one request's inputs and outputs (references only; counted at the next `flush`)."""
-        pending = self._pending
-        if len(pending) >= self.max_pending:
+        """Queue one request's inputs and outputs (counted at the next `flush`)."""
+        if self._queued >= self.max_pending:
             self.dropped += 1
             return
         every = self._every.get(model)
@@ -98,25 +161,37 @@ class Monitor:
             self._counter += 1
             if self._counter % every:
                 return
-        first = next(iter(inputs.values()), None)
-        rows = first.shape[0] if first is not None and first.ndim else 0
-        if rows > MAX_ROWS_PER_REQUEST:
-            inputs, outputs = _sampled_rows(inputs, rows), _sampled_rows(outputs, rows)
-        pending.append((model, version, inputs, outputs, self.clock()))
+        size = _size(inputs) + _size(outputs)
+        if size > LARGE_REQUEST_BYTES:
+            max_columns = self.config_for(model).max_columns
+            inputs, outputs = _retained(inputs, max_columns), _retained(outputs, max_columns)
+            size = _size(inputs) + _size(outputs)
+        if self._queued_bytes + size > MAX_PENDING_BYTES:
+            self.dropped += 1
+            return
+        self._queued_bytes += size
+        versions = self._pending.get(model)
+        if versions is None:
+            versions = self._pending[model] = {}
+        queued = versions.get(version)
+        if queued is None:
+            queued = versions[version] = _Queued()
+        queued.inputs.append(inputs)
+        queued.outputs.append(outputs)
+        queued.stamp = self.clock()
+        self._queued += 1
 
     def has_pending(self) -> bool:
         """Whether anything waits to be counted (a flush with nothing to do is skipped)."""
-        return bool(self._pending or self._shadow_pending)
+        return bool(self._queued or self._shadow_pending)
 
     def submit_shadow(self, model: str, version: str, outputs: Mapping[str, np.ndarray]) -> None:
-        """Queue a shadow run's outputs (any thread; references only, counted at the next `flush`)."""
+        """Queue a shadow run's outputs (any thread; counted at the next `flush`)."""
         if len(self._shadow_pending) >= self.max_pending:
             self.dropped += 1
             return
-        first = next(iter(outputs.values()), None)
-        rows = first.shape[0] if first is not None and np.ndim(first) else 0
-        if rows > MAX_ROWS_PER_REQUEST:
-            outputs = _sampled_rows(outputs, rows)
+        if _size(outputs) > LARGE_REQUEST_BYTES:
+            outputs = _retained(outputs, self.config_for(model).max_columns)
         self._shadow_pending.append((model, version, outputs, self.clock()))
 
     # -- batch work ------------------------------------------------------------------------------
@@ -124,34 +199,21 @@ class Monitor:
     def flush(self) -> int:
         """Count everything pending; returns how many requests were counted."""
         with self._lock:
-            pending, self._pending = self._pending, []
+            pending, queued = self._pending, self._queued
+            self._pending, self._queued, self._queued_bytes = {}, 0, 0
             shadows = self._flush_shadows()
             if not pending:
                 return shadows
-            # Requests concatenate per version and tensor names; a batch whose shapes or dtypes differ
-            # (rare: a client changed its request) is counted request by request instead.
-            groups: dict[tuple[Any, ...], list[tuple[Tensors, Tensors]]] = {}
-            stamps: dict[tuple[Any, ...], float] = {}
-            for model, version, inputs, outputs, stamp in pending:
-                key = (model, version, *inputs, "", *outputs)
-                group = groups.get(key)
-                if group is None:
-                    group = groups[key] = []
-                group.append((inputs, outputs))
-                stamps[key] = stamp
-            for key, items in groups.items():
-                monitor = self._version(key[0], key[1], create=True)
-                try:
-                    batches = [(_concatenate([i for i, _ in items]), _concatenate([o for _, o in items]))]
-                except ValueError:
-                    batches = [(dict(i), dict(o)) for i, o in items]
-                for inputs, outputs in batches:
-                    if _consistent(inputs) and _consistent(outputs):
-                        monitor.add(inputs, outputs, stamps[key])
-                    else:
-                        self.skipped += 1
+            for model, versions in pending.items():
+                for version, batch in versions.items():
+                    monitor = self._version(model, version, create=True)
+                    for inputs, outputs in batch.concatenated():
+                        if _consistent(inputs) and _consistent(outputs):
+                            monitor.add(inputs, outputs, batch.stamp)
+                        else:
+                            self.skipped += 1
             self._update_alarms()
-            return len(pending) + shadows
+            return queued + shadows
 
     def _flush_shadows(self) -> int:
         """Count the queued shadow outputs, concatenated per version (call with the lock held)."""
@@ -380,8 +442,7 @@ def _consistent(tensors: Mapping[str, np.ndarray]) -> bool:
 def _concatenate(batches: list[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
     if len(batches) == 1:
         return dict(batches[0])
-    names = batches[0].keys()
-    return {name: np.concatenate([batch[name] for batch in batches]) for name in names}
+    return {name: np.concatenate(list(map(itemgetter(name), batches))) for name in batches[0]}
 
 
 def _reference_state(monitor: VersionMonitor) -> dict[str, Any]:

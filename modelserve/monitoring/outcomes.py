@@ -305,7 +305,8 @@ def predicted_values(
     for _, array in items:
         array = np.asarray(array)
         if array.dtype.kind in "biuOSU" and array.ndim >= 1:
-            return ACCURACY, array.reshape(array.shape[0], -1)[:MAX_ROWS, 0]
+            # A copy: a view would hold onnxruntime's output buffer as long as the prediction waits.
+            return ACCURACY, array.reshape(array.shape[0], -1)[:MAX_ROWS, 0].copy()
     for _, array in items:
         array = np.asarray(array)
         if array.dtype.kind == "f" and array.ndim >= 1:
