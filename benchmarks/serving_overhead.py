@@ -13,7 +13,8 @@ In one run, on models built on the spot (tiny 16->8->2 and wide 256->512->512->1
    (SDK tracer, every request sampled, BatchSpanProcessor into an exporter that drops spans). The
    three servers are measured in turn, `--repeats` times, and the median is reported.
 4. with --monitoring (tiny model, V2 JSON): modelserve with monitoring off vs on (prediction
-   distribution, drift against a reference, label join: what `modelserve serve` does by default),
+   distribution, drift against a reference, label join: what `modelserve serve` does by default,
+   so every request up to `max_rate` a second and a uniform sample past it),
    the same way (interleaved, median of `--repeats`). The drift reference is frozen after 1 s so
    the run measures steady-state windowing, not capture.
 Sections 3 and 4 also report the server's CPU time per request (from /proc, during the measured
@@ -40,6 +41,7 @@ from harness import cpu_seconds, free_port, modelserve_argv, server_process, tab
 
 from modelserve import testing
 from modelserve.config import ServerConfig
+from modelserve.monitoring.version import DEFAULT_MAX_RATE as MAX_RATE
 from modelserve.server.app import ModelServe
 
 MODELS = {"tiny": (16, 8, 2), "wide": (256, 512, 512, 10)}
@@ -192,18 +194,25 @@ def serve_for_telemetry(mode: str, repo: str, port: int) -> None:
 
 MONITORING_MODES = ("monitoring off", "monitoring on")
 #: "x off (CPU)": the baseline's server CPU per request over this mode's (1.0 = free); robust to load.
-COMPARISON_COLUMNS = ("req/s", "min", "max", "p50 ms", "errors", "x off", "CPU µs/req", "x off (CPU)")
+#: "paired": the median over rounds of each round's ratio (a round runs every mode back to back, so
+#: the host's slower and faster minutes fall on both sides of each ratio).
+COMPARISON_COLUMNS = (
+    "req/s", "min", "max", "p50 ms", "errors", "x off", "paired", "CPU µs/req", "x off (CPU)", "paired",
+)  # fmt: skip
 
 
 def monitoring_work_us(requests: int = 20_000) -> tuple[float, float]:
-    """CPU µs per request the monitor costs, tiny-model shapes: `submit` (request path), `flush` (batch).
+    """CPU µs per monitored request, tiny-model shapes: `submit` (request path), `flush` (batch).
 
-    Process CPU time, not wall time, so a busy machine does not inflate it.
+    Every request monitored (`max_rate = 0`): the work sampling divides past `max_rate` requests a
+    second. Process CPU time, not wall time, so a busy machine does not inflate it.
     """
     from modelserve.monitoring.drift import DriftConfig
     from modelserve.monitoring.monitor import Monitor, MonitorConfig
 
-    config = MonitorConfig(drift=DriftConfig(reference_period_s=0.0, reference_rows=2000, min_samples=500))
+    config = MonitorConfig(
+        drift=DriftConfig(reference_period_s=0.0, reference_rows=2000, min_samples=500), max_rate=0.0
+    )
     monitor = Monitor(config_for=lambda model: config, max_pending=requests)
     rng = np.random.default_rng(0)
     batch = [
@@ -264,8 +273,10 @@ def telemetry_rows(
             statistics.median(p50s[mode]),
             errors[mode],
             statistics.median(runs[mode]) / off,
+            statistics.median(b / a for a, b in zip(runs[modes[0]], runs[mode], strict=True)),
             statistics.median(cpu_us[mode]),
             statistics.median(cpu_us[modes[0]]) / statistics.median(cpu_us[mode]),
+            statistics.median(a / b for a, b in zip(cpu_us[modes[0]], cpu_us[mode], strict=True)),
         ]
         for mode in modes
     ]
@@ -319,9 +330,11 @@ def main() -> None:
             submit_us, flush_us = monitoring_work_us()
             off_rps = float(monitoring[0][1])  # type: ignore[arg-type]
             print(
-                f"monitoring work per request (CPU, in-process): submit {submit_us:.2f} µs on the request "
-                f"path + flush {flush_us:.2f} µs in batches = {(submit_us + flush_us) * off_rps / 1e4:.2f}% "
-                f"of one core at the 'off' rate of {off_rps:.0f} req/s"
+                f"monitoring work per monitored request (CPU, in-process): submit {submit_us:.2f} µs on "
+                f"the request path + flush {flush_us:.2f} µs in batches; {MAX_RATE:.0f} requests a second "
+                f"are monitored (max_rate), a uniform sample of them past it: "
+                f"{(submit_us + flush_us) * min(off_rps, MAX_RATE) / 1e4:.2f}% of one core at the 'off' "
+                f"rate of {off_rps:.0f} req/s"
             )
         if args.skip_http:
             return

@@ -49,6 +49,7 @@ Server options also include `webhooks`: URLs that receive every rollout event as
 
 from __future__ import annotations
 
+import math
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -173,6 +174,8 @@ class MonitoringConfig:
     threshold: float = 0.2
     bins: int = 10
     sample_every: int = 1
+    #: Requests a second monitored per model and process; past it a uniform sample (0: every request).
+    max_rate: float = 1000.0
     label_output: str | None = None
 
 
@@ -335,6 +338,8 @@ def _monitoring(data: object, where: str) -> MonitoringConfig:
     for key, low in (("reference_rows", 10), ("min_samples", 1), ("bins", 2), ("sample_every", 1)):
         if getattr(monitoring, key) < low:
             raise ConfigError(f"{where} {key} must be an integer >= {low}")
+    if not 0 <= monitoring.max_rate < math.inf:
+        raise ConfigError(f"{where} max_rate must be a number >= 0 (0: every request)")
     return monitoring
 
 

@@ -13,6 +13,7 @@ Series (labels are bounded: model, version, role, output column, a fixed vocabul
     modelserve_rollouts_total{model,outcome}                            started, promoted, rolled_back...
     modelserve_guardrail_actions_total{model,action}
     modelserve_monitoring_dropped_total                                 requests not monitored (overload)
+    modelserve_monitoring_sampled_out_total{model}                      requests left out by sampling
 """
 
 from __future__ import annotations
@@ -86,6 +87,14 @@ class MonitoringCollector:
         )
         dropped.add_metric([], monitor.dropped)
         yield dropped
+        sampled_out = CounterMetricFamily(
+            "modelserve_monitoring_sampled_out",
+            "Requests left out of monitoring by sampling (sample_every, past max_rate a second)",
+            labels=["model"],
+        )
+        for model, skipped in sorted(monitor.sampled_out().items()):
+            sampled_out.add_metric([model], skipped)
+        yield sampled_out
 
     def _drift(self) -> Iterator[Any]:
         monitor = self.monitor

@@ -20,6 +20,7 @@ Thread-safe: one lock guards all state, so a metrics collector may read from ano
 from __future__ import annotations
 
 import contextlib
+import math
 import threading
 import time
 from collections import OrderedDict, deque
@@ -112,6 +113,27 @@ def _concatenated_or_each(
         return [(dict(i), dict(o)) for i, o in zip(inputs, outputs, strict=True)]
 
 
+class _Sampling:
+    """Which of a model's requests are monitored: one in `sample_every`, and past `max_rate` requests a
+    second a uniform one in k, k set each second from the rate of the second before."""
+
+    __slots__ = ("every", "max_rate", "sample_every", "second_end", "seen", "skipped", "started")
+
+    def __init__(self, sample_every: int, max_rate: float, now: float) -> None:
+        self.sample_every = self.every = sample_every
+        self.max_rate = max_rate
+        self.seen = self.skipped = 0
+        self.started, self.second_end = now, now + 1.0
+
+    def next_second(self, now: float) -> None:
+        elapsed = now - self.started
+        rate = self.seen / elapsed if elapsed > 0 else 0.0
+        over = math.ceil(rate / self.max_rate) if self.max_rate > 0 else 1
+        self.every = max(self.sample_every, over)
+        self.seen = 0
+        self.started, self.second_end = now, now + 1.0
+
+
 class Monitor:
     """Prediction distributions and drift for every model version, plus drift alarm counts."""
 
@@ -142,8 +164,7 @@ class Monitor:
         self._drifted: dict[tuple[str, str, str, str], bool] = {}
         #: Drift alarms by (model, version, kind, column): times a column went above its threshold.
         self.alarms: dict[tuple[str, str, str, str], int] = {}
-        self._counter = 0
-        self._every: dict[str, int] = {}
+        self._sampling: dict[str, _Sampling] = {}
 
     # -- hot path --------------------------------------------------------------------------------
 
@@ -154,13 +175,17 @@ class Monitor:
         if self._queued >= self.max_pending:
             self.dropped += 1
             return
-        every = self._every.get(model)
-        if every is None:
-            every = self._every[model] = max(1, self.config_for(model).sample_every)
-        if every > 1:
-            self._counter += 1
-            if self._counter % every:
-                return
+        now = self.clock()
+        sampling = self._sampling.get(model)
+        if sampling is None:
+            config = self.config_for(model)
+            sampling = self._sampling[model] = _Sampling(config.sample_every, config.max_rate, now)
+        if now >= sampling.second_end:
+            sampling.next_second(now)
+        sampling.seen += 1
+        if sampling.every > 1 and sampling.seen % sampling.every:
+            sampling.skipped += 1
+            return
         size = _size(inputs) + _size(outputs)
         if size > LARGE_REQUEST_BYTES:
             max_columns = self.config_for(model).max_columns
@@ -178,8 +203,19 @@ class Monitor:
             queued = versions[version] = _Queued()
         queued.inputs.append(inputs)
         queued.outputs.append(outputs)
-        queued.stamp = self.clock()
+        queued.stamp = now
         self._queued += 1
+
+    def sampling(self, model: str) -> dict[str, int]:
+        """How the model's requests are sampled now: one in `every`, and how many were left out."""
+        sampling = self._sampling.get(model)
+        if sampling is None:
+            return {"every": 1, "skipped": 0}
+        return {"every": sampling.every, "skipped": sampling.skipped}
+
+    def sampled_out(self) -> dict[str, int]:
+        """Requests left out by sampling, per model (metrics exposition)."""
+        return {model: sampling.skipped for model, sampling in list(self._sampling.items())}
 
     def has_pending(self) -> bool:
         """Whether anything waits to be counted (a flush with nothing to do is skipped)."""

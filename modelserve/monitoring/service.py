@@ -61,6 +61,7 @@ def monitor_config(config: MonitoringConfig) -> MonitorConfig:
             reference_period_s=config.reference_period_s,
         ),
         sample_every=config.sample_every,
+        max_rate=config.max_rate,
         label_output=config.label_output,
     )
 
@@ -381,7 +382,11 @@ class MonitoringService:
         """A short monitoring summary for the model's status: drifted columns and accuracy per version
         (and the fleet's, in a fleet)."""
         versions = {version: _summary(data) for version, data in self.versions(model).items()}
-        status: dict[str, Any] = {"versions": versions, "reference_error": self.reference_errors.get(model)}
+        status: dict[str, Any] = {
+            "versions": versions,
+            "reference_error": self.reference_errors.get(model),
+            "sampling": self.monitor.sampling(model),
+        }
         fleet = self.fleet_view(model)
         if fleet is not None:
             fleet["versions"] = {

@@ -16,6 +16,9 @@ from modelserve.monitoring.columns import MAX_COLUMNS_PER_TENSOR, is_label_tenso
 from modelserve.monitoring.drift import DriftConfig, DriftTracker, Reference
 from modelserve.monitoring.histogram import SCORE_EDGES, ClassCounts, ValueHistogram, WindowedCounts
 
+#: Requests a second a process monitors per model by default: enough for drift and distributions
+#: (a window of 300 s holds 300,000 rows), and a bounded cost however fast the model serves.
+DEFAULT_MAX_RATE = 1000.0
 #: Score columns per output with a histogram (a 1000-class output keeps its first ones).
 MAX_SCORE_COLUMNS = 8
 
@@ -28,6 +31,8 @@ class MonitorConfig:
     drift: DriftConfig = field(default_factory=DriftConfig)
     #: Keep one request in `sample_every` (1: all).
     sample_every: int = 1
+    #: Requests a second monitored per model; past it a uniform sample of that many (0: all).
+    max_rate: float = DEFAULT_MAX_RATE
     output_edges: tuple[float, ...] = SCORE_EDGES
     #: The output scored against posted labels (default: the first label output, else argmax/value).
     label_output: str | None = None
