@@ -32,7 +32,8 @@ Per model: `models/<name>/config.toml` (all keys optional)::
     log_inputs_rate = 0.0           # share of requests whose inputs (capped) go into the comparison log
     [monitoring]                    # prediction distribution, drift, accuracy (docs/monitoring.md)
     reference = "reference.jsonl"   # drift reference rows (else the first reference_period_s of traffic)
-    threshold = 0.2                 # PSI alarm threshold; min_samples, window_s, bins, sample_every
+    threshold = 0.2                 # PSI alarm threshold; min_samples, window_s, bins, sample_every,
+    max_rate = 1000.0               # requests a second monitored; past it a uniform sample (0: all)
     [guardrails]                    # traffic outside a rollout, watched by the gates (docs/guardrails.md)
     enabled = true                  # false: none of the three below
     canary = true                   # a manual canary weight: failing -> weight 0

@@ -102,6 +102,56 @@ def test_sampling_keeps_one_request_in_k() -> None:
     assert monitor.distribution("m", "1")["rows"] == 25
 
 
+def test_past_max_rate_a_uniform_sample_is_monitored_and_what_is_left_out_is_counted() -> None:
+    clock = Clock()
+    monitor = Monitor(config_for=lambda model: MonitorConfig(max_rate=1000), clock=clock)
+    rng = np.random.default_rng(0)
+    for _ in range(3000):  # the first second: every request (no rate is known yet)
+        monitor.submit("m", "1", *request(rng))
+    assert monitor.distribution("m", "1")["rows"] == 3000
+    clock.now = 1.0
+    truth = {"0": 0, "1": 0}
+    for i in range(5000):  # a second at 3,000 a second before: one in 3
+        clock.now = 1.0 + i / 5000
+        inputs, outputs = request(rng)
+        truth[str(int(outputs["label"][0]))] += 1
+        monitor.submit("m", "1", inputs, outputs)
+    assert monitor.sampling("m") == {"every": 3, "skipped": 5000 - 5000 // 3}
+    clock.now = 2.0
+    for _ in range(10):
+        monitor.submit("m", "1", *request(rng))  # 5,000 a second before: one in 5
+    dist = monitor.distribution("m", "1")
+    assert dist["rows"] == 3000 + 5000 // 3 + 2
+    assert monitor.sampled_out() == {"m": 5000 - 5000 // 3 + 8}
+    clock.now = 100.0
+    monitor.submit("m", "1", *request(rng))  # 10 requests in 98 s: all again
+    assert monitor.sampling("m")["every"] == 1
+
+
+def test_sampled_shares_match_every_requests_shares() -> None:
+    """A uniform one in k: the class shares of the sample are those of all the traffic."""
+    clock = Clock()
+    sampled = Monitor(config_for=lambda model: MonitorConfig(max_rate=500), clock=clock)
+    every = Monitor(config_for=lambda model: MonitorConfig(max_rate=0), clock=clock)
+    rng = np.random.default_rng(1)
+    for i in range(40_000):  # 4,000 a second for 10 s
+        clock.now = i / 4000
+        inputs, outputs = request(rng)
+        sampled.submit("m", "1", inputs, outputs)
+        every.submit("m", "1", inputs, outputs)
+        if i % 4000 == 3999:
+            sampled.flush()
+            every.flush()
+    all_rows, some_rows = every.distribution("m", "1"), sampled.distribution("m", "1")
+    assert all_rows["rows"] == 40_000 and every.sampled_out() == {"m": 0}
+    assert 4000 + 8 * 500 <= some_rows["rows"] <= 4000 + 9 * 500 + 10
+    share = {
+        name: dist["classes"]["label"]["1"] / dist["rows"]
+        for name, dist in (("all", all_rows), ("some", some_rows))
+    }
+    assert abs(share["all"] - share["some"]) < 0.02
+
+
 def test_a_huge_request_counts_a_bounded_evenly_spaced_sample_of_its_rows() -> None:
     from modelserve.monitoring.monitor import MAX_ROWS_PER_REQUEST
 

@@ -78,3 +78,41 @@ def test_status_page_shows_the_live_version_the_split_and_charts(tmp_path: Path)
             finally:
                 browser.close()
     assert (tmp_path / "ui.png").stat().st_size > 10_000
+
+
+def test_past_max_rate_the_page_and_metrics_say_what_share_is_monitored(tmp_path: Path) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    repo = tmp_path / "models"
+    shutil.copytree(EXAMPLES / "models", repo)
+    config = repo / "credit" / "config.toml"
+    config.write_text(config.read_text() + "\n[monitoring]\nmax_rate = 20\n")
+    modelserve = ModelServe(ServerConfig(repository=repo, state_dir=tmp_path / "state", admin_token="t"))
+    rows = [
+        json.loads(line)["input"] for line in (EXAMPLES / "labelled_traffic.jsonl").read_text().splitlines()
+    ]
+    with testing.serve(modelserve.app()) as running, httpx.Client(base_url=running.url, timeout=30) as client:
+        started, sent = time.monotonic(), 0
+        while time.monotonic() - started < 2.5:  # well over 20 a second, for more than a second
+            body = {
+                "inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 20], "data": rows[sent % 300]}]
+            }
+            assert client.post("/v2/models/credit/infer", json=body).status_code == 200
+            sent += 1
+        status = client.get("/admin/models/credit", headers={"authorization": "Bearer t"}).json()
+        sampling = status["monitoring"]["sampling"]
+        assert sampling["every"] > 1 and 0 < sampling["skipped"] < sent
+        primary = status["monitoring"]["versions"]["1"]["predictions"]["primary"]["rows"]
+        assert primary + sampling["skipped"] == sent
+        families = {f.name: f for f in text_string_to_metric_families(client.get("/metrics").text)}
+        (sample,) = families["modelserve_monitoring_sampled_out"].samples
+        assert sample.labels == {"model": "credit"} and sample.value == sampling["skipped"]
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+            try:
+                page = browser.new_page(viewport={"width": 1400, "height": 1600})
+                page.goto(f"{running.url}/ui")
+                note = page.wait_for_selector("#sampling-note", timeout=15_000)
+                assert note is not None and f"1 in {sampling['every']} monitored" in note.inner_text()
+            finally:
+                browser.close()

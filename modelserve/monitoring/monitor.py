@@ -5,8 +5,10 @@ numpy work, no allocation), but for a large request, whose counted rows and colu
 body and onnxruntime's buffers are not held; `flush`, run by a periodic task and before every read,
 concatenates what is pending per version and counts it in one vectorised pass. When more than
 `max_pending` requests, or `MAX_PENDING_BYTES` of tensors, wait, new ones are dropped and counted
-(`dropped`), so memory stays bounded under any load; `sample_every` = k keeps one request in k; a
-large request of more than `MAX_ROWS_PER_REQUEST` rows counts that many of them, evenly spaced.
+(`dropped`), so memory stays bounded under any load. Past `max_rate` requests a second per model, a
+uniform one in k is monitored (k from the second before), so the cost a second is bounded however
+fast the model serves; `sample_every` = k keeps one request in k at any rate. A large request of
+more than `MAX_ROWS_PER_REQUEST` rows counts that many of them, evenly spaced.
 
 A shadow version's outputs (`submit_shadow`, from the shadow pool's threads) are counted apart, as
 the version's role "shadow" distribution: what the candidate would have predicted on live traffic.

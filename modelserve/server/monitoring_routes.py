@@ -108,6 +108,7 @@ def model_snapshot(services: Services, monitoring: MonitoringService, model: str
             "history": monitoring.history.series(model),
             "history_interval_s": monitoring.history_interval_s,
             "reference_error": monitoring.reference_errors.get(model),
+            "sampling": monitoring.monitor.sampling(model),
             # In a fleet, every replica's figures merged (`monitoring/fleet.py`); None in one process.
             "fleet": monitoring.fleet_view(model),
         },

@@ -431,7 +431,9 @@ function renderDistribution(s) {
         .join(" · ");
       return `<tr data-role="${x.role}"><td>${swatch(x.version)}${esc(x.label)}</td><td>${cells}</td><td>${x.dist.rows}</td></tr>`;
     });
-    parts.push(`<table id="class-shares"><thead><tr><th>version</th><th>${esc(output)} shares</th><th>rows</th></tr></thead><tbody>${rows.join("")}</tbody></table>`);
+    const every = (s.monitoring.sampling || {}).every || 1;
+    const sampled = every > 1 ? ` <span class="muted" id="sampling-note" title="past max_rate requests a second, a uniform sample is monitored">(1 in ${every} monitored)</span>` : "";
+    parts.push(`<table id="class-shares"><thead><tr><th>version</th><th>${esc(output)} shares</th><th>rows${sampled}</th></tr></thead><tbody>${rows.join("")}</tbody></table>`);
   }
   const fleet = s.monitoring.fleet;
   const shifts = fleet && state.scope === "fleet" ? fleet.output_shift : s.monitoring.output_shift;
